@@ -1,0 +1,90 @@
+# Moment Balance Sync: every habit of the team is a target here. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The newest Python >= 3.11 on this machine, 3.13 (Lambda's runtime) first. pyenv shims answer
+# `command -v` even when that version is not active, so each candidate is actually run.
+PYTHON ?= $(shell for candidate in python3.13 "$$(pyenv prefix 3.13.0 2>/dev/null)/bin/python3.13" \
+	python3.12 python3.11 python3; do \
+	"$$candidate" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 \
+	&& { "$$candidate" -c 'import sys; print(sys.executable)'; break; }; done)
+VENV := .venv
+SAM_VENV := .venv-sam
+BIN := $(VENV)/bin
+SAM := $(SAM_VENV)/bin/sam
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= af-south-1
+# The shared package and the local tooling, importable as Lambda and the local stack see them.
+export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)/local
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements-dev.txt constraints.txt layers/shared/requirements.txt
+	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.11 found (3.13 preferred)"; exit 1; }
+	@echo "==> creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+$(SAM_VENV)/bin/.installed: requirements-sam.txt
+	@echo "==> creating $(SAM_VENV) (SAM CLI pins its own boto3, so it lives apart)"
+	@$(PYTHON) -m venv $(SAM_VENV)
+	@$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	@touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## Create the development virtual environment (pinned)
+
+.PHONY: lint
+lint: venv ## ruff (lint and format) and mypy --strict on the shared package
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: venv ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: unit
+unit: venv ## Unit and integration tests (moto, in-process; loopback only)
+	$(BIN)/python -m pytest
+
+.PHONY: template-check
+template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-lint over the samtranslator output
+	$(SAM) validate --lint --template template.yaml
+	$(BIN)/python tools/translate_template.py template.yaml build/template.translated.json
+	$(BIN)/cfn-lint build/template.translated.json
+
+.PHONY: test
+test: lint unit template-check ## The whole gate: what CI runs
+	@echo "make test: all checks passed"
+
+.PHONY: build
+build: $(SAM_VENV)/bin/.installed ## sam build without a container (needs python3.13 on PATH; added from pyenv if there)
+	PATH="$(dir $(PYTHON)):$$PATH" $(SAM) build --template template.yaml
+
+.PHONY: demo
+demo: venv ## Show the system working on this machine, no AWS account or Docker needed
+	$(BIN)/python -m local_stack.demo
+
+.PHONY: sign-webhook-event
+sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json with a fresh timestamp
+	$(BIN)/python tools/sign_webhook_event.py
+
+.PHONY: invoke-webhook-receiver
+invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver (needs Docker, which is yours)
+	$(SAM) local invoke WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json --env-vars events/env.json
+
+.PHONY: lock
+lock: ## Re-pin every transitive dependency into constraints.txt from a fresh venv
+	rm -rf /tmp/moment-sync-lock && $(PYTHON) -m venv /tmp/moment-sync-lock
+	/tmp/moment-sync-lock/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	/tmp/moment-sync-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+.PHONY: clean
+clean: ## Remove build output and caches (keeps the virtual environments)
+	rm -rf .aws-sam build .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './.venv*' -exec rm -rf {} +

@@ -1,0 +1,56 @@
+"""Builds each function's adapters from the environment template.yaml sets, once per execution environment.
+
+Handlers call these; tests call the use cases with their own adapters instead. Imports are local to
+each builder so a function loads only what it uses (cold start).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from moment_sync.receiver import ReceiverSettings, SigningKeys
+from moment_sync.webhook_store import WebhookStore
+
+
+@cache
+def aws_client(service: str) -> Any:
+    import boto3  # noqa: PLC0415 -- loaded on first use, not at import
+
+    return boto3.client(service)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverDependencies:
+    keys: SigningKeys
+    store: WebhookStore
+    settings: ReceiverSettings
+    clock: Callable[[], float] = field(default=time.time)
+
+
+@cache
+def receiver_dependencies() -> ReceiverDependencies:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider  # noqa: PLC0415
+
+    from moment_sync.adapters.signing_secrets import SecretsManagerSigningKeys  # noqa: PLC0415
+    from moment_sync.adapters.webhook_events_table import WebhookEventsTable  # noqa: PLC0415
+
+    return ReceiverDependencies(
+        keys=SecretsManagerSigningKeys(
+            SecretsProvider(boto3_client=aws_client("secretsmanager")),
+            secret_id=os.environ["WEBHOOK_SIGNING_SECRET_ARN"],
+            max_age_seconds=int(os.environ.get("SIGNING_SECRETS_MAX_AGE_SECONDS", "60")),
+        ),
+        store=WebhookEventsTable(aws_client("dynamodb"), os.environ["WEBHOOK_EVENTS_TABLE"]),
+        settings=ReceiverSettings.from_environment(),
+    )
+
+
+def reset() -> None:
+    """Forget every built adapter (tests, and the local stack after it changes the environment)."""
+    aws_client.cache_clear()
+    receiver_dependencies.cache_clear()

@@ -1,0 +1,54 @@
+"""Shared fixtures: a fake AWS account (moto, in-process), tables built from template.yaml."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from local_stack.made_up_values import LOCAL_AWS_ACCESS_KEY_ID, LOCAL_AWS_SECRET_ACCESS_KEY
+from local_stack.template import create_table
+from moto import mock_aws
+
+# Set before any client exists: moto needs these, and nothing must ever reach a real account.
+os.environ.update(
+    {
+        "AWS_DEFAULT_REGION": "af-south-1",
+        "AWS_ACCESS_KEY_ID": LOCAL_AWS_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_SECRET_ACCESS_KEY,
+        # moto's DynamoDB Streams fail with "Not yet implemented" without this.
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "POWERTOOLS_SERVICE_NAME": "moment-balance-sync",
+        "POWERTOOLS_METRICS_NAMESPACE": "MomentBalanceSync",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def dynamodb(aws: None) -> Any:
+    return boto3.client("dynamodb")
+
+
+@pytest.fixture
+def events_table(dynamodb: Any) -> str:
+    return create_table(dynamodb, "WebhookEventsTable", "WebhookEvents")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runtime() -> Iterator[None]:
+    from moment_sync import runtime
+
+    runtime.reset()
+    yield
+    runtime.reset()
