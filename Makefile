@@ -78,6 +78,10 @@ sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json 
 invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver (needs Docker, which is yours)
 	$(SAM) local invoke WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json --env-vars events/env.json
 
+.PHONY: cli
+cli: venv ## The operator CLI, e.g. make cli ARGS="--stack moment-balance-sync-dev verify"
+	$(BIN)/python -m moment_sync $(ARGS)
+
 .PHONY: lock
 lock: ## Re-pin every transitive dependency into constraints.txt from a fresh venv
 	rm -rf /tmp/moment-sync-lock && $(PYTHON) -m venv /tmp/moment-sync-lock

@@ -8,9 +8,10 @@ from typing import Any
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from local_stack.made_up_values import LOCAL_AWS_ACCESS_KEY_ID, LOCAL_AWS_SECRET_ACCESS_KEY
 from local_stack.template import create_table
-from moto import mock_aws
 
 # Set before any client exists: moto needs these, and nothing must ever reach a real account.
 os.environ.update(
@@ -48,7 +49,10 @@ def events_table(dynamodb: Any) -> str:
 @pytest.fixture(autouse=True)
 def _fresh_runtime() -> Iterator[None]:
     from moment_sync import runtime
+    from moment_sync.observability import metrics
 
     runtime.reset()
+    metrics.clear_metrics()
     yield
     runtime.reset()
+    metrics.clear_metrics()

@@ -9,11 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
-import webhook_receiver
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.exceptions import ClientError, ReadTimeoutError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import webhook_receiver_handler as webhook_receiver
 from local_stack.lambda_context import LocalLambdaContext
 from moment_sync.adapters.signing_secrets import SecretsManagerSigningKeys
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable

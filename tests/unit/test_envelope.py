@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from moment_sync.envelope import AMOUNT_APPLIED, read_envelope
 from support.webhooks import amount_applied_body
 

@@ -9,6 +9,7 @@ import pytest
 import standardwebhooks
 from hypothesis import given
 from hypothesis import strategies as st
+
 from moment_sync.signature import (
     MAX_SIGNATURE_ENTRIES,
     Rejection,

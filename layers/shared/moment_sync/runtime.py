@@ -11,10 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moment_sync.receiver import ReceiverSettings, SigningKeys
 from moment_sync.webhook_store import WebhookStore
+
+if TYPE_CHECKING:
+    from moment_sync.adapters.ledger_table import LedgerTable
+    from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+    from moment_sync.redrive import MomentDirectory
 
 
 @cache
@@ -50,7 +55,33 @@ def receiver_dependencies() -> ReceiverDependencies:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerDependencies:
+    events: WebhookEventsTable
+    ledger: LedgerTable
+    clock: Callable[[], float] = field(default=time.time)
+
+
+@cache
+def ledger_dependencies() -> LedgerDependencies:
+    from moment_sync.adapters.ledger_table import LedgerTable  # noqa: PLC0415
+    from moment_sync.adapters.webhook_events_table import WebhookEventsTable  # noqa: PLC0415
+
+    events = WebhookEventsTable(aws_client("dynamodb"), os.environ["WEBHOOK_EVENTS_TABLE"])
+    return LedgerDependencies(
+        events=events, ledger=LedgerTable(aws_client("dynamodb"), os.environ["LEDGER_TABLE"], events)
+    )
+
+
+@cache
+def moment_directory() -> MomentDirectory | None:
+    """Moment's own record of a Moment id, for re-driving unmatched payments (None: not configured)."""
+    return None
+
+
 def reset() -> None:
     """Forget every built adapter (tests, and the local stack after it changes the environment)."""
     aws_client.cache_clear()
     receiver_dependencies.cache_clear()
+    ledger_dependencies.cache_clear()
+    moment_directory.cache_clear()

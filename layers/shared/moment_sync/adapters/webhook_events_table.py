@@ -1,25 +1,39 @@
-"""The WebhookEvents table: one conditional PutItem per delivery, never a read before it.
+"""The WebhookEvents table: one conditional PutItem per delivery, then one status per event.
 
 Attribute names here are the table's contract with the reconciler, the ledger API and the CLI;
-the key schema itself lives in template.yaml.
+the key schema and indexes live in template.yaml. Two sparse indexes keep operators and the
+re-drive off table scans: `Unfinished` holds events still `received` or parked `unmatched`
+(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from moment_sync.adapters.dynamo_items import error_code, from_item
+from moment_sync.reconciliation import EventStatus, ParkReason
 from moment_sync.webhook_store import ReceivedWebhook, StorageUnavailable, StoreResult
 
-RECEIVED = "received"
+UNFINISHED_SHARDS = 8
+UNFINISHED_INDEX = "Unfinished"
+PARKED_INDEX = "Parked"
+# An event may only move out of these; applied, duplicate and ignored are final.
+_OPEN = "attribute_exists(webhook_id) AND #status IN (:received, :parked)"
 
 
 def iso_time(unix_seconds: float) -> str:
     return (
         datetime.fromtimestamp(unix_seconds, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+def unfinished_shard(webhook_id: str) -> str:
+    return f"u#{hashlib.sha256(webhook_id.encode()).digest()[0] % UNFINISHED_SHARDS}"
 
 
 def webhook_item(webhook: ReceivedWebhook) -> dict[str, Any]:
@@ -30,7 +44,8 @@ def webhook_item(webhook: ReceivedWebhook) -> dict[str, Any]:
         "webhook_timestamp": {"N": str(webhook.webhook_timestamp)},
         "received_at": {"S": iso_time(webhook.received_at)},
         "body": {"B": webhook.body},
-        "status": {"S": RECEIVED},
+        "status": {"S": EventStatus.RECEIVED.value},
+        "unfinished_shard": {"S": unfinished_shard(webhook.webhook_id)},
         "expires_at": {"N": str(webhook.expires_at)},
     }
     if envelope.event_id is not None:
@@ -49,19 +64,21 @@ def webhook_item(webhook: ReceivedWebhook) -> dict[str, Any]:
 class WebhookEventsTable:
     def __init__(self, client: Any, table_name: str) -> None:
         self._client = client
-        self._table_name = table_name
+        self.table_name = table_name
+
+    # --- the receiver ---------------------------------------------------------------------
 
     def store_once(self, webhook: ReceivedWebhook) -> StoreResult:
         try:
             self._client.put_item(
-                TableName=self._table_name,
+                TableName=self.table_name,
                 Item=webhook_item(webhook),
                 ConditionExpression="attribute_not_exists(webhook_id)",
                 # A duplicate comes back with the stored item in the same request: no second read.
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 stored = error.response.get("Item", {})
                 body = stored.get("body", {}).get("B")
                 return StoreResult(created=False, stored_body=bytes(body) if body is not None else None)
@@ -69,6 +86,96 @@ class WebhookEventsTable:
         except BotoCoreError as error:
             raise StorageUnavailable(type(error).__name__) from error
         return StoreResult(created=True)
+
+    # --- statuses (the reconciler and the re-drive) ------------------------------------------
+
+    def status_update(
+        self, webhook_id: str, status: EventStatus, now: float, **fields: Any
+    ) -> dict[str, Any]:
+        """The Update action that moves an open event to `status` (also used inside transactions)."""
+        names = {"#status": "status"}
+        values: dict[str, Any] = {
+            ":status": {"S": status.value},
+            ":resolved_at": {"S": iso_time(now)},
+            ":received": {"S": EventStatus.RECEIVED.value},
+            ":parked": {"S": EventStatus.PARKED.value},
+        }
+        sets = ["#status = :status", "resolved_at = :resolved_at"]
+        for name, value in fields.items():
+            values[f":{name}"] = {"S": str(value)}
+            sets.append(f"{name} = :{name}")
+        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard"]
+        return {
+            "TableName": self.table_name,
+            "Key": {"webhook_id": {"S": webhook_id}},
+            "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removals)}",
+            "ConditionExpression": _OPEN,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def finish(self, webhook_id: str, status: EventStatus, now: float, **fields: Any) -> bool:
+        """Move an open event to a final status; False when it was already final (nothing changed)."""
+        return self._update_if_open(self.status_update(webhook_id, status, now, **fields))
+
+    def park(self, webhook_id: str, reason: ParkReason, detail: str, now: float) -> bool:
+        update = self.status_update(webhook_id, EventStatus.PARKED, now)
+        values = update["ExpressionAttributeValues"]
+        values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
+        sets = "SET #status = :status, resolved_at = :resolved_at, reason = :reason, reason_detail = :detail"
+        sets += ", parked_reason = :reason"
+        removals = ""
+        if reason is ParkReason.UNMATCHED:
+            # The scheduled re-drive keeps trying these: they stay in the Unfinished index.
+            values[":shard"] = {"S": unfinished_shard(webhook_id)}
+            sets += ", unfinished_shard = :shard ADD redrive_attempts :one"
+            values[":one"] = {"N": "1"}
+        else:
+            removals = " REMOVE unfinished_shard"
+        update["UpdateExpression"] = sets + removals
+        return self._update_if_open(update)
+
+    def _update_if_open(self, update: dict[str, Any]) -> bool:
+        try:
+            self._client.update_item(**update)
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, webhook_id: str) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key={"webhook_id": {"S": webhook_id}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    def unfinished_ids(self, received_before: float) -> Iterator[str]:
+        """Events still received or parked unmatched received before the cutoff, oldest first by shard."""
+        for shard in range(UNFINISHED_SHARDS):
+            yield from self._query_ids(
+                UNFINISHED_INDEX,
+                "unfinished_shard = :shard AND received_at < :cutoff",
+                {":shard": {"S": f"u#{shard}"}, ":cutoff": {"S": iso_time(received_before)}},
+            )
+
+    def parked_ids(self, reason: ParkReason) -> Iterator[str]:
+        yield from self._query_ids(PARKED_INDEX, "parked_reason = :reason", {":reason": {"S": reason.value}})
+
+    def _query_ids(self, index: str, condition: str, values: dict[str, Any]) -> Iterator[str]:
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            IndexName=index,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            ProjectionExpression="webhook_id",
+        ):
+            for item in page.get("Items", []):
+                yield item["webhook_id"]["S"]
 
 
 def _describe(error: ClientError) -> str:

@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from moment_sync.observability import logger, metrics
 from moment_sync.receiver import WebhookRequest, receive_webhook
 from moment_sync.runtime import ReceiverDependencies, receiver_dependencies

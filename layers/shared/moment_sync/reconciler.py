@@ -1,0 +1,144 @@
+"""The reconciler's use case: turn one stored webhook into its final status, applying a payment
+to the ledger exactly once.
+
+Called by the stream handler for each INSERT, and by the re-drive for events still unfinished;
+both are safe to repeat because the ledger refuses a second entry for the same application.
+This module never calls Moment: a Moment outage must not block a stream shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.envelope import read_envelope
+from moment_sync.ledger.model import Entry, EntryKind
+from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.reconciliation import (
+    EventStatus,
+    Ignore,
+    Park,
+    ParkReason,
+    PaymentApplication,
+    decide,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    webhook_id: str
+    status: EventStatus
+    reason: ParkReason | None = None
+    entry_id: str | None = None
+    # False when the event had already reached a final status (a redelivered stream record).
+    changed: bool = True
+
+
+def reconcile_event(
+    event: dict[str, Any],
+    *,
+    ledger: LedgerTable,
+    events: WebhookEventsTable,
+    now: Callable[[], float],
+) -> Reconciled:
+    """`event` is the stored item as plain values (webhook_id, body, …)."""
+    webhook_id = str(event["webhook_id"])
+    decision = decide(read_envelope(event.get("body") or b""))
+    if isinstance(decision, Ignore):
+        changed = events.finish(webhook_id, EventStatus.IGNORED, now(), ignored_type=decision.event_type)
+        metrics.add_metric(name="EventIgnored", unit=MetricUnit.Count, value=1)
+        logger.info("event ignored", extra={"event_type": decision.event_type})
+        return Reconciled(webhook_id, EventStatus.IGNORED, changed=changed)
+    if isinstance(decision, Park):
+        return _park(events, webhook_id, decision, now)
+    return _apply_payment(decision, webhook_id, ledger=ledger, events=events, now=now)
+
+
+def _apply_payment(
+    payment: PaymentApplication,
+    webhook_id: str,
+    *,
+    ledger: LedgerTable,
+    events: WebhookEventsTable,
+    now: Callable[[], float],
+) -> Reconciled:
+    log_fields = {
+        "application_id": payment.application_id,
+        "payment_id": payment.payment_id,
+        "moment_id": payment.moment_id,
+    }
+    balance = ledger.resolve_moment_id(payment.moment_id)
+    if balance is None or balance.kind is not payment.target_kind:
+        detail = f"no {payment.target_kind.value} in the ledger is linked to {payment.moment_id}"
+        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+
+    moment = now()
+    entry = Entry(
+        kind=EntryKind.PAYMENT,
+        amount=-payment.amount,
+        source_id=payment.application_id,
+        source={
+            "webhook_id": webhook_id,
+            "application_id": payment.application_id,
+            "payment_id": payment.payment_id or "",
+            "moment_id": payment.moment_id,
+        },
+        created_at=iso_time(moment),
+    )
+    result = ledger.apply_payment(balance, entry, payment.currency, webhook_id, moment)
+    log_fields |= {"reference": balance.ref, "balance_kind": balance.kind.value, "entry_id": entry.entry_id}
+
+    if result.outcome is PaymentOutcome.APPLIED:
+        logger.info(
+            "payment applied", extra={**log_fields, "amount": payment.amount, "currency": payment.currency}
+        )
+        metrics.add_metric(name="PaymentApplied", unit=MetricUnit.Count, value=1)
+        _count_amount(payment)
+        return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id)
+    if result.outcome is PaymentOutcome.DUPLICATE:
+        if result.applied_by_webhook == webhook_id:
+            # This very event applied it before (a redelivered stream record): nothing to do.
+            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=False)
+        changed = events.finish(
+            webhook_id,
+            EventStatus.DUPLICATE,
+            moment,
+            entry_id=entry.entry_id,
+            duplicate_of=result.applied_by_webhook or "unknown",
+        )
+        logger.info(
+            "payment already applied", extra={**log_fields, "duplicate_of": result.applied_by_webhook}
+        )
+        metrics.add_metric(name="PaymentDuplicate", unit=MetricUnit.Count, value=1)
+        return Reconciled(webhook_id, EventStatus.DUPLICATE, entry_id=entry.entry_id, changed=changed)
+    if result.outcome is PaymentOutcome.CURRENCY_MISMATCH:
+        detail = f"payment in {payment.currency}, but {balance} is kept in {result.balance_currency}"
+        return _park(events, webhook_id, Park(ParkReason.CURRENCY_MISMATCH, detail), now, log_fields)
+    if result.outcome is PaymentOutcome.NOT_TRACKED:
+        detail = f"{balance} is on the account-balance model and carries no balance of its own"
+        return _park(events, webhook_id, Park(ParkReason.UNSUPPORTED, detail), now, log_fields)
+    detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
+    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+
+
+def _park(
+    events: WebhookEventsTable,
+    webhook_id: str,
+    park: Park,
+    now: Callable[[], float],
+    log_fields: dict[str, Any] | None = None,
+) -> Reconciled:
+    changed = events.park(webhook_id, park.reason, park.detail, now())
+    logger.warning(
+        "event parked", extra={**(log_fields or {}), "reason": park.reason.value, "detail": park.detail}
+    )
+    metrics.add_metric(name=f"EventParked_{park.reason.value}", unit=MetricUnit.Count, value=1)
+    return Reconciled(webhook_id, EventStatus.PARKED, reason=park.reason, changed=changed)
+
+
+def _count_amount(payment: PaymentApplication) -> None:
+    # Per currency: summing ZAR and USD cents would mean nothing.
+    metrics.add_metric(name=f"AmountApplied_{payment.currency}", unit=MetricUnit.Count, value=payment.amount)

@@ -1,0 +1,127 @@
+"""Re-drive: finish what the stream did not, on a schedule and on an operator's word.
+
+Finds events still `received` after a grace period (a record that went to the on-failure queue,
+or any other miss) and events parked `unmatched`, through the sparse `Unfinished` index (never a
+table scan), and reconciles them again with the same function the stream uses. For an unmatched
+payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
+has that reference. Safe to run at any time: applying a payment is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.envelope import read_envelope
+from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.reconciler import Reconciled, reconcile_event
+from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
+
+
+class MomentDirectory(Protocol):
+    """Who Moment says a Moment id is: the object's external_reference, or None if Moment has none."""
+
+    def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None: ...
+
+
+@dataclass
+class RedriveReport:
+    examined: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    linked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def count(self, result: Reconciled) -> None:
+        key = result.status.value + (f":{result.reason.value}" if result.reason else "")
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
+def redrive_stuck(
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    directory: MomentDirectory | None,
+    now: Callable[[], float],
+    grace_seconds: int,
+    time_left: Callable[[], float] = lambda: float("inf"),
+) -> RedriveReport:
+    """Every event received more than `grace_seconds` ago that is still unfinished."""
+    return redrive(
+        events.unfinished_ids(now() - grace_seconds),
+        events=events,
+        ledger=ledger,
+        directory=directory,
+        now=now,
+        time_left=time_left,
+    )
+
+
+def redrive(
+    webhook_ids: Iterable[str],
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    directory: MomentDirectory | None,
+    now: Callable[[], float],
+    time_left: Callable[[], float] = lambda: float("inf"),
+    min_seconds_left: float = 5.0,
+) -> RedriveReport:
+    """Reconcile the given events again (final ones are left alone); stop before the time runs out."""
+    report = RedriveReport()
+    for webhook_id in webhook_ids:
+        if time_left() < min_seconds_left:
+            report.stopped_early = True
+            break
+        event = events.get(webhook_id)
+        if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
+            continue
+        report.examined += 1
+        logger.set_correlation_id(webhook_id)
+        try:
+            if event.get("reason") == ParkReason.UNMATCHED and directory is not None:
+                _link_from_moment(event, ledger=ledger, directory=directory, report=report)
+            report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+        except Exception as error:  # one bad event must not stop the others
+            logger.exception("re-drive of one event failed")
+            report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
+    logger.set_correlation_id(None)
+    metrics.add_metric(name="RedriveExamined", unit=MetricUnit.Count, value=report.examined)
+    metrics.add_metric(name="RedriveErrors", unit=MetricUnit.Count, value=len(report.errors))
+    return report
+
+
+def _link_from_moment(
+    event: dict[str, object], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+) -> None:
+    body = event.get("body")
+    decision = decide(read_envelope(body if isinstance(body, bytes) else b""))
+    if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
+        return
+    reference = directory.external_reference(decision.target_kind, decision.moment_id)
+    if reference is None:
+        return
+    balance = BalanceRef(decision.target_kind, reference)
+    if ledger.get_head(balance) is None:
+        logger.info(
+            "Moment knows this id, but the ledger has no such reference",
+            extra={"moment_id": decision.moment_id, "reference": reference},
+        )
+        return
+    try:
+        ledger.link_moment_id(balance, decision.moment_id)
+    except MappingConflict:
+        logger.warning(
+            "Moment's reference is linked to another Moment id; left for an operator",
+            extra={"moment_id": decision.moment_id, "reference": reference},
+        )
+        return
+    report.linked.append(f"{decision.moment_id} -> {balance}")
+    logger.info(
+        "linked a Moment id from Moment's own record",
+        extra={"moment_id": decision.moment_id, "reference": reference},
+    )
