@@ -70,6 +70,10 @@ build: $(SAM_VENV)/bin/.installed ## sam build without a container (needs python
 demo: venv ## Show the system working on this machine, no AWS account or Docker needed
 	$(BIN)/python -m local_stack.demo
 
+.PHONY: bench
+bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json (BENCH_ARGS="--quick" or "--only receiver")
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 .PHONY: sign-webhook-event
 sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json with a fresh timestamp
 	$(BIN)/python tools/sign_webhook_event.py

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from moment_sync.ledger.model import BalanceKind
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
-from support.ledger import LedgerHarness, payment
+from support.ledger import LedgerHarness, one_request_at_a_time, payment
 from support.webhooks import NOW
 
 
@@ -181,24 +181,10 @@ def test_shuffled_order_ends_with_the_same_balances(harness: LedgerHarness) -> N
     harness.assert_balances_equal_their_entries()
 
 
-def _one_request_at_a_time(client: Any) -> None:
-    """moto's in-process backend is not thread-safe (a transaction deep-copies tables while another
-    thread writes). DynamoDB serialises writes to an item itself; here each request is made atomic,
-    so the threads still interleave between requests, which is where the reconciler's races live."""
-    lock = threading.Lock()
-    make_api_call = client._make_api_call
-
-    def atomic(operation: str, params: dict[str, Any]) -> Any:
-        with lock:
-            return make_api_call(operation, params)
-
-    client._make_api_call = atomic
-
-
 def test_concurrent_invocations_over_overlapping_batches_apply_each_payment_once(
     harness: LedgerHarness,
 ) -> None:
-    _one_request_at_a_time(harness.dynamodb)
+    one_request_at_a_time(harness.dynamodb)
     customer = harness.open_customer("UCR1", moment_id="bcus_1")
     for number in range(40):
         harness.receive(f"msg_{number}", payment(f"ob_{number}", 10, customer_id="bcus_1"))

@@ -4,6 +4,7 @@ back through the DynamoDB Streams API, and the real handler invoked with them.""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -148,3 +149,17 @@ def payment(
         if value is not None:
             data[name] = value
     return json.dumps({"id": f"evt_{application_id}", "type": event_type, "data": data}).encode()
+
+
+def one_request_at_a_time(client: Any) -> None:
+    """moto's in-process backend is not thread-safe (a transaction deep-copies tables while another
+    thread writes). DynamoDB serialises writes to an item itself; here each request is made atomic,
+    so the threads still interleave between requests, which is where the reconciler's races live."""
+    lock = threading.Lock()
+    make_api_call = client._make_api_call
+
+    def atomic(operation: str, params: dict[str, Any]) -> Any:
+        with lock:
+            return make_api_call(operation, params)
+
+    client._make_api_call = atomic

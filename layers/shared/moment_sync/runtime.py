@@ -19,6 +19,8 @@ from moment_sync.webhook_store import WebhookStore
 if TYPE_CHECKING:
     from moment_sync.adapters.ledger_table import LedgerTable
     from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+    from moment_sync.moment_client import MomentClient
+    from moment_sync.pusher import BalancePusher
     from moment_sync.redrive import MomentDirectory
 
 
@@ -73,10 +75,59 @@ def ledger_dependencies() -> LedgerDependencies:
     )
 
 
+_moment_clients: dict[str, MomentClient] = {}
+
+
+def moment_client() -> MomentClient:
+    """The Moment client, reused across invocations; a new one only when the API key was rotated.
+    The key is read through Powertools' cache (MOMENT_API_KEY_MAX_AGE_SECONDS, default 300)."""
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider  # noqa: PLC0415
+
+    from moment_sync.moment_client import DEFAULT_BASE_URL, MomentClient  # noqa: PLC0415
+
+    provider = _secrets_provider(SecretsProvider)
+    api_key = str(
+        provider.get(
+            os.environ["MOMENT_API_KEY_SECRET_ARN"],
+            max_age=int(os.environ.get("MOMENT_API_KEY_MAX_AGE_SECONDS", "300")),
+        )
+    ).strip()
+    if api_key not in _moment_clients:
+        for stale in _moment_clients.values():
+            stale.close()
+        _moment_clients.clear()
+        _moment_clients[api_key] = MomentClient(
+            api_key,
+            environment=os.environ.get("ENVIRONMENT", "dev"),
+            base_url=os.environ.get("MOMENT_BASE_URL", DEFAULT_BASE_URL),
+        )
+    return _moment_clients[api_key]
+
+
 @cache
+def _secrets_provider(provider_class: Any) -> Any:
+    return provider_class(boto3_client=aws_client("secretsmanager"))
+
+
 def moment_directory() -> MomentDirectory | None:
     """Moment's own record of a Moment id, for re-driving unmatched payments (None: not configured)."""
-    return None
+    if not os.environ.get("MOMENT_API_KEY_SECRET_ARN"):
+        return None
+    from moment_sync.adapters.moment_directory import MomentClientDirectory  # noqa: PLC0415
+
+    return MomentClientDirectory(moment_client())
+
+
+def balance_pusher() -> BalancePusher:
+    from moment_sync.pusher import BalancePusher  # noqa: PLC0415
+
+    dependencies = ledger_dependencies()
+    return BalancePusher(
+        ledger=dependencies.ledger,
+        moment=moment_client(),
+        now=dependencies.clock,
+        concurrency=int(os.environ.get("PUSH_CONCURRENCY", "8")),
+    )
 
 
 def reset() -> None:
@@ -84,4 +135,7 @@ def reset() -> None:
     aws_client.cache_clear()
     receiver_dependencies.cache_clear()
     ledger_dependencies.cache_clear()
-    moment_directory.cache_clear()
+    _secrets_provider.cache_clear()
+    for client in _moment_clients.values():
+        client.close()
+    _moment_clients.clear()

@@ -22,12 +22,13 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry
+from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry
 from moment_sync.reconciliation import EventStatus
 
 HEAD = "HEAD"
 ENTRY_PREFIX = "ENTRY#"
 ENTRIES_INDEX = "EntriesNewestFirst"
+PENDING_INDEX = "PendingPush"
 
 
 class TransientLedgerError(Exception):
@@ -53,6 +54,22 @@ class PaymentResult:
     # For a duplicate: the webhook whose delivery applied the entry first.
     applied_by_webhook: str | None = None
     balance_currency: str | None = None
+
+
+class EntryOutcome(StrEnum):
+    APPLIED = "applied"
+    EXISTS = "exists"  # an entry with this source is already there
+    STALE = "stale"  # the balance moved past the expected version
+    CURRENCY_MISMATCH = "currency_mismatch"
+    NO_BALANCE = "no_balance"
+    NOT_TRACKED = "not_tracked"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    outcome: EntryOutcome
+    existing_entry: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
 
 
 def mapping_key(moment_id: str) -> dict[str, Any]:
@@ -263,6 +280,240 @@ class LedgerTable:
             )
         raise _transient_or(error)
 
+    def apply_entry(
+        self,
+        balance: BalanceRef,
+        entry: Entry,
+        currency: str,
+        *,
+        expected_version: int | None = None,
+        request_hash: str | None = None,
+    ) -> EntryResult:
+        """A merchant's or an operator's change: the entry (refused if its source is already there) and
+        the balance in one transaction, optionally only if the balance is still at `expected_version`."""
+        condition = "attribute_exists(version) AND currency = :currency"
+        values: dict[str, Any] = {
+            ":delta": entry.amount,
+            ":one": 1,
+            ":shard": balance.push_shard,
+            ":now": entry.created_at,
+            ":currency": currency,
+        }
+        if expected_version is not None:
+            condition += " AND version = :expected"
+            values[":expected"] = expected_version
+        item = entry_item(balance, entry, currency)
+        if request_hash is not None:
+            item["request_hash"] = {"S": request_hash}
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": head_key(balance),
+                            "UpdateExpression": "ADD balance :delta, version :one "
+                            "SET push_shard = if_not_exists(push_shard, :shard), "
+                            "pending_since = if_not_exists(pending_since, :now), updated_at = :now",
+                            "ConditionExpression": condition,
+                            "ExpressionAttributeValues": to_values(values),
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            codes = [reason.get("Code") for reason in reasons]
+            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+                return EntryResult(
+                    EntryOutcome.EXISTS, existing_entry=from_item(reasons[0].get("Item") or {})
+                )
+            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
+                head = from_item(reasons[1].get("Item") or {})
+                if not head:
+                    return EntryResult(EntryOutcome.NO_BALANCE)
+                if "version" not in head:
+                    return EntryResult(EntryOutcome.NOT_TRACKED, head=head)
+                if head.get("currency") != currency:
+                    return EntryResult(EntryOutcome.CURRENCY_MISMATCH, head=head)
+                return EntryResult(EntryOutcome.STALE, head=head)
+            raise _transient_or(error) from error
+        return EntryResult(EntryOutcome.APPLIED)
+
+    def put_head(self, item: dict[str, Any], *, create: bool, expected_version: int | None = None) -> bool:
+        """Write a head's descriptive fields: create it (only if absent), or replace them while the
+        balance is still at `expected_version` (money fields are never written here)."""
+        values: dict[str, Any] = {}
+        if create:
+            condition = "attribute_not_exists(pk)"
+        else:
+            condition = "attribute_exists(pk)"
+            if expected_version is not None:
+                condition += " AND version = :expected"
+                values[":expected"] = expected_version
+        request: dict[str, Any] = {"TableName": self.table_name, "ConditionExpression": condition}
+        if values:
+            request["ExpressionAttributeValues"] = to_values(values)
+        try:
+            if create:
+                self._client.put_item(Item=to_item(item), **request)
+            else:
+                key = head_key(BalanceRef(BalanceKind(item["kind"]), item["ref"]))
+                fields = {name: value for name, value in item.items() if name not in {"pk", "sk"}}
+                names = {f"#{name}": name for name in fields}
+                sets = ", ".join(f"#{name} = :v_{name}" for name in fields if fields[name] is not None)
+                removals = ", ".join(f"#{name}" for name in fields if fields[name] is None)
+                expression = f"SET {sets}" + (f" REMOVE {removals}" if removals else "")
+                request["ExpressionAttributeValues"] = to_values(
+                    {**values, **{f":v_{name}": value for name, value in fields.items() if value is not None}}
+                )
+                self._client.update_item(
+                    Key=key, UpdateExpression=expression, ExpressionAttributeNames=names, **request
+                )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def get_entry(self, balance: BalanceRef, entry_id: str) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": balance.partition_key}, "sk": {"S": ENTRY_PREFIX + entry_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    # --- push state (the pusher's) ----------------------------------------------------------
+
+    def pending_pushes(self, now: float, limit: int = 1000) -> list[tuple[str, BalanceRef]]:
+        """Balances whose version is ahead of Moment's and not backing off, oldest first across shards."""
+        found: list[tuple[str, BalanceRef]] = []
+        for shard in range(PUSH_SHARDS):
+            paginator = self._client.get_paginator("query")
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="push_shard = :shard",
+                FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
+                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}, ":now": {"S": iso_time(now)}},
+                PaginationConfig={"MaxItems": limit},
+            ):
+                found.extend(
+                    (item["pending_since"]["S"], BalanceRef.from_partition_key(item["pk"]["S"]))
+                    for item in page.get("Items", [])
+                )
+        return sorted(found)[:limit]
+
+    def record_push(
+        self, balance: BalanceRef, read: dict[str, Any], moment_balance: int | None, now: float
+    ) -> bool:
+        """After Moment took (or already had) the balance read: P := what Moment shows, R := R - the R
+        read, attempts and deferrals reset; the pending marker goes only if no change came since.
+        Conditional on the push state read, so two pushers could never both book one push."""
+        values: dict[str, Any] = {
+            ":used": -int(read.get("payments_since_push", 0)),
+            ":version": read["version"],
+            ":now": iso_time(now),
+            ":zero": 0,
+        }
+        sets = ["pushed_version = :version", "pushed_at = :now", "push_attempts = :zero"]
+        if moment_balance is not None:
+            values[":moment"] = moment_balance
+            sets.append("pushed_balance = :moment")
+        condition, condition_values = _push_state_condition(read)
+        update = (
+            f"SET {', '.join(sets)} ADD payments_since_push :used "
+            "REMOVE last_push_error, next_push_at, defer_count, deferred_since, "
+            "push_intent, push_intent_payments"
+        )
+        try:
+            self._update_head(
+                balance,
+                update + ", push_shard, pending_since",
+                condition + " AND version = :version",
+                {**values, **condition_values},
+            )
+            return True
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+        # The balance moved while we pushed: book the push, keep it pending for the next run.
+        try:
+            self._update_head(balance, update, condition, {**values, **condition_values})
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def record_intent(self, balance: BalanceRef, read: dict[str, Any], target: int) -> None:
+        """Before a PATCH: remember what is about to be sent, so a run that stops before booking it
+        leaves the next run able to explain Moment's balance."""
+        condition, condition_values = _push_state_condition(read)
+        self._update_head(
+            balance,
+            "SET push_intent = :target, push_intent_payments = :payments",
+            condition,
+            {":target": target, ":payments": int(read.get("payments_since_push", 0)), **condition_values},
+        )
+
+    def record_deferral(
+        self, balance: BalanceRef, read: dict[str, Any], moment_balance: int, now: float
+    ) -> int:
+        """Count one more deferral; returns how many in a row."""
+        condition, condition_values = _push_state_condition(read)
+        response = self._update_head(
+            balance,
+            "ADD defer_count :one SET deferred_since = if_not_exists(deferred_since, :now), "
+            "last_moment_balance = :moment",
+            condition,
+            {":one": 1, ":now": iso_time(now), ":moment": moment_balance, **condition_values},
+            return_values=True,
+        )
+        return int(from_item(response.get("Attributes", {})).get("defer_count", 1))
+
+    def record_failure(self, balance: BalanceRef, error: str, now: float, retry_at: float) -> int:
+        """Count a failed push and when to try again; returns the attempts so far."""
+        response = self._update_head(
+            balance,
+            "ADD push_attempts :one SET last_push_error = :error, next_push_at = :retry",
+            "attribute_exists(push_shard)",
+            {":one": 1, ":error": error[:500], ":retry": iso_time(retry_at)},
+            return_values=True,
+        )
+        return int(from_item(response.get("Attributes", {})).get("push_attempts", 1))
+
+    def _update_head(
+        self,
+        balance: BalanceRef,
+        update: str,
+        condition: str,
+        values: dict[str, Any],
+        return_values: bool = False,
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": to_values(values),
+        }
+        if return_values:
+            request["ReturnValues"] = "UPDATED_NEW"
+        response: dict[str, Any] = self._client.update_item(**request)
+        return response
+
     # --- reads ------------------------------------------------------------------------------
 
     def entries(
@@ -288,6 +539,13 @@ class LedgerTable:
         for page in paginator.paginate(TableName=self.table_name, ConsistentRead=True):
             for item in page.get("Items", []):
                 yield from_item(item)
+
+
+def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The head still has the push state the pusher read (only a push changes it)."""
+    if read.get("pushed_balance") is None:
+        return "attribute_exists(version) AND attribute_not_exists(pushed_balance)", {}
+    return "pushed_balance = :read_pushed", {":read_pushed": read["pushed_balance"]}
 
 
 def _cancellation_codes(error: ClientError) -> list[str]:

@@ -1,0 +1,154 @@
+"""In-memory DynamoDB and Secrets Manager behind botocore's `before-send` hook, and signed webhooks.
+
+Why this backend for timing, rather than moto or botocore's Stubber: `before-send` is the last step
+before the HTTP request leaves, so botocore still validates the parameters, serialises the request,
+signs it with SigV4, and parses the response (an error into a ClientError with its modeled fields),
+which is what a real call costs the function's CPU. Only the network round trip and the service are
+replaced, by a dict. moto also answers at `before-send` but then emulates DynamoDB in Python (the
+figure would be mostly moto); the Stubber answers at `before-call`, skipping serialisation, signing
+and parsing (the figure would leave out the SDK). Requests are counted so a timed loop can prove
+that each call made exactly the one request it should.
+
+Imported inside cold-start children after their timed import: use only what boto3 has loaded already.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from botocore.awsrequest import AWSResponse
+
+_JSON_1_0 = "application/x-amz-json-1.0"
+_JSON_1_1 = "application/x-amz-json-1.1"
+
+
+class _RawBody:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self._body
+
+
+def _answer(request: Any, status: int, document: dict[str, Any], content_type: str) -> AWSResponse:
+    body = json.dumps(document).encode()
+    headers = {
+        "content-type": content_type,
+        "x-amzn-requestid": "0" * 52,
+        # DynamoDB sends it and botocore checks it: part of what a real response costs.
+        "x-amz-crc32": str(binascii.crc32(body) & 0xFFFFFFFF),
+    }
+    return AWSResponse(request.url, status, headers, _RawBody(body))
+
+
+class InMemoryDynamoDB:
+    """PutItem with `attribute_not_exists(<key>)`, the one call the receivers make; nothing else."""
+
+    def __init__(self, key: str = "webhook_id") -> None:
+        self.key = key
+        self.items: dict[str, dict[str, Any]] = {}
+        self.requests = 0
+
+    def attach(self, events: Any) -> None:
+        """`events`: a client's `meta.events`, or a botocore session (clients created later inherit it)."""
+        events.register("before-send.dynamodb", self._send)
+
+    def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation != "PutItem":
+            raise NotImplementedError(f"the in-memory DynamoDB does not do {operation}")
+        self.requests += 1
+        call = json.loads(request.body)
+        item = call["Item"]
+        key = item[self.key]["S"]
+        condition = call.get("ConditionExpression")
+        if condition not in {None, f"attribute_not_exists({self.key})"}:
+            raise NotImplementedError(f"the in-memory DynamoDB does not evaluate {condition!r}")
+        if condition and key in self.items:
+            error: dict[str, Any] = {
+                "__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+                "message": "The conditional request failed",
+            }
+            if call.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD":
+                error["Item"] = self.items[key]
+            return _answer(request, 400, error, _JSON_1_0)
+        self.items[key] = item  # as sent: binary values stay base64, as DynamoDB returns them
+        return _answer(request, 200, {}, _JSON_1_0)
+
+
+class InMemorySecretsManager:
+    """GetSecretValue of one secret."""
+
+    def __init__(self, secret_id: str, secret_string: str) -> None:
+        self.secret_id = secret_id
+        self.secret_string = secret_string
+        self.requests = 0
+
+    def attach(self, events: Any) -> None:
+        events.register("before-send.secrets-manager", self._send)
+
+    def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        operation = event_name.rsplit(".", 1)[-1]
+        call = json.loads(request.body)
+        if operation != "GetSecretValue" or call.get("SecretId") != self.secret_id:
+            raise NotImplementedError(f"the in-memory Secrets Manager does not do {operation} {call}")
+        self.requests += 1
+        document = {
+            "ARN": f"arn:aws:secretsmanager:af-south-1:123456789012:secret:{self.secret_id}-AbCdEf",
+            "Name": self.secret_id,
+            "SecretString": self.secret_string,
+            "VersionId": "00000000-0000-0000-0000-000000000000",
+            "VersionStages": ["AWSCURRENT"],
+            "CreatedDate": 1_790_000_000.0,
+        }
+        return _answer(request, 200, document, _JSON_1_1)
+
+
+class BenchLambdaContext:
+    """The fields of Lambda's context object the handlers and Powertools read."""
+
+    def __init__(self, function_name: str, request_number: int) -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 512
+        self.invoked_function_arn = f"arn:aws:lambda:af-south-1:123456789012:function:{function_name}"
+        self.aws_request_id = f"00000000-0000-4000-8000-{request_number:012d}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def signing_key(secret: str) -> bytes:
+    """A Standard Webhooks secret's key bytes (`whsec_` prefix, base64, padding optional)."""
+    return base64.b64decode(secret.removeprefix("whsec_") + "==")
+
+
+def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` Moment would send, made independently of the code under test."""
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_event(
+    template: dict[str, Any], body: bytes, *, webhook_id: str, timestamp: int, key: bytes
+) -> dict[str, Any]:
+    """An API Gateway (payload 2.0) event shaped like `template` (the file in events/), signed afresh."""
+    event = copy.deepcopy(template)
+    event["headers"] = {
+        **template["headers"],
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, webhook_id, timestamp, body),
+        "content-length": str(len(body)),
+    }
+    event["body"] = body.decode()
+    event["isBase64Encoded"] = False
+    return event

@@ -1,0 +1,190 @@
+"""Benchmark rows, their goals, the areas that produce them, and how a run is printed and saved.
+
+A row is one figure: a value measured on the system, the same quantity measured on a baseline in
+the same run, and their ratio, which is the figure (absolute times vary by machine; ratios travel).
+A goal, when the issue sets one, is a bound on the ratio; rows without a goal are information.
+
+An area is a module with `TITLE` and `run(context) -> list[Row]`; add it to `AREAS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PATH = ROOT / "benchmarks" / "results.json"
+
+# Area name -> module. The runner imports only the areas it runs.
+AREAS: dict[str, str] = {
+    "receiver": "benchmarks.receiver",
+}
+
+# Areas later issues add; listed so `--list`, the table and docs/performance.md agree on what is missing.
+PLANNED: dict[str, str] = {
+    "reconciler": "records/s vs plain updates, write units per payment (the reconciler issue)",
+    "pusher": "pushes/s vs a concurrency/latency ceiling (the balance pusher issue)",
+    "cold_imports": "each function's cold import vs `import boto3` alone (added with each function)",
+    "sizes": "package and layer sizes from `sam build` (the packaging issue)",
+    "cost": "cost model per 1,000 webhooks (the cost issue)",
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A bound on a row's ratio (measured / baseline)."""
+
+    operator: str  # "<=", ">=" or "=="
+    bound: float
+
+    @classmethod
+    def at_most(cls, bound: float) -> Goal:
+        return cls("<=", bound)
+
+    @classmethod
+    def at_least(cls, bound: float) -> Goal:
+        return cls(">=", bound)
+
+    @classmethod
+    def exactly(cls, bound: float) -> Goal:
+        return cls("==", bound)
+
+    def met_by(self, ratio: float) -> bool:
+        if self.operator == "<=":
+            return ratio <= self.bound
+        if self.operator == ">=":
+            return ratio >= self.bound
+        return math.isclose(ratio, self.bound, rel_tol=1e-9)
+
+    def __str__(self) -> str:
+        symbol = {"<=": "≤", ">=": "≥", "==": "="}[self.operator]
+        return f"{symbol} {self.bound:.2f}x"
+
+
+@dataclass
+class Row:
+    area: str
+    name: str  # stable id, "<area>.<what>", the key in results.json
+    title: str  # what the figure is, in words
+    measured: float
+    baseline: float
+    unit: str  # of `measured` and `baseline`: "ms", "µs", "requests", "write units", "bytes", ...
+    measured_label: str  # what was measured ("webhook_receiver.lambda_handler")
+    baseline_label: str  # what it was compared with ("baseline_receiver", "the ideal")
+    goal: Goal | None = None
+    notes: list[str] = field(default_factory=list)
+    # Everything else worth keeping (samples' spread, iterations, backend), for results.json.
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        if self.baseline == 0:
+            return math.inf if self.measured else 1.0
+        return self.measured / self.baseline
+
+    @property
+    def status(self) -> str:
+        if self.goal is None:
+            return "info"
+        return "pass" if self.goal.met_by(self.ratio) else "FAIL"
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["goal"] = (
+            None if self.goal is None else {"operator": self.goal.operator, "bound": self.goal.bound}
+        )
+        data["ratio"] = round(self.ratio, 4)
+        data["status"] = self.status
+        return data
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every area gets: the run's mode and a way to size its work."""
+
+    quick: bool
+    python: str = sys.executable
+    root: Path = ROOT
+    progress: Callable[[str], None] = lambda message: print(f"  .. {message}", file=sys.stderr, flush=True)
+
+    def iterations(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def format_value(value: float, unit: str) -> str:
+    if unit in {"ms", "µs"}:
+        text = f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+    elif float(value).is_integer():
+        text = f"{int(value):,}"
+    else:
+        text = f"{value:,.2f}"
+    return f"{text} {unit}"
+
+
+def render(rows: Sequence[Row], *, header: str, skipped: Sequence[str]) -> str:
+    columns = ("row", "measured", "baseline", "ratio", "goal", "result")
+    table = [
+        (
+            row.name,
+            format_value(row.measured, row.unit),
+            format_value(row.baseline, row.unit),
+            f"{row.ratio:.2f}x",
+            str(row.goal) if row.goal else "-",
+            row.status,
+        )
+        for row in rows
+    ]
+    widths = [max([len(columns[i]), *(len(line[i]) for line in table)]) for i in range(len(columns))]
+
+    def line(cells: Sequence[str]) -> str:
+        first, *numbers = cells
+        return "  ".join(
+            [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(numbers, widths[1:], strict=True))]
+        )
+
+    out = [header, "", line(columns), line(["-" * w for w in widths])]
+    out += [line(cells) for cells in table]
+    out.append("")
+    for row in rows:
+        out.append(f"{row.name}: {row.title}")
+        out.append(f"    measured: {row.measured_label}")
+        out.append(f"    baseline: {row.baseline_label}")
+        out += [f"    - {note}" for note in row.notes]
+    if skipped:
+        out.append("")
+        out.append("Not built yet: " + "; ".join(skipped))
+    counts = {status: sum(row.status == status for row in rows) for status in ("pass", "FAIL", "info")}
+    out.append("")
+    out.append(f"{counts['pass']} pass, {counts['FAIL']} FAIL, {counts['info']} info")
+    return "\n".join(out)
+
+
+def save(rows: Sequence[Row], *, path: Path, areas: Sequence[str], quick: bool, seconds: float) -> None:
+    document = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": quick,
+        "areas": list(areas),
+        "not_built_yet": PLANNED,
+        "seconds": round(seconds, 1),
+        "rows": [row.as_json() for row in rows],
+    }
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,270 @@
+"""The merchant's and the operator's ways to change the ledger: customers, accounts, charges,
+absolute balances and audited adjustments, and how a balance reads back.
+
+Shared by the ledger API and the CLI. Validation of the request's shape happens before this
+(`moment_sync.ledger.requests`); here are the rules that need the ledger's state. Every change to
+money is an entry, in the same transaction as the balance it changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from moment_sync.adapters.ledger_table import EntryOutcome, EntryResult, LedgerTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.sync import sync_view
+
+PERSONAL_FIELDS = ("name", "email", "phone")
+
+
+@dataclass
+class LedgerProblem(Exception):
+    """A request the ledger's state refuses; rendered as an RFC 9457 problem by the API."""
+
+    status: int
+    problem: str
+    title: str
+    detail: str
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def not_found(what: str) -> LedgerProblem:
+    return LedgerProblem(404, "not-found", "Not found", f"{what} does not exist")
+
+
+# --- customers and accounts ---------------------------------------------------------------------
+
+
+def put_customer(
+    ledger: LedgerTable, ref: str, change: dict[str, Any], now: float
+) -> tuple[bool, dict[str, Any]]:
+    """Create or update a customer. Returns (created, the customer as read back)."""
+    balance = BalanceRef(BalanceKind.CUSTOMER, ref)
+    model = change.get("balance_model", "customer")
+    head = ledger.get_head(balance)
+    if head is None:
+        ledger.open_balance(balance, change["currency"], now, balance_model=model)
+        _update_head(ledger, balance, {name: change.get(name) for name in PERSONAL_FIELDS}, None, now)
+        return True, read_balance(ledger, balance)
+    if head.get("balance_model", "customer") != model:
+        raise LedgerProblem(409, "balance-model-fixed", "Balance model cannot change",
+                            f"customer {ref} is on the {head.get('balance_model')!r} model")
+    fields = {name: change.get(name) for name in PERSONAL_FIELDS}
+    _update_head(ledger, balance, fields, _currency_change(head, change["currency"]), now)
+    return False, read_balance(ledger, balance)
+
+
+def put_account(
+    ledger: LedgerTable, ref: str, change: dict[str, Any], now: float
+) -> tuple[bool, dict[str, Any]]:
+    balance = BalanceRef(BalanceKind.ACCOUNT, ref)
+    customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, change["customer_ref"]))
+    if customer is None or customer.get("balance_model") != "accounts":
+        raise LedgerProblem(422, "customer-not-on-account-model", "Unusable customer",
+                            f"customer {change['customer_ref']} must exist with balance_model 'accounts'")
+    head = ledger.get_head(balance)
+    if head is None:
+        ledger.open_balance(balance, change["currency"], now, customer_ref=change["customer_ref"])
+        _update_head(ledger, balance, {"name": change.get("name")}, None, now)
+        return True, read_balance(ledger, balance)
+    if head.get("customer_ref") != change["customer_ref"]:
+        raise LedgerProblem(409, "customer-fixed", "An account cannot move",
+                            f"account {ref} belongs to customer {head.get('customer_ref')}")
+    _update_head(ledger, balance, {"name": change.get("name")}, _currency_change(head, change["currency"]), now)
+    return False, read_balance(ledger, balance)
+
+
+def _currency_change(head: dict[str, Any], currency: str) -> tuple[str, int] | None:
+    if head.get("currency") == currency:
+        return None
+    if head.get("version", 0) != 0:
+        raise LedgerProblem(409, "currency-fixed", "Currency cannot change",
+                            f"the balance is kept in {head.get('currency')} and has entries")
+    return currency, 0
+
+
+def _update_head(ledger: LedgerTable, balance: BalanceRef, fields: dict[str, Any],
+                 currency: tuple[str, int] | None, now: float) -> None:
+    item = {"kind": balance.kind.value, "ref": balance.ref, "updated_at": iso_time(now), **fields}
+    expected_version = None
+    if currency is not None:
+        item["currency"], expected_version = currency
+    if not ledger.put_head(item, create=False, expected_version=expected_version):
+        raise LedgerProblem(409, "currency-fixed", "Currency cannot change",
+                            "an entry was added while the currency was being changed")
+
+
+# --- money --------------------------------------------------------------------------------------
+
+
+def post_charge(
+    ledger: LedgerTable, balance: BalanceRef, charge: dict[str, Any], now: float
+) -> tuple[bool, dict[str, Any]]:
+    """Post a merchant's charge (or credit, if negative) once per charge id.
+    Returns (created, the entry); the same id with another body is a conflict."""
+    head = _tracked_head(ledger, balance)
+    request_hash = _hash({"amount": charge["amount"], "description": charge.get("description")})
+    source = {"charge_id": charge["id"]}
+    if charge.get("description"):
+        source["description"] = charge["description"]
+    entry = Entry(EntryKind.CHARGE, charge["amount"], charge["id"], source, iso_time(now))
+    result = ledger.apply_entry(balance, entry, head["currency"], request_hash=request_hash)
+    if result.outcome is EntryOutcome.EXISTS and result.existing_entry is not None:
+        if result.existing_entry.get("request_hash") != request_hash:
+            raise LedgerProblem(409, "charge-id-reused", "Charge id already used",
+                                f"charge {charge['id']} was posted with a different body")
+        return False, entry_view(result.existing_entry)
+    _raise_unless_applied(result, balance)
+    return True, entry_view(_entry_item_view(entry))
+
+
+def set_balance(
+    ledger: LedgerTable, balance: BalanceRef, new_balance: int, expected_version: int, now: float
+) -> dict[str, Any]:
+    """Set an absolute balance, recorded as an entry of the difference, only if nothing changed the
+    balance since `expected_version` (so a balance computed before a payment never erases it)."""
+    head = _tracked_head(ledger, balance)
+    if head["version"] != expected_version:
+        raise _stale(head)
+    difference = new_balance - head["balance"]
+    if difference == 0:
+        return read_balance(ledger, balance)
+    source = {"previous_balance": str(head["balance"]), "new_balance": str(new_balance),
+              "expected_version": str(expected_version)}
+    entry = Entry(EntryKind.BALANCE_SET, difference, f"v{expected_version + 1}", source, iso_time(now))
+    result = ledger.apply_entry(balance, entry, head["currency"], expected_version=expected_version)
+    if result.outcome is EntryOutcome.EXISTS:
+        raise _stale(ledger.get_head(balance) or head)
+    _raise_unless_applied(result, balance)
+    return read_balance(ledger, balance)
+
+
+def adjust(
+    ledger: LedgerTable, balance: BalanceRef, amount: int, *, reason: str, operator: str,
+    adjustment_id: str, now: float,
+) -> dict[str, Any]:
+    """An operator's audited correction (for example, accepting Moment's balance for a payment
+    whose webhook never came): an entry that says who did it and why."""
+    head = _tracked_head(ledger, balance)
+    source = {"reason": reason, "operator": operator, "adjustment_id": adjustment_id}
+    entry = Entry(EntryKind.ADJUSTMENT, amount, adjustment_id, source, iso_time(now))
+    result = ledger.apply_entry(balance, entry, head["currency"])
+    if result.outcome is EntryOutcome.EXISTS:
+        raise LedgerProblem(409, "adjustment-id-reused", "Adjustment id already used",
+                            f"adjustment {adjustment_id} is already an entry of {balance}")
+    _raise_unless_applied(result, balance)
+    return entry_view(_entry_item_view(entry))
+
+
+def _tracked_head(ledger: LedgerTable, balance: BalanceRef) -> dict[str, Any]:
+    head = ledger.get_head(balance)
+    if head is None:
+        raise not_found(str(balance))
+    if "version" not in head:
+        raise LedgerProblem(409, "balance-not-tracked", "No balance here",
+                            f"{balance} is on the account-balance model: post to its accounts")
+    return head
+
+
+def _raise_unless_applied(result: EntryResult, balance: BalanceRef) -> None:
+    if result.outcome is EntryOutcome.APPLIED:
+        return
+    if result.outcome is EntryOutcome.NO_BALANCE:
+        raise not_found(str(balance))
+    if result.outcome is EntryOutcome.STALE and result.head is not None:
+        raise _stale(result.head)
+    raise LedgerProblem(409, result.outcome.value.replace("_", "-"), "Conflict",
+                        f"{balance} changed while the request was applied; read it and try again")
+
+
+def _stale(head: dict[str, Any]) -> LedgerProblem:
+    return LedgerProblem(409, "stale-version", "Balance changed since it was read",
+                         f"the balance is at version {head.get('version')}",
+                         {"current_version": head.get("version"), "current_balance": head.get("balance")})
+
+
+def _hash(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_balance(
+    ledger: LedgerTable, balance: BalanceRef, *, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    head = ledger.get_head(balance)
+    if head is None:
+        raise not_found(str(balance))
+    entries, next_key = ledger.entries(balance, limit=limit, cursor=decode_cursor(cursor) if cursor else None)
+    view: dict[str, Any] = {
+        "ref": balance.ref,
+        "kind": balance.kind.value,
+        "currency": head["currency"],
+        "balance": head.get("balance"),
+        "version": head.get("version", 0),
+        "sync": sync_view(head),
+        "entries": [entry_view(entry) for entry in entries],
+    }
+    for optional in ("customer_ref", "balance_model", "moment_id", *PERSONAL_FIELDS):
+        if head.get(optional) is not None:
+            view[optional] = head[optional]
+    if next_key:
+        view["next_cursor"] = encode_cursor(next_key)
+    return view
+
+
+def read_event(events: WebhookEventsTable, webhook_id: str) -> dict[str, Any]:
+    event = events.get(webhook_id)
+    if event is None:
+        raise not_found(f"webhook {webhook_id}")
+    view = {
+        "webhook_id": event["webhook_id"],
+        "event_id": event.get("event_id"),
+        "type": event.get("event_type"),
+        "status": event["status"],
+        "received_at": event["received_at"],
+    }
+    for name, key in (("reason", "reason"), ("reason_detail", "reason_detail"), ("entry_id", "entry_id"),
+                      ("duplicate_of", "duplicate_of")):
+        if event.get(key) is not None:
+            view[name] = event[key]
+    return view
+
+
+def entry_view(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": entry["entry_id"],
+        "kind": entry["kind"],
+        "amount": entry["amount"],
+        "source": entry.get("source", {}),
+        "created_at": entry["created_at"],
+    }
+
+
+def _entry_item_view(entry: Entry) -> dict[str, Any]:
+    return {"entry_id": entry.entry_id, "kind": entry.kind.value, "amount": entry.amount,
+            "source": entry.source, "created_at": entry.created_at}
+
+
+def encode_cursor(key: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        key = None
+    if not isinstance(key, dict) or not all(isinstance(value, dict) for value in key.values()):
+        raise LedgerProblem(400, "invalid-cursor", "Invalid cursor", "cursor is not one this API returned")
+    return key

@@ -1,0 +1,764 @@
+"""Moment's Billing API as this project uses it: create, read and set the balance of customers and accounts.
+
+Owns: the one reused httpx.Client and its timeouts; authentication, and refusing a key that does not suit
+the environment; deterministic Idempotency-Keys on creates; retries (429, 5xx and network errors only,
+exponential backoff with full jitter, Retry-After honoured, bounded); reading Moment's answers into small
+frozen objects, checked field by field; turning every failure into a typed error (moment_errors).
+
+Never: writes the API key into a log line, an error or a repr; sends or accepts an amount that is not an
+int of minor units; retries a 4xx that Moment would refuse again; decides whether a balance should be
+pushed (balance_pusher does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Final, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from moment_sync.moment_errors import (
+    REDACTED,
+    MomentApiError,
+    MomentConflict,
+    MomentKeyRefused,
+    MomentNotFound,
+    MomentRateLimited,
+    MomentRequestRejected,
+    MomentResponseInvalid,
+    MomentUnavailable,
+    ProblemDetails,
+)
+from moment_sync.observability import logger
+
+DEFAULT_BASE_URL: Final = "https://api.momentpay.net"
+PROD_ENVIRONMENT: Final = "prod"
+CURRENCIES: Final = frozenset({"ZAR", "USD"})
+IDEMPOTENCY_KEY_SCHEME: Final = "moment-sync/v1"
+
+Currency = Literal["ZAR", "USD"]
+ObjectKind = Literal["customer", "account"]
+KeyMode = Literal["test", "live"]
+
+_COLLECTION_PATH: Final[Mapping[ObjectKind, str]] = {
+    "customer": "/billing/customers",
+    "account": "/billing/accounts",
+}
+_EXTERNAL_REFERENCE: Final = re.compile(r"[a-zA-Z0-9_-]{1,255}")
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+_TEST_KEY_PREFIX: Final = "sk_test_"
+_SECRET_KEY_PREFIX: Final = "sk_"  # noqa: S105 -- a prefix to recognise keys by, not a key
+_USER_AGENT: Final = "moment-balance-sync"
+
+_T = TypeVar("_T")
+
+
+# --- What we send ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewCustomer:
+    """The body of POST /billing/customers. An opening balance needs its currency (Moment requires both)."""
+
+    external_reference: str
+    name: str | None = field(default=None, repr=False)  # personal details stay out of reprs and logs
+    email: str | None = field(default=None, repr=False)
+    phone: str | None = field(default=None, repr=False)
+    balance: int | None = None
+    currency: Currency | None = None
+    metadata: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        _check_external_reference(self.external_reference)
+        _check_opening_balance(self.balance, self.currency)
+
+    def to_body(self) -> dict[str, Any]:
+        return _present(
+            external_reference=self.external_reference,
+            name=self.name,
+            email=self.email,
+            phone=self.phone,
+            balance=self.balance,
+            currency=self.currency,
+            metadata=dict(self.metadata) if self.metadata is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    """The body of POST /billing/accounts. `customer` is a `bcus_` id, a customer's external_reference,
+    or a NewCustomer, which makes Moment create the customer and the account together (composite create)."""
+
+    customer: str | NewCustomer
+    external_reference: str
+    name: str | None = None
+    balance: int | None = None
+    currency: Currency | None = None
+    metadata: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.customer, str) and not self.customer:
+            raise ValueError("an account needs its customer: a bcus_ id, a reference or a NewCustomer")
+        _check_external_reference(self.external_reference)
+        _check_opening_balance(self.balance, self.currency)
+
+    def to_body(self) -> dict[str, Any]:
+        customer = self.customer if isinstance(self.customer, str) else self.customer.to_body()
+        return _present(
+            customer=customer,
+            external_reference=self.external_reference,
+            name=self.name,
+            balance=self.balance,
+            currency=self.currency,
+            metadata=dict(self.metadata) if self.metadata is not None else None,
+        )
+
+
+def _present(**members: Any) -> dict[str, Any]:
+    # Moment treats an omitted balance as "no balance tracking", so absent means absent, never null.
+    return {name: value for name, value in members.items() if value is not None}
+
+
+def _check_external_reference(reference: str) -> None:
+    if not isinstance(reference, str) or not _EXTERNAL_REFERENCE.fullmatch(reference):
+        raise ValueError("external_reference must be 1-255 characters of [a-zA-Z0-9_-]")
+
+
+def _check_opening_balance(balance: int | None, currency: str | None) -> None:
+    if currency is not None:
+        _check_currency(currency)
+    if balance is not None:
+        _check_balance(balance, currency)
+
+
+def _check_balance(balance: int, currency: str | None) -> None:
+    # bool is an int to Python, and a float amount is the bug this whole project is careful to avoid.
+    if isinstance(balance, bool) or not isinstance(balance, int):
+        raise ValueError(
+            f"a balance is an int of minor units (R 10.95 is 1095), not {type(balance).__name__}"
+        )
+    if currency is None:
+        raise ValueError("a balance needs its currency: Moment refuses one without the other")
+    _check_currency(currency)
+
+
+def _check_currency(currency: str) -> None:
+    if currency not in CURRENCIES:
+        raise ValueError(f"Moment supports only {sorted(CURRENCIES)}, not {currency!r}")
+
+
+def idempotency_key(kind: ObjectKind, external_reference: str, generation: int = 0) -> str:
+    """The Idempotency-Key of one create: the same kind, reference and generation always give the same key,
+    so a retried create can never make two objects. A new generation gives a fresh key, for when Moment keeps
+    replaying a stored failure of the old one. 64 hex characters, within Moment's 1-255 of [a-zA-Z0-9-]."""
+    if kind not in _COLLECTION_PATH:
+        raise ValueError(f"no Moment object kind {kind!r}")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError("an idempotency key generation is an int >= 0")
+    # The separator cannot occur in a reference or a kind, so no two inputs share a digest input.
+    material = "\n".join((IDEMPOTENCY_KEY_SCHEME, kind, external_reference, str(generation)))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+# --- What Moment answers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MomentCustomer:
+    """A Moment customer. `balance` is minor units (None: Moment tracks no balance on it).
+    Personal details stay out of the repr, so logging one never logs a person."""
+
+    id: str
+    external_reference: str
+    balance: int | None
+    currency: str | None
+    name: str | None = field(default=None, repr=False)
+    email: str | None = field(default=None, repr=False)
+    phone: str | None = field(default=None, repr=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MomentAccount:
+    """A Moment account: a balance of its own, belonging to the customer `customer_id`."""
+
+    id: str
+    external_reference: str
+    customer_id: str
+    balance: int | None
+    currency: str | None
+    name: str | None = field(default=None, repr=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class CreateOutcome(StrEnum):
+    # CREATED: this call's create was applied, so Moment's balance is the one sent.
+    # ADOPTED: the object existed already (or Moment replayed an earlier create); it was read back from
+    # Moment, so its balance is Moment's current one: treat it as the balance last pushed.
+    CREATED = "created"
+    ADOPTED = "adopted"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedOrAdopted(Generic[_T]):
+    value: _T
+    outcome: CreateOutcome
+    generation: int  # the idempotency key generation of the last create sent
+
+
+class _ShapeInvalid(Exception):
+    """A Moment document lacks a field or has one of the wrong type (becomes MomentResponseInvalid)."""
+
+
+def _customer_from(document: Mapping[str, Any]) -> MomentCustomer:
+    return MomentCustomer(
+        id=_required_text(document, "id"),
+        external_reference=_required_text(document, "external_reference"),
+        balance=_minor_units(document, "balance"),
+        currency=_optional_text(document, "currency"),
+        name=_optional_text(document, "name"),
+        email=_optional_text(document, "email"),
+        phone=_optional_text(document, "phone"),
+        raw=document,
+    )
+
+
+def _account_from(document: Mapping[str, Any]) -> MomentAccount:
+    return MomentAccount(
+        id=_required_text(document, "id"),
+        external_reference=_required_text(document, "external_reference"),
+        customer_id=_required_text(document, "customer_id"),
+        balance=_minor_units(document, "balance"),
+        currency=_optional_text(document, "currency"),
+        name=_optional_text(document, "name"),
+        raw=document,
+    )
+
+
+def _required_text(document: Mapping[str, Any], name: str) -> str:
+    value = document.get(name)
+    if not isinstance(value, str) or not value:
+        raise _ShapeInvalid(f"{name} must be a non-empty string, got {_json_type(document, name)}")
+    return value
+
+
+def _optional_text(document: Mapping[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _ShapeInvalid(f"{name} must be a string when present, got {_json_type(document, name)}")
+    return value
+
+
+def _minor_units(document: Mapping[str, Any], name: str) -> int | None:
+    value = document.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _ShapeInvalid(f"{name} must be an integer of minor units, got {_json_type(document, name)}")
+    return value
+
+
+def _json_type(document: Mapping[str, Any], name: str) -> str:
+    # Names the type, never the value: the value may be personal data.
+    if name not in document:
+        return "nothing"
+    value = document[name]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a decimal number"
+    return {str: "a string", int: "an integer", list: "an array", dict: "an object"}.get(type(value), "?")
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(content)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise _ShapeInvalid("the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise _ShapeInvalid("the body is not a JSON object")
+    return document
+
+
+def _with_reference(
+    reference: str, read: Callable[[Mapping[str, Any]], _T]
+) -> Callable[[Mapping[str, Any]], _T]:
+    """A reader that also insists the object is the one asked for: a path segment may be a Moment id or a
+    reference, and adopting some other customer's object would push a balance onto the wrong person."""
+
+    def read_checked(document: Mapping[str, Any]) -> _T:
+        value = read(document)  # checks that external_reference is a string first
+        answered = document["external_reference"]
+        if answered != reference:
+            raise _ShapeInvalid(f"Moment answered with external_reference {answered!r}, not {reference!r}")
+        return value
+
+    return read_checked
+
+
+# --- Keys and retries -----------------------------------------------------------------------------
+
+
+def check_key_for_environment(api_key: str, environment: str) -> KeyMode:
+    """Refuse a key that does not suit the environment: live money only from prod, and prod only live.
+    The messages name the key's kind, never the key."""
+    mode = _key_mode(api_key)
+    if mode == "live" and environment != PROD_ENVIRONMENT:
+        raise MomentKeyRefused(
+            f"a live Moment key (sk_…) is refused in environment {environment!r}: only prod uses live keys"
+        )
+    if mode == "test" and environment == PROD_ENVIRONMENT:
+        raise MomentKeyRefused("a test Moment key (sk_test_…) is refused in prod: prod uses a live key")
+    return mode
+
+
+def _key_mode(api_key: str) -> KeyMode:
+    if not isinstance(api_key, str) or not api_key:
+        raise MomentKeyRefused("no Moment API key was given: a secret key (sk_test_… or sk_…) is needed")
+    if any(character.isspace() or not character.isprintable() for character in api_key):
+        raise MomentKeyRefused("the Moment API key contains whitespace (a stray newline in the secret?)")
+    if api_key.startswith(_TEST_KEY_PREFIX) and len(api_key) > len(_TEST_KEY_PREFIX):
+        return "test"
+    # "sk_test" without its final underscore is a mangled test key, never a live one.
+    is_secret = api_key.startswith(_SECRET_KEY_PREFIX) and len(api_key) > len(_SECRET_KEY_PREFIX)
+    if is_secret and not api_key.startswith("sk_test"):
+        return "live"
+    kind = "a publishable key (pk_…), which is for browsers" if api_key.startswith("pk_") else "not one"
+    raise MomentKeyRefused(f"the Moment API key must be a secret key (sk_test_… or sk_…); this is {kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to keep trying after a 429, a 5xx or a network error (nothing else is retried)."""
+
+    max_attempts: int = 4
+    base_delay_seconds: float = 0.5
+    max_delay_seconds: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.base_delay_seconds <= self.max_delay_seconds:
+            raise ValueError("delays must satisfy 0 <= base_delay_seconds <= max_delay_seconds")
+
+    def delay_seconds(self, attempt: int, retry_after: float | None, jitter: float) -> float:
+        """The pause after failed attempt `attempt` (from 1): Moment's Retry-After when it sent one,
+        else full jitter (uniform up to an exponentially growing ceiling); never more than the cap."""
+        if retry_after is not None:
+            return min(retry_after, self.max_delay_seconds)
+        ceiling = self.base_delay_seconds * 2.0 ** min(attempt - 1, 32)
+        return jitter * min(ceiling, self.max_delay_seconds)
+
+
+DEFAULT_RETRY_POLICY: Final = RetryPolicy()
+
+
+def _retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from `now`: delay-seconds or an HTTP-date (RFC 9110); None when unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _is_replayed(response: httpx.Response) -> bool:
+    return str(response.headers.get("Idempotent-Replayed", "")).strip().lower() == "true"
+
+
+def _worth_retrying(response: httpx.Response) -> bool:
+    # A replayed answer is stored for 24 hours: asking again with the same key only replays it again.
+    status = response.status_code
+    return (status == 429 or status >= 500) and not _is_replayed(response)
+
+
+def _error_class(status: int) -> type[MomentApiError]:
+    if status == 404:
+        return MomentNotFound
+    if status == 409:
+        return MomentConflict
+    if status == 429:
+        return MomentRateLimited
+    if 400 <= status < 500:
+        return MomentRequestRejected
+    if status >= 500:
+        return MomentUnavailable
+    return MomentResponseInvalid  # 1xx/3xx: nothing Moment documents
+
+
+def _path_segment(value: str) -> str:
+    """One {customer}/{account} path parameter, percent-encoded so a reference can never change the path."""
+    if not isinstance(value, str) or value in {"", ".", ".."}:
+        raise ValueError("a Moment id or external_reference is needed")
+    return quote(value, safe="")
+
+
+def _checked_base_url(base_url: str) -> str:
+    url = httpx.URL(base_url)
+    # The key travels in every request: plain http only to a sandbox on this machine.
+    if url.scheme != "https" and not (url.scheme == "http" and url.host in _LOOPBACK_HOSTS):
+        raise ValueError("the Moment base URL must be https (plain http only to a loopback sandbox)")
+    return str(url).rstrip("/")
+
+
+# --- The client -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    body: Mapping[str, Any] | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply(Generic[_T]):
+    value: _T
+    replayed: bool
+
+
+class MomentClient:
+    """Moment's Billing API over one httpx.Client: construct once per execution environment and reuse.
+
+    Tests pass `transport` (or a whole `http_client`), `sleep` and `jitter`, so nothing touches the network
+    or really sleeps. Every method raises a MomentApiError subclass when the request fails.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        environment: str,
+        base_url: str = DEFAULT_BASE_URL,
+        connect_timeout_seconds: float = 3.0,
+        read_timeout_seconds: float = 10.0,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        max_key_generations: int = 3,
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key_mode = check_key_for_environment(api_key, environment)
+        if http_client is not None and transport is not None:
+            raise ValueError("pass an http_client or a transport, not both")
+        if max_key_generations < 1:
+            raise ValueError("max_key_generations must be at least 1")
+        self._api_key = api_key
+        self._environment = environment
+        self._base_url = _checked_base_url(base_url)
+        # Explicit on every request too, so an injected client cannot leave them unbounded.
+        self._timeout = httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds)
+        self._retry = retry
+        self._max_key_generations = max_key_generations
+        self._owns_http_client = http_client is None
+        self._http = http_client or httpx.Client(transport=transport, timeout=self._timeout)
+        self._sleep = sleep
+        self._jitter = jitter
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return (
+            f"MomentClient(base_url={self._base_url!r}, environment={self._environment!r}, "
+            f"key={self._key_mode!r})"
+        )
+
+    def close(self) -> None:
+        """Close the connection pool, unless it was lent to us."""
+        if self._owns_http_client:
+            self._http.close()
+
+    def __enter__(self) -> MomentClient:
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self.close()
+
+    # Creates ------------------------------------------------------------------------------------
+
+    def create_customer(self, customer: NewCustomer, *, generation: int = 0) -> MomentCustomer:
+        """POST /billing/customers. A replayed success returns the customer as it was created, which may
+        be stale: create_or_adopt_customer re-reads it."""
+        reference = customer.external_reference
+        return self._create("customer", reference, customer.to_body(), _customer_from, generation).value
+
+    def create_account(self, account: NewAccount, *, generation: int = 0) -> MomentAccount:
+        """POST /billing/accounts (see create_customer about replays)."""
+        reference = account.external_reference
+        return self._create("account", reference, account.to_body(), _account_from, generation).value
+
+    def create_or_adopt_customer(
+        self, customer: NewCustomer, *, generation: int = 0
+    ) -> CreatedOrAdopted[MomentCustomer]:
+        """Make sure Moment has this customer: create it, or adopt the one with its external_reference."""
+        reference = customer.external_reference
+        return self._create_or_adopt("customer", reference, customer.to_body(), _customer_from, generation)
+
+    def create_or_adopt_account(
+        self, account: NewAccount, *, generation: int = 0
+    ) -> CreatedOrAdopted[MomentAccount]:
+        """Make sure Moment has this account: create it, or adopt the one with its external_reference."""
+        reference = account.external_reference
+        return self._create_or_adopt("account", reference, account.to_body(), _account_from, generation)
+
+    # Reads and balance pushes ---------------------------------------------------------------------
+
+    def get_customer(self, customer: str) -> MomentCustomer:
+        """GET /billing/customers/{customer}: by Moment id (bcus_…) or external_reference."""
+        return self._call(_Request("GET", _object_path("customer", customer)), _customer_from).value
+
+    def get_account(self, account: str) -> MomentAccount:
+        """GET /billing/accounts/{account}: by Moment id (bacc_…) or external_reference."""
+        return self._call(_Request("GET", _object_path("account", account)), _account_from).value
+
+    def set_customer_balance(self, customer: str, balance: int, currency: Currency) -> MomentCustomer:
+        """PATCH the customer's balance: an absolute set (not a delta), always with its currency."""
+        request = _Request("PATCH", _object_path("customer", customer), _balance_body(balance, currency))
+        return self._call(request, _customer_from).value
+
+    def set_account_balance(self, account: str, balance: int, currency: Currency) -> MomentAccount:
+        """PATCH that account's balance only: an absolute set, always with its currency."""
+        request = _Request("PATCH", _object_path("account", account), _balance_body(balance, currency))
+        return self._call(request, _account_from).value
+
+    # Create or adopt ------------------------------------------------------------------------------
+
+    def _create(
+        self,
+        kind: ObjectKind,
+        reference: str,
+        body: Mapping[str, Any],
+        read: Callable[[Mapping[str, Any]], _T],
+        generation: int,
+    ) -> _Reply[_T]:
+        key = idempotency_key(kind, reference, generation)
+        request = _Request("POST", _COLLECTION_PATH[kind], body, idempotency_key=key)
+        return self._call(request, _with_reference(reference, read))
+
+    def _create_or_adopt(
+        self,
+        kind: ObjectKind,
+        reference: str,
+        body: Mapping[str, Any],
+        read: Callable[[Mapping[str, Any]], _T],
+        generation: int,
+    ) -> CreatedOrAdopted[_T]:
+        # POST; on a 409, or on any failure Moment replayed for this key, look the object up by its
+        # reference; if it does not exist, the stored failure is all the old key will ever return, so
+        # create again under the next generation (bounded). A replayed *success* is re-read, because it
+        # is the object as created (up to 24 hours ago), not its current balance.
+        last_generation = generation + self._max_key_generations - 1
+        for current in range(generation, last_generation + 1):
+            try:
+                reply = self._create(kind, reference, body, read, current)
+            except MomentApiError as error:
+                if not (isinstance(error, MomentConflict) or error.replayed):
+                    raise
+                existing = self._find(kind, reference, read)
+                if existing is not None:
+                    self._log_adopted(kind, reference, current, error.status)
+                    return CreatedOrAdopted(existing, CreateOutcome.ADOPTED, current)
+                if current == last_generation:
+                    raise
+                logger.info(
+                    "moment create moves to a new idempotency key generation",
+                    extra={"kind": kind, "external_reference": reference, "generation": current + 1},
+                )
+                continue
+            if reply.replayed:
+                current_state = self._adopt(kind, reference, read)
+                self._log_adopted(kind, reference, current, 201)
+                return CreatedOrAdopted(current_state, CreateOutcome.ADOPTED, current)
+            return CreatedOrAdopted(reply.value, CreateOutcome.CREATED, current)
+        raise AssertionError("max_key_generations is at least 1")  # pragma: no cover
+
+    def _find(self, kind: ObjectKind, reference: str, read: Callable[[Mapping[str, Any]], _T]) -> _T | None:
+        try:
+            return self._adopt(kind, reference, read)
+        except MomentNotFound:
+            return None
+
+    def _adopt(self, kind: ObjectKind, reference: str, read: Callable[[Mapping[str, Any]], _T]) -> _T:
+        request = _Request("GET", _object_path(kind, reference))
+        return self._call(request, _with_reference(reference, read)).value
+
+    @staticmethod
+    def _log_adopted(kind: ObjectKind, reference: str, generation: int, status: int | None) -> None:
+        logger.info(
+            "moment object adopted by external_reference",
+            extra={"kind": kind, "external_reference": reference, "generation": generation, "status": status},
+        )
+
+    # One request, with retries ------------------------------------------------------------------------
+
+    def _call(self, request: _Request, read: Callable[[Mapping[str, Any]], _T]) -> _Reply[_T]:
+        response, attempts = self._send(request)
+        replayed = _is_replayed(response)
+        if not response.is_success:
+            raise self._status_error(request, response, attempts, replayed)
+        try:
+            value = read(_json_object(response.content))
+        except _ShapeInvalid as invalid:
+            raise self._error(
+                MomentResponseInvalid,
+                request,
+                status=response.status_code,
+                reason=str(invalid),
+                replayed=replayed,
+                attempts=attempts,
+            ) from None
+        return _Reply(value, replayed)
+
+    def _send(self, request: _Request) -> tuple[httpx.Response, int]:
+        """Send until Moment gives an answer a later attempt would not change; return it and the attempts."""
+        last_attempt = self._retry.max_attempts
+        for attempt in range(1, last_attempt + 1):
+            try:
+                response = self._attempt(request, attempt)
+            except httpx.TransportError as failure:
+                if attempt == last_attempt:
+                    reason = f"{type(failure).__name__}: {failure}"
+                    raise self._error(
+                        MomentUnavailable, request, status=None, reason=reason, attempts=attempt
+                    ) from failure
+                self._pause(request, attempt, retry_after=None)
+                continue
+            if attempt == last_attempt or not _worth_retrying(response):
+                return response, attempt
+            retry_after = _retry_after_seconds(response.headers.get("Retry-After"), self._clock())
+            self._pause(request, attempt, retry_after)
+        raise AssertionError("RetryPolicy.max_attempts is at least 1")  # pragma: no cover
+
+    def _attempt(self, request: _Request, attempt: int) -> httpx.Response:
+        started = time.perf_counter()
+        try:
+            response = self._http.request(
+                request.method,
+                self._base_url + request.path,
+                content=json.dumps(request.body).encode() if request.body is not None else None,
+                headers=self._headers(request),
+                timeout=self._timeout,
+            )
+        except httpx.TransportError as failure:
+            self._log_attempt(request, attempt, started, status=None, failure=type(failure).__name__)
+            raise
+        self._log_attempt(request, attempt, started, status=response.status_code)
+        return response
+
+    def _log_attempt(
+        self, request: _Request, attempt: int, started: float, status: int | None, failure: str | None = None
+    ) -> None:
+        logger.debug(
+            "moment request",
+            extra={
+                "http_method": request.method,
+                "path": self._redact(request.path),
+                "status": status,
+                "failure": failure,
+                "attempt": attempt,
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+                "idempotency_key": request.idempotency_key,
+            },
+        )
+
+    def _headers(self, request: _Request) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+        }
+        if request.body is not None:
+            headers["Content-Type"] = "application/json"
+        if request.idempotency_key is not None:
+            headers["Idempotency-Key"] = request.idempotency_key
+        return headers
+
+    def _pause(self, request: _Request, attempt: int, retry_after: float | None) -> None:
+        delay = self._retry.delay_seconds(attempt, retry_after, self._jitter())
+        logger.info(
+            "moment request will be retried",
+            extra={
+                "http_method": request.method,
+                "path": self._redact(request.path),
+                "attempt": attempt,
+                "delay_seconds": round(delay, 3),
+                "retry_after_seconds": retry_after,
+                "idempotency_key": request.idempotency_key,
+            },
+        )
+        self._sleep(delay)
+
+    # Errors ------------------------------------------------------------------------------------------
+
+    def _status_error(
+        self, request: _Request, response: httpx.Response, attempts: int, replayed: bool
+    ) -> MomentApiError:
+        try:
+            problem = ProblemDetails.from_document(json.loads(response.content))
+        except ValueError:
+            problem = None
+        return self._error(
+            _error_class(response.status_code),
+            request,
+            status=response.status_code,
+            problem=problem,
+            reason=response.reason_phrase,
+            replayed=replayed,
+            attempts=attempts,
+        )
+
+    def _error(
+        self,
+        error_class: type[MomentApiError],
+        request: _Request,
+        *,
+        status: int | None,
+        reason: str,
+        attempts: int,
+        problem: ProblemDetails | None = None,
+        replayed: bool = False,
+    ) -> MomentApiError:
+        if problem is not None:
+            # Moment may echo what it was sent (e.g. "invalid key sk_…"): nothing of the key leaves here.
+            problem = problem.redacted(self._api_key)
+        return error_class(
+            method=request.method,
+            path=self._redact(request.path),
+            status=status,
+            problem=problem,
+            reason=self._redact(reason),
+            replayed=replayed,
+            idempotency_key=request.idempotency_key,
+            attempts=attempts,
+        )
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, REDACTED)
+
+
+def _object_path(kind: ObjectKind, moment_id_or_reference: str) -> str:
+    return f"{_COLLECTION_PATH[kind]}/{_path_segment(moment_id_or_reference)}"
+
+
+def _balance_body(balance: int, currency: Currency) -> dict[str, Any]:
+    _check_balance(balance, currency)
+    return {"balance": balance, "currency": currency}

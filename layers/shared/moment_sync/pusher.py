@@ -1,0 +1,252 @@
+"""The balance pusher's use case: bring Moment's balances up to the ledger's, oldest change first.
+
+Per run: read the sparse, sharded PendingPush index, then push each balance with bounded
+concurrency until the run's time budget is nearly spent (what is not reached waits for the next run).
+Per balance: create it on Moment if it has no Moment id yet (adopting an existing object by its
+external_reference), otherwise read Moment's balance and push only what `push_plan` allows. A failure
+is counted on that balance, with a backoff; it never blocks the others.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
+from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
+from moment_sync.moment_client import CreateOutcome, MomentClient, NewAccount, NewCustomer
+from moment_sync.moment_errors import MomentError
+from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.push_plan import AlreadyEqual, Defer, Push, PushSnapshot, plan_push
+
+# A push of one balance makes at most a few Moment calls, each with bounded retries.
+SECONDS_RESERVED_PER_PUSH = 15.0
+BACKOFF_BASE_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 3600.0
+
+
+class CurrencyDisagrees(MomentError):
+    """Moment holds the object in another currency: no push can be right; an operator must decide."""
+
+
+class PushResult(StrEnum):
+    PUSHED = "pushed"
+    CREATED = "created"
+    IN_SYNC = "in_sync"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # no longer pending, or its state changed under us
+
+
+@dataclass
+class PushReport:
+    results: dict[str, int] = field(default_factory=dict)
+    not_reached: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, result: PushResult) -> None:
+        self.results[result.value] = self.results.get(result.value, 0) + 1
+
+
+@dataclass
+class BalancePusher:
+    ledger: LedgerTable
+    moment: MomentClient
+    now: Callable[[], float]
+    concurrency: int = 8
+    jitter: Callable[[], float] = random.random
+
+    def push_pending(self, time_left: Callable[[], float]) -> PushReport:
+        report = PushReport()
+        pending = self.ledger.pending_pushes(self.now())
+        running: set[Future[PushResult]] = set()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="push") as pool:
+            for position, (_since, balance) in enumerate(pending):
+                if time_left() < SECONDS_RESERVED_PER_PUSH:
+                    report.not_reached = len(pending) - position
+                    break
+                if len(running) >= self.concurrency:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    self._collect(done, report)
+                running.add(pool.submit(self.push_one, balance))
+            self._collect(wait(running).done, report)
+        for result, count in report.results.items():
+            _count(f"Balances{result.title().replace('_', '')}", count)
+        _count("BalancesNotReached", report.not_reached)
+        return report
+
+    @staticmethod
+    def _collect(done: set[Future[PushResult]], report: PushReport) -> None:
+        for future in done:
+            error = future.exception()
+            if error is not None:  # push_one handles Moment's failures; this is a ledger fault
+                logger.error("push of one balance failed in the ledger", exc_info=error)
+                report.errors.append(f"{type(error).__name__}: {error}")
+                report.add(PushResult.FAILED)
+            else:
+                report.add(future.result())
+
+    def push_one(self, balance: BalanceRef) -> PushResult:
+        head = self.ledger.get_head(balance)
+        if head is None or "push_shard" not in head or "version" not in head:
+            return PushResult.SKIPPED
+        log = {
+            "reference": balance.ref,
+            "balance_kind": balance.kind.value,
+            "moment_id": head.get("moment_id"),
+        }
+        try:
+            if not head.get("moment_id"):
+                created = self._create_on_moment(balance, head)
+                if created is not None:
+                    return created
+                head = self.ledger.get_head(balance) or head  # adopted: it now has its Moment id
+                log["moment_id"] = head.get("moment_id")
+            return self._push_existing(balance, head, log)
+        except MomentError as error:
+            return self._failed(balance, head, error, log)
+
+    def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> PushResult:
+        moment_id = head["moment_id"]
+        current = (
+            self.moment.get_account(moment_id)
+            if balance.kind is BalanceKind.ACCOUNT
+            else self.moment.get_customer(moment_id)
+        )
+        if current.currency is not None and current.currency != head["currency"]:
+            raise CurrencyDisagrees(
+                f"Moment keeps {balance} in {current.currency}, the ledger in {head['currency']}"
+            )
+        decision = plan_push(_snapshot(head), current.balance)
+        if isinstance(decision, Defer):
+            deferrals = self.ledger.record_deferral(balance, head, decision.moment_balance, self.now())
+            logger.warning("push deferred", extra={**log, "reason": decision.reason, "deferrals": deferrals})
+            _count("PushDeferred")
+            if deferrals == DEFERRALS_BEFORE_ALERT:
+                _count("DriftDetected")
+            return PushResult.DEFERRED
+        if isinstance(decision, AlreadyEqual):
+            self._book(balance, head, current.balance, log, PushResult.IN_SYNC)
+            return PushResult.IN_SYNC
+        assert isinstance(decision, Push)  # noqa: S101 -- the three decisions are exhaustive
+        currency = head["currency"]
+        self.ledger.record_intent(balance, head, decision.balance)
+        if balance.kind is BalanceKind.ACCOUNT:
+            pushed = self.moment.set_account_balance(moment_id, decision.balance, currency).balance
+        else:
+            pushed = self.moment.set_customer_balance(moment_id, decision.balance, currency).balance
+        logger.info("balance pushed", extra={**log, "balance": decision.balance, "was": current.balance})
+        return self._book(balance, head, pushed, log, PushResult.PUSHED)
+
+    def _create_on_moment(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult | None:
+        """Create the object on Moment with the ledger's balance; None when an existing one was adopted
+        (then its balance is Moment's, and the normal push follows)."""
+        if balance.kind is BalanceKind.CUSTOMER:
+            moment_id, moment_balance, outcome = self._create_customer(balance, head)
+        else:
+            moment_id, moment_balance, outcome = self._create_account(balance, head)
+        if outcome is CreateOutcome.ADOPTED:
+            logger.info("adopted the object Moment already had", extra={"reference": balance.ref})
+            return None
+        _count("BalancesCreatedOnMoment")
+        log = {"reference": balance.ref, "balance_kind": balance.kind.value, "moment_id": moment_id}
+        logger.info("balance created on Moment", extra={**log, "balance": moment_balance})
+        return self._book(balance, head, moment_balance, log, PushResult.CREATED)
+
+    def _create_customer(
+        self, balance: BalanceRef, head: dict[str, Any]
+    ) -> tuple[str, int | None, CreateOutcome]:
+        created = self.moment.create_or_adopt_customer(
+            NewCustomer(
+                balance.ref,
+                name=head.get("name"),
+                email=head.get("email"),
+                phone=head.get("phone"),
+                balance=head["balance"],
+                currency=head["currency"],
+            )
+        )
+        self._link(balance, created.value.id)
+        return created.value.id, created.value.balance, created.outcome
+
+    def _create_account(
+        self, balance: BalanceRef, head: dict[str, Any]
+    ) -> tuple[str, int | None, CreateOutcome]:
+        customer_ref = head["customer_ref"]
+        customer = self.ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, customer_ref)) or {}
+        # A customer Moment does not know yet is created in the same request (composite create).
+        owner: str | NewCustomer = customer.get("moment_id") or NewCustomer(
+            customer_ref, name=customer.get("name"), email=customer.get("email"), phone=customer.get("phone")
+        )
+        created = self.moment.create_or_adopt_account(
+            NewAccount(
+                owner, balance.ref, name=head.get("name"), balance=head["balance"], currency=head["currency"]
+            )
+        )
+        if not customer.get("moment_id"):
+            self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), created.value.customer_id)
+        self._link(balance, created.value.id)
+        return created.value.id, created.value.balance, created.outcome
+
+    def _link(self, balance: BalanceRef, moment_id: str) -> None:
+        try:
+            self.ledger.link_moment_id(balance, moment_id)
+        except MappingConflict:
+            logger.error(
+                "Moment id conflicts with the ledger's link",
+                extra={"reference": balance.ref, "moment_id": moment_id},
+            )
+            raise
+
+    def _book(
+        self,
+        balance: BalanceRef,
+        head: dict[str, Any],
+        moment_balance: int | None,
+        log: dict[str, Any],
+        result: PushResult,
+    ) -> PushResult:
+        if not self.ledger.record_push(balance, head, moment_balance, self.now()):
+            logger.warning("push state changed while pushing; left for the next run", extra=log)
+            return PushResult.SKIPPED
+        return result
+
+    def _failed(
+        self, balance: BalanceRef, head: dict[str, Any], error: MomentError, log: dict[str, Any]
+    ) -> PushResult:
+        attempts = int(head.get("push_attempts", 0)) + 1
+        delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1)) * (
+            0.5 + self.jitter() / 2
+        )
+        attempts = self.ledger.record_failure(balance, str(error), self.now(), self.now() + delay)
+        logger.warning("push failed", extra={**log, "error": str(error), "attempts": attempts})
+        _count("PushFailed")
+        if attempts == ATTEMPTS_BEFORE_FAILING:
+            _count("BalanceFailing")
+        return PushResult.FAILED
+
+
+_metrics_lock = threading.Lock()
+
+
+def _count(name: str, value: int = 1) -> None:
+    # Pushes run on worker threads; Powertools' metric set is not meant for concurrent writers.
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def _snapshot(head: dict[str, Any]) -> PushSnapshot:
+    return PushSnapshot(
+        balance=int(head["balance"]),
+        version=int(head["version"]),
+        pushed_balance=head.get("pushed_balance"),
+        payments_since_push=int(head.get("payments_since_push", 0)),
+        intent=head.get("push_intent"),
+        intent_payments=int(head.get("push_intent_payments", 0)),
+    )

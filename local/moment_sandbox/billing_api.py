@@ -1,0 +1,104 @@
+"""Moment's Billing API routes: `/billing/customers` and `/billing/accounts`, create, read and PATCH.
+
+Owns the order in which a request meets Moment's rules: injected latency and faults first (so a
+faulted request changes nothing and spends no idempotency key), then the Bearer key (401), the route
+(404/405), the `Idempotency-Key` on a POST (400 without one; the first answer, errors included, is
+replayed), then the body's own rules. The path parameter is a Moment id or an external_reference.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable
+from functools import partial
+from urllib.parse import unquote
+
+from moment_sandbox import validation
+from moment_sandbox.idempotency import key_of
+from moment_sandbox.messages import Problem, Request, Response, json_object, json_response, not_found
+from moment_sandbox.moment import FakeMoment
+
+COLLECTION = re.compile(r"/billing/(customers|accounts)")
+ITEM = re.compile(r"/billing/(customers|accounts)/([^/]+)")
+
+Answer = Callable[[], Response]
+Routes = dict[str, dict[str, Callable[..., Response]]]  # method -> "customers"/"accounts" -> handler
+
+
+class BillingApi:
+    def __init__(self, moment: FakeMoment) -> None:
+        self._moment = moment
+        self._store = moment.store
+        self._collection_routes: Routes = {
+            "POST": {"customers": self._create_customer, "accounts": self._create_account},
+        }
+        self._item_routes: Routes = {
+            "GET": {"customers": self._get_customer, "accounts": self._get_account},
+            "PATCH": {"customers": self._update_customer, "accounts": self._update_account},
+        }
+
+    def handle(self, request: Request) -> Response:
+        self._moment.faults.delay()
+        fault = self._moment.faults.draw()
+        if fault is not None:
+            return fault.to_response(request.path)
+        try:
+            self._authenticate(request)
+            answer = partial(_as_response, self._route(request), request)
+            if request.method != "POST":
+                return answer()
+            return self._moment.idempotency.answer(key_of(request), request, answer)
+        except Problem as problem:
+            return problem.to_response(request.path)
+
+    def _authenticate(self, request: Request) -> None:
+        scheme, _, token = (request.header("authorization") or "").partition(" ")
+        expected = self._moment.settings.api_key
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise Problem(401, "unauthorized", "send a valid secret key as 'Authorization: Bearer sk_test_…'")
+
+    def _route(self, request: Request) -> Answer:
+        """The answer to this request, not yet worked out; a 404/405 problem if there is no route."""
+        if collection := COLLECTION.fullmatch(request.path):
+            return partial(_pick(self._collection_routes, request, collection[1]), request)
+        if item := ITEM.fullmatch(request.path):
+            return partial(_pick(self._item_routes, request, item[1]), request, unquote(item[2]))
+        raise not_found(f"no route for {request.method} {request.path}")
+
+    def _create_customer(self, request: Request) -> Response:
+        fields = validation.customer_create(json_object(request.body))
+        return json_response(201, self._store.create_customer(fields))
+
+    def _create_account(self, request: Request) -> Response:
+        fields, customer = validation.account_create(json_object(request.body))
+        return json_response(201, self._store.create_account(fields, customer))
+
+    def _get_customer(self, _request: Request, key: str) -> Response:
+        return json_response(200, self._store.customer(key))
+
+    def _get_account(self, _request: Request, key: str) -> Response:
+        return json_response(200, self._store.account(key))
+
+    def _update_customer(self, request: Request, key: str) -> Response:
+        fields = validation.customer_update(json_object(request.body))
+        return json_response(200, self._store.update_customer(key, fields))
+
+    def _update_account(self, request: Request, key: str) -> Response:
+        fields = validation.account_update(json_object(request.body))
+        return json_response(200, self._store.update_account(key, fields))
+
+
+def _pick(routes: Routes, request: Request, collection: str) -> Callable[..., Response]:
+    by_collection = routes.get(request.method)
+    if by_collection is None:
+        allowed = ", ".join(routes)
+        raise Problem(405, "method-not-allowed", f"{request.path} answers {allowed}, not {request.method}")
+    return by_collection[collection]
+
+
+def _as_response(answer: Answer, request: Request) -> Response:
+    try:
+        return answer()
+    except Problem as problem:
+        return problem.to_response(request.path)

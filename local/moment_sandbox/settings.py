@@ -1,0 +1,125 @@
+"""How a sandbox is set up: every setting in one dataclass, and how the environment sets them.
+
+| Setting | Environment variable | Default |
+|---|---|---|
+| `port` | `LOCAL_SANDBOX_PORT` | 0 (any free port) in code; 4010 from the environment |
+| `api_key` | `SANDBOX_API_KEY` | `made_up_values.LOCAL_MOMENT_API_KEY` |
+| `webhook_url` | `SANDBOX_WEBHOOK_URL` | None in code (deliveries are `skipped`); from the environment, (1) |
+| `webhook_secrets` | `MOMENT_WEBHOOK_SECRET` (`whsec_…`, space-separated) | `LOCAL_WEBHOOK_SECRET` (2) |
+| `applies_payments` | `SANDBOX_APPLIES_PAYMENTS` | true: a payment lowers the balance |
+| `background_delivery` | `SANDBOX_BACKGROUND_DELIVERY` | true: webhooks go from a worker thread |
+| `webhook_max_attempts` | `SANDBOX_WEBHOOK_MAX_ATTEMPTS` | 5 |
+| `webhook_base_delay_seconds` | `SANDBOX_WEBHOOK_BASE_DELAY_SECONDS` | 1.0 (then 2, 4, 8 s) |
+| `webhook_timeout_seconds` | `SANDBOX_WEBHOOK_TIMEOUT_SECONDS` | 10 |
+| `faults.fail_429_rate` | `SANDBOX_FAIL_429_RATE` | 0.0 |
+| `faults.fail_500_rate` | `SANDBOX_FAIL_500_RATE` | 0.0 |
+| `faults.latency_ms` | `SANDBOX_LATENCY_MS` | 0 |
+| `seed` | `SANDBOX_SEED` | 0 (the fault draws' seed) |
+
+(1) the local stack's receiver, `http://127.0.0.1:${LOCAL_API_PORT:-3000}/webhooks/moment`; set
+`SANDBOX_WEBHOOK_URL=` (empty) for none. (2) The same variable and default as the local stack's,
+so the receiver accepts what the sandbox signs. Both made-up defaults are in
+`local_stack/made_up_values.py`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from local_stack.made_up_values import LOCAL_MOMENT_API_KEY, LOCAL_WEBHOOK_SECRET
+from moment_sandbox.faults import Faults
+from moment_sandbox.webhooks import DeliveryPolicy, signing_key
+
+DEFAULT_STANDALONE_PORT = 4010
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = field(default=LOCAL_MOMENT_API_KEY, repr=False)
+    webhook_url: str | None = None
+    webhook_secrets: tuple[str, ...] = field(default=(LOCAL_WEBHOOK_SECRET,), repr=False)
+    applies_payments: bool = True
+    background_delivery: bool = True
+    webhook_max_attempts: int = 5
+    webhook_base_delay_seconds: float = 1.0
+    webhook_timeout_seconds: float = 10.0
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    log_requests: bool = False
+
+    def __post_init__(self) -> None:
+        check_webhook_url(self.webhook_url)
+        check_webhook_secrets(self.webhook_secrets)
+        if not self.api_key:
+            raise ValueError("api_key must not be empty")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("webhook_max_attempts must be at least 1")
+        if self.webhook_base_delay_seconds < 0 or self.webhook_timeout_seconds <= 0:
+            raise ValueError("webhook delays must not be negative, and the timeout must be positive")
+
+    @property
+    def delivery_policy(self) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            max_attempts=self.webhook_max_attempts,
+            base_delay_seconds=self.webhook_base_delay_seconds,
+            timeout_seconds=self.webhook_timeout_seconds,
+        )
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> SandboxSettings:
+        receiver = f"http://127.0.0.1:{environ.get('LOCAL_API_PORT', '3000')}/webhooks/moment"
+        return cls(
+            port=int(environ.get("LOCAL_SANDBOX_PORT", DEFAULT_STANDALONE_PORT)),
+            api_key=environ.get("SANDBOX_API_KEY", LOCAL_MOMENT_API_KEY),
+            webhook_url=environ.get("SANDBOX_WEBHOOK_URL", receiver) or None,
+            webhook_secrets=tuple(environ.get("MOMENT_WEBHOOK_SECRET", "").split())
+            or (LOCAL_WEBHOOK_SECRET,),
+            applies_payments=_flag(environ, "SANDBOX_APPLIES_PAYMENTS", default=True),
+            background_delivery=_flag(environ, "SANDBOX_BACKGROUND_DELIVERY", default=True),
+            webhook_max_attempts=int(environ.get("SANDBOX_WEBHOOK_MAX_ATTEMPTS", "5")),
+            webhook_base_delay_seconds=float(environ.get("SANDBOX_WEBHOOK_BASE_DELAY_SECONDS", "1.0")),
+            webhook_timeout_seconds=float(environ.get("SANDBOX_WEBHOOK_TIMEOUT_SECONDS", "10")),
+            faults=Faults(
+                fail_429_rate=float(environ.get("SANDBOX_FAIL_429_RATE", "0")),
+                fail_500_rate=float(environ.get("SANDBOX_FAIL_500_RATE", "0")),
+                latency_ms=int(environ.get("SANDBOX_LATENCY_MS", "0")),
+            ),
+            seed=int(environ.get("SANDBOX_SEED", "0")),
+        )
+
+
+def check_webhook_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the webhook URL must be an http(s) URL, not {url!r}")
+
+
+def check_webhook_secrets(secrets: tuple[str, ...]) -> None:
+    if not secrets:
+        raise ValueError("at least one webhook signing secret is needed")
+    for secret in secrets:
+        try:
+            key = signing_key(secret)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            raise ValueError("a webhook signing secret must be whsec_ followed by base64 of the key")
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE_WORDS | FALSE_WORDS:
+        return value in TRUE_WORDS
+    raise ValueError(f"{name} must be true or false, not {value!r}")
