@@ -79,7 +79,8 @@ def put_account(
     if head.get("customer_ref") != change["customer_ref"]:
         raise LedgerProblem(409, "customer-fixed", "An account cannot move",
                             f"account {ref} belongs to customer {head.get('customer_ref')}")
-    _update_head(ledger, balance, {"name": change.get("name")}, _currency_change(head, change["currency"]), now)
+    currency = _currency_change(head, change["currency"])
+    _update_head(ledger, balance, {"name": change.get("name")}, currency, now)
     return False, read_balance(ledger, balance)
 
 
