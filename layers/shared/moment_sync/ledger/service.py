@@ -56,8 +56,12 @@ def put_customer(
         _update_head(ledger, balance, {name: change.get(name) for name in PERSONAL_FIELDS}, None, now)
         return True, read_balance(ledger, balance)
     if head.get("balance_model", "customer") != model:
-        raise LedgerProblem(409, "balance-model-fixed", "Balance model cannot change",
-                            f"customer {ref} is on the {head.get('balance_model')!r} model")
+        raise LedgerProblem(
+            409,
+            "balance-model-fixed",
+            "Balance model cannot change",
+            f"customer {ref} is on the {head.get('balance_model')!r} model",
+        )
     fields = {name: change.get(name) for name in PERSONAL_FIELDS}
     _update_head(ledger, balance, fields, _currency_change(head, change["currency"]), now)
     return False, read_balance(ledger, balance)
@@ -69,16 +73,24 @@ def put_account(
     balance = BalanceRef(BalanceKind.ACCOUNT, ref)
     customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, change["customer_ref"]))
     if customer is None or customer.get("balance_model") != "accounts":
-        raise LedgerProblem(422, "customer-not-on-account-model", "Unusable customer",
-                            f"customer {change['customer_ref']} must exist with balance_model 'accounts'")
+        raise LedgerProblem(
+            422,
+            "customer-not-on-account-model",
+            "Unusable customer",
+            f"customer {change['customer_ref']} must exist with balance_model 'accounts'",
+        )
     head = ledger.get_head(balance)
     if head is None:
         ledger.open_balance(balance, change["currency"], now, customer_ref=change["customer_ref"])
         _update_head(ledger, balance, {"name": change.get("name")}, None, now)
         return True, read_balance(ledger, balance)
     if head.get("customer_ref") != change["customer_ref"]:
-        raise LedgerProblem(409, "customer-fixed", "An account cannot move",
-                            f"account {ref} belongs to customer {head.get('customer_ref')}")
+        raise LedgerProblem(
+            409,
+            "customer-fixed",
+            "An account cannot move",
+            f"account {ref} belongs to customer {head.get('customer_ref')}",
+        )
     currency = _currency_change(head, change["currency"])
     _update_head(ledger, balance, {"name": change.get("name")}, currency, now)
     return False, read_balance(ledger, balance)
@@ -88,20 +100,33 @@ def _currency_change(head: dict[str, Any], currency: str) -> tuple[str, int] | N
     if head.get("currency") == currency:
         return None
     if head.get("version", 0) != 0:
-        raise LedgerProblem(409, "currency-fixed", "Currency cannot change",
-                            f"the balance is kept in {head.get('currency')} and has entries")
+        raise LedgerProblem(
+            409,
+            "currency-fixed",
+            "Currency cannot change",
+            f"the balance is kept in {head.get('currency')} and has entries",
+        )
     return currency, 0
 
 
-def _update_head(ledger: LedgerTable, balance: BalanceRef, fields: dict[str, Any],
-                 currency: tuple[str, int] | None, now: float) -> None:
+def _update_head(
+    ledger: LedgerTable,
+    balance: BalanceRef,
+    fields: dict[str, Any],
+    currency: tuple[str, int] | None,
+    now: float,
+) -> None:
     item = {"kind": balance.kind.value, "ref": balance.ref, "updated_at": iso_time(now), **fields}
     expected_version = None
     if currency is not None:
         item["currency"], expected_version = currency
     if not ledger.put_head(item, create=False, expected_version=expected_version):
-        raise LedgerProblem(409, "currency-fixed", "Currency cannot change",
-                            "an entry was added while the currency was being changed")
+        raise LedgerProblem(
+            409,
+            "currency-fixed",
+            "Currency cannot change",
+            "an entry was added while the currency was being changed",
+        )
 
 
 # --- money --------------------------------------------------------------------------------------
@@ -121,8 +146,12 @@ def post_charge(
     result = ledger.apply_entry(balance, entry, head["currency"], request_hash=request_hash)
     if result.outcome is EntryOutcome.EXISTS and result.existing_entry is not None:
         if result.existing_entry.get("request_hash") != request_hash:
-            raise LedgerProblem(409, "charge-id-reused", "Charge id already used",
-                                f"charge {charge['id']} was posted with a different body")
+            raise LedgerProblem(
+                409,
+                "charge-id-reused",
+                "Charge id already used",
+                f"charge {charge['id']} was posted with a different body",
+            )
         return False, entry_view(result.existing_entry)
     _raise_unless_applied(result, balance)
     return True, entry_view(_entry_item_view(entry))
@@ -139,8 +168,11 @@ def set_balance(
     difference = new_balance - head["balance"]
     if difference == 0:
         return read_balance(ledger, balance)
-    source = {"previous_balance": str(head["balance"]), "new_balance": str(new_balance),
-              "expected_version": str(expected_version)}
+    source = {
+        "previous_balance": str(head["balance"]),
+        "new_balance": str(new_balance),
+        "expected_version": str(expected_version),
+    }
     entry = Entry(EntryKind.BALANCE_SET, difference, f"v{expected_version + 1}", source, iso_time(now))
     result = ledger.apply_entry(balance, entry, head["currency"], expected_version=expected_version)
     if result.outcome is EntryOutcome.EXISTS:
@@ -150,8 +182,14 @@ def set_balance(
 
 
 def adjust(
-    ledger: LedgerTable, balance: BalanceRef, amount: int, *, reason: str, operator: str,
-    adjustment_id: str, now: float,
+    ledger: LedgerTable,
+    balance: BalanceRef,
+    amount: int,
+    *,
+    reason: str,
+    operator: str,
+    adjustment_id: str,
+    now: float,
 ) -> dict[str, Any]:
     """An operator's audited correction (for example, accepting Moment's balance for a payment
     whose webhook never came): an entry that says who did it and why."""
@@ -160,8 +198,12 @@ def adjust(
     entry = Entry(EntryKind.ADJUSTMENT, amount, adjustment_id, source, iso_time(now))
     result = ledger.apply_entry(balance, entry, head["currency"])
     if result.outcome is EntryOutcome.EXISTS:
-        raise LedgerProblem(409, "adjustment-id-reused", "Adjustment id already used",
-                            f"adjustment {adjustment_id} is already an entry of {balance}")
+        raise LedgerProblem(
+            409,
+            "adjustment-id-reused",
+            "Adjustment id already used",
+            f"adjustment {adjustment_id} is already an entry of {balance}",
+        )
     _raise_unless_applied(result, balance)
     return entry_view(_entry_item_view(entry))
 
@@ -171,8 +213,12 @@ def _tracked_head(ledger: LedgerTable, balance: BalanceRef) -> dict[str, Any]:
     if head is None:
         raise not_found(str(balance))
     if "version" not in head:
-        raise LedgerProblem(409, "balance-not-tracked", "No balance here",
-                            f"{balance} is on the account-balance model: post to its accounts")
+        raise LedgerProblem(
+            409,
+            "balance-not-tracked",
+            "No balance here",
+            f"{balance} is on the account-balance model: post to its accounts",
+        )
     return head
 
 
@@ -183,14 +229,22 @@ def _raise_unless_applied(result: EntryResult, balance: BalanceRef) -> None:
         raise not_found(str(balance))
     if result.outcome is EntryOutcome.STALE and result.head is not None:
         raise _stale(result.head)
-    raise LedgerProblem(409, result.outcome.value.replace("_", "-"), "Conflict",
-                        f"{balance} changed while the request was applied; read it and try again")
+    raise LedgerProblem(
+        409,
+        result.outcome.value.replace("_", "-"),
+        "Conflict",
+        f"{balance} changed while the request was applied; read it and try again",
+    )
 
 
 def _stale(head: dict[str, Any]) -> LedgerProblem:
-    return LedgerProblem(409, "stale-version", "Balance changed since it was read",
-                         f"the balance is at version {head.get('version')}",
-                         {"current_version": head.get("version"), "current_balance": head.get("balance")})
+    return LedgerProblem(
+        409,
+        "stale-version",
+        "Balance changed since it was read",
+        f"the balance is at version {head.get('version')}",
+        {"current_version": head.get("version"), "current_balance": head.get("balance")},
+    )
 
 
 def _hash(values: dict[str, Any]) -> str:
@@ -235,8 +289,12 @@ def read_event(events: WebhookEventsTable, webhook_id: str) -> dict[str, Any]:
         "status": event["status"],
         "received_at": event["received_at"],
     }
-    for name, key in (("reason", "reason"), ("reason_detail", "reason_detail"), ("entry_id", "entry_id"),
-                      ("duplicate_of", "duplicate_of")):
+    for name, key in (
+        ("reason", "reason"),
+        ("reason_detail", "reason_detail"),
+        ("entry_id", "entry_id"),
+        ("duplicate_of", "duplicate_of"),
+    ):
         if event.get(key) is not None:
             view[name] = event[key]
     return view
@@ -253,8 +311,13 @@ def entry_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entry_item_view(entry: Entry) -> dict[str, Any]:
-    return {"entry_id": entry.entry_id, "kind": entry.kind.value, "amount": entry.amount,
-            "source": entry.source, "created_at": entry.created_at}
+    return {
+        "entry_id": entry.entry_id,
+        "kind": entry.kind.value,
+        "amount": entry.amount,
+        "source": entry.source,
+        "created_at": entry.created_at,
+    }
 
 
 def encode_cursor(key: dict[str, Any]) -> str:
