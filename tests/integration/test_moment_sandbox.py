@@ -24,7 +24,12 @@ import httpx
 import pytest
 import standardwebhooks
 
-from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_MOMENT_API_KEY, LOCAL_WEBHOOK_SECRET
+from local_stack.made_up_values import (
+    FORGER_WEBHOOK_SECRET,
+    LOCAL_MOMENT_API_KEY,
+    LOCAL_WEBHOOK_SECRET,
+    OTHER_MADE_UP_API_KEYS,
+)
 from moment_sandbox import MomentSandbox, SandboxSettings
 from moment_sandbox.idempotency import IdempotencyKeys
 from moment_sandbox.messages import Request, Response
@@ -371,7 +376,7 @@ def test_a_body_that_is_not_a_json_object_is_a_bad_request(moment: httpx.Client,
     "authorization",
     [
         None,
-        "Bearer sk_test_somebody_elses_key",
+        f"Bearer {OTHER_MADE_UP_API_KEYS[0]}",
         "Basic c2tfdGVzdDo=",
         f"Bearer {LOCAL_MOMENT_API_KEY}x",
         "Bearer",
@@ -388,10 +393,10 @@ def test_a_missing_or_wrong_secret_key_is_unauthorized(
 
 
 def test_the_accepted_key_is_configurable(start_sandbox: Callable[..., MomentSandbox]) -> None:
-    sandbox = start_sandbox(api_key="sk_test_another_made_up_key")
+    sandbox = start_sandbox(api_key=OTHER_MADE_UP_API_KEYS[1])
     with httpx.Client(base_url=sandbox.url, trust_env=False) as client:
         assert_problem(client.get("/billing/customers/x", headers=AUTH), 401)
-        other = {"authorization": "Bearer sk_test_another_made_up_key"}
+        other = {"authorization": f"Bearer {OTHER_MADE_UP_API_KEYS[1]}"}
         assert_problem(client.get("/billing/customers/x", headers=other), 404)
 
 

@@ -10,6 +10,7 @@ import standardwebhooks
 from hypothesis import given
 from hypothesis import strategies as st
 
+from local_stack.made_up_values import PUBLISHED_TEST_VECTOR_SECRETS
 from moment_sync.signature import (
     MAX_SIGNATURE_ENTRIES,
     Rejection,
@@ -22,7 +23,7 @@ from moment_sync.signature import (
 )
 
 # Moment's first example signature is the Standard Webhooks reference vector (reference/moment-api.md).
-KAT_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+KAT_SECRET, HAND_VECTOR_SECRET = PUBLISHED_TEST_VECTOR_SECRETS
 KAT_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 KAT_TIMESTAMP = 1614265330
 KAT_BODY = b'{"test": 2432232314}'
@@ -54,7 +55,7 @@ def test_vector_computed_by_hand_with_openssl() -> None:
     # KEY=$(printf 'hand-computed-vector-key' | xxd -p)
     # printf 'msg_handVector01.1700000000.{"type":"ping"}' |
     #   openssl dgst -sha256 -mac HMAC -macopt hexkey:$KEY -binary | base64
-    key = decode_signing_key("whsec_aGFuZC1jb21wdXRlZC12ZWN0b3Ita2V5")
+    key = decode_signing_key(HAND_VECTOR_SECRET)
     assert key == b"hand-computed-vector-key"
     expected = "v1,s+mtL9a1XLmPCjMDodd5ygLukNpvU1IQYZkfwBflOuM="
     assert signature_header([key], "msg_handVector01", 1700000000, b'{"type":"ping"}') == expected
