@@ -136,7 +136,12 @@ def _receive(
             expires_at=int(received_at) + settings.retention_days * SECONDS_PER_DAY,
         )
     )
-    log_fields = {"event_id": envelope.event_id, "event_type": envelope.event_type}
+    # payment_id too, so one Logs Insights query follows a payment from here to the ledger.
+    log_fields = {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "payment_id": envelope.summary.get("payment_id"),
+    }
     if result.created:
         logger.info("webhook accepted", extra={**log_fields, "envelope_problem": envelope.problem})
         metrics.add_metric(name="WebhookAccepted", unit=MetricUnit.Count, value=1)

@@ -31,6 +31,8 @@ class MomentDirectory(Protocol):
 @dataclass
 class RedriveReport:
     examined: int = 0
+    # Of those, events still `received` (not parked): the stream did not finish them in time.
+    found_received: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     linked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -81,6 +83,8 @@ def redrive(
         if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
             continue
         report.examined += 1
+        if event.get("status") == EventStatus.RECEIVED:
+            report.found_received += 1
         logger.set_correlation_id(webhook_id)
         try:
             if event.get("reason") == ParkReason.UNMATCHED and directory is not None:
@@ -91,6 +95,8 @@ def redrive(
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
     logger.set_correlation_id(None)
     metrics.add_metric(name="RedriveExamined", unit=MetricUnit.Count, value=report.examined)
+    # Watched by an alarm (docs/operations.md#events-still-received): every event should end final.
+    metrics.add_metric(name="RedriveFoundReceived", unit=MetricUnit.Count, value=report.found_received)
     metrics.add_metric(name="RedriveErrors", unit=MetricUnit.Count, value=len(report.errors))
     return report
 

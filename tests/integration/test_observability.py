@@ -1,0 +1,104 @@
+"""What the alarms and saved queries of template.yaml rely on, seen in what the code really prints.
+
+The unit test `test_template_observability` reads metric names from the source; these run the code
+and read its EMF blobs and log records: the re-drive counts the events it finds still `received`
+(the "events still received" alarm), every run counts even when there is nothing to do (the
+"not running" heartbeats), and the receiver logs the payment id (the "follow a payment" query).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+import redrive_handler
+from local_stack.lambda_context import LocalLambdaContext
+from moment_sync.receiver import ReceiverSettings, WebhookRequest, receive_webhook
+from moment_sync.runtime import LedgerDependencies
+from moment_sync.webhook_store import ReceivedWebhook, StoreResult
+from support.ledger import LedgerHarness, payment
+from support.webhooks import NOW, TEST_SECRET, key_bytes, webhook_event
+
+GRACE_SECONDS = 600  # what the handler uses when REDRIVE_GRACE_SECONDS is not set
+
+
+def emf_blobs(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"_aws"' in line]
+
+
+def metric_values(blob: dict[str, Any]) -> dict[str, float]:
+    """Each metric's total in one blob (Powertools writes a list when a metric was added more than once)."""
+    [directive] = blob["_aws"]["CloudWatchMetrics"]
+    values = {metric["Name"]: blob[metric["Name"]] for metric in directive["Metrics"]}
+    return {name: sum(value) if isinstance(value, list) else value for name, value in values.items()}
+
+
+def redrive_run(harness: LedgerHarness, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """One scheduled re-drive run through the real handler; its one EMF blob of counts."""
+    capsys.readouterr()
+    dependencies = LedgerDependencies(events=harness.events, ledger=harness.ledger, clock=harness.clock)
+    redrive_handler.lambda_handler({}, LocalLambdaContext("redrive", timeout_seconds=120), dependencies)
+    [blob] = [blob for blob in emf_blobs(capsys.readouterr().out) if "RedriveExamined" in blob]
+    return blob
+
+
+def test_the_redrive_counts_events_it_finds_still_received_with_the_service_dimension_only(
+    dynamodb: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDRIVE_GRACE_SECONDS", raising=False)
+    monkeypatch.delenv("MOMENT_API_KEY_SECRET_ARN", raising=False)  # no Moment: nothing to link
+    now = [float(NOW)]
+    harness = LedgerHarness(dynamodb, clock=lambda: now[0])
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    # GIVEN one payment the stream parked unmatched, and one whose stream record was lost
+    harness.receive("msg_unmatched", payment("ob_1", 500, customer_id="bcus_unknown"))
+    assert harness.invoke(harness.next_batch()) == []
+    harness.receive("msg_missed", payment("ob_2", 300, customer_id="bcus_1"))
+
+    # WHEN the re-drive runs before the grace period is over, THEN it finds nothing, and still counts
+    quiet = redrive_run(harness, capsys)
+    assert metric_values(quiet) == {"RedriveExamined": 0, "RedriveFoundReceived": 0, "RedriveErrors": 0}
+
+    # WHEN it runs after the grace period
+    now[0] += GRACE_SECONDS + 1
+    blob = redrive_run(harness, capsys)
+    # THEN it counts the one still received (the alarm's metric) apart from the unmatched one it re-parks
+    counts = metric_values(blob)
+    assert counts["RedriveFoundReceived"] == 1
+    assert counts["RedriveExamined"] == 2
+    assert counts["EventParked_unmatched"] == 1  # re-parked on every run: its alarm stays on
+    assert counts["PaymentApplied"] == 1
+    # AND with exactly the namespace and dimensions the template's alarms use
+    [directive] = blob["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "MomentBalanceSync"
+    assert directive["Dimensions"] == [["service"]]
+    assert blob["service"] == "moment-balance-sync"
+    assert harness.event("msg_missed")["status"] == "applied"
+
+    # AND the next run finds nothing still received
+    assert metric_values(redrive_run(harness, capsys))["RedriveFoundReceived"] == 0
+
+
+class AcceptingStore:
+    def store_once(self, webhook: ReceivedWebhook) -> StoreResult:
+        return StoreResult(created=True)
+
+
+def test_the_receiver_logs_the_payment_id_beside_the_webhook_id(caplog: pytest.LogCaptureFixture) -> None:
+    body = payment("ob_1", 15000, customer_id="bcus_1")
+    event = webhook_event(body, webhook_id="msg_follow_me")
+    caplog.set_level(logging.INFO)
+    response = receive_webhook(
+        WebhookRequest(event["headers"], event["body"], bool(event.get("isBase64Encoded"))),
+        keys=lambda: [key_bytes(TEST_SECRET)],
+        store=AcceptingStore(),
+        settings=ReceiverSettings(),
+        now=lambda: NOW,
+    )
+    assert response["statusCode"] == 200
+    [accepted] = [record for record in caplog.records if record.getMessage() == "webhook accepted"]
+    assert getattr(accepted, "payment_id", None) == "pay_ob_1"
+    assert getattr(accepted, "event_type", None) == "obligation.amount_applied"
