@@ -118,7 +118,7 @@ def moment_directory() -> MomentDirectory | None:
         return None
     from moment_sync.adapters.moment_directory import MomentClientDirectory  # noqa: PLC0415
 
-    return MomentClientDirectory(moment_client())
+    return MomentClientDirectory(moment_client)
 
 
 def balance_pusher() -> BalancePusher:

@@ -1,6 +1,12 @@
-"""Moment's own record of a Moment id (for the re-drive of unmatched payments), through the client."""
+"""Moment's own record of a Moment id (for the re-drive of unmatched payments), through the client.
+
+The client is made on first use: a re-drive run with no unmatched payment never needs Moment, so a
+missing or refused API key, or a Moment outage, never stops it finishing what the stream missed.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from moment_sync.ledger.model import BalanceKind
 from moment_sync.moment_client import MomentClient
@@ -8,13 +14,14 @@ from moment_sync.moment_errors import MomentNotFound
 
 
 class MomentClientDirectory:
-    def __init__(self, client: MomentClient) -> None:
+    def __init__(self, client: Callable[[], MomentClient]) -> None:
         self._client = client
 
     def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None:
+        client = self._client()
         try:
             if kind is BalanceKind.ACCOUNT:
-                return self._client.get_account(moment_id).external_reference
-            return self._client.get_customer(moment_id).external_reference
+                return client.get_account(moment_id).external_reference
+            return client.get_customer(moment_id).external_reference
         except MomentNotFound:
             return None
