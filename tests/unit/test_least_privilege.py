@@ -35,6 +35,7 @@ EXPECTED_ACTIONS = {
     "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
     "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
+    "DailyReconcileFunction": LOGS | MOMENT_KEY | {"dynamodb:Scan", "dynamodb:GetItem"},
 }
 
 

@@ -29,6 +29,8 @@ HEAD = "HEAD"
 ENTRY_PREFIX = "ENTRY#"
 ENTRIES_INDEX = "EntriesNewestFirst"
 PENDING_INDEX = "PendingPush"
+LINKED_INDEX = "LinkedBalances"
+ACCOUNTS_INDEX = "AccountsByCustomer"
 
 
 class TransientLedgerError(Exception):
@@ -532,6 +534,36 @@ class LedgerTable:
             request["ExclusiveStartKey"] = cursor
         response = self._client.query(**request)
         return [from_item(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+
+    def linked_balances(self) -> Iterator[BalanceRef]:
+        """Every balance linked to a Moment id, from the sparse LinkedBalances index."""
+        paginator = self._client.get_paginator("scan")
+        for page in paginator.paginate(TableName=self.table_name, IndexName=LINKED_INDEX):
+            for item in page.get("Items", []):
+                yield BalanceRef.from_partition_key(item["pk"]["S"])
+
+    def accounts_of(self, customer_ref: str) -> list[dict[str, Any]]:
+        """The heads of a customer's accounts (sparse AccountsByCustomer index, then each head)."""
+        response = self._client.query(
+            TableName=self.table_name,
+            IndexName=ACCOUNTS_INDEX,
+            KeyConditionExpression="customer_ref = :customer",
+            ExpressionAttributeValues={":customer": {"S": customer_ref}},
+        )
+        refs = [BalanceRef.from_partition_key(item["pk"]["S"]) for item in response.get("Items", [])]
+        return [head for head in map(self.get_head, refs) if head is not None]
+
+    def erase_fields(self, balance: BalanceRef, names: list[str], now: str) -> None:
+        """Remove personal fields from a head (a data-subject request); money fields are never named."""
+        placeholders = {f"#f{number}": name for number, name in enumerate(names)}
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=head_key(balance),
+            UpdateExpression=f"REMOVE {', '.join(placeholders)} SET personal_data_erased_at = :now",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=placeholders,
+            ExpressionAttributeValues={":now": {"S": now}},
+        )
 
     def scan_all(self) -> Iterator[dict[str, Any]]:
         """Every item (the operator's `verify` only: never on a request path)."""

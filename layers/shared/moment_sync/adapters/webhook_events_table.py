@@ -165,6 +165,39 @@ class WebhookEventsTable:
     def parked_ids(self, reason: ParkReason) -> Iterator[str]:
         yield from self._query_ids(PARKED_INDEX, "parked_reason = :reason", {":reason": {"S": reason.value}})
 
+    def webhooks_naming(self, moment_ids: set[str]) -> Iterator[str]:
+        """Stored webhooks whose data names one of these Moment ids. Reads the whole table: only a
+        data-subject request needs this, and an index for it would cost every webhook a write."""
+        if not moment_ids:
+            return
+        values = {f":id{number}": {"S": moment_id} for number, moment_id in enumerate(sorted(moment_ids))}
+        listed = ", ".join(values)
+        paginator = self._client.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            FilterExpression=f"customer_id IN ({listed}) OR account_id IN ({listed})",
+            ExpressionAttributeValues=values,
+            ProjectionExpression="webhook_id",
+        ):
+            for item in page.get("Items", []):
+                yield item["webhook_id"]["S"]
+
+    def erase_body(self, webhook_id: str, now: str) -> bool:
+        """Remove a stored body (a data-subject request); ids, amounts and the status stay."""
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key={"webhook_id": {"S": webhook_id}},
+                UpdateExpression="REMOVE body SET body_erased_at = :now",
+                ConditionExpression="attribute_exists(body)",
+                ExpressionAttributeValues={":now": {"S": now}},
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def _query_ids(self, index: str, condition: str, values: dict[str, Any]) -> Iterator[str]:
         paginator = self._client.get_paginator("query")
         for page in paginator.paginate(

@@ -1,0 +1,56 @@
+"""A data-subject request (POPIA, GDPR): erase a customer's personal data, keep the money.
+
+Erased: the name, e-mail and phone on the customer and the names of its accounts, and the raw bodies
+of every stored webhook that names the customer or one of its accounts (by Moment id). Kept: amounts,
+references, entries, event statuses and ids, so the ledger still adds up and every payment can
+still be traced. The events table is read in full to find those webhooks: a data-subject request is
+rare, and an index for it would cost every webhook an extra write. Moment's own copy of the personal
+data is not touched here (ask Moment, or PATCH it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from moment_sync.adapters.ledger_table import LedgerTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.service import PERSONAL_FIELDS, not_found
+
+# Fields of the stored webhook item that can carry personal data: the raw body, and nothing else
+# (the summary fields are ids and amounts).
+WEBHOOK_PERSONAL_FIELDS = ("body",)
+
+
+@dataclass
+class Erasure:
+    customer: str
+    fields_erased: dict[str, list[str]] = field(default_factory=dict)  # balance -> fields
+    webhook_bodies_erased: list[str] = field(default_factory=list)
+
+
+def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, now: float) -> Erasure:
+    customer = BalanceRef(BalanceKind.CUSTOMER, ref)
+    head = ledger.get_head(customer)
+    if head is None:
+        raise not_found(str(customer))
+    erasure = Erasure(ref)
+    moment_ids = {head["moment_id"]} if head.get("moment_id") else set()
+
+    balances: list[tuple[BalanceRef, dict[str, Any], tuple[str, ...]]] = [(customer, head, PERSONAL_FIELDS)]
+    for account_head in ledger.accounts_of(ref):
+        account = BalanceRef(BalanceKind.ACCOUNT, account_head["ref"])
+        balances.append((account, account_head, ("name",)))
+        if account_head.get("moment_id"):
+            moment_ids.add(account_head["moment_id"])
+    for balance, item, personal in balances:
+        present = [name for name in personal if item.get(name) is not None]
+        if present:
+            ledger.erase_fields(balance, present, iso_time(now))
+            erasure.fields_erased[str(balance)] = present
+
+    for webhook_id in events.webhooks_naming(moment_ids):
+        if events.erase_body(webhook_id, iso_time(now)):
+            erasure.webhook_bodies_erased.append(webhook_id)
+    return erasure
