@@ -59,19 +59,19 @@ def _selected(only: list[str] | None) -> list[str] | None:
 
 
 def _run(areas: list[str], context: Context) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
+    """Run each area in turn; its rows join `context.rows`, where later areas (the cost model) find them."""
     failed: list[str] = []
     for name in areas:
         module = importlib.import_module(AREAS[name])
         print(f"==> {name}: {module.TITLE}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
-            rows += module.run(context)
+            context.rows.extend(module.run(context))
         except Exception:
             traceback.print_exc()
             failed.append(name)
         print(f"    {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    return rows, failed
+    return context.rows, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if areas is None:
         return 2
     started = time.perf_counter()
-    rows, failed = _run(areas, Context(quick=arguments.quick))
+    context = Context(quick=arguments.quick)
+    rows, failed = _run(areas, context)
     seconds = time.perf_counter() - started
 
     about = machine()
@@ -93,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     skipped = [f"{name} ({description})" for name, description in PLANNED.items()]
     if rows:  # saved before printing, so a closed pipe cannot lose a run
-        save(rows, path=arguments.output, areas=areas, quick=arguments.quick, seconds=seconds)
-    print(render(rows, header=header, skipped=skipped))
+        save(
+            rows,
+            path=arguments.output,
+            areas=areas,
+            quick=arguments.quick,
+            seconds=seconds,
+            skipped_rows=context.skipped,
+        )
+    print(render(rows, header=header, skipped=skipped, skipped_rows=context.skipped))
     if rows:
         print(f"\nwrote {arguments.output}")
     if failed:

@@ -11,6 +11,19 @@ size of the item it found (we count the larger of that and the item sent, the co
 secondary index (the item has the index's key attributes; sparse indexes skip items without them)
 also writes the index: its projected item (table key, index key, projected attributes) rounded up to
 the next KB. A failed conditional write changes no index.
+
+Updates (UpdateItem, or an Update inside a transaction) cost the larger of the item's size before
+and after, rounded up to the next KB. Their index writes follow the Developer Guide's rules for
+secondary indexes: an item entering an index costs one write of its projection; leaving it, one
+write (a delete of the old projection); changing an index key, two (delete and put); changing only
+projected attributes, one; changing nothing the index holds, none.
+
+Transactions (TransactWriteItems): every item costs 2 write units per KB (a prepare and a commit).
+A cancelled transaction is modelled as consuming the same 2 units per KB for every item it named
+(the conservative reading; DynamoDB does not document a discount for cancelled transactions) and
+writing no index. Index writes caused by a transaction are counted once, at 1 unit per KB: the
+Developer Guide doubles the table writes of transactions and says nothing of their index writes,
+so this is the lower reading; `TRANSACTION_INDEX_FACTOR` makes the other one a one-line change.
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 KB = 1024
+TRANSACTION_FACTOR = 2
+TRANSACTION_INDEX_FACTOR = 1
 
 
 def _number_size(text: str) -> int:
@@ -81,3 +96,47 @@ def index_write_units(item: Mapping[str, Mapping[str, Any]], table: Mapping[str,
             projected = {name: value for name, value in item.items() if name in names}
         units[index["IndexName"]] = write_units(item_size(projected))
     return units
+
+
+def _projection(
+    item: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], table_keys: set[str]
+) -> dict[str, Any] | None:
+    """The item as `index` holds it, or None when the item is not in it (sparse)."""
+    index_keys = {key["AttributeName"] for key in index["KeySchema"]}
+    if not index_keys <= item.keys():
+        return None
+    projection = index.get("Projection", {})
+    if projection.get("ProjectionType") == "ALL":
+        return dict(item)
+    names = table_keys | index_keys | set(projection.get("NonKeyAttributes", []))
+    return {name: value for name, value in item.items() if name in names}
+
+
+def update_index_write_units(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]], table: Mapping[str, Any]
+) -> dict[str, int]:
+    """Write units an update from `before` to `after` costs in each secondary index it touches."""
+    table_keys = {key["AttributeName"] for key in table["KeySchema"]}
+    units: dict[str, int] = {}
+    for index in [*table.get("GlobalSecondaryIndexes", []), *table.get("LocalSecondaryIndexes", [])]:
+        old, new = _projection(before, index, table_keys), _projection(after, index, table_keys)
+        if old == new:
+            continue  # not in the index before or after, or nothing it holds changed
+        index_keys = {key["AttributeName"] for key in index["KeySchema"]}
+        if old is None and new is not None:
+            cost = write_units(item_size(new))  # enters the index
+        elif new is None and old is not None:
+            cost = write_units(item_size(old))  # leaves it
+        elif old is not None and new is not None and any(old[k] != new[k] for k in index_keys):
+            cost = write_units(item_size(old)) + write_units(item_size(new))  # key changed: delete + put
+        else:
+            cost = write_units(max(item_size(old or {}), item_size(new or {})))  # projected values only
+        units[index["IndexName"]] = cost
+    return units
+
+
+def update_write_units(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
+) -> int:
+    """Table write units of an update: the larger of the item before and after, per KB."""
+    return write_units(max(item_size(before), item_size(after)))

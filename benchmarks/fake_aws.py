@@ -152,3 +152,92 @@ def signed_event(
     event["body"] = body.decode()
     event["isBase64Encoded"] = False
     return event
+
+
+class CannedDynamoDB:
+    """The reconciler's DynamoDB calls answered with what DynamoDB would send back, and nothing kept.
+
+    TransactWriteItems and UpdateItem succeed with `{}` (no return values asked), or, with
+    `cancel_transactions` set, every transaction is cancelled the way a payment already applied by
+    another webhook is (`ConditionalCheckFailed` on the entry, with the stored entry). GetItem answers
+    from `items` by the key's `pk` (the Moment-id links the reconciler reads once per execution
+    environment). The work done here is a dict lookup and a counter: the same for both sides of a
+    comparison and small beside botocore's. `requests` counts each operation, so a timed loop can
+    prove afterwards that it made exactly the calls it should.
+    """
+
+    def __init__(self, items: dict[str, dict[str, Any]] | None = None) -> None:
+        self.items = items or {}
+        self.requests: dict[str, int] = {}
+        self.cancel_transactions: dict[str, Any] | None = None
+        self.last_body: dict[str, bytes] = {}
+
+    def attach(self, events: Any) -> None:
+        events.register("before-send.dynamodb", self._send)
+
+    def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        operation = event_name.rsplit(".", 1)[-1]
+        self.requests[operation] = self.requests.get(operation, 0) + 1
+        self.last_body[operation] = request.body
+        if operation == "TransactWriteItems":
+            if self.cancel_transactions is not None:
+                return _answer(request, 400, self.cancel_transactions, _JSON_1_0)
+            return _answer(request, 200, {}, _JSON_1_0)
+        if operation == "UpdateItem":
+            return _answer(request, 200, {}, _JSON_1_0)
+        if operation == "GetItem":
+            key = json.loads(request.body)["Key"]["pk"]["S"]
+            item = self.items.get(key)
+            return _answer(request, 200, {"Item": item} if item else {}, _JSON_1_0)
+        raise NotImplementedError(f"the canned DynamoDB does not do {operation}")
+
+
+def cancelled_by_existing_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB's answer to a 3-action transaction whose first action (the entry's put) found `entry`."""
+    return {
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
+        "[ConditionalCheckFailed, None, None]",
+        "CancellationReasons": [
+            {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": entry},
+            {"Code": "None"},
+            {"Code": "None"},
+        ],
+    }
+
+
+class SnapshotLedger:
+    """The pusher's DynamoDB calls answered from a snapshot of the ledger, for timing without an emulator.
+
+    GetItem and Query (the PendingPush index) answer from items read from moto just before the timed
+    run; UpdateItem (the pusher's conditional bookkeeping) answers `{}` and keeps the request, so the
+    benchmark can replay every write on moto afterwards and prove each one would have been accepted.
+    Registered first on `before-send`, so it answers before moto's own hook. Thread-safe: the pusher
+    calls it from its worker threads, as it would call DynamoDB.
+    """
+
+    def __init__(self, heads: dict[str, dict[str, Any]], pending: dict[str, list[dict[str, Any]]]) -> None:
+        self.heads = heads  # by partition key
+        self.pending = pending  # PendingPush items by push_shard
+        self.requests: list[str] = []
+        self.updates: list[dict[str, Any]] = []
+
+    def attach(self, events: Any) -> None:
+        events.register_first("before-send.dynamodb", self._send)
+
+    def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        operation = event_name.rsplit(".", 1)[-1]
+        call = json.loads(request.body)
+        self.requests.append(operation)  # list.append is atomic under the GIL
+        if operation == "GetItem":
+            item = self.heads.get(call["Key"]["pk"]["S"]) if call["Key"]["sk"]["S"] == "HEAD" else None
+            return _answer(request, 200, {"Item": item} if item else {}, _JSON_1_0)
+        if operation == "UpdateItem":
+            self.updates.append(call)
+            return _answer(request, 200, {}, _JSON_1_0)
+        if operation == "Query":
+            items = self.pending.get(call["ExpressionAttributeValues"][":shard"]["S"], [])
+            return _answer(
+                request, 200, {"Items": items, "Count": len(items), "ScannedCount": len(items)}, _JSON_1_0
+            )
+        raise NotImplementedError(f"the snapshot ledger does not do {operation}")

@@ -16,7 +16,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,50 @@ def percentile(samples: Iterable[float], fraction: float) -> float:
     """Nearest-rank percentile (p95: fraction=0.95)."""
     ordered = sorted(samples)
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+@contextmanager
+def captured_stdout() -> Iterator[bytearray]:
+    """Everything written to file descriptor 1 (where Powertools' handler writes) meanwhile."""
+    written = bytearray()
+    sys.stdout.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(1)
+        os.dup2(capture.fileno(), 1)
+        try:
+            yield written
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            capture.seek(0)
+            written += capture.read()
+
+
+def spread(samples: Sequence[float]) -> dict[str, float]:
+    """n, median, min and max of a list of samples, for results.json."""
+    return {
+        "n": len(samples),
+        "median": round(median(samples), 3),
+        "min": round(min(samples), 3),
+        "max": round(max(samples), 3),
+    }
+
+
+def cross_checks(
+    ours: Sequence[float], theirs: Sequence[float], cpu: tuple[Sequence[float], Sequence[float]] | None = None
+) -> dict[str, float]:
+    """Other estimates of the same ratio, to judge its noise: the median of the ratios of starts made
+    in the same round (next to each other in time), the ratio of the fastest starts (contention only
+    ever slows a start down), and the ratio of median CPU times (which other processes inflate less)."""
+    paired = [mine / other for mine, other in zip(ours, theirs, strict=True)]
+    checks = {
+        "paired_median_ratio": round(median(paired), 3),
+        "min_ratio": round(min(ours) / min(theirs), 3),
+    }
+    if cpu:
+        checks["cpu_time_ratio"] = round(median(cpu[0]) / median(cpu[1]), 3)
+    return checks
 
 
 def lambda_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -127,6 +172,8 @@ class ColdSubject:
     first_call: str = ""
     environment: Mapping[str, str] = field(default_factory=dict)
     write_bytecode: bool = True
+    # Interpreter options, e.g. ("-S",): no site-packages, only `pythonpath` (a Lambda-like path).
+    python_flags: tuple[str, ...] = ()
 
 
 @dataclass
@@ -186,7 +233,7 @@ def _cold_once(
         child_env["PYTHONDONTWRITEBYTECODE"] = "1"
     arguments = [str(result_path), subject.module, ",".join(subject.ready), subject.first_call, str(ROOT)]
     completed = subprocess.run(  # noqa: S603 -- our interpreter, our code
-        [python, "-c", _COLD_CHILD, *arguments],
+        [python, *subject.python_flags, "-c", _COLD_CHILD, *arguments],
         env=child_env,
         cwd=scratch,  # not the repository: its folders would be importable as namespace packages
         stdout=subprocess.DEVNULL,
@@ -217,6 +264,8 @@ class ImportBreakdown:
     roots: dict[str, tuple[float, list[tuple[str, float]]]]
 
     def describe(self, top: int = 5) -> list[str]:
+        if not self.by_package_ms:
+            return []  # not measured (a quick run)
         lines = [
             "self time by package: "
             + ", ".join(f"{package} {ms:.0f} ms" for package, ms in self.by_package_ms[:top])
@@ -235,7 +284,7 @@ def import_breakdown(python: str, subject: ColdSubject, environment: Mapping[str
         child_env["PYTHONPATH"] = os.pathsep.join(map(str, subject.pythonpath))
         arguments = [str(Path(scratch, "cold.json")), subject.module, ",".join(subject.ready), "", str(ROOT)]
         completed = subprocess.run(  # noqa: S603 -- our interpreter, our code
-            [python, "-X", "importtime", "-c", _COLD_CHILD, *arguments],
+            [python, *subject.python_flags, "-X", "importtime", "-c", _COLD_CHILD, *arguments],
             env=child_env,
             cwd=scratch,
             stdout=subprocess.DEVNULL,

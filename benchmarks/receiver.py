@@ -16,13 +16,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from benchmarks import measure
+from benchmarks import measure, sam_build
 from benchmarks.registry import ROOT, Context, Goal, Row
 
 TITLE = "webhook receiver vs a minimal receiver"
@@ -53,6 +52,14 @@ def run(context: Context) -> list[Row]:
     rows += _warm_rows(context, environment, handler)
     rows += _storage_rows(context, environment, handler)
     return rows
+
+
+def cost_inputs(context: Context) -> list[Row]:
+    """What the cost model needs from this area when the area is not part of the run: the warm
+    invocations (durations and bytes printed) and the write units, not the cold starts."""
+    environment = _environment()
+    handler = _handler()
+    return _warm_rows(context, environment, handler) + _storage_rows(context, environment, handler)
 
 
 def _handler() -> tuple[Path, str]:
@@ -135,45 +142,37 @@ def _cold_subjects(scratch: Path, handler: tuple[Path, str], *, bytecode: bool) 
     ]
 
 
-def _spread(samples: Sequence[float]) -> dict[str, float]:
-    return {
-        "n": len(samples),
-        "median": round(measure.median(samples), 3),
-        "min": round(min(samples), 3),
-        "max": round(max(samples), 3),
-    }
-
-
-def _cross_checks(
-    ours: Sequence[float], theirs: Sequence[float], cpu: tuple[Sequence[float], Sequence[float]] | None = None
-) -> dict[str, float]:
-    """Other estimates of the same ratio, to judge its noise: the median of the ratios of starts made
-    in the same round (next to each other in time), the ratio of the fastest starts, and the ratio of
-    median CPU times (which other processes on the machine cannot inflate)."""
-    paired = [mine / other for mine, other in zip(ours, theirs, strict=True)]
-    checks = {
-        "paired_median_ratio": round(measure.median(paired), 3),
-        "min_ratio": round(min(ours) / min(theirs), 3),
-    }
-    if cpu:
-        checks["cpu_time_ratio"] = round(measure.median(cpu[0]) / measure.median(cpu[1]), 3)
-    return checks
+_spread = measure.spread
+_cross_checks = measure.cross_checks
 
 
 def _cold_rows(
     context: Context, environment: dict[str, str], handler: tuple[Path, str], scratch: Path
 ) -> list[Row]:
-    starts = context.iterations(full=21, quick=5)
+    starts = context.iterations(full=15, quick=5)
     context.progress(f"receiver: cold starts, {starts} per subject, interleaved")
     real, baseline, boto3_alone = _cold_subjects(scratch, handler, bytecode=True)
     samples = measure.cold_start(context.python, [real, baseline, boto3_alone], starts, environment)
-    breakdown = measure.import_breakdown(
-        context.python, measure.ColdSubject(REAL, real.module, real.pythonpath, real.ready), environment
+    breakdown = (
+        measure.ImportBreakdown([], {})  # one -X importtime start: not in a quick run
+        if context.quick
+        else measure.import_breakdown(
+            context.python, measure.ColdSubject(REAL, real.module, real.pythonpath, real.ready), environment
+        )
     )
-    no_pyc_starts = context.iterations(full=9, quick=3)
-    context.progress(f"receiver: cold starts without .pyc in the layer, {no_pyc_starts} per subject")
+    no_pyc_starts = context.iterations(full=7, quick=3)
     real_no_pyc, baseline_no_pyc, _ = _cold_subjects(scratch, handler, bytecode=False)
-    no_pyc = measure.cold_start(context.python, [real_no_pyc, baseline_no_pyc], no_pyc_starts, environment)
+    as_built = _as_built_subject(context, scratch, real)
+    context.progress(
+        f"receiver: cold starts without .pyc{' and as sam build ships it' if as_built else ''}, "
+        f"{no_pyc_starts} per subject"
+    )
+    no_pyc = measure.cold_start(
+        context.python,
+        [real_no_pyc, baseline_no_pyc, *([as_built] if as_built else [])],
+        no_pyc_starts,
+        environment,
+    )
 
     ours, theirs, boto = samples[REAL], samples[BASELINE], samples[BOTO3]
     boto_ms = measure.median(boto.through(1))
@@ -284,7 +283,7 @@ def _cold_rows(
         Row(
             area=AREA,
             name="receiver.cold_start_no_pyc",
-            title="cold start as `sam build` ships it: the layer and functions without .pyc",
+            title="cold start with no .pyc anywhere: what the layer cost before it was precompiled",
             measured=measure.median(no_pyc[REAL].through(1)),
             baseline=measure.median(no_pyc[BASELINE].import_ms),
             unit="ms",
@@ -295,8 +294,9 @@ def _cold_rows(
                 f"median of {no_pyc_starts} fresh interpreters per side; boto3 keeps its .pyc on both "
                 "sides (the Lambda runtime provides boto3; whether its copy is precompiled was not "
                 "checked here)",
-                ".aws-sam/build holds no __pycache__, and /opt and /var/task are read-only on Lambda, "
-                "so every cold start compiles the layer's Python from source",
+                "/opt and /var/task are read-only on Lambda, so a layer shipped without .pyc is compiled "
+                "from source at every cold start; the layer is now built with precompiled .pyc "
+                "(layers/shared/Makefile), so this row is the counterfactual: see cold_start_as_built",
                 "to first response without .pyc: "
                 f"receiver {measure.median(no_pyc[REAL].first_response_ms):.1f} ms, "
                 f"baseline {measure.median(no_pyc[BASELINE].first_response_ms):.1f} ms",
@@ -314,19 +314,72 @@ def _cold_rows(
                 "starts": no_pyc_starts,
             },
         ),
+        *([_as_built_row(no_pyc, no_pyc_starts)] if as_built else []),
     ]
+
+
+AS_BUILT = "webhook_receiver as built"
+
+
+def _as_built_subject(
+    context: Context, scratch: Path, real: measure.ColdSubject
+) -> measure.ColdSubject | None:
+    """The receiver from this run's `sam build` (function folder, layer with its precompiled .pyc, the
+    runtime's boto3), read-only as on Lambda; None, after saying why, when there is no build."""
+    built = sam_build.build()
+    if isinstance(built, str):
+        context.skip("receiver.cold_start_as_built", built)
+        return None
+    return dataclasses.replace(
+        real,
+        name=AS_BUILT,
+        pythonpath=(built.artifacts[FUNCTION], built.layer_python, sam_build.runtime_packages(scratch)),
+        write_bytecode=False,
+        python_flags=("-S",),
+    )
+
+
+def _as_built_row(no_pyc: dict[str, measure.ColdSamples], starts: int) -> Row:
+    ours, theirs = no_pyc[AS_BUILT], no_pyc[BASELINE]
+    return Row(
+        area=AREA,
+        name="receiver.cold_start_as_built",
+        title="cold start as `sam build` ships it: the precompiled layer, read-only",
+        measured=measure.median(ours.through(1)),
+        baseline=measure.median(theirs.import_ms),
+        unit="ms",
+        measured_label="as receiver.cold_start, from this run's sam build: the built function folder, the "
+        "built layer (unchecked-hash .pyc), the runtime's boto3; python -S, PYTHONDONTWRITEBYTECODE=1",
+        baseline_label="as receiver.cold_start_no_pyc: baseline_receiver.py, no .pyc",
+        notes=[
+            f"median of {starts} fresh interpreters per side, interleaved with cold_start_no_pyc's",
+            "what Lambda runs: nothing of the layer is compiled at the cold start, only the one-file "
+            "handler module (sam build does not precompile function folders; it compiles in about a ms)",
+            f"to first response: receiver {measure.median(ours.first_response_ms):.1f} ms, "
+            f"baseline {measure.median(theirs.first_response_ms):.1f} ms",
+        ],
+        details={
+            "receiver_ms": _spread(ours.through(1)),
+            **_cross_checks(
+                ours.through(1), theirs.import_ms, cpu=(ours.through(1, cpu=True), theirs.cpu_import_ms)
+            ),
+            "baseline_ms": _spread(theirs.import_ms),
+            "receiver_first_response_ms": _spread(ours.first_response_ms),
+            "starts": starts,
+        },
+    )
 
 
 # -- warm invocations -------------------------------------------------------------------------------
 
 
 def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Path, str]) -> list[Row]:
-    calls = context.iterations(full=4200, quick=900)
-    duplicates = context.iterations(full=1200, quick=300)
+    calls = context.iterations(full=3000, quick=900)
+    duplicates = context.iterations(full=900, quick=300)
     warmup = context.iterations(full=300, quick=100)
     # A B B A A B: each side runs three times, each time in a fresh interpreter, so drift on the
-    # machine and one process's luck (memory layout, hash seed) fall on both sides alike.
-    order = (REAL, BASELINE, BASELINE, REAL, REAL, BASELINE)
+    # machine and one process's luck (memory layout, hash seed) fall on both sides alike. Quick: A B.
+    order = (REAL, BASELINE) if context.quick else (REAL, BASELINE, BASELINE, REAL, REAL, BASELINE)
     children = len(order) // 2
     context.progress(f"receiver: warm invocations, {calls} new + {duplicates} duplicates per side")
     results: dict[str, dict[str, list[float]]] = {
@@ -365,7 +418,8 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
     )
     setup = (
         f"{calls} new webhooks per side (fresh webhook-id each, same sample body, signed beforehand), "
-        f"after {warmup} untimed warm-up calls; three fresh interpreters per side, run A B B A A B; "
+        f"after {warmup} untimed warm-up calls; {children} fresh interpreter(s) per side, run A B B A A B "
+        "(a quick run: A B); "
         "secrets cached (the receiver's SecretsManagerSigningKeys with a warm Powertools cache, "
         "the baseline's key decoded at import); the handler as deployed: lambda_handler(event, context)"
     )
@@ -501,7 +555,7 @@ def warm_child(params: dict[str, Any]) -> dict[str, Any]:
     if dynamodb.requests != expected_requests or len(dynamodb.items) != params["warmup"] + params["calls"]:
         raise RuntimeError(f"{side}: {dynamodb.requests} DynamoDB requests for {expected_requests} calls")
 
-    with _captured_stdout() as written:
+    with measure.captured_stdout() as written:
         _timed(handler, *batch("o", 50), expect="accepted")
     return {
         "new_us": new_us,
@@ -525,24 +579,6 @@ def _timed(
         if answer["statusCode"] != 200 or json.loads(answer["body"])["status"] != expect:
             raise RuntimeError(f"expected {expect}, got {answer}")
     return samples
-
-
-@contextmanager
-def _captured_stdout() -> Iterator[bytearray]:
-    """Everything written to file descriptor 1 (where Powertools' handler writes) meanwhile."""
-    written = bytearray()
-    sys.stdout.flush()
-    with tempfile.TemporaryFile() as capture:
-        saved = os.dup(1)
-        os.dup2(capture.fileno(), 1)
-        try:
-            yield written
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-            capture.seek(0)
-            written += capture.read()
 
 
 # -- storage: requests and write units ----------------------------------------------------------------
@@ -734,8 +770,10 @@ def _count_and_size(
 
     def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
         requests.append(model.name)
-        if "Item" in params:
-            sent.append(params["Item"])
+        # botocore's request dict: the body is the JSON sent (binary values as base64 text).
+        sent_params = json.loads(params.get("body") or b"{}")
+        if "Item" in sent_params:
+            sent.append(sent_params["Item"])
 
     client.meta.events.register("before-call.dynamodb.*", seen)
     counted: dict[str, Any] = {}

@@ -23,19 +23,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_PATH = ROOT / "benchmarks" / "results.json"
 
-# Area name -> module. The runner imports only the areas it runs.
+# Area name -> module, in the order a full run takes them. The runner imports only the areas it runs.
+# `cost` comes last: it models from the figures the areas before it measured in the same run.
 AREAS: dict[str, str] = {
     "receiver": "benchmarks.receiver",
+    "reconciler": "benchmarks.reconciler",
+    "pusher": "benchmarks.pusher",
+    "cold_imports": "benchmarks.cold_imports",
+    "sizes": "benchmarks.sizes",
+    "cost": "benchmarks.cost",
 }
 
 # Areas later issues add; listed so `--list`, the table and docs/performance.md agree on what is missing.
-PLANNED: dict[str, str] = {
-    "reconciler": "records/s vs plain updates, write units per payment (the reconciler issue)",
-    "pusher": "pushes/s vs a concurrency/latency ceiling (the balance pusher issue)",
-    "cold_imports": "each function's cold import vs `import boto3` alone (added with each function)",
-    "sizes": "package and layer sizes from `sam build` (the packaging issue)",
-    "cost": "cost model per 1,000 webhooks (the cost issue)",
-}
+PLANNED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -107,16 +107,35 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A row that could not be measured on this machine (a tool missing, a handler not written yet)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Context:
-    """What every area gets: the run's mode and a way to size its work."""
+    """What every area gets: the run's mode, a way to size its work, and the rows measured so far
+    in this run (an area may model from another's figures: the cost model does)."""
 
     quick: bool
     python: str = sys.executable
     root: Path = ROOT
     progress: Callable[[str], None] = lambda message: print(f"  .. {message}", file=sys.stderr, flush=True)
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def iterations(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+    def row(self, name: str) -> Row | None:
+        """A row measured earlier in this run, if its area ran."""
+        return next((row for row in self.rows if row.name == name), None)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append(Skipped(name, reason))
+        self.progress(f"skipped {name}: {reason}")
 
 
 def machine() -> dict[str, Any]:
@@ -132,6 +151,8 @@ def machine() -> dict[str, Any]:
 def format_value(value: float, unit: str) -> str:
     if unit in {"ms", "µs"}:
         text = f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+    elif unit == "USD":
+        text = f"{value:,.3f}"
     elif float(value).is_integer():
         text = f"{int(value):,}"
     else:
@@ -139,7 +160,9 @@ def format_value(value: float, unit: str) -> str:
     return f"{text} {unit}"
 
 
-def render(rows: Sequence[Row], *, header: str, skipped: Sequence[str]) -> str:
+def render(
+    rows: Sequence[Row], *, header: str, skipped: Sequence[str], skipped_rows: Sequence[Skipped] = ()
+) -> str:
     columns = ("row", "measured", "baseline", "ratio", "goal", "result")
     table = [
         (
@@ -168,6 +191,9 @@ def render(rows: Sequence[Row], *, header: str, skipped: Sequence[str]) -> str:
         out.append(f"    measured: {row.measured_label}")
         out.append(f"    baseline: {row.baseline_label}")
         out += [f"    - {note}" for note in row.notes]
+    if skipped_rows:
+        out.append("")
+        out += [f"skipped {row.name}: {row.reason}" for row in skipped_rows]
     if skipped:
         out.append("")
         out.append("Not built yet: " + "; ".join(skipped))
@@ -177,7 +203,15 @@ def render(rows: Sequence[Row], *, header: str, skipped: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def save(rows: Sequence[Row], *, path: Path, areas: Sequence[str], quick: bool, seconds: float) -> None:
+def save(
+    rows: Sequence[Row],
+    *,
+    path: Path,
+    areas: Sequence[str],
+    quick: bool,
+    seconds: float,
+    skipped_rows: Sequence[Skipped] = (),
+) -> None:
     document = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -186,5 +220,6 @@ def save(rows: Sequence[Row], *, path: Path, areas: Sequence[str], quick: bool, 
         "not_built_yet": PLANNED,
         "seconds": round(seconds, 1),
         "rows": [row.as_json() for row in rows],
+        "skipped": [asdict(row) for row in skipped_rows],
     }
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

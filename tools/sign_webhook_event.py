@@ -5,12 +5,17 @@ Moment `obligation.amount_applied` webhook signed with the given secret and a fr
 passes verification as long as it runs within the tolerance (180 s by default).
 
 Usage: python tools/sign_webhook_event.py [--secret whsec_...] [--timestamp UNIX] [--out PATH]
+       python tools/sign_webhook_event.py --curl URL [--webhook-id ID] [--body JSON] [--secret whsec_...]
+
+`--curl` writes no file: it prints a `curl` command that sends a freshly signed webhook to URL (the
+local stack's http://127.0.0.1:3000/webhooks/moment, say), with this body or the one given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -83,6 +88,21 @@ def build_event(secret: str, timestamp: int) -> dict[str, object]:
     }
 
 
+def curl_command(url: str, secret: str, webhook_id: str, timestamp: int, body: str) -> str:
+    signature = signature_header([decode_signing_key(secret)], webhook_id, timestamp, body.encode())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
+    parts = ["curl", "-sS", "-i", url]
+    for name, value in headers.items():
+        parts += ["-H", f"{name}: {value}"]
+    parts += ["--data-binary", body]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--secret", default=LOCAL_WEBHOOK_SECRET, help="whsec_... (default: the local one)")
@@ -90,8 +110,20 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "events" / "webhook_receiver" / "moment-webhook.json"
     )
+    parser.add_argument(
+        "--curl", metavar="URL", help="print a curl command for URL instead of writing a file"
+    )
+    parser.add_argument("--webhook-id", default=None, help="with --curl (default: a new msg_ id)")
+    parser.add_argument(
+        "--body", default=None, help="with --curl: the JSON body (default: the sample payment)"
+    )
     arguments = parser.parse_args()
     timestamp = arguments.timestamp if arguments.timestamp is not None else int(time.time())
+    if arguments.curl:
+        webhook_id = arguments.webhook_id or f"msg_byhand{timestamp}"
+        body = arguments.body or json.dumps(BODY, separators=(",", ":"))
+        print(curl_command(arguments.curl, arguments.secret, webhook_id, timestamp, body))
+        return
     arguments.out.write_text(json.dumps(build_event(arguments.secret, timestamp), indent=2) + "\n")
     print(f"wrote {arguments.out} (webhook-timestamp {timestamp})")
 

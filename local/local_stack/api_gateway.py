@@ -19,9 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from local_stack.lambda_context import LocalLambdaContext
-
-Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+# An API Gateway (payload 2.0) event in, the integration's response out.
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_LOCAL_BODY = 10 * 1024 * 1024  # API Gateway's own payload limit
 
 
@@ -100,7 +99,7 @@ class LocalHttpApi:
     """Serves `routes` on loopback until stopped; `url` is set once it listens."""
 
     def __init__(self, routes: list[Route], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.routes = routes
+        self.routes = routes  # may be set after construction, before start()
         self._server = ThreadingHTTPServer((host, port), self._request_handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-http-api", daemon=True)
@@ -135,8 +134,7 @@ class LocalHttpApi:
                 event = build_event(
                     route, method, split.path, split.query, headers, body, parameters, source_ip
                 )
-                response = route.handler(event, LocalLambdaContext(route.function_name))
-                return _http_response(response)
+                return _http_response(route.handler(event))
         problem = {
             "type": "about:blank",
             "title": "Not Found",

@@ -1,7 +1,10 @@
-"""The AWS side of the local stack: moto's server on loopback, resources made from template.yaml,
-each function's environment as the template sets it, and the HTTP API front.
+"""The whole system on one machine: moto's server on loopback with every resource made from
+template.yaml, the Moment sandbox, an HTTP front for the HTTP API's routes, the reconciler's stream
+event source, and a scheduler for the pusher and the re-drive. The handlers run unchanged, in this
+process, each with the environment template.yaml gives its function.
 
-boto3 in this process reaches moto through AWS_ENDPOINT_URL, so the handlers run unchanged.
+boto3 in this process reaches moto through AWS_ENDPOINT_URL; the Moment client reaches the sandbox
+through MOMENT_BASE_URL; the sandbox delivers its webhooks to the HTTP front.
 """
 
 from __future__ import annotations
@@ -10,60 +13,174 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
-from local_stack.functions import function_environment, http_routes, load_handler
-from local_stack.template import create_table, parameter_default
+from local_stack.event_source import MappingSettings, StreamEventSource
+from local_stack.functions import Invocation, LocalFunctions, function_environment, http_routes
+from local_stack.moto_server import SerialMotoServer
+from local_stack.scheduler import SCHEDULED_EVENT, Job, Scheduler
+from local_stack.streams import StreamReader
+from local_stack.template import ROOT, Intrinsics, create_table, function_logical_ids, resource_properties
+from moment_sandbox import MomentSandbox, SandboxSettings
+
+REGION = "af-south-1"
+ACCOUNT = "123456789012"
+FUNCTION_LOG = ROOT / "build" / "local" / "function-output.jsonl"
 
 # Logical ids of template.yaml's resources, and the names the local stack gives them.
-TABLES = {"WebhookEventsTable": "WebhookEvents"}
-SECRETS = {"WebhookSigningSecret": "local/moment/webhook-signing-secrets"}
-HTTP_FUNCTIONS = {"WebhookReceiverFunction": "webhook_receiver"}
+TABLES = {"WebhookEventsTable": "WebhookEvents", "LedgerTable": "Ledger"}
+SECRETS = {
+    "WebhookSigningSecret": "local/moment/webhook-signing-secrets",
+    "MomentApiKeySecret": "local/moment/api-key",
+}
+QUEUES = {"ReconcilerFailureQueue": "ReconcilerFailureQueue"}
+HTTP_FUNCTIONS = {"WebhookReceiverFunction": "webhook_receiver", "LedgerApiFunction": "ledger_api"}
+STREAM_MAPPING = ("ReconcilerFunction", "WebhookStream")
+PUSHER, REDRIVE, RECEIVER, RECONCILER = (
+    "BalancePusherFunction",
+    "RedriveFunction",
+    "WebhookReceiverFunction",
+    "ReconcilerFunction",
+)
+
+Notify = Callable[[str], None]
 
 
 @dataclass
 class LocalSettings:
+    """Every setting of the local stack; `from_environment` reads the variables the README lists."""
+
     api_port: int = 3000
+    sandbox_port: int = 4010
+    aws_port: int = 5000
+    host: str = "127.0.0.1"
     webhook_secrets: list[str] = field(default_factory=lambda: [made_up_values.LOCAL_WEBHOOK_SECRET])
+    moment_api_key: str = field(default=made_up_values.LOCAL_MOMENT_API_KEY, repr=False)
     environment: str = "dev"
+    push_interval_seconds: float | None = 5.0  # None: only on demand (POST /_local/push)
+    redrive_interval_seconds: float | None = 30.0
+    redrive_grace_seconds: int | None = None  # None: what template.yaml sets (RedriveGraceMinutes)
+    parameter_overrides: dict[str, str] = field(default_factory=dict)  # template parameters, by name
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)  # faults, delivery, switches
+    stream_retry_delay_seconds: float = 0.1
+    stream_batching_window_seconds: float | None = None  # None: the template's (1 s)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
         secrets = environ.get("MOMENT_WEBHOOK_SECRET", "").split()
+        overrides = dict(
+            item.split("=", 1) for item in environ.get("LOCAL_PARAMETER_OVERRIDES", "").split() if "=" in item
+        )
+        grace = environ.get("LOCAL_REDRIVE_GRACE_SECONDS", "")
         return cls(
             api_port=int(environ.get("LOCAL_API_PORT", "3000")),
+            sandbox_port=int(environ.get("LOCAL_SANDBOX_PORT", "4010")),
+            aws_port=int(environ.get("LOCAL_AWS_PORT", "5000")),
+            host=environ.get("LOCAL_AWS_HOST", "127.0.0.1"),
             webhook_secrets=secrets or [made_up_values.LOCAL_WEBHOOK_SECRET],
+            moment_api_key=environ.get("MOMENT_API_KEY", "") or made_up_values.LOCAL_MOMENT_API_KEY,
+            push_interval_seconds=_interval(environ.get("LOCAL_PUSH_INTERVAL_SECONDS", "5")),
+            redrive_interval_seconds=_interval(environ.get("LOCAL_REDRIVE_INTERVAL_SECONDS", "30")),
+            redrive_grace_seconds=int(grace) if grace else None,
+            parameter_overrides=overrides,
+            sandbox=SandboxSettings.from_environment(environ),
         )
+
+
+def _interval(value: str) -> float | None:
+    seconds = float(value)
+    return seconds if seconds > 0 else None
 
 
 @dataclass
 class RunningStack:
+    settings: LocalSettings
     api: LocalHttpApi
+    sandbox: MomentSandbox
     aws_endpoint: str
-    names: dict[str, str]
+    names: dict[str, str]  # logical id -> local name (tables, secrets) or URL (queues)
+    functions: LocalFunctions
+    stream: StreamEventSource
+    scheduler: Scheduler
 
     @property
     def api_url(self) -> str:
         return self.api.url
 
+    @property
+    def sandbox_url(self) -> str:
+        return self.sandbox.url
+
     def client(self, service: str) -> Any:
+        """A boto3 client of moto (this process's own, not the one the functions use)."""
         import boto3  # noqa: PLC0415
 
-        return boto3.client(service, endpoint_url=self.aws_endpoint)
+        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=REGION)
+
+    def push_now(self) -> Invocation:
+        """Run the balance pusher now (as its schedule would) and wait for it."""
+        return self.scheduler.run_now(PUSHER)
+
+    def redrive_now(self, grace_seconds: int | None = None) -> Invocation:
+        overrides = {"REDRIVE_GRACE_SECONDS": str(grace_seconds)} if grace_seconds is not None else None
+        return self.scheduler.run_now(REDRIVE, overrides)
+
+    def wait_until_quiet(self, timeout: float = 30.0) -> bool:
+        """Until every webhook the sandbox sent is delivered or given up and the stream is drained."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            remaining = deadline - time.monotonic()
+            if not self.sandbox.wait_for_deliveries(timeout=remaining):
+                return False
+            if not self.stream.wait_until_idle(timeout=max(0.1, deadline - time.monotonic())):
+                return False
+            if self.sandbox.wait_for_deliveries(timeout=0):  # none started meanwhile
+                return True
+        return False
+
+    def failure_queue_messages(self) -> list[dict[str, Any]]:
+        """What the stream event source sent to ReconcilerFailureQueue (received, not deleted)."""
+        sqs = self.client("sqs")
+        found: list[dict[str, Any]] = []
+        while True:
+            batch = sqs.receive_message(
+                QueueUrl=self.names["ReconcilerFailureQueue"], MaxNumberOfMessages=10, VisibilityTimeout=0
+            ).get("Messages", [])
+            fresh = [json.loads(message["Body"]) for message in batch]
+            known = {json.dumps(item, sort_keys=True) for item in found}
+            new = [item for item in fresh if json.dumps(item, sort_keys=True) not in known]
+            if not new:
+                return found
+            found.extend(new)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "api": self.api_url,
+            "moment_sandbox": self.sandbox_url,
+            "aws_endpoint": self.aws_endpoint,
+            "invocations": dict(self.functions.counts),
+            "function_errors": dict(self.functions.errors),
+            "stream": vars(self.stream.stats),
+            "schedules": self.scheduler.status(),
+        }
 
 
-def _aws_environment(endpoint: str) -> dict[str, str]:
+def aws_environment(endpoint: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": "af-south-1",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
         "AWS_ACCESS_KEY_ID": made_up_values.LOCAL_AWS_ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": made_up_values.LOCAL_AWS_SECRET_ACCESS_KEY,
+        # moto's DynamoDB Streams fail with "Not yet implemented" without this.
         "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
     }
 
@@ -84,62 +201,345 @@ def function_output_to(path: Path) -> Iterator[TextIO]:
 
 
 @contextmanager
-def running_stack(settings: LocalSettings | None = None) -> Iterator[RunningStack]:
-    """Start moto and the HTTP front, create everything, set the environment; undo it all on exit."""
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+def running_stack(
+    settings: LocalSettings | None = None, notify: Notify | None = None
+) -> Iterator[RunningStack]:
+    """Start everything, set the environment; stop it all and restore the environment on exit.
 
+    Import what the functions import only inside this (or `function_output_to`): Powertools' Logger
+    binds to the stdout of the moment it is created."""
     settings = settings or LocalSettings()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    say: Notify = notify or (lambda _line: None)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    moto = SerialMotoServer(settings.host, settings.aws_port)
     moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     saved = dict(os.environ)
+    started: list[Any] = []
     try:
-        os.environ.update(_aws_environment(endpoint))
-        names = _create_resources(settings, endpoint)
-        for logical_id in HTTP_FUNCTIONS:
-            os.environ.update(function_environment(logical_id, _resolver(names)))
-        os.environ["ENVIRONMENT"] = settings.environment
+        moto.reset()  # moto keeps resources per process: start from nothing
+        os.environ.update(aws_environment(moto.endpoint))
+        names, attributes = _create_resources(settings, moto.endpoint)
+        api = LocalHttpApi([], port=settings.api_port)
+        sandbox = MomentSandbox(
+            replace(
+                settings.sandbox,
+                host="127.0.0.1",
+                port=settings.sandbox_port,
+                api_key=settings.moment_api_key,
+                webhook_url=f"{api.url}/webhooks/moment",
+                webhook_secrets=tuple(settings.webhook_secrets),
+            )
+        )
+        intrinsics = _intrinsics(settings, names, attributes, sandbox.url)
+        functions = LocalFunctions(
+            _environments(settings, intrinsics),
+            names={logical_id: logical_id for logical_id in function_logical_ids()},
+        )
+        functions.load()  # imports the handlers, each under its function's environment
+        from moment_sync import runtime  # noqa: PLC0415 -- imported by the handlers just now
+
+        runtime.reset()
+        api.routes = _http_routes(functions, say) + _local_routes(lambda: stack)
+        stream = _stream_event_source(settings, intrinsics, names, attributes, functions, say)
+        scheduler = _scheduler(settings, functions, say)
+        stack = RunningStack(settings, api, sandbox, moto.endpoint, names, functions, stream, scheduler)
+        for part in (api, sandbox, stream, scheduler):
+            part.start()
+            started.append(part)
+        yield stack
+    finally:
+        for part in reversed(started):
+            try:
+                part.stop()
+            except Exception as error:
+                say(f"stopping {type(part).__name__} failed: {error}")
+        os.environ.clear()
+        os.environ.update(saved)
+        try:
+            moto.reset()
+        finally:
+            moto.stop()
         from moment_sync import runtime  # noqa: PLC0415
 
         runtime.reset()
-        api = LocalHttpApi(_routes(), port=settings.api_port).start()
-        try:
-            yield RunningStack(api=api, aws_endpoint=endpoint, names=names)
-        finally:
-            api.stop()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        moto.stop()
 
 
-def _create_resources(settings: LocalSettings, endpoint: str) -> dict[str, str]:
+# --- resources -----------------------------------------------------------------------------------
+
+
+def _create_resources(
+    settings: LocalSettings, endpoint: str
+) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     import boto3  # noqa: PLC0415
 
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint)
-    names = {logical_id: create_table(dynamodb, logical_id, name) for logical_id, name in TABLES.items()}
+    names: dict[str, str] = {}
+    attributes: dict[tuple[str, str], str] = {}
+    for logical_id, name in TABLES.items():
+        create_table(dynamodb, logical_id, name)
+        table = dynamodb.describe_table(TableName=name)["Table"]
+        names[logical_id] = name
+        attributes[(logical_id, "Arn")] = table["TableArn"]
+        if "LatestStreamArn" in table:
+            attributes[(logical_id, "StreamArn")] = table["LatestStreamArn"]
     secrets = boto3.client("secretsmanager", endpoint_url=endpoint)
+    values = {
+        "WebhookSigningSecret": json.dumps(settings.webhook_secrets),
+        "MomentApiKeySecret": settings.moment_api_key,
+    }
     for logical_id, name in SECRETS.items():
-        arn = secrets.create_secret(Name=name, SecretString=json.dumps(settings.webhook_secrets))["ARN"]
-        names[logical_id] = arn
-    return names
+        # !Ref of a secret is its ARN, which is what the functions get.
+        names[logical_id] = secrets.create_secret(Name=name, SecretString=values[logical_id])["ARN"]
+    sqs = boto3.client("sqs", endpoint_url=endpoint)
+    for logical_id, name in QUEUES.items():
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        names[logical_id] = url  # !Ref of a queue is its URL
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        attributes[(logical_id, "Arn")] = arn
+        attributes[(logical_id, "QueueName")] = name
+    return names, attributes
 
 
-def _resolver(names: dict[str, str]) -> Any:
-    def resolve(reference: str) -> str:
-        if reference in names:
-            return names[reference]
-        if reference == "Environment":
-            return os.environ.get("ENVIRONMENT", "dev")
-        return str(parameter_default(reference))
+def _intrinsics(
+    settings: LocalSettings, names: dict[str, str], attributes: dict[tuple[str, str], str], sandbox_url: str
+) -> Intrinsics:
+    # The template's MomentBaseUrl allows https only; the Moment client allows plain http to loopback.
+    overrides = {
+        "Environment": settings.environment,
+        "MomentBaseUrl": sandbox_url,
+        **settings.parameter_overrides,
+    }
+    return Intrinsics(names, attributes, overrides)
 
-    return resolve
+
+def _environments(settings: LocalSettings, intrinsics: Intrinsics) -> dict[str, dict[str, str]]:
+    environments = {
+        logical_id: function_environment(logical_id, intrinsics) for logical_id in function_logical_ids()
+    }
+    if settings.redrive_grace_seconds is not None:
+        environments[REDRIVE]["REDRIVE_GRACE_SECONDS"] = str(settings.redrive_grace_seconds)
+    return environments
 
 
-def _routes() -> list[Route]:
+# --- the HTTP front ------------------------------------------------------------------------------
+
+INTERNAL_SERVER_ERROR = {  # what an HTTP API answers when its Lambda integration fails
+    "statusCode": 500,
+    "headers": {"content-type": "application/json"},
+    "body": json.dumps({"message": "Internal Server Error"}),
+}
+
+
+def _http_routes(functions: LocalFunctions, say: Notify) -> list[Route]:
+    routes = []
+    for logical_id, short_name in HTTP_FUNCTIONS.items():
+        if not functions.has(logical_id):
+            continue  # not built yet: its routes answer 404, as an API without them would
+        for method, path in http_routes(logical_id):
+            routes.append(Route(method, path, short_name, _integration(functions, logical_id, say)))
+    return routes
+
+
+def _integration(
+    functions: LocalFunctions, logical_id: str, say: Notify
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        invocation = functions.invoke(logical_id, event)
+        if invocation.failed:
+            say(f"{logical_id} FAILED: {invocation.error} (answered 500)")
+            return INTERNAL_SERVER_ERROR
+        response: dict[str, Any] = invocation.response
+        say(_http_line(logical_id, event, response))
+        return response
+
+    return invoke
+
+
+def _http_line(logical_id: str, event: dict[str, Any], response: dict[str, Any]) -> str:
+    status = response.get("statusCode")
+    try:
+        body = json.loads(response.get("body") or "{}")
+    except ValueError:
+        body = {}
+    if logical_id == RECEIVER:
+        webhook_id = (event.get("headers") or {}).get("webhook-id", "?")
+        outcome = body.get("status") if status == 200 else str(body.get("type", "")).rsplit("/", 1)[-1]
+        return f"webhook {webhook_id} -> {status} {outcome}"
+    return f"ledger API {event['routeKey']} {event.get('rawPath', '')} -> {status}"
+
+
+def _local_routes(stack: Callable[[], RunningStack]) -> list[Route]:
+    """`/_local/…`: what a developer asks of the stack itself (never part of the deployed API)."""
+
+    def push(_event: dict[str, Any]) -> dict[str, Any]:
+        return _invocation_response(stack().push_now())
+
+    def redrive(event: dict[str, Any]) -> dict[str, Any]:
+        body = _json_body(event)
+        grace = body.get("grace_seconds")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 0):
+            return _json_response(400, {"error": "grace_seconds must be a whole number of seconds >= 0"})
+        return _invocation_response(stack().redrive_now(grace))
+
+    def wait(event: dict[str, Any]) -> dict[str, Any]:
+        timeout = _json_body(event).get("timeout_seconds", 30)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+            return _json_response(400, {"error": "timeout_seconds must be a number from 0 to 300"})
+        return _json_response(200, {"quiet": stack().wait_until_quiet(float(timeout))})
+
+    def run(event: dict[str, Any]) -> dict[str, Any]:
+        name = event["pathParameters"]["function"]
+        if name not in stack().scheduler.status():
+            known = ", ".join(stack().scheduler.status())
+            return _json_response(404, {"error": f"no scheduled function {name}; these are: {known}"})
+        return _invocation_response(stack().scheduler.run_now(name))
+
+    def status(_event: dict[str, Any]) -> dict[str, Any]:
+        return _json_response(200, stack().status())
+
     return [
-        Route(method, path, function_name, load_handler(logical_id))
-        for logical_id, function_name in HTTP_FUNCTIONS.items()
-        for method, path in http_routes(logical_id)
+        Route("POST", "/_local/push", "local", push),
+        Route("POST", "/_local/redrive", "local", redrive),
+        Route("POST", "/_local/run/{function}", "local", run),
+        Route("POST", "/_local/wait", "local", wait),
+        Route("GET", "/_local/status", "local", status),
     ]
+
+
+def _json_body(event: dict[str, Any]) -> dict[str, Any]:
+    try:
+        body = json.loads(event.get("body") or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _json_response(status: int, body: Any) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
+
+
+def _invocation_response(invocation: Invocation) -> dict[str, Any]:
+    if invocation.failed:
+        return _json_response(502, {"function": invocation.function, "error": invocation.error})
+    return _json_response(
+        200,
+        {
+            "function": invocation.function,
+            "seconds": round(invocation.seconds, 3),
+            "result": invocation.response,
+        },
+    )
+
+
+# --- the stream and the schedules ------------------------------------------------------------------
+
+
+def _stream_event_source(
+    settings: LocalSettings,
+    intrinsics: Intrinsics,
+    names: dict[str, str],
+    attributes: dict[tuple[str, str], str],
+    functions: LocalFunctions,
+    say: Notify,
+) -> StreamEventSource:
+    import boto3  # noqa: PLC0415
+
+    function_id, event_name = STREAM_MAPPING
+    mapping = MappingSettings.from_template(function_id, event_name, intrinsics)
+    if settings.stream_batching_window_seconds is not None:
+        mapping = replace(mapping, batching_window_seconds=settings.stream_batching_window_seconds)
+    dynamodb = boto3.client("dynamodb")
+    reader = StreamReader(boto3.client("dynamodbstreams"), dynamodb, names["WebhookEventsTable"])
+    sqs = boto3.client("sqs")
+    queue_url = _queue_url(names, attributes, mapping.on_failure_destination)
+
+    def invoke(event: dict[str, Any]) -> Invocation:
+        invocation = functions.invoke(function_id, event)
+        if not invocation.failed and not (invocation.response or {}).get("batchItemFailures"):
+            count = len(event["Records"])
+            say(f"reconciler: {count} new webhook{'s' if count != 1 else ''} reconciled")
+        return invocation
+
+    def send(message: dict[str, Any]) -> None:
+        if queue_url is not None:
+            sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(message))
+
+    return StreamEventSource(
+        mapping,
+        reader,
+        invoke,
+        send,
+        function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_id}",
+        notify=say,
+        retry_delay_seconds=settings.stream_retry_delay_seconds,
+    )
+
+
+def _queue_url(names: dict[str, str], attributes: dict[tuple[str, str], str], arn: str | None) -> str | None:
+    for (logical_id, attribute), value in attributes.items():
+        if attribute == "Arn" and value == arn:
+            return names[logical_id]
+    return None
+
+
+def scheduled_functions() -> list[str]:
+    """The functions template.yaml runs on a schedule (EventBridge Scheduler or a rule)."""
+    return [
+        logical_id
+        for logical_id in function_logical_ids()
+        if any(
+            event.get("Type") in {"ScheduleV2", "Schedule"}
+            for event in resource_properties(logical_id).get("Events", {}).values()
+        )
+    ]
+
+
+def _scheduler(settings: LocalSettings, functions: LocalFunctions, say: Notify) -> Scheduler:
+    """The pusher and the re-drive at the local intervals; any other scheduled function on demand."""
+    scheduler = Scheduler(say)
+    intervals = {PUSHER: settings.push_interval_seconds, REDRIVE: settings.redrive_interval_seconds}
+    reports = {PUSHER: _push_line, REDRIVE: _redrive_line}
+    for logical_id in scheduled_functions():
+        if not functions.has(logical_id):
+            continue
+
+        def run(overrides: dict[str, str], logical_id: str = logical_id) -> Invocation:
+            return functions.invoke(logical_id, dict(SCHEDULED_EVENT), overrides)
+
+        scheduler.add(
+            Job(
+                logical_id,
+                run,
+                intervals.get(logical_id),
+                report=reports.get(logical_id, partial(_other_line, logical_id)),
+            )
+        )
+    return scheduler
+
+
+def _other_line(logical_id: str, invocation: Invocation) -> str:
+    if invocation.failed:
+        return f"{logical_id} FAILED: {invocation.error}"
+    return f"{logical_id}: {json.dumps(invocation.response)[:200]}"
+
+
+def _push_line(invocation: Invocation) -> str | None:
+    if invocation.failed:
+        return f"pusher FAILED: {invocation.error}"
+    report = invocation.response or {}
+    if not report.get("results") and not report.get("errors"):
+        return None  # nothing was pending
+    counts = ", ".join(f"{result} {count}" for result, count in sorted(report["results"].items()))
+    return f"pusher: {counts}" + (f"; {len(report['errors'])} error(s)" if report.get("errors") else "")
+
+
+def _redrive_line(invocation: Invocation) -> str | None:
+    if invocation.failed:
+        return f"re-drive FAILED: {invocation.error}"
+    report = invocation.response or {}
+    if not report.get("examined"):
+        return None
+    outcomes = ", ".join(
+        f"{outcome} {count}" for outcome, count in sorted(report.get("outcomes", {}).items())
+    )
+    return f"re-drive: examined {report['examined']} -> {outcomes or 'nothing new'}"

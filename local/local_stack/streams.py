@@ -21,6 +21,8 @@ def lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
     """A GetRecords record → the record of a Lambda DynamoDB stream event."""
     converted = _lambda_json(record)
     converted["eventSourceARN"] = stream_arn
+    # The table's region (moto's records always say us-east-1).
+    converted["awsRegion"] = stream_arn.split(":")[3]
     return converted
 
 
@@ -81,7 +83,13 @@ class StreamReader:
         self.checkpoints: dict[str, str] = {}
 
     def new_records(self, limit: int = 1000) -> Iterator[dict[str, Any]]:
+        for _shard_id, records in self.new_records_by_shard(limit):
+            yield from records
+
+    def new_records_by_shard(self, limit: int = 1000) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The records after each shard's checkpoint (at most `limit` per shard), moving it past them."""
         shards = self._streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
+        found = []
         for shard in shards:
             shard_id = shard["ShardId"]
             position: dict[str, str] = {"ShardIteratorType": "TRIM_HORIZON"}
@@ -94,6 +102,8 @@ class StreamReader:
                 StreamArn=self.stream_arn, ShardId=shard_id, **position
             )
             response = self._streams.get_records(ShardIterator=iterator["ShardIterator"], Limit=limit)
-            for record in response.get("Records", []):
-                self.checkpoints[shard_id] = record["dynamodb"]["SequenceNumber"]
-                yield lambda_record(record, self.stream_arn)
+            records = response.get("Records", [])
+            if records:
+                self.checkpoints[shard_id] = records[-1]["dynamodb"]["SequenceNumber"]
+            found.append((shard_id, [lambda_record(record, self.stream_arn) for record in records]))
+        return found

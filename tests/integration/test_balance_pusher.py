@@ -16,7 +16,7 @@ from moment_sandbox import MomentSandbox, SandboxSettings
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.moment_client import MomentClient, RetryPolicy
 from moment_sync.pusher import BalancePusher, PushResult
-from support.ledger import LedgerHarness, one_request_at_a_time, payment
+from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
 
 
@@ -220,7 +220,6 @@ def test_the_time_budget_leaves_the_rest_for_the_next_run(
 def test_concurrency_is_bounded(
     harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, transport: InFlight
 ) -> None:
-    one_request_at_a_time(harness.dynamodb)
     sandbox.set_faults(latency_ms=50)
     for number in range(16):
         charge(harness, harness.open_customer(f"UCR{number}"), f"inv-{number}", 100)

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from moment_sync.ledger.model import BalanceKind
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
-from support.ledger import LedgerHarness, one_request_at_a_time, payment
+from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
 
 
@@ -184,7 +184,6 @@ def test_shuffled_order_ends_with_the_same_balances(harness: LedgerHarness) -> N
 def test_concurrent_invocations_over_overlapping_batches_apply_each_payment_once(
     harness: LedgerHarness,
 ) -> None:
-    one_request_at_a_time(harness.dynamodb)
     customer = harness.open_customer("UCR1", moment_id="bcus_1")
     for number in range(40):
         harness.receive(f"msg_{number}", payment(f"ob_{number}", 10, customer_id="bcus_1"))

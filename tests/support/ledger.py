@@ -28,6 +28,8 @@ STREAM_FILTER = filter_patterns("ReconcilerFunction", "WebhookStream")
 
 class LedgerHarness:
     def __init__(self, dynamodb: Any, clock: Callable[[], float] = lambda: NOW) -> None:
+        # The pusher and the concurrency tests use threads; moto's in-process backend needs this.
+        one_request_at_a_time(dynamodb)
         self.dynamodb = dynamodb
         self.events_name = create_table(dynamodb, "WebhookEventsTable", "WebhookEvents")
         self.ledger_name = create_table(dynamodb, "LedgerTable", "Ledger")

@@ -3,7 +3,10 @@
 Reads the same tables the functions use, with the operator's own AWS credentials. Table names come
 from `--stack` (the CloudFormation stack's outputs), or `--events-table`/`--ledger-table`, or the
 WEBHOOK_EVENTS_TABLE/LEDGER_TABLE environment variables. Exit codes: 0 done, 1 a check failed or
-something was not found, 2 the command was wrong.
+something was not found or the ledger refused the change, 2 the command was wrong.
+
+The commands that change the ledger (`put-customer`, `put-account`, `charge`, `set-balance`, `adjust`)
+check their arguments with the ledger API's own rules and call the same use cases it does.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.requests import RequestInvalid
+from moment_sync.ledger.service import LedgerProblem
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
@@ -92,18 +99,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("verify", help="check that every balance equals the sum of its entries")
+    _add_change_commands(commands)
     return parser
+
+
+def _add_change_commands(commands: Any) -> None:
+    kinds = [kind.value for kind in BalanceKind]
+
+    customer = commands.add_parser("put-customer", help="create or update a customer (as PUT /customers/REF)")
+    customer.add_argument("ref")
+    customer.add_argument("--currency", required=True)
+    customer.add_argument("--balance-model", default="customer", help="customer (default) or accounts")
+    for name in ("name", "email", "phone"):
+        customer.add_argument(f"--{name}", help="left out: removed, as a PUT does")
+
+    account = commands.add_parser("put-account", help="create or update an account (as PUT /accounts/REF)")
+    account.add_argument("ref")
+    account.add_argument("--customer-ref", required=True)
+    account.add_argument("--currency", required=True)
+    account.add_argument("--name")
+
+    charge = commands.add_parser("charge", help="post a charge, or a credit if negative, once per --id")
+    charge.add_argument("kind", choices=kinds)
+    charge.add_argument("ref")
+    charge.add_argument("--id", required=True, dest="charge_id", help="the charge id (idempotency key)")
+    charge.add_argument("--amount", required=True, type=int, help="minor units; negative is a credit")
+    charge.add_argument("--description")
+
+    absolute = commands.add_parser("set-balance", help="set an absolute balance at the version it was read")
+    absolute.add_argument("kind", choices=kinds)
+    absolute.add_argument("ref")
+    absolute.add_argument("--balance", required=True, type=int, help="minor units")
+    absolute.add_argument("--expected-version", required=True, type=int, help="the version read with it")
+
+    adjust = commands.add_parser("adjust", help="an audited correction: an entry saying who and why")
+    adjust.add_argument("kind", choices=kinds)
+    adjust.add_argument("ref")
+    adjust.add_argument("--amount", required=True, type=int, help="minor units added (negative lowers)")
+    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--operator", default=os.environ.get("USER"), help="default: $USER")
+    adjust.add_argument("--id", dest="adjustment_id", help="the adjustment id (default: a new uuid)")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, aws: Any = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
         events, ledger = _tables(arguments, aws)
-        handler = {"event": _event, "balance": _balance, "redrive": _redrive, "verify": _verify}
+        handler = {
+            "event": _event,
+            "balance": _balance,
+            "redrive": _redrive,
+            "verify": _verify,
+            "put-customer": _put_customer,
+            "put-account": _put_account,
+            "charge": _charge,
+            "set-balance": _set_balance,
+            "adjust": _adjust,
+        }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
         print(f"moment-sync: {error}", file=sys.stderr)
         return error.exit_code
+    except RequestInvalid as error:
+        problems = "; ".join(f"{problem.field} {problem.message}" for problem in error.errors)
+        print(f"moment-sync: {problems or error.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerProblem as error:
+        print(f"moment-sync: {error.detail} ({error.problem})", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         metrics.clear_metrics()  # the use cases count for CloudWatch; an operator's run is not counted
 
@@ -209,6 +272,81 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         )
         print(f"verify: {len(heads)} balances checked, {verdict}", file=out)
     return EXIT_FAILED if mismatches or orphans else EXIT_OK
+
+
+# --- changes (the ledger API's use cases) -----------------------------------------------------------
+
+
+def _put_customer(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    fields = {"currency": arguments.currency, "balance_model": arguments.balance_model}
+    fields |= {name: getattr(arguments, name) for name in ("name", "email", "phone")}
+    change = requests.customer_change({name: value for name, value in fields.items() if value is not None})
+    reference = requests.reference(arguments.ref)
+    created, view = service.put_customer(ledger, reference, change, time.time())
+    _show_change("created" if created else "updated", "customer", view, arguments.json, out)
+    return EXIT_OK
+
+
+def _put_account(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    fields = {"customer_ref": arguments.customer_ref, "currency": arguments.currency, "name": arguments.name}
+    change = requests.account_change({name: value for name, value in fields.items() if value is not None})
+    reference = requests.reference(arguments.ref)
+    created, view = service.put_account(ledger, reference, change, time.time())
+    _show_change("created" if created else "updated", "account", view, arguments.json, out)
+    return EXIT_OK
+
+
+def _charge(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO) -> int:
+    fields = {"id": arguments.charge_id, "amount": arguments.amount, "description": arguments.description}
+    charge = requests.charge({name: value for name, value in fields.items() if value is not None})
+    created, entry = service.post_charge(ledger, _balance_ref(arguments), charge, time.time())
+    _show_change("posted" if created else "already posted", "entry", entry, arguments.json, out)
+    return EXIT_OK
+
+
+def _set_balance(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    new_balance, expected_version = requests.balance_change(
+        {"balance": arguments.balance, "expected_version": arguments.expected_version}
+    )
+    view = service.set_balance(ledger, _balance_ref(arguments), new_balance, expected_version, time.time())
+    _show_change("set", arguments.kind, view, arguments.json, out)
+    return EXIT_OK
+
+
+def _adjust(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO) -> int:
+    if not arguments.operator:
+        raise CommandError("say who you are: --operator NAME ($USER is not set)")
+    adjustment_id = arguments.adjustment_id or str(uuid.uuid4())
+    requests.adjustment(arguments.amount, arguments.reason, arguments.operator, adjustment_id)
+    entry = service.adjust(
+        ledger,
+        _balance_ref(arguments),
+        arguments.amount,
+        reason=arguments.reason,
+        operator=arguments.operator,
+        adjustment_id=adjustment_id,
+        now=time.time(),
+    )
+    _show_change("adjusted", "entry", entry, arguments.json, out)
+    return EXIT_OK
+
+
+def _balance_ref(arguments: argparse.Namespace) -> BalanceRef:
+    return BalanceRef(BalanceKind(arguments.kind), requests.reference(arguments.ref))
+
+
+def _show_change(result: str, what: str, view: dict[str, Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        _print({"result": result, what: view}, True, out)
+        return
+    print(f"{result}: {what} {view.get('ref', view.get('id'))}", file=out)
+    _print({name: value for name, value in view.items() if name != "entries"}, False, out)
 
 
 def _public(item: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from moment_sync.adapters.ledger_table import EntryOutcome, EntryResult, LedgerTable
+from moment_sync.adapters.ledger_table import ENTRY_PREFIX, EntryOutcome, EntryResult, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_view
@@ -23,7 +23,7 @@ from moment_sync.ledger.sync import sync_view
 PERSONAL_FIELDS = ("name", "email", "phone")
 
 
-@dataclass
+@dataclass(eq=False)  # an exception compares (and hashes) by identity, as every other exception does
 class LedgerProblem(Exception):
     """A request the ledger's state refuses; rendered as an RFC 9457 problem by the API."""
 
@@ -51,10 +51,11 @@ def put_customer(
     balance = BalanceRef(BalanceKind.CUSTOMER, ref)
     model = change.get("balance_model", "customer")
     head = ledger.get_head(balance)
-    if head is None:
-        ledger.open_balance(balance, change["currency"], now, balance_model=model)
+    if head is None and ledger.open_balance(balance, change["currency"], now, balance_model=model):
         _update_head(ledger, balance, {name: change.get(name) for name in PERSONAL_FIELDS}, None, now)
         return True, read_balance(ledger, balance)
+    # Created by a concurrent request since it was read: this one is an update of it.
+    head = head or _existing_head(ledger, balance)
     if head.get("balance_model", "customer") != model:
         raise LedgerProblem(
             409,
@@ -80,10 +81,12 @@ def put_account(
             f"customer {change['customer_ref']} must exist with balance_model 'accounts'",
         )
     head = ledger.get_head(balance)
-    if head is None:
-        ledger.open_balance(balance, change["currency"], now, customer_ref=change["customer_ref"])
+    if head is None and ledger.open_balance(
+        balance, change["currency"], now, customer_ref=change["customer_ref"]
+    ):
         _update_head(ledger, balance, {"name": change.get("name")}, None, now)
         return True, read_balance(ledger, balance)
+    head = head or _existing_head(ledger, balance)
     if head.get("customer_ref") != change["customer_ref"]:
         raise LedgerProblem(
             409,
@@ -96,10 +99,21 @@ def put_account(
     return False, read_balance(ledger, balance)
 
 
-def _currency_change(head: dict[str, Any], currency: str) -> tuple[str, int] | None:
+def _existing_head(ledger: LedgerTable, balance: BalanceRef) -> dict[str, Any]:
+    head = ledger.get_head(balance)
+    if head is None:  # heads are never deleted: only a broken table gets here
+        raise RuntimeError(f"{balance} was created and is gone")
+    return head
+
+
+def _currency_change(head: dict[str, Any], currency: str) -> tuple[str, int | None] | None:
+    """The new currency and the version the change is conditional on (None: the head tracks no
+    balance, as a customer on the account-balance model, so nothing can be kept in the old one)."""
     if head.get("currency") == currency:
         return None
-    if head.get("version", 0) != 0:
+    if "version" not in head:
+        return currency, None
+    if head["version"] != 0:
         raise LedgerProblem(
             409,
             "currency-fixed",
@@ -113,7 +127,7 @@ def _update_head(
     ledger: LedgerTable,
     balance: BalanceRef,
     fields: dict[str, Any],
-    currency: tuple[str, int] | None,
+    currency: tuple[str, int | None] | None,
     now: float,
 ) -> None:
     item = {"kind": balance.kind.value, "ref": balance.ref, "updated_at": iso_time(now), **fields}
@@ -213,25 +227,39 @@ def _tracked_head(ledger: LedgerTable, balance: BalanceRef) -> dict[str, Any]:
     if head is None:
         raise not_found(str(balance))
     if "version" not in head:
-        raise LedgerProblem(
-            409,
-            "balance-not-tracked",
-            "No balance here",
-            f"{balance} is on the account-balance model: post to its accounts",
-        )
+        raise _not_tracked(balance)
     return head
 
 
+def _not_tracked(balance: BalanceRef) -> LedgerProblem:
+    return LedgerProblem(
+        409,
+        "balance-not-tracked",
+        "No balance here",
+        f"{balance} is on the account-balance model: post to its accounts",
+    )
+
+
 def _raise_unless_applied(result: EntryResult, balance: BalanceRef) -> None:
+    """Every refusal of `apply_entry` as the problem the API documents (docs/api/problems.md)."""
     if result.outcome is EntryOutcome.APPLIED:
         return
     if result.outcome is EntryOutcome.NO_BALANCE:
         raise not_found(str(balance))
+    if result.outcome is EntryOutcome.NOT_TRACKED:
+        raise _not_tracked(balance)
     if result.outcome is EntryOutcome.STALE and result.head is not None:
         raise _stale(result.head)
+    if result.outcome is EntryOutcome.CURRENCY_MISMATCH:
+        raise LedgerProblem(
+            409,
+            "currency-mismatch",
+            "Currency changed",
+            f"{balance} changed currency while the request was applied; read it and try again",
+        )
     raise LedgerProblem(
         409,
-        result.outcome.value.replace("_", "-"),
+        "concurrent-change",
         "Conflict",
         f"{balance} changed while the request was applied; read it and try again",
     )
@@ -260,7 +288,8 @@ def read_balance(
     head = ledger.get_head(balance)
     if head is None:
         raise not_found(str(balance))
-    entries, next_key = ledger.entries(balance, limit=limit, cursor=decode_cursor(cursor) if cursor else None)
+    start = decode_cursor(cursor, balance) if cursor else None
+    entries, next_key = ledger.entries(balance, limit=limit, cursor=start)
     view: dict[str, Any] = {
         "ref": balance.ref,
         "kind": balance.kind.value,
@@ -324,11 +353,23 @@ def encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> dict[str, Any]:
+_CURSOR_KEYS = frozenset({"pk", "sk", "entry_order"})
+
+
+def decode_cursor(cursor: str, balance: BalanceRef) -> dict[str, Any]:
+    """The start key of the next page of `balance`'s entries. Anything else (another balance's key,
+    other attributes, other types) is refused here: DynamoDB would answer it with an error."""
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         key = None
-    if not isinstance(key, dict) or not all(isinstance(value, dict) for value in key.values()):
+    if (
+        not isinstance(key, dict)
+        or set(key) != _CURSOR_KEYS
+        or not all(isinstance(value, dict) and set(value) == {"S"} for value in key.values())
+        or not all(isinstance(value["S"], str) and value["S"] for value in key.values())
+        or key["pk"]["S"] != balance.partition_key
+        or not key["sk"]["S"].startswith(ENTRY_PREFIX)
+    ):
         raise LedgerProblem(400, "invalid-cursor", "Invalid cursor", "cursor is not one this API returned")
     return key

@@ -1,0 +1,242 @@
+"""Cost per million webhooks, modelled from what this run measured and AWS list prices.
+
+Per webhook (a new `obligation.amount_applied`, applied to a balance not yet pending, the usual
+case): one HTTP API request; the receiver's invocation; the reconciler's invocation (one record
+each: at a few webhooks a second the 1 s batching window rarely gathers more); the write units both
+make (their rows in this run); the bytes both print to CloudWatch Logs, plus Lambda's own
+START/END/REPORT lines. The baseline is the same model for the minimal receiver
+(benchmarks/baseline_receiver.py: one PutItem, prints nothing) and no reconciler, so the ratio says
+what the whole system costs per webhook against the least a receiver can cost.
+
+Figures come from the rows the receiver and reconciler areas made earlier in this run; when those
+areas did not run (`--only cost`), this area measures them itself and says so. The prices and every
+assumption are stated in PRICES and ASSUMPTIONS and in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.registry import Context, Row
+
+TITLE = "cost per million webhooks vs the minimal receiver (modelled)"
+AREA = "cost"
+
+# AWS list prices, US East (N. Virginia), on-demand, in USD. Not af-south-1 (Cape Town), where the
+# stack would likely run: its prices are higher and are not stated here because they could not be
+# checked. As published after DynamoDB's on-demand price cut of 1 November 2024; not re-checked
+# against the live pricing pages for the run of 2026-11-23 (no network access from the benchmark).
+PRICES = {
+    "http_api_per_million_requests": 1.00,  # HTTP API, first 300 million a month, per 512 KB request
+    "lambda_arm64_per_gb_second": 0.0000133334,  # first 7.5 billion GB-s a month
+    "lambda_per_million_requests": 0.20,
+    "dynamodb_per_million_write_request_units": 0.625,  # on-demand, Standard table class
+    "dynamodb_per_million_read_request_units": 0.125,
+    "logs_ingestion_per_gb": 0.50,  # CloudWatch Logs, Standard log class; GB = 2**30 bytes
+}
+PRICES_AS_OF = (
+    "AWS list prices for us-east-1 (af-south-1's are higher and not used), as published after DynamoDB's "
+    "on-demand price cut of 2024-11-01; not re-checked against the live pricing pages on 2026-11-23"
+)
+
+ASSUMPTIONS = {
+    # Lambda gives a function CPU in proportion to its memory: 1,769 MB is one vCPU.
+    "mb_per_vcpu": 1769,
+    # This machine's x86 core taken as fast as a Graviton core for this code (unmeasured).
+    "lambda_core_speed_vs_this_machine": 1.0,
+    # Round trips the handler waits for, billed as duration (typical in-region figures, unmeasured).
+    "putitem_round_trip_ms": 5.0,
+    "transactwriteitems_round_trip_ms": 10.0,
+    # Lambda's START, END and REPORT lines (text format) per invocation, estimated.
+    "platform_log_bytes_per_invocation": 260,
+    "records_per_reconciler_invocation": 1,
+}
+
+NEEDED = {
+    "receiver": ("receiver.warm_median", "receiver.write_units_new"),
+    "reconciler": ("reconciler.write_units_applied", "reconciler.cpu_per_invocation_single"),
+}
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook's bill in the model: what it costs, item by item, in USD."""
+
+    api_gateway: float
+    lambda_: float
+    dynamodb: float
+    logs: float
+    explained: dict[str, str]
+
+    @property
+    def total(self) -> float:
+        return self.api_gateway + self.lambda_ + self.dynamodb + self.logs
+
+
+def _billed_ms(cpu_us: float, round_trip_ms: float, memory_mb: int) -> int:
+    """Lambda's billed duration (1 ms granularity) for CPU measured here plus a round trip waited for."""
+    slowdown = ASSUMPTIONS["mb_per_vcpu"] / memory_mb / ASSUMPTIONS["lambda_core_speed_vs_this_machine"]
+    return math.ceil(cpu_us / 1000 * slowdown + round_trip_ms)
+
+
+def _lambda_usd(billed_ms: float, memory_mb: int) -> float:
+    return (
+        billed_ms / 1000 * memory_mb / 1024 * PRICES["lambda_arm64_per_gb_second"]
+        + PRICES["lambda_per_million_requests"] / 1e6
+    )
+
+
+def _logs_usd(printed_bytes: float) -> float:
+    return printed_bytes / 2**30 * PRICES["logs_ingestion_per_gb"]
+
+
+def _inputs(context: Context) -> tuple[dict[str, Row], list[str]]:
+    """The rows the model needs: from this run, or measured here when their area did not run."""
+    rows: dict[str, Row] = {}
+    measured_here: list[str] = []
+    for area, names in NEEDED.items():
+        if all(context.row(name) for name in names):
+            rows.update({name: context.row(name) for name in names})  # type: ignore[misc]
+            continue
+        context.progress(f"cost: the {area} area did not run; measuring what the model needs from it")
+        module: Any = importlib.import_module(f"benchmarks.{area}")
+        found = {row.name: row for row in module.cost_inputs(context)}
+        rows.update({name: found[name] for name in names})
+        measured_here.append(area)
+    return rows, measured_here
+
+
+def _memory_mb() -> int:
+    from local_stack.template import load_template  # noqa: PLC0415
+
+    return int(load_template()["Globals"]["Function"]["MemorySize"])
+
+
+def run(context: Context) -> list[Row]:
+    rows, measured_here = _inputs(context)
+    memory_mb = _memory_mb()
+    system, baseline = _system(rows, memory_mb), _baseline(rows, memory_mb)
+    source = (
+        "inputs measured in this run by the receiver and reconciler areas"
+        if not measured_here
+        else f"inputs measured by this area itself (the {' and '.join(measured_here)} area(s) did not run)"
+    )
+    common = [
+        source,
+        f"prices: {PRICES_AS_OF}: " + ", ".join(f"{name} ${value:g}" for name, value in PRICES.items()),
+        "assumptions: " + ", ".join(f"{name} {value:g}" for name, value in ASSUMPTIONS.items()),
+    ]
+    per_million = 1e6
+    items = (
+        ("api_gateway", "API Gateway (HTTP API)", system.api_gateway, baseline.api_gateway),
+        ("lambda", "Lambda (requests and duration)", system.lambda_, baseline.lambda_),
+        ("dynamodb", "DynamoDB (on-demand write request units)", system.dynamodb, baseline.dynamodb),
+        ("logs", "CloudWatch Logs ingestion", system.logs, baseline.logs),
+    )
+    result = [
+        Row(
+            area=AREA,
+            name=f"cost.{key}",
+            title=f"{title}, USD per million webhooks",
+            measured=ours * per_million,
+            baseline=theirs * per_million,
+            unit="USD",
+            measured_label=system.explained[key],
+            baseline_label=baseline.explained[key],
+            notes=[common[0]],
+        )
+        for key, title, ours, theirs in items
+    ]
+    result.append(
+        Row(
+            area=AREA,
+            name="cost.total",
+            title="cost per million webhooks, modelled: API Gateway + Lambda + DynamoDB + logs",
+            measured=system.total * per_million,
+            baseline=baseline.total * per_million,
+            unit="USD",
+            measured_label="the receiver and the reconciler, per new payment webhook: "
+            + ", ".join(f"{key} ${value * per_million:.3f}" for key, _, value, _ in items),
+            baseline_label="baseline_receiver, one PutItem, no reconciler: "
+            + ", ".join(f"{key} ${value * per_million:.3f}" for key, _, _, value in items),
+            notes=[
+                *common,
+                "left out: DynamoDB storage and point-in-time recovery (per GB-month, not per webhook), "
+                "Secrets Manager (GetSecretValue once a minute per warm receiver environment, $0.05 per "
+                "10,000: about $0.43 a month per environment, whatever the traffic), CloudWatch custom "
+                "metrics (per metric-month), init durations of cold starts, the pusher (at most one push "
+                "per balance per schedule tick, however many payments), and stream reads (free to Lambda)",
+                "redeliveries of the same webhook cost one more API Gateway request, receiver invocation and "
+                "write unit each (receiver.write_units_duplicate); they never reach the reconciler",
+            ],
+            details={"prices": PRICES, "assumptions": ASSUMPTIONS, "memory_mb": memory_mb},
+        )
+    )
+    return result
+
+
+def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
+    warm = rows["receiver.warm_median"]
+    receiver_units = rows["receiver.write_units_new"].measured
+    reconciler_units = rows["reconciler.write_units_applied"].measured
+    reconciler_cpu = rows["reconciler.cpu_per_invocation_single"].measured
+    receiver_ms = _billed_ms(warm.measured, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
+    reconciler_ms = _billed_ms(reconciler_cpu, ASSUMPTIONS["transactwriteitems_round_trip_ms"], memory_mb)
+    printed = (
+        warm.details["stdout_per_call"]["webhook_receiver"]["bytes"]
+        + _reconciler_printed(rows)
+        + 2 * ASSUMPTIONS["platform_log_bytes_per_invocation"]
+    )
+    units = receiver_units + reconciler_units
+    return Webhook(
+        api_gateway=PRICES["http_api_per_million_requests"] / 1e6,
+        lambda_=_lambda_usd(receiver_ms, memory_mb) + _lambda_usd(reconciler_ms, memory_mb),
+        dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6,
+        logs=_logs_usd(printed),
+        explained={
+            "api_gateway": "1 HTTP API request (POST /webhooks/moment)",
+            "lambda": f"2 invocations of {memory_mb} MB: receiver {receiver_ms} ms billed "
+            f"({warm.measured:.0f} µs CPU here x {ASSUMPTIONS['mb_per_vcpu'] / memory_mb:.2f} for a "
+            f"{memory_mb} MB share of a vCPU + {ASSUMPTIONS['putitem_round_trip_ms']:g} ms PutItem round "
+            f"trip), reconciler {reconciler_ms} ms ({reconciler_cpu:.0f} µs x the same + "
+            f"{ASSUMPTIONS['transactwriteitems_round_trip_ms']:g} ms transaction round trip)",
+            "dynamodb": f"{units:g} write request units: receiver {receiver_units:g} (item and Unfinished "
+            f"index), reconciler {reconciler_units:g} (transaction of 3 items at 2 per KB, and 3 index "
+            "writes); no read units (links are cached per environment)",
+            "logs": f"{printed:,.0f} bytes: receiver "
+            f"{warm.details['stdout_per_call']['webhook_receiver']['bytes']:.0f} (log line and EMF), "
+            f"reconciler {_reconciler_printed(rows):.0f} (log line and EMF of a one-record invocation), "
+            f"Lambda's START/END/REPORT {2 * ASSUMPTIONS['platform_log_bytes_per_invocation']} (estimated)",
+        },
+    )
+
+
+def _reconciler_printed(rows: dict[str, Row]) -> float:
+    row = rows["reconciler.cpu_per_invocation_single"]
+    return float(row.details["stdout_bytes_per_invocation"])
+
+
+def _baseline(rows: dict[str, Row], memory_mb: int) -> Webhook:
+    warm = rows["receiver.warm_median"]
+    units = rows["receiver.write_units_new"].baseline
+    billed = _billed_ms(warm.baseline, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
+    printed = (
+        warm.details["stdout_per_call"]["baseline_receiver"]["bytes"]
+        + ASSUMPTIONS["platform_log_bytes_per_invocation"]
+    )
+    return Webhook(
+        api_gateway=PRICES["http_api_per_million_requests"] / 1e6,
+        lambda_=_lambda_usd(billed, memory_mb),
+        dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6,
+        logs=_logs_usd(printed),
+        explained={
+            "api_gateway": "1 HTTP API request",
+            "lambda": f"1 invocation of {memory_mb} MB: {billed} ms billed ({warm.baseline:.0f} µs CPU here, "
+            "scaled the same, + the same PutItem round trip)",
+            "dynamodb": f"{units:g} write request unit (its 3-attribute item, no index)",
+            "logs": f"{printed:,.0f} bytes: Lambda's START/END/REPORT only (it prints nothing)",
+        },
+    )

@@ -1,0 +1,459 @@
+"""The balance pusher against the ceiling its concurrency and Moment's latency allow.
+
+One fresh interpreter runs the pusher as deployed (BalancePusherFunction's handler, the pusher,
+the Moment client over real HTTP, its default concurrency) with the ledger in moto in-process;
+Moment is local/moment_sandbox in a second process, answering every API request after 50 ms.
+Moment calls are counted with an httpx transport wrapper, DynamoDB requests with a `before-call`
+hook. docs/performance.md says what each row means and what would move it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from benchmarks import measure
+from benchmarks.registry import ROOT, Context, Goal, Row
+
+TITLE = "balance pusher vs its concurrency/latency ceiling"
+AREA = "pusher"
+
+FUNCTION = "BalancePusherFunction"
+LAYER_DIR = ROOT / "layers" / "shared"
+LEDGER_TABLE = "Ledger"
+LATENCY_MS = 50
+# What a push of a balance Moment already has costs in Moment calls, by design: GET, then PATCH.
+CALLS_PER_PUSH = 2
+# Customers pushed for the first time (created on Moment), to count what a first push costs.
+FIRST_PUSHES = 16
+AT_LEAST_0_7 = Goal.at_least(0.7)
+
+# Runs in the sandbox's own process: Moment is another service, so it must not share the pusher's GIL.
+_SANDBOX = """
+import sys
+from moment_sandbox import MomentSandbox, SandboxSettings
+with MomentSandbox(SandboxSettings(webhook_url=None)) as sandbox:
+    print(sandbox.url, flush=True)
+    sys.stdin.read()  # serve until the benchmark closes our stdin
+"""
+
+
+def run(context: Context) -> list[Row]:
+    from local_stack.template import parameter_default, resource_properties  # noqa: PLC0415
+
+    concurrency = int(parameter_default("PushConcurrency"))
+    code_dir = ROOT / resource_properties(FUNCTION)["CodeUri"]
+    module = resource_properties(FUNCTION)["Handler"].rpartition(".")[0]
+    balances = context.iterations(full=128, quick=64)
+    rounds = context.iterations(full=3, quick=1)
+    context.progress(
+        f"pusher: {FIRST_PUSHES} first pushes, then {balances} customers pushed once on moto and {rounds} "
+        f"timed runs on a snapshot, concurrency {concurrency}, the sandbox answering after {LATENCY_MS} ms"
+    )
+    environment = measure.lambda_environment(
+        {"LEDGER_TABLE": LEDGER_TABLE, "PUSH_CONCURRENCY": str(concurrency), "ENVIRONMENT": "dev"}
+    )
+    found = measure.run_call(
+        context.python,
+        "benchmarks.pusher:pusher_child",
+        {
+            "balances": balances,
+            "first": FIRST_PUSHES,
+            "rounds": rounds,
+            "concurrency": concurrency,
+            "handler_module": module,
+            "python": context.python,
+        },
+        environment=environment,
+        # The function's folder and the layer, as on Lambda; then what the harness needs: the local stack,
+        # tests/support (one_request_at_a_time; it imports the reconciler's handler), the benchmarks.
+        pythonpath=(
+            code_dir,
+            LAYER_DIR,
+            ROOT / "local",
+            ROOT / "tests",
+            ROOT / "functions" / "reconciler",
+            ROOT,
+        ),
+        timeout=300,
+    )
+    return _rows(found, concurrency=concurrency)
+
+
+def _rate(run: dict[str, Any]) -> float:
+    return float(run["balances"] / run["seconds"])
+
+
+def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
+    ceiling = concurrency / (LATENCY_MS / 1000 * CALLS_PER_PUSH)
+    runs, on_moto, first = found["runs"], found["on_moto"], found["first"]
+    rates = [_rate(run) for run in runs]
+    pushed = sum(run["balances"] for run in runs)
+    steady_calls = sum(len(run["moment_requests"]) for run in runs) / pushed
+    steady_dynamodb = sum(len(run["dynamodb_requests"]) for run in runs) / pushed
+    kinds = sorted({request.split(" /")[0] for request in runs[0]["moment_requests"]})
+    moment = (
+        "Moment: local/moment_sandbox over real HTTP on loopback, in its own process (Moment is another "
+        f"service: it must not share the pusher's GIL), set_faults(latency_ms={LATENCY_MS}) on every request"
+    )
+    snapshot = (
+        "ledger: DynamoDB answered at botocore's before-send from a snapshot of moto's items taken before "
+        "the runs (benchmarks/fake_aws.py SnapshotLedger): GetItem and the PendingPush queries from the "
+        "snapshot, UpdateItem accepted; before each run after the first, Moment's balances are set back "
+        "(untimed), so every run meets the same state; after the last, each of its "
+        f"{runs[-1]['writes_replayed']} conditional writes was replayed on moto, accepted, and left every "
+        "balance booked and out of the index. No emulator runs in the timed runs; DynamoDB costs no "
+        "round trip"
+    )
+    return [
+        Row(
+            area=AREA,
+            name="pusher.pushes_per_second",
+            title=f"pushes per second at concurrency {concurrency}, Moment answering after {LATENCY_MS} ms",
+            measured=measure.median(rates),
+            baseline=ceiling,
+            unit="pushes/s",
+            measured_label=f"balance_pusher_handler.lambda_handler over {runs[0]['balances']} customers "
+            f"Moment has, each one charge ahead (GET then PATCH each); median of {len(runs)} runs",
+            baseline_label=f"the ceiling: concurrency {concurrency} / ({LATENCY_MS} ms x {CALLS_PER_PUSH} "
+            "Moment calls per push)",
+            goal=AT_LEAST_0_7,
+            notes=[
+                moment,
+                snapshot,
+                "each run: the handler with a 240 s context (the template's Timeout), timed from its call to "
+                "its report, so it includes reading the PendingPush index and the bookkeeping writes",
+                "per run (pushes/s): " + ", ".join(f"{value:.1f}" for value in rates),
+                f"per push: {steady_calls:.2f} Moment calls and {steady_dynamodb:.2f} DynamoDB requests "
+                "(head read, intent, booking; the 8 index queries per run included)",
+                "on AWS each of the 3 DynamoDB requests of a push adds a round trip of r ms to it: the ratio "
+                f"becomes about {CALLS_PER_PUSH * LATENCY_MS} / (time per push here + 3r), so r = 5 ms costs "
+                "about 0.1 of it",
+            ],
+            details={"runs": [_summary(run) for run in runs], "ceiling": ceiling},
+        ),
+        Row(
+            area=AREA,
+            name="pusher.pushes_per_second_moto",
+            title="the same, with the ledger in moto in-process (one request at a time)",
+            measured=_rate(on_moto),
+            baseline=ceiling,
+            unit="pushes/s",
+            measured_label=f"the same handler over the same {on_moto['balances']} customers, one run, every "
+            "DynamoDB request to moto in-process",
+            baseline_label="the same ceiling",
+            notes=[
+                moment,
+                "ledger: moto in-process; its backend is not thread-safe, so each request is made atomic "
+                "with tests/support/ledger.py's one_request_at_a_time, and the pusher's threads interleave "
+                "between requests",
+                f"moto held that lock for {on_moto['moto_seconds']:.2f} s of the run's "
+                f"{on_moto['seconds']:.2f} s ({on_moto['moto_seconds'] / on_moto['seconds']:.0%}): its "
+                "emulation costs milliseconds of CPU per request, serialised, and takes the GIL from the "
+                "pusher's threads. That is the emulator's cost, not the pusher's: DynamoDB spends no CPU in "
+                "the function, so the row above is the figure",
+            ],
+            details=_summary(on_moto),
+        ),
+        Row(
+            area=AREA,
+            name="pusher.moment_calls_steady",
+            title="Moment API calls per pushed balance, steady state (Moment has it)",
+            measured=steady_calls,
+            baseline=CALLS_PER_PUSH,
+            unit="calls",
+            measured_label=f"requests through the Moment client's transport per balance pushed: {kinds}",
+            baseline_label="the design: read Moment's balance, then PATCH it",
+            notes=[
+                "counted with an httpx transport wrapper passed to MomentClient; no faults injected, so no "
+                "retries; a balance already equal on Moment would need only the GET"
+            ],
+        ),
+        Row(
+            area=AREA,
+            name="pusher.moment_calls_first",
+            title="Moment API calls per balance pushed for the first time (no Moment id yet)",
+            measured=len(first["moment_requests"]) / first["balances"],
+            baseline=1,
+            unit="calls",
+            measured_label=f"{first['balances']} customers Moment did not have: "
+            + ", ".join(sorted(set(first["moment_requests"]))),
+            baseline_label="one create carrying the balance",
+            notes=[
+                "through the pusher with the ledger in moto; DynamoDB requests per balance: "
+                f"{len(first['dynamodb_requests']) / first['balances']:.2f} "
+                f"({', '.join(sorted(set(first['dynamodb_requests'])))}: head read, the link transaction, "
+                "booking; the index queries once per run)",
+                "an account under a customer Moment does not have yet is one composite create too",
+            ],
+        ),
+    ]
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in run.items() if not key.endswith("_requests")}
+
+
+def pusher_child(params: dict[str, Any]) -> dict[str, Any]:
+    """Run in a fresh interpreter: the ledger in moto, Moment in a second process, the pusher timed."""
+    import httpx  # noqa: PLC0415
+    from moto import mock_aws  # noqa: PLC0415
+
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sandbox = subprocess.Popen(  # noqa: S603 -- our interpreter, our code
+        [params["python"], "-c", _SANDBOX],
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "local")),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sandbox.stdout is not None
+        url = sandbox.stdout.readline().strip()
+        with mock_aws():  # the pusher's client comes from runtime.aws_client, created inside it
+            return _PushBench(url, params, httpx).measure()
+    finally:
+        assert sandbox.stdin is not None
+        sandbox.stdin.close()
+        sandbox.wait(timeout=10)
+
+
+def _counting_transport(httpx: Any) -> Any:
+    """An httpx transport that records each request's method and path, then sends it."""
+
+    class CountingTransport(httpx.BaseTransport):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self._inner = httpx.HTTPTransport()
+            self._lock = threading.Lock()
+            self.requests: list[str] = []
+
+        def handle_request(self, request: Any) -> Any:
+            with self._lock:
+                self.requests.append(f"{request.method} {request.url.path}")
+            return self._inner.handle_request(request)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return CountingTransport()
+
+
+class _PushBench:
+    """The ledger in moto (set-up, the first pushes, one timed run, the check of every write), and a
+    second client of the same ledger answered from a snapshot (the timed runs without an emulator)."""
+
+    def __init__(self, url: str, params: dict[str, Any], httpx: Any) -> None:
+        from local_stack.lambda_context import LocalLambdaContext  # noqa: PLC0415
+        from local_stack.made_up_values import LOCAL_MOMENT_API_KEY  # noqa: PLC0415
+        from local_stack.template import create_table  # noqa: PLC0415
+        from moment_sync import runtime  # noqa: PLC0415
+        from moment_sync.adapters.ledger_table import LedgerTable  # noqa: PLC0415
+        from moment_sync.moment_client import MomentClient  # noqa: PLC0415
+        from support.ledger import one_request_at_a_time  # noqa: PLC0415
+
+        self.url = url
+        self.httpx = httpx
+        self.params = params
+        self.handler = importlib.import_module(params["handler_module"]).lambda_handler
+        self.context_class = LocalLambdaContext
+        # As deployed (parameter validation off), created inside mock_aws: moto answers it.
+        self.client = runtime.aws_client("dynamodb")
+        create_table(self.client, "LedgerTable", LEDGER_TABLE)
+        self.moto_seconds: list[float] = []  # time inside moto, holding one_request_at_a_time's lock
+        _time_calls(self.client, self.moto_seconds)
+        one_request_at_a_time(self.client)
+        self.dynamodb_requests: list[str] = []
+        self.client.meta.events.register(
+            "before-call.dynamodb.*", lambda model, **_: self.dynamodb_requests.append(model.name)
+        )
+        self.ledger = LedgerTable(self.client, LEDGER_TABLE)
+        self.ledger_table_class = LedgerTable
+        self.transport = _counting_transport(httpx)
+        self.moment = MomentClient(
+            LOCAL_MOMENT_API_KEY, environment="dev", base_url=url, transport=self.transport
+        )
+        self.charges = 0
+
+    def _pusher(self, ledger: Any) -> Any:
+        from moment_sync.pusher import BalancePusher  # noqa: PLC0415
+
+        return BalancePusher(
+            ledger=ledger, moment=self.moment, now=time.time, concurrency=self.params["concurrency"]
+        )
+
+    @staticmethod
+    def _balance(ref: str) -> Any:
+        from moment_sync.ledger.model import BalanceKind, BalanceRef  # noqa: PLC0415
+
+        return BalanceRef(BalanceKind.CUSTOMER, ref)
+
+    def _charge(self, refs: list[str]) -> None:
+        """Put each balance one charge ahead of Moment: the head update LedgerTable.apply_entry makes
+        (balance, version, the pending-push marker), without the entry and the transaction around it.
+        The pusher reads only heads, and moto deep-copies the table for every item of a transaction,
+        which would make the set-up most of this area's time."""
+        from moment_sync.adapters.webhook_events_table import iso_time  # noqa: PLC0415
+
+        self.charges += 1
+        for number, ref in enumerate(refs):
+            balance = self._balance(ref)
+            self.client.update_item(
+                TableName=LEDGER_TABLE,
+                Key={"pk": {"S": balance.partition_key}, "sk": {"S": "HEAD"}},
+                UpdateExpression="ADD balance :delta, version :one "
+                "SET push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now), updated_at = :now",
+                ConditionExpression="attribute_exists(version) AND currency = :currency",
+                ExpressionAttributeValues={
+                    ":delta": {"N": str(100 + number + self.charges)},
+                    ":one": {"N": "1"},
+                    ":shard": {"S": balance.push_shard},
+                    ":now": {"S": iso_time(time.time())},
+                    ":currency": {"S": "ZAR"},
+                },
+            )
+
+    def _open_on_moment(self, refs: list[str]) -> None:
+        """Customers Moment already has, linked in the ledger as an adoption or the re-drive leaves them
+        (never pushed). Created and linked directly, one plain request at a time: the pusher's own
+        first push (a create, then the link transaction) is measured on the first-push customers."""
+        from moment_sync.adapters.ledger_table import head_key, mapping_key  # noqa: PLC0415
+        from moment_sync.moment_client import NewCustomer  # noqa: PLC0415
+
+        for ref in refs:
+            balance = self._balance(ref)
+            self.ledger.open_balance(balance, "ZAR", time.time())
+            moment_id = self.moment.create_customer(NewCustomer(ref)).id
+            link = {**mapping_key(moment_id), "balance_pk": {"S": balance.partition_key}}
+            link |= {"kind": {"S": "customer"}, "ref": {"S": ref}}
+            self.client.put_item(TableName=LEDGER_TABLE, Item=link)
+            self.client.update_item(
+                TableName=LEDGER_TABLE,
+                Key=head_key(balance),
+                UpdateExpression="SET moment_id = :id",
+                ExpressionAttributeValues={":id": {"S": moment_id}},
+            )
+
+    def _run(self, pusher: Any, expect: str, count: int) -> dict[str, Any]:
+        self.transport.requests.clear()
+        self.dynamodb_requests.clear()
+        self.moto_seconds.clear()
+        context = self.context_class("balance_pusher", timeout_seconds=240)
+        started = time.perf_counter()
+        report = self.handler({}, context, pusher)
+        seconds = time.perf_counter() - started
+        if report["results"] != {expect: count} or report["errors"]:
+            raise RuntimeError(f"expected {count} balances {expect}, got {report}")
+        return {
+            "balances": count,
+            "seconds": seconds,
+            "moto_seconds": sum(self.moto_seconds),
+            "moment_requests": list(self.transport.requests),
+            "dynamodb_requests": list(self.dynamodb_requests),
+        }
+
+    def _heads(self) -> dict[str, dict[str, Any]]:
+        """Every head in moto, by partition key (one Scan: the table holds only heads and links)."""
+        heads = {}
+        for page in self.client.get_paginator("scan").paginate(TableName=LEDGER_TABLE, ConsistentRead=True):
+            heads.update({item["pk"]["S"]: item for item in page["Items"] if item["sk"]["S"] == "HEAD"})
+        return heads
+
+    def _snapshot_runs(self, refs: list[str], rounds: int) -> list[dict[str, Any]]:
+        """Runs with the ledger answered from one snapshot of moto's items. Before each run after the
+        first, Moment's balances are set back to what they were (with no latency, untimed), so every run
+        meets the same state. After the last, every write it made is replayed on moto."""
+        from moto.core.models import botocore_stubber  # noqa: PLC0415
+
+        from benchmarks.fake_aws import SnapshotLedger  # noqa: PLC0415
+        from moment_sync import runtime  # noqa: PLC0415
+
+        pending: dict[str, list[dict[str, Any]]] = {}
+        for shard in range(8):
+            answer = self.client.query(
+                TableName=LEDGER_TABLE,
+                IndexName="PendingPush",
+                KeyConditionExpression="push_shard = :shard",
+                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}},
+            )
+            pending[f"push#{shard}"] = answer["Items"]
+        heads = self._heads()
+        snapshot = SnapshotLedger(heads, pending)
+        runtime.aws_client.cache_clear()  # a second client of the same ledger, as a new environment makes
+        client = runtime.aws_client("dynamodb")
+        # moto hooks every client made while it is imported, and botocore calls every before-send hook
+        # (the first answer wins, but all run): take moto's off this client, so moto never sees its calls.
+        client.meta.events.unregister("before-send", botocore_stubber)
+        snapshot.attach(client.meta.events)
+        pusher = self._pusher(self.ledger_table_class(client, LEDGER_TABLE))
+        runs = []
+        for round_number in range(rounds):
+            if round_number:
+                self._restore_moment(refs, heads)
+            snapshot.requests.clear()
+            snapshot.updates.clear()
+            result = self._run(pusher, "pushed", len(refs))
+            result["dynamodb_requests"] = list(snapshot.requests)
+            runs.append(result)
+        # Every conditional write the last run made, on the real (emulated) ledger: each must be accepted,
+        # and leave every balance booked as pushed and out of the PendingPush index.
+        for update in snapshot.updates:
+            self.client.update_item(**update)
+        heads = self._heads()
+        for ref in refs:
+            head = heads[self._balance(ref).partition_key]
+            assert head["pushed_balance"] == head["balance"] and "push_shard" not in head, head
+        runs[-1]["writes_replayed"] = len(snapshot.updates)
+        return runs
+
+    def _restore_moment(self, refs: list[str], heads: dict[str, dict[str, Any]]) -> None:
+        """Set Moment's balances back to what the snapshot says was pushed last."""
+        self._set_latency(0)
+        for ref in refs:
+            head = heads[self._balance(ref).partition_key]
+            self.moment.set_customer_balance(head["moment_id"]["S"], int(head["pushed_balance"]["N"]), "ZAR")
+        self._set_latency(LATENCY_MS)
+
+    def _set_latency(self, milliseconds: int) -> None:
+        answer = self.httpx.post(f"{self.url}/_sandbox/faults", json={"latency_ms": milliseconds})
+        answer.raise_for_status()
+
+    def measure(self) -> dict[str, Any]:
+        pusher = self._pusher(self.ledger)
+        # First pushes: customers Moment does not have yet, through the pusher on moto (not timed).
+        first_refs = [f"FIRST{number:04d}" for number in range(self.params["first"])]
+        for ref in first_refs:
+            self.ledger.open_balance(self._balance(ref), "ZAR", time.time())
+        self._charge(first_refs)
+        first = self._run(pusher, "created", len(first_refs))
+        # Steady state: customers Moment has, each one charge ahead, Moment answering after 50 ms.
+        refs = [f"PUSH{number:04d}" for number in range(self.params["balances"])]
+        self._open_on_moment(refs)
+        self._set_latency(LATENCY_MS)
+        self._charge(refs)
+        on_moto = self._run(pusher, "pushed", len(refs))
+        self._charge(refs)
+        runs = self._snapshot_runs(refs, self.params["rounds"])
+        self.moment.close()
+        return json.loads(json.dumps({"first": first, "on_moto": on_moto, "runs": runs}))
+
+
+def _time_calls(client: Any, seconds: list[float]) -> None:
+    """Add each request's time inside botocore and moto to `seconds` (wrapped inside the lock, so it is
+    the time the lock is held)."""
+    make_api_call = client._make_api_call
+
+    def timed(operation: str, params: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return make_api_call(operation, params)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    client._make_api_call = timed

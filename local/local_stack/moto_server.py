@@ -1,0 +1,63 @@
+"""moto's server on loopback, one request at a time.
+
+moto's backend is not thread-safe for transactions: a cancelled TransactWriteItems restores a deep copy
+of every table it touched, so a PutItem served on another thread meanwhile would be lost. DynamoDB
+itself never loses an acknowledged write, so the local stack serves moto's requests one at a time:
+clients still interleave between requests, which is where the races this project cares about live.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def one_request_at_a_time(app: Wsgi) -> Wsgi:
+    lock = threading.Lock()
+
+    def serial(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with lock:
+            return list(app(environ, start_response))  # the whole body, inside the lock
+
+    return serial
+
+
+class SerialMotoServer(ThreadedMotoServer):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(ip_address=host, port=port, verbose=False)
+        self._error: OSError | None = None
+
+    def _server_entry(self) -> None:
+        app = one_request_at_a_time(DomainDispatcherApplication(create_backend_app))
+        try:
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+        except OSError as error:  # the port is taken: tell start(), which is waiting
+            self._error = error
+            self._server_ready_event.set()
+            return
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    def start(self) -> None:
+        super().start()
+        if self._error is not None:
+            raise OSError(f"moto cannot listen on {self._ip_address}:{self._port}: {self._error}")
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def reset(self) -> None:
+        """Forget every resource. moto keeps them per process, not per server."""
+        httpx.post(f"{self.endpoint}/moto-api/reset", timeout=10, trust_env=False).raise_for_status()
