@@ -70,6 +70,10 @@ build: $(SAM_VENV)/bin/.installed ## sam build without a container (needs python
 demo: venv ## Show the system working on this machine, no AWS account or Docker needed
 	$(BIN)/python -m local_stack.demo
 
+.PHONY: local
+local: venv ## The whole system on this machine until Ctrl-C: API :3000, Moment sandbox :4010, moto :5000
+	$(BIN)/python -m local_stack
+
 .PHONY: bench
 bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json (BENCH_ARGS="--quick" or "--only receiver")
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
@@ -78,9 +82,35 @@ bench: venv ## Benchmarks as ratios against baselines measured in the same run -
 sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json with a fresh timestamp
 	$(BIN)/python tools/sign_webhook_event.py
 
+# `sam local invoke` (Docker is yours) with events/ and events/env.json, which point the functions at
+# `make local`'s moto from inside the container. Made-up credentials, so nothing reaches a real account.
+SAM_LOCAL_ARGS ?= --add-host host.docker.internal:host-gateway
+SAM_INVOKE = env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+	$(SAM) local invoke --env-vars events/env.json $(SAM_LOCAL_ARGS)
+
 .PHONY: invoke-webhook-receiver
-invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver (needs Docker, which is yours)
-	$(SAM) local invoke WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json --env-vars events/env.json
+invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver with a freshly signed webhook
+	$(SAM_INVOKE) WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json
+
+.PHONY: invoke-ledger-api
+invoke-ledger-api: build ## sam local invoke the ledger API (PUT /customers/UCR1001)
+	$(SAM_INVOKE) LedgerApiFunction -e events/ledger_api/put-customer.json
+
+.PHONY: invoke-reconciler
+invoke-reconciler: build ## sam local invoke the reconciler with a DynamoDB stream batch
+	$(SAM_INVOKE) ReconcilerFunction -e events/reconciler/stream-batch.json
+
+.PHONY: invoke-balance-pusher
+invoke-balance-pusher: build ## sam local invoke the balance pusher as its schedule does
+	$(SAM_INVOKE) BalancePusherFunction -e events/balance_pusher/scheduled.json
+
+.PHONY: invoke-redrive
+invoke-redrive: build ## sam local invoke the re-drive as its schedule does
+	$(SAM_INVOKE) RedriveFunction -e events/redrive/scheduled.json
+
+.PHONY: invoke-daily-reconcile
+invoke-daily-reconcile: build ## sam local invoke the daily reconciliation as its schedule does
+	$(SAM_INVOKE) DailyReconcileFunction -e events/daily_reconcile/scheduled.json
 
 .PHONY: cli
 cli: venv ## The operator CLI, e.g. make cli ARGS="--stack moment-balance-sync-dev verify"

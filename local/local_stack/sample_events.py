@@ -64,7 +64,6 @@ def env_file(settings: LocalSettings | None = None) -> dict[str, dict[str, str]]
     for logical_id in function_logical_ids():
         environment = function_environment(logical_id, intrinsics)
         environment["AWS_ENDPOINT_URL"] = CONTAINER_AWS_ENDPOINT.format(port=settings.aws_port)
-        environment["AWS_ACCOUNT_ID_ENDPOINT_MODE"] = "disabled"
         variables[logical_id] = dict(sorted(environment.items()))
     return variables
 

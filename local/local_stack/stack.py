@@ -365,7 +365,8 @@ def _http_line(logical_id: str, event: dict[str, Any], response: dict[str, Any])
         webhook_id = (event.get("headers") or {}).get("webhook-id", "?")
         outcome = body.get("status") if status == 200 else str(body.get("type", "")).rsplit("/", 1)[-1]
         return f"webhook {webhook_id} -> {status} {outcome}"
-    return f"ledger API {event['routeKey']} {event.get('rawPath', '')} -> {status}"
+    method = event["requestContext"]["http"]["method"]
+    return f"ledger API {method} {event.get('rawPath', '')} -> {status}"
 
 
 def _local_routes(stack: Callable[[], RunningStack]) -> list[Route]:

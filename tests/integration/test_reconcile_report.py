@@ -141,3 +141,68 @@ def test_forget_erases_personal_data_and_keeps_the_money(harness: LedgerHarness)
     # asked twice, nothing is left to erase
     again = forget_customer(harness.ledger, harness.events, "HOUSE1", harness.clock())
     assert again.fields_erased == {} and again.webhook_bodies_erased == []
+
+
+def run_cli(harness: LedgerHarness, *argv: str, moment: MomentClient | None = None) -> tuple[int, str]:
+    import io
+
+    from moment_sync.cli import main
+
+    out = io.StringIO()
+    code = main(
+        ["--events-table", harness.events_name, "--ledger-table", harness.ledger_name, *argv],
+        out=out,
+        moment=moment,
+    )
+    return code, out.getvalue()
+
+
+def test_reconcile_report_prints_a_table_and_exits_1_on_an_unexplained_difference(
+    harness: LedgerHarness, moment: MomentClient, sandbox: MomentSandbox
+) -> None:
+    pushed_ledger(harness, moment)
+    code, text = run_cli(harness, "reconcile-report", "--calls-per-second", "0", moment=moment)
+    assert code == 0
+    assert text.strip().splitlines()[-1] == "reconcile-report: 2 balances, 0 unexplained"
+
+    harness.open_customer("GHOST1", moment_id="bcus_ghostghostghost00001")
+    code, text = run_cli(harness, "reconcile-report", "--calls-per-second", "0", moment=moment)
+    assert code == 1
+    assert "GHOST1" in text and "missing on Moment  <-- unexplained" in text
+    code, text = run_cli(harness, "--json", "reconcile-report", "customer", "AGREE1", moment=moment)
+    assert code == 0 and json.loads(text)["balances"][0]["moment"] == 1000
+
+
+def test_reconcile_report_without_a_moment_key_is_a_plain_usage_error(
+    harness: LedgerHarness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MOMENT_API_KEY", raising=False)
+    assert run_cli(harness, "reconcile-report")[0] == 2
+    assert "Moment API key" in capsys.readouterr().err
+
+
+def test_parked_lists_by_reason_and_redrives_after_the_fix(harness: LedgerHarness) -> None:
+    harness.receive("msg_unknown", payment("ob_9", 250, customer_id="bcus_late"))
+    harness.receive("msg_bill", payment("ob_8", 100, customer_id="bcus_late", bill_id="bill_1"))
+    harness.invoke(harness.next_batch())
+    code, text = run_cli(harness, "parked")
+    assert code == 0 and "unmatched" in text and "unsupported" in text and text.strip().endswith("2 events")
+    late = harness.open_customer("LATE1")
+    harness.ledger.link_moment_id(late, "bcus_late")
+    code, text = run_cli(harness, "--json", "parked", "--reason", "unmatched", "--redrive")
+    assert code == 0 and json.loads(text)["redrive"]["outcomes"] == {"applied": 1}
+    assert harness.head(late)["balance"] == -250
+
+
+def test_forget_says_what_it_erased(harness: LedgerHarness) -> None:
+    harness.open_customer("UCR1", moment_id="bcus_u1")
+    harness.ledger.put_head(
+        {"kind": "customer", "ref": "UCR1", "name": "Sipho", "email": "s@example.com"}, create=False
+    )
+    harness.receive("msg_u1", payment("ob_u1", 100, customer_id="bcus_u1"))
+    harness.invoke(harness.next_batch())
+    code, text = run_cli(harness, "forget", "UCR1")
+    assert code == 0
+    assert "erased name, email from customer UCR1" in text
+    assert "erased the raw body of 1 stored webhooks" in text and "msg_u1" in text
+    assert run_cli(harness, "forget", "NOBODY")[0] == 1

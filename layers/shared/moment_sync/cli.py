@@ -99,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("verify", help="check that every balance equals the sum of its entries")
+
+    report = commands.add_parser(
+        "reconcile-report",
+        help="compare the ledger with Moment's balances; exit 1 on an unexplained difference",
+    )
+    report.add_argument("kind", nargs="?", choices=[kind.value for kind in BalanceKind])
+    report.add_argument("ref", nargs="?", help="one balance (default: every balance linked to Moment)")
+    report.add_argument(
+        "--calls-per-second", type=float, default=5.0, help="Moment calls per second (default 5)"
+    )
+    report.add_argument("--moment-base-url", default=os.environ.get("MOMENT_BASE_URL"))
+    report.add_argument(
+        "--environment", default=os.environ.get("ENVIRONMENT", "dev"), choices=["dev", "prod"]
+    )
+
+    parked = commands.add_parser("parked", help="list parked events by reason; --redrive them after a fix")
+    parked.add_argument(
+        "--reason", choices=[reason.value for reason in ParkReason], help="default: every reason"
+    )
+    parked.add_argument("--redrive", action="store_true", help="reconcile the listed events again")
+
+    forget = commands.add_parser(
+        "forget", help="erase a customer's personal data (POPIA/GDPR request), keeping amounts and entries"
+    )
+    forget.add_argument("ref", help="the customer's reference")
     _add_change_commands(commands)
     return parser
 
@@ -141,8 +166,13 @@ def _add_change_commands(commands: Any) -> None:
     adjust.add_argument("--id", dest="adjustment_id", help="the adjustment id (default: a new uuid)")
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, aws: Any = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, aws: Any = None, moment: Any = None
+) -> int:
+    """`aws` (a boto3 session or module) and `moment` (a MomentClient) replace the real ones in tests."""
     arguments = build_parser().parse_args(argv)
+    arguments.moment = moment
+    arguments.aws = aws
     try:
         events, ledger = _tables(arguments, aws)
         handler = {
@@ -155,6 +185,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, aws: Any =
             "charge": _charge,
             "set-balance": _set_balance,
             "adjust": _adjust,
+            "reconcile-report": _reconcile_report,
+            "parked": _parked,
+            "forget": _forget,
         }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
@@ -180,6 +213,7 @@ def _tables(arguments: argparse.Namespace, aws: Any) -> tuple[WebhookEventsTable
         values = {output["OutputKey"]: output["OutputValue"] for output in outputs.get("Outputs", [])}
         arguments.events_table = values.get("WebhookEventsTableName", arguments.events_table)
         arguments.ledger_table = values.get("LedgerTableName", arguments.ledger_table)
+        arguments.moment_key_secret = values.get("MomentApiKeySecretArn")
     if not arguments.events_table or not arguments.ledger_table:
         raise CommandError(
             "name the tables: --stack NAME, or --events-table and --ledger-table "
@@ -334,6 +368,136 @@ def _adjust(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         now=time.time(),
     )
     _show_change("adjusted", "entry", entry, arguments.json, out)
+    return EXIT_OK
+
+
+def _reconcile_report(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    from moment_sync.reconcile_report import compare  # noqa: PLC0415 -- loads httpx only when used
+
+    if bool(arguments.kind) != bool(arguments.ref):
+        raise CommandError("name both the kind and the reference, or neither")
+    only = [BalanceRef(BalanceKind(arguments.kind), arguments.ref)] if arguments.ref else None
+    comparisons = compare(
+        ledger, _moment_client(arguments), only, calls_per_second=arguments.calls_per_second
+    )
+    unexplained = [comparison for comparison in comparisons if not comparison.explained]
+    if arguments.json:
+        rows = [
+            {
+                "kind": c.balance.kind.value,
+                "ref": c.balance.ref,
+                "ledger": c.ledger_balance,
+                "moment": c.moment_balance,
+                "sync": c.sync,
+                "explained": c.explained,
+                "note": c.note,
+            }
+            for c in comparisons
+        ]
+        _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
+    else:
+        print(f"{'kind':<9} {'reference':<24} {'ledger':>12} {'moment':>12}  {'sync':<9} note", file=out)
+        for c in comparisons:
+            mark = "" if c.explained else "  <-- unexplained"
+            print(
+                f"{c.balance.kind.value:<9} {c.balance.ref:<24} {_amount(c.ledger_balance):>12} "
+                f"{_amount(c.moment_balance):>12}  {c.sync:<9} {c.note}{mark}",
+                file=out,
+            )
+        print(f"reconcile-report: {len(comparisons)} balances, {len(unexplained)} unexplained", file=out)
+    return EXIT_FAILED if unexplained else EXIT_OK
+
+
+def _amount(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _moment_client(arguments: argparse.Namespace) -> Any:
+    """The operator's Moment client: MOMENT_API_KEY, or the stack's MomentApiKeySecret."""
+    if arguments.moment is not None:
+        return arguments.moment
+    from moment_sync.moment_client import DEFAULT_BASE_URL, MomentClient  # noqa: PLC0415
+    from moment_sync.moment_errors import MomentKeyRefused  # noqa: PLC0415
+
+    key = os.environ.get("MOMENT_API_KEY")
+    secret = getattr(arguments, "moment_key_secret", None)
+    if not key and secret:
+        import boto3  # noqa: PLC0415
+
+        session = arguments.aws or boto3
+        key = session.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"].strip()
+    if not key:
+        raise CommandError("give the Moment API key: MOMENT_API_KEY, or --stack to read the stack's secret")
+    try:
+        return MomentClient(
+            key, environment=arguments.environment, base_url=arguments.moment_base_url or DEFAULT_BASE_URL
+        )
+    except MomentKeyRefused as error:
+        raise CommandError(str(error)) from None
+
+
+def _parked(
+    arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    reasons = [ParkReason(arguments.reason)] if arguments.reason else list(ParkReason)
+    listed = [(reason, webhook_id) for reason in reasons for webhook_id in events.parked_ids(reason)]
+    rows: list[dict[str, Any]] = []
+    for reason, webhook_id in listed:
+        event = events.get(webhook_id) or {}
+        rows.append(
+            {
+                "webhook_id": webhook_id,
+                "reason": reason.value,
+                "received_at": event.get("received_at"),
+                "detail": event.get("reason_detail"),
+                "amount": event.get("amount"),
+                "currency": event.get("currency"),
+            }
+        )
+    result: dict[str, Any] = {"parked": rows}
+    if arguments.redrive:
+        report = redrive(
+            [webhook_id for _, webhook_id in listed],
+            events=events,
+            ledger=ledger,
+            directory=None,
+            now=time.time,
+        )
+        result["redrive"] = asdict(report)
+    if arguments.json:
+        _print(result, True, out)
+    else:
+        for row in rows:
+            print(
+                f"{row['reason']:<18} {row['webhook_id']:<32} {row['received_at'] or '-':<25} "
+                f"{row['detail'] or ''}",
+                file=out,
+            )
+        print(f"parked: {len(rows)} events", file=out)
+        if arguments.redrive:
+            print(f"redrive: {result['redrive']['outcomes']}", file=out)
+    return EXIT_FAILED if result.get("redrive", {}).get("errors") else EXIT_OK
+
+
+def _forget(
+    arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    from moment_sync.forget import forget_customer  # noqa: PLC0415
+
+    erasure = forget_customer(ledger, events, arguments.ref, time.time())
+    if arguments.json:
+        _print(asdict(erasure), True, out)
+        return EXIT_OK
+    for balance, fields in erasure.fields_erased.items():
+        print(f"erased {', '.join(fields)} from {balance}", file=out)
+    print(f"erased the raw body of {len(erasure.webhook_bodies_erased)} stored webhooks", file=out)
+    for webhook_id in erasure.webhook_bodies_erased:
+        print(f"  {webhook_id}", file=out)
+    print(
+        "kept: amounts, references, entries, event statuses (Moment's own copy is not changed here)", file=out
+    )
     return EXIT_OK
 
 
