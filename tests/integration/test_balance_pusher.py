@@ -134,7 +134,8 @@ def test_accounts_under_a_new_customer_and_under_an_existing_one(
     water = harness.open_account("WATER1", "HOUSE1")
     charge(harness, water, "w-1", 700)
     assert run(pusher) == {"created": 1}
-    assert transport.requests == ["POST /billing/accounts"]  # the customer came with it (composite create)
+    # Moment has no such customer, so it comes with the account (composite create)
+    assert transport.requests == ["GET /billing/customers/HOUSE1", "POST /billing/accounts"]
     customer_id = on_moment(sandbox, "customer", "HOUSE1")["id"]
     assert harness.head(BalanceRef(BalanceKind.CUSTOMER, "HOUSE1"))["moment_id"] == customer_id
 
@@ -145,6 +146,33 @@ def test_accounts_under_a_new_customer_and_under_an_existing_one(
     account = on_moment(sandbox, "account", "RATES1")
     assert (account["customer_id"], account["balance"]) == (customer_id, 1200)
     assert len(sandbox.state()["customers"]) == 1
+
+
+def test_two_new_accounts_of_a_new_customer_in_one_run_create_the_customer_once(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox
+) -> None:
+    harness.open_customer("FAM1", balance_model="accounts")
+    for ref in ("FAM1-A", "FAM1-B", "FAM1-C"):
+        charge(harness, harness.open_account(ref, "FAM1"), "c-" + ref, 100)
+    assert run(pusher) == {"created": 3}
+    [customer] = sandbox.state()["customers"]
+    assert {account["customer_id"] for account in sandbox.state()["accounts"]} == {customer["id"]}
+
+
+def test_a_customer_created_by_an_earlier_run_but_never_linked_is_adopted_not_created_again(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    from moment_sync.moment_client import NewCustomer
+
+    moment.create_customer(NewCustomer("FAM2"))  # a run that stopped before linking it
+    harness.open_customer("FAM2", balance_model="accounts")
+    charge(harness, harness.open_account("FAM2-A", "FAM2"), "c-1", 100)
+    assert run(pusher) == {"created": 1}
+    assert len(sandbox.state()["customers"]) == 1
+    assert (
+        harness.head(BalanceRef(BalanceKind.CUSTOMER, "FAM2"))["moment_id"]
+        == sandbox.state()["customers"][0]["id"]
+    )
 
 
 def test_an_object_moment_already_has_is_adopted_and_then_pushed(

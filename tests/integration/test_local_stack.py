@@ -442,12 +442,6 @@ def _assert_invariants(stack: RunningStack, month: Month) -> None:  # noqa: C901
 # --- a known pusher bug ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="balance_pusher: two new accounts of a customer Moment does not know yet, pushed in one run, "
-    "both composite-create that customer; the second gets 409 (its reference exists), and its next "
-    "attempts reuse the same Idempotency-Keys with another body (409 again) until they expire",
-)
 def test_two_new_accounts_of_a_new_customer_are_created_in_one_push() -> None:
     settings = quick_settings(sandbox=replace(quick_settings().sandbox, faults=Faults(latency_ms=20)))
     with running_stack(settings) as stack, httpx.Client(base_url=stack.api_url, trust_env=False) as api:
@@ -459,12 +453,6 @@ def test_two_new_accounts_of_a_new_customer_are_created_in_one_push() -> None:
         assert report["results"] == {"created": 2}, report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="balance_pusher: a payment Moment applies between a push's GET and its PATCH is overwritten; "
-    "if it and a later payment are reconciled after that push, Moment shows neither P nor P - R, so the "
-    "next pushes defer for good (DriftDetected) instead of restoring the lost payment",
-)
 def test_a_payment_moment_applies_during_a_push_is_restored_by_the_next_push() -> None:
     with (
         running_stack(quick_settings()) as stack,
@@ -496,12 +484,6 @@ def test_a_payment_moment_applies_during_a_push_is_restored_by_the_next_push() -
         assert stack.sandbox.state()["customers"][0]["balance"] == ledger
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="balance_pusher: when the ledger write after a create fails, the next run adopts the object "
-    "with no balance last pushed and pushes over a payment Moment applied meanwhile; once that payment "
-    "and a later one are reconciled, Moment shows neither P nor P - R and the pushes defer for good",
-)
 def test_an_object_adopted_after_a_failed_booking_keeps_the_payments_moment_applied() -> None:
     with (
         running_stack(quick_settings()) as stack,

@@ -24,7 +24,7 @@ from support.ledger import LedgerHarness, payment
 
 STEPS = ("before_read", "after_read", "after_patch", "after_run", "quiet")
 KILLS = (None, "after_read", "after_patch")
-OPENING, CHARGE, PAID = 5000, 100, 2000
+OPENING, CHARGE, PAID, LATER = 5000, 100, 2000, 700
 
 
 class KilledRun(BaseException):
@@ -52,7 +52,7 @@ class ScriptedMoment:
         return answer
 
     def set_customer_balance(self, moment_id: str, balance: int, currency: str) -> MomentCustomer:
-        if self.lowers_on_payment and self.payments_applied and balance == OPENING + CHARGE:
+        if self.lowers_on_payment and self.payments_applied == 1 and balance == OPENING + CHARGE:
             self.erasures += 1
         self.balance = balance
         self.patches.append(balance)
@@ -125,17 +125,22 @@ def test_every_interleaving_converges_without_losing_the_payment(
     moment.hooks = {}
     at("after_run")
     erased_in_first_run = moment.erasures
-    # WHEN the system goes quiet: the webhook (at least once) has been reconciled, and the pusher has run
+    # WHEN the system goes quiet: the webhook (at least once) has been reconciled, a later payment has
+    # come and been reconciled too (so an overwritten payment and a lowered one must both be explained),
+    # and the pusher has run
     if "delivered" not in happened:
         if "paid" not in happened:
             pay()
         deliver()
+    moment.apply_payment(LATER)
+    harness.receive(f"msg_later{number}", payment(f"ob_later{number}", LATER, customer_id=moment_id))
+    assert harness.invoke(harness.next_batch()) == []
     for _ in range(4):
         pusher.push_pending(time_left=lambda: 300)
 
     # THEN Moment shows what the ledger shows, and the ledger has the payment exactly once
     head = harness.head(customer)
-    assert head["balance"] == OPENING + CHARGE - PAID
+    assert head["balance"] == OPENING + CHARGE - PAID - LATER
     assert moment.balance == head["balance"], (happened, moment.patches)
     assert "push_shard" not in head
     # a payment on Moment was overwritten only when it landed inside the read→PATCH window, and only once

@@ -1,22 +1,23 @@
 """Whether a balance may be pushed to Moment now, and what to remember afterwards. Pure.
 
 Moment has no conditional PATCH, and its documentation does not say whether it lowers a balance
-itself when it applies a payment. So before a push the pusher reads Moment's balance M and, with P
-the balance it last pushed and R the payments reconciled since then, pushes only when M is one of
-the two values it can explain:
+itself when it applies a payment. So before a push the pusher reads Moment's balance M and pushes
+only when M is explained by what the ledger already knows. With P the balance last pushed and
+p1..pn the payments reconciled since (each amount on its own):
 
-- M = P: Moment does not lower balances itself (or no payment came);
-- M = P - R: Moment lowered the balance by exactly the payments the ledger has already seen;
-- M = I or M = I - (R - R_I), where I is a push that was sent but never booked (the run stopped
-  between the PATCH and its bookkeeping) and R_I the R that push had read.
-And when M already equals the ledger's balance there is nothing to push, only bookkeeping to do.
+- M = P - (the sum of any subset of p1..pn): Moment lowered the balance by some of the payments the
+  ledger has seen, and not by the others: those it did not lower itself, or whose lowering a push
+  overwrote (a payment landing between a push's read and its PATCH);
+- the same from I, a push that was sent but never booked (the run stopped between the PATCH and its
+  bookkeeping), with the payments reconciled after it;
+- M equal to the ledger's balance: nothing to push, only bookkeeping.
 
 Any other M means Moment applied a payment whose webhook the ledger has not reconciled yet: pushing
 now would erase it, so the push is deferred until the webhook arrives.
 
-A payment Moment applies between the read and the PATCH can still be overwritten; the bookkeeping
-after the PATCH (P := what Moment returned, R := R - the R this push used) makes the next push, once
-the webhook is reconciled, restore it. That window, one push cycle long, is the whole exposure.
+A payment Moment applies between the read and the PATCH is overwritten on Moment; once its webhook
+is reconciled it is one of p1..pn, Moment's balance is explained again, and the next push restores
+it. That window, one push cycle long, is the whole exposure.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class PushSnapshot:
     balance: int
     version: int
     pushed_balance: int | None  # P; None before the first push
-    payments_since_push: int  # R
+    payments: tuple[int, ...] = ()  # p1..pn: each payment reconciled since P was pushed
     intent: int | None = None  # I: a balance sent to Moment whose push was never booked
-    intent_payments: int = 0  # R_I: the R that push had read
+    intent_payments: int = 0  # how many of p1..pn that push had read
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +50,13 @@ class AlreadyEqual:
 @dataclass(frozen=True, slots=True)
 class Defer:
     moment_balance: int
-    explainable: tuple[int, ...]  # (P, P - R[, I, I - (R - R_I)])
+    explainable: tuple[int, ...]  # every balance Moment could show without a payment unknown here
 
     @property
     def reason(self) -> str:
-        expected = " or ".join(str(value) for value in dict.fromkeys(self.explainable))
+        expected = ", ".join(str(value) for value in self.explainable)
         return (
-            f"Moment shows {self.moment_balance}, expected {expected} (what was pushed, less the payments "
+            f"Moment shows {self.moment_balance}, expected one of {expected} (what was pushed, less payments "
             "reconciled since): a payment may not have reached the ledger yet"
         )
 
@@ -71,10 +72,31 @@ def plan_push(snapshot: PushSnapshot, moment_balance: int | None) -> PushDecisio
         return AlreadyEqual()
     # Never pushed (adopted, or linked by the re-drive): Moment's balance is where we start from.
     pushed = moment_balance if snapshot.pushed_balance is None else snapshot.pushed_balance
-    explainable: tuple[int, ...] = (pushed, pushed - snapshot.payments_since_push)
+    explainable = {pushed - lowered for lowered in subset_sums(snapshot.payments)}
     if snapshot.intent is not None:
-        since_intent = snapshot.payments_since_push - snapshot.intent_payments
-        explainable += (snapshot.intent, snapshot.intent - since_intent)
+        after_intent = snapshot.payments[snapshot.intent_payments :]
+        explainable |= {snapshot.intent - lowered for lowered in subset_sums(after_intent)}
     if moment_balance not in explainable:
-        return Defer(moment_balance, explainable)
+        return Defer(moment_balance, tuple(sorted(explainable, reverse=True)[:MAX_SHOWN]))
     return Push(snapshot.balance)
+
+
+MAX_SHOWN = 6
+# Past this many payments since a push (a long Moment outage), only contiguous runs are considered:
+# the sums of every subset would be too many to enumerate, and a push that rare is deferred for an
+# operator rather than guessed.
+MAX_PAYMENTS_FOR_SUBSETS = 16
+
+
+def subset_sums(amounts: tuple[int, ...]) -> set[int]:
+    """Every sum of a subset of `amounts` (0 for the empty one)."""
+    if len(amounts) > MAX_PAYMENTS_FOR_SUBSETS:
+        return {
+            sum(amounts[start:end])
+            for start in range(len(amounts) + 1)
+            for end in range(start, len(amounts) + 1)
+        }
+    sums = {0}
+    for amount in amounts:
+        sums |= {total + amount for total in sums}
+    return sums

@@ -21,7 +21,7 @@ from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
 from moment_sync.moment_client import CreateOutcome, MomentClient, NewAccount, NewCustomer
-from moment_sync.moment_errors import MomentError
+from moment_sync.moment_errors import MomentError, MomentNotFound
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.push_plan import AlreadyEqual, Defer, Push, PushSnapshot, plan_push
 
@@ -61,6 +61,8 @@ class BalancePusher:
     now: Callable[[], float]
     concurrency: int = 8
     jitter: Callable[[], float] = random.random
+    _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
+    _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def push_pending(self, time_left: Callable[[], float]) -> PushReport:
         report = PushReport()
@@ -179,20 +181,45 @@ class BalancePusher:
         self, balance: BalanceRef, head: dict[str, Any]
     ) -> tuple[str, int | None, CreateOutcome]:
         customer_ref = head["customer_ref"]
-        customer = self.ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, customer_ref)) or {}
-        # A customer Moment does not know yet is created in the same request (composite create).
-        owner: str | NewCustomer = customer.get("moment_id") or NewCustomer(
-            customer_ref, name=customer.get("name"), email=customer.get("email"), phone=customer.get("phone")
-        )
-        created = self.moment.create_or_adopt_account(
-            NewAccount(
-                owner, balance.ref, name=head.get("name"), balance=head["balance"], currency=head["currency"]
+        # One account of a customer at a time: the first creates the customer, the others use its id
+        # (two composite creates of one new customer would conflict on its reference).
+        with self._customer_lane(customer_ref):
+            customer = self.ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, customer_ref)) or {}
+            customer_id = customer.get("moment_id") or self._customer_already_on_moment(customer_ref)
+            # A customer Moment does not have yet is created in the same request (composite create).
+            owner: str | NewCustomer = customer_id or NewCustomer(
+                customer_ref,
+                name=customer.get("name"),
+                email=customer.get("email"),
+                phone=customer.get("phone"),
             )
-        )
-        if not customer.get("moment_id"):
-            self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), created.value.customer_id)
+            created = self.moment.create_or_adopt_account(
+                NewAccount(
+                    owner,
+                    balance.ref,
+                    name=head.get("name"),
+                    balance=head["balance"],
+                    currency=head["currency"],
+                )
+            )
+            if not customer_id:
+                self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), created.value.customer_id)
         self._link(balance, created.value.id)
         return created.value.id, created.value.balance, created.outcome
+
+    def _customer_already_on_moment(self, customer_ref: str) -> str | None:
+        """An unlinked customer Moment has anyway (an earlier run created it and stopped before linking
+        it): adopt and link it, rather than composite-create it again and conflict."""
+        try:
+            customer = self.moment.get_customer(customer_ref)
+        except MomentNotFound:
+            return None
+        self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), customer.id)
+        return customer.id
+
+    def _customer_lane(self, customer_ref: str) -> threading.Lock:
+        with self._lanes_lock:
+            return self._lanes.setdefault(customer_ref, threading.Lock())
 
     def _link(self, balance: BalanceRef, moment_id: str) -> None:
         try:
@@ -246,7 +273,7 @@ def _snapshot(head: dict[str, Any]) -> PushSnapshot:
         balance=int(head["balance"]),
         version=int(head["version"]),
         pushed_balance=head.get("pushed_balance"),
-        payments_since_push=int(head.get("payments_since_push", 0)),
+        payments=tuple(int(amount) for amount in head.get("payments_list", [])),
         intent=head.get("push_intent"),
         intent_payments=int(head.get("push_intent_payments", 0)),
     )

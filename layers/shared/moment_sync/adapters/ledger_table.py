@@ -242,13 +242,17 @@ class LedgerTable:
                     "Key": head_key(balance),
                     "UpdateExpression": "ADD balance :delta, version :one, payments_since_push :paid "
                     "SET push_shard = if_not_exists(push_shard, :shard), "
-                    "pending_since = if_not_exists(pending_since, :now), updated_at = :now",
+                    "pending_since = if_not_exists(pending_since, :now), updated_at = :now, "
+                    # each amount on its own: the pusher explains Moment's balance by any subset of them
+                    "payments_list = list_append(if_not_exists(payments_list, :none), :paid_list)",
                     "ConditionExpression": "attribute_exists(version) AND currency = :currency",
                     "ExpressionAttributeValues": to_values(
                         {
                             ":delta": entry.amount,
                             ":one": 1,
                             ":paid": -entry.amount,
+                            ":paid_list": [-entry.amount],
+                            ":none": [],
                             ":shard": balance.push_shard,
                             ":now": iso_time(now),
                             ":currency": currency,
@@ -434,10 +438,12 @@ class LedgerTable:
             values[":moment"] = moment_balance
             sets.append("pushed_balance = :moment")
         condition, condition_values = _push_state_condition(read)
+        # The amounts this push read are behind it; the reconciler only appends, so they are the first ones.
+        seen = [f"payments_list[{index}]" for index in range(len(read.get("payments_list", [])))]
         update = (
             f"SET {', '.join(sets)} ADD payments_since_push :used "
             "REMOVE last_push_error, next_push_at, defer_count, deferred_since, "
-            "push_intent, push_intent_payments"
+            + ", ".join(["push_intent", "push_intent_payments", *seen])
         )
         try:
             self._update_head(
@@ -467,7 +473,7 @@ class LedgerTable:
             balance,
             "SET push_intent = :target, push_intent_payments = :payments",
             condition,
-            {":target": target, ":payments": int(read.get("payments_since_push", 0)), **condition_values},
+            {":target": target, ":payments": len(read.get("payments_list", [])), **condition_values},
         )
 
     def record_deferral(
