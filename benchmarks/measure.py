@@ -282,6 +282,8 @@ def import_breakdown(python: str, subject: ColdSubject, environment: Mapping[str
     with tempfile.TemporaryDirectory(prefix="bench-importtime-") as scratch:
         child_env = dict(environment, **subject.environment)
         child_env["PYTHONPATH"] = os.pathsep.join(map(str, subject.pythonpath))
+        if not subject.write_bytecode:
+            child_env["PYTHONDONTWRITEBYTECODE"] = "1"
         arguments = [str(Path(scratch, "cold.json")), subject.module, ",".join(subject.ready), "", str(ROOT)]
         completed = subprocess.run(  # noqa: S603 -- our interpreter, our code
             [python, *subject.python_flags, "-X", "importtime", "-c", _COLD_CHILD, *arguments],

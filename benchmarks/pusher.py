@@ -32,6 +32,7 @@ LATENCY_MS = 50
 CALLS_PER_PUSH = 2
 # Customers pushed for the first time (created on Moment), to count what a first push costs.
 FIRST_PUSHES = 16
+MEMORY_MB = 512  # template.yaml's Globals (the CPU share Lambda gives the pusher)
 AT_LEAST_0_7 = Goal.at_least(0.7)
 
 # Runs in the sandbox's own process: Moment is another service, so it must not share the pusher's GIL.
@@ -94,6 +95,7 @@ def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
     ceiling = concurrency / (LATENCY_MS / 1000 * CALLS_PER_PUSH)
     runs, on_moto, first = found["runs"], found["on_moto"], found["first"]
     rates = [_rate(run) for run in runs]
+    cpu_ms = measure.median([run["cpu_seconds"] * 1000 / run["balances"] for run in runs])
     pushed = sum(run["balances"] for run in runs)
     steady_calls = sum(len(run["moment_requests"]) for run in runs) / pushed
     steady_dynamodb = sum(len(run["dynamodb_requests"]) for run in runs) / pushed
@@ -132,6 +134,10 @@ def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
                 "per run (pushes/s): " + ", ".join(f"{value:.1f}" for value in rates),
                 f"per push: {steady_calls:.2f} Moment calls and {steady_dynamodb:.2f} DynamoDB requests "
                 "(head read, intent, booking; the 8 index queries per run included)",
+                f"CPU per push in the pusher's process: {cpu_ms:.1f} ms (median of the runs); a "
+                f"{MEMORY_MB} MB Lambda has {MEMORY_MB / 1769:.2f} of a vCPU, which caps the pusher near "
+                f"{1000 / (cpu_ms * 1769 / MEMORY_MB):.0f} pushes/s whatever the concurrency (if its cores "
+                "are as fast as this machine's)",
                 "on AWS each of the 3 DynamoDB requests of a push adds a round trip of r ms to it: the ratio "
                 f"becomes about {CALLS_PER_PUSH * LATENCY_MS} / (time per push here + 3r), so r = 5 ms costs "
                 "about 0.1 of it",
@@ -345,14 +351,16 @@ class _PushBench:
         self.dynamodb_requests.clear()
         self.moto_seconds.clear()
         context = self.context_class("balance_pusher", timeout_seconds=240)
-        started = time.perf_counter()
+        cpu_started, started = time.process_time(), time.perf_counter()
         report = self.handler({}, context, pusher)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         if report["results"] != {expect: count} or report["errors"]:
             raise RuntimeError(f"expected {count} balances {expect}, got {report}")
         return {
             "balances": count,
             "seconds": seconds,
+            # CPU of this process only (the pusher's threads; Moment's sandbox runs in its own process).
+            "cpu_seconds": cpu_seconds,
             "moto_seconds": sum(self.moto_seconds),
             "moment_requests": list(self.transport.requests),
             "dynamodb_requests": list(self.dynamodb_requests),
