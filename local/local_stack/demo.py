@@ -382,10 +382,6 @@ def demo_settings(applies_payments: bool, environ: Mapping[str, str] = os.enviro
         aws_port=0,
         push_interval_seconds=None,
         redrive_interval_seconds=None,
-        # One balance at a time: two new accounts of a customer Moment does not know yet, pushed in
-        # the same run, race to create that customer and the loser stays failing (see
-        # test_local_stack.py::test_two_new_accounts_of_a_new_customer_are_created_in_one_push).
-        parameter_overrides={"PushConcurrency": "1", **base.parameter_overrides},
         sandbox=replace(base.sandbox, applies_payments=applies_payments),
     )
 

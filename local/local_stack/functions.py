@@ -108,7 +108,6 @@ class LocalFunctions:
     environments: dict[str, dict[str, str]]
     names: dict[str, str] = field(default_factory=dict)  # logical id -> the local function name
     handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    current: str | None = None  # the function being invoked, if any
     counts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -135,7 +134,6 @@ class LocalFunctions:
             self.counts[logical_id] = self.counts.get(logical_id, 0) + 1
             context = LocalLambdaContext(name, timeout_seconds=function_timeout_seconds(logical_id))
             started = time.monotonic()
-            self.current = logical_id
             try:
                 response = handler(event, context)
             except Exception as error:  # Lambda reports it as the invocation's error
@@ -144,8 +142,6 @@ class LocalFunctions:
                 return Invocation(
                     name, error=f"{type(error).__name__}: {error}", seconds=time.monotonic() - started
                 )
-            finally:
-                self.current = None
             return Invocation(name, response=response, seconds=time.monotonic() - started)
 
     def environment_of(

@@ -41,8 +41,8 @@ class SerialMotoServer(ThreadedMotoServer):
             self._server = make_server(
                 self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
             )
-        except OSError as error:  # the port is taken: tell start(), which is waiting
-            self._error = error
+        except (OSError, SystemExit) as error:  # the port is taken (werkzeug exits): tell start()
+            self._error = OSError(f"port {self._port} is in use?") if isinstance(error, SystemExit) else error
             self._server_ready_event.set()
             return
         self._server_ready_event.set()

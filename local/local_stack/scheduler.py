@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +61,6 @@ class Scheduler:
         if line:
             self._notify(line)
         return invocation
-
-    @contextmanager
-    def holding(self, name: str) -> Iterator[None]:
-        """No run of `name` starts or is under way inside this (a test's way to pick interleavings)."""
-        with self._jobs[name].lock:
-            yield
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
@@ -67,7 +67,7 @@ class LocalSettings:
     environment: str = "dev"
     push_interval_seconds: float | None = 5.0  # None: only on demand (POST /_local/push)
     redrive_interval_seconds: float | None = 30.0
-    redrive_grace_seconds: int | None = None  # None: what template.yaml sets (RedriveGraceMinutes)
+    redrive_grace_seconds: int | None = None  # None: what template.yaml sets (RedriveGraceSeconds)
     parameter_overrides: dict[str, str] = field(default_factory=dict)  # template parameters, by name
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)  # faults, delivery, switches
     stream_retry_delay_seconds: float = 0.1
@@ -219,16 +219,17 @@ def running_stack(
         moto.reset()  # moto keeps resources per process: start from nothing
         os.environ.update(aws_environment(moto.endpoint))
         names, attributes = _create_resources(settings, moto.endpoint)
-        api = LocalHttpApi([], port=settings.api_port)
-        sandbox = MomentSandbox(
-            replace(
-                settings.sandbox,
-                host="127.0.0.1",
-                port=settings.sandbox_port,
-                api_key=settings.moment_api_key,
-                webhook_url=f"{api.url}/webhooks/moment",
-                webhook_secrets=tuple(settings.webhook_secrets),
-            )
+        api = _listening("the API", lambda: LocalHttpApi([], port=settings.api_port), settings.api_port)
+        sandbox_settings = replace(
+            settings.sandbox,
+            host="127.0.0.1",
+            port=settings.sandbox_port,
+            api_key=settings.moment_api_key,
+            webhook_url=f"{api.url}/webhooks/moment",
+            webhook_secrets=tuple(settings.webhook_secrets),
+        )
+        sandbox = _listening(
+            "the Moment sandbox", lambda: MomentSandbox(sandbox_settings), settings.sandbox_port
         )
         intrinsics = _intrinsics(settings, names, attributes, sandbox.url)
         functions = LocalFunctions(
@@ -262,6 +263,16 @@ def running_stack(
         from moment_sync import runtime  # noqa: PLC0415
 
         runtime.reset()
+
+
+T = TypeVar("T")
+
+
+def _listening(what: str, make: Callable[[], T], port: int) -> T:
+    try:
+        return make()
+    except OSError as error:
+        raise OSError(f"{what} cannot listen on 127.0.0.1:{port}: {error.strerror or error}") from error
 
 
 # --- resources -----------------------------------------------------------------------------------
