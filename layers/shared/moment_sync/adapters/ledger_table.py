@@ -219,14 +219,13 @@ class LedgerTable:
         if self._events is None:
             raise RuntimeError("apply_payment needs the events table")
         event_update = self._events.status_update(
-            webhook_id, EventStatus.APPLIED, now, entry_id=entry.entry_id, balance_key=balance.partition_key
+            webhook_id,
+            EventStatus.APPLIED,
+            now,
+            only_if_open=False,
+            entry_id=entry.entry_id,
+            balance_key=balance.partition_key,
         )
-        event_update["ConditionExpression"] = "attribute_exists(webhook_id)"
-        event_update["ExpressionAttributeValues"] = {
-            key: value
-            for key, value in event_update["ExpressionAttributeValues"].items()
-            if key not in {":received", ":parked"}
-        }
         items = [
             {
                 "Put": {

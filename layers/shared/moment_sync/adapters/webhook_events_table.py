@@ -90,16 +90,16 @@ class WebhookEventsTable:
     # --- statuses (the reconciler and the re-drive) ------------------------------------------
 
     def status_update(
-        self, webhook_id: str, status: EventStatus, now: float, **fields: Any
+        self, webhook_id: str, status: EventStatus, now: float, *, only_if_open: bool = True, **fields: Any
     ) -> dict[str, Any]:
-        """The Update action that moves an open event to `status` (also used inside transactions)."""
+        """The Update action that moves an event to `status` (also used inside transactions). With
+        `only_if_open` a final status is never overwritten; without it the event need only exist (the
+        payment transaction, whose entry's condition already guards against doing it twice)."""
         names = {"#status": "status"}
-        values: dict[str, Any] = {
-            ":status": {"S": status.value},
-            ":resolved_at": {"S": iso_time(now)},
-            ":received": {"S": EventStatus.RECEIVED.value},
-            ":parked": {"S": EventStatus.PARKED.value},
-        }
+        values: dict[str, Any] = {":status": {"S": status.value}, ":resolved_at": {"S": iso_time(now)}}
+        if only_if_open:
+            values[":received"] = {"S": EventStatus.RECEIVED.value}
+            values[":parked"] = {"S": EventStatus.PARKED.value}
         sets = ["#status = :status", "resolved_at = :resolved_at"]
         for name, value in fields.items():
             values[f":{name}"] = {"S": str(value)}
@@ -109,7 +109,7 @@ class WebhookEventsTable:
             "TableName": self.table_name,
             "Key": {"webhook_id": {"S": webhook_id}},
             "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removals)}",
-            "ConditionExpression": _OPEN,
+            "ConditionExpression": _OPEN if only_if_open else "attribute_exists(webhook_id)",
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
