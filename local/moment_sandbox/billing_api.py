@@ -1,9 +1,9 @@
 """Moment's Billing API routes: `/billing/customers` and `/billing/accounts`, create, read and PATCH.
 
 Owns the order in which a request meets Moment's rules: injected latency and faults first (so a
-faulted request changes nothing and spends no idempotency key), then the Bearer key (401), the route
+429/500 changes nothing and spends no idempotency key), then the Bearer key (401), the route
 (404/405), the `Idempotency-Key` on a POST (400 without one; the first answer, errors included, is
-replayed), then the body's own rules. The path parameter is a Moment id or an external_reference.
+replayed), then the body's own rules; last, an injected timeout holds back the answer. The path parameter is a Moment id or an external_reference.
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ class BillingApi:
     def handle(self, request: Request) -> Response:
         self._moment.faults.delay()
         fault = self._moment.faults.draw()
-        if fault is not None:
+        if isinstance(fault, Problem):
             return fault.to_response(request.path)
+        response = self._carry_out(request)
+        if fault is not None:
+            fault.wait()  # done, but answered after the client stopped waiting
+        return response
+
+    def _carry_out(self, request: Request) -> Response:
         try:
             self._authenticate(request)
             answer = partial(_as_response, self._route(request), request)

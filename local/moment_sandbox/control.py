@@ -5,7 +5,7 @@
 | `POST /_sandbox/payments` | A payment at Moment and its signed webhook (201; the body: `payments.py`) |
 | `GET /_sandbox/state` | `{"customers", "accounts", "deliveries"}`, objects in Moment's own shape |
 | `POST /_sandbox/reset` | Forget customers, accounts, idempotency keys, deliveries (not settings, faults) |
-| `GET`/`POST /_sandbox/faults` | `fail_429_rate`, `fail_500_rate`, `latency_ms`; `seed` restarts the draws |
+| `GET`/`POST /_sandbox/faults` | `fail_429_rate`, `fail_500_rate`, `timeout_rate`, `timeout_ms`, `latency_ms`; `seed` restarts the draws; `injected` counts (read only) |
 | `GET`/`POST /_sandbox/settings` | `webhook_url`, `webhook_secrets`, `applies_payments` |
 | `POST /_sandbox/wait` | Wait (`{"timeout_seconds": 10}`) until every webhook is delivered or given up |
 
@@ -67,7 +67,8 @@ class ControlRoutes:
         return json_response(200, self._moment.state())
 
     def _faults(self, _request: Request) -> Response:
-        return json_response(200, {**self._moment.faults.faults.to_json(), "seed": self._moment.faults.seed})
+        faults = self._moment.faults
+        return json_response(200, {**faults.faults.to_json(), "seed": faults.seed, "injected": faults.injected()})
 
     def _set_faults(self, request: Request) -> Response:
         changes = json_object(request.body)

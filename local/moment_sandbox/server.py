@@ -165,8 +165,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(response.body)))
         if self.close_connection:
             self.send_header("connection", "close")
-        self.end_headers()
-        self.wfile.write(response.body)
+        try:
+            self.end_headers()
+            self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up waiting (an injected timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.log_requests:

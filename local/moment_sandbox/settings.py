@@ -14,6 +14,8 @@
 | `faults.fail_429_rate` | `SANDBOX_FAIL_429_RATE` | 0.0 |
 | `faults.fail_500_rate` | `SANDBOX_FAIL_500_RATE` | 0.0 |
 | `faults.latency_ms` | `SANDBOX_LATENCY_MS` | 0 |
+| `faults.timeout_rate` | `SANDBOX_TIMEOUT_RATE` | 0.0 (carried out, answered `timeout_ms` late) |
+| `faults.timeout_ms` | `SANDBOX_TIMEOUT_MS` | 11000 (past the Moment client's 10 s read timeout) |
 | `seed` | `SANDBOX_SEED` | 0 (the fault draws' seed) |
 
 (1) the local stack's receiver, `http://127.0.0.1:${LOCAL_API_PORT:-3000}/webhooks/moment`; set
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY, LOCAL_WEBHOOK_SECRET
-from moment_sandbox.faults import Faults
+from moment_sandbox.faults import DEFAULT_TIMEOUT_MS, Faults
 from moment_sandbox.webhooks import DeliveryPolicy, signing_key
 
 DEFAULT_STANDALONE_PORT = 4010
@@ -91,6 +93,8 @@ class SandboxSettings:
                 fail_429_rate=float(environ.get("SANDBOX_FAIL_429_RATE", "0")),
                 fail_500_rate=float(environ.get("SANDBOX_FAIL_500_RATE", "0")),
                 latency_ms=int(environ.get("SANDBOX_LATENCY_MS", "0")),
+                timeout_rate=float(environ.get("SANDBOX_TIMEOUT_RATE", "0")),
+                timeout_ms=int(environ.get("SANDBOX_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS))),
             ),
             seed=int(environ.get("SANDBOX_SEED", "0")),
         )

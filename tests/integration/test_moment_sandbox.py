@@ -145,9 +145,14 @@ def moment(sandbox: MomentSandbox) -> Iterator[httpx.Client]:
         yield client
 
 
-def create(client: httpx.Client, path: str, body: Any, key: str | None = None) -> httpx.Response:
+def create(
+    client: httpx.Client, path: str, body: Any, key: str | None = None, timeout: float | None = None
+) -> httpx.Response:
     """POST with an Idempotency-Key (a fresh one unless given)."""
-    return client.post(path, json=body, headers={"idempotency-key": key or str(uuid.uuid4())})
+    headers = {"idempotency-key": key or str(uuid.uuid4())}
+    if timeout is None:
+        return client.post(path, json=body, headers=headers)
+    return client.post(path, json=body, headers=headers, timeout=timeout)
 
 
 def customer(client: httpx.Client, reference: str = "UCR1001", **fields: Any) -> dict[str, Any]:
@@ -563,8 +568,41 @@ def test_latency_is_added_to_api_calls(moment: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.2
 
 
+def test_a_timed_out_request_is_carried_out_and_its_key_replays_the_answer(
+    moment: httpx.Client, sandbox: MomentSandbox
+) -> None:
+    sandbox.set_faults(timeout_rate=1.0, timeout_ms=600)
+    with pytest.raises(httpx.ReadTimeout):
+        create(moment, "/billing/customers", {"external_reference": "UCR1001"}, key="k-late", timeout=0.2)
+    assert [item["external_reference"] for item in sandbox.state()["customers"]] == ["UCR1001"]
+    sandbox.set_faults(timeout_rate=0.0)
+    retried = create(moment, "/billing/customers", {"external_reference": "UCR1001"}, key="k-late")
+    assert retried.status_code == 201
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert len(sandbox.state()["customers"]) == 1
+    assert moment.get("/_sandbox/faults").json()["injected"] == {"429": 0, "500": 0, "timeout": 1}
+
+
+def test_injected_faults_are_counted(moment: httpx.Client) -> None:
+    moment.post("/_sandbox/faults", json={"fail_429_rate": 0.5, "fail_500_rate": 0.5})
+    for _ in range(10):
+        moment.get("/billing/customers/UCR-nobody")
+    injected = moment.get("/_sandbox/faults").json()["injected"]
+    assert injected["429"] + injected["500"] == 10 and injected["timeout"] == 0
+
+
 @pytest.mark.parametrize(
-    "body", [{"fail_429_rate": 1.5}, {"fail_500_rate": -0.1}, {"latency_ms": "1"}, {"seed": "x"}, {"rate": 1}]
+    "body",
+    [
+        {"fail_429_rate": 1.5},
+        {"fail_500_rate": -0.1},
+        {"timeout_rate": 2},
+        {"fail_429_rate": 0.6, "timeout_rate": 0.6},
+        {"latency_ms": "1"},
+        {"timeout_ms": -1},
+        {"seed": "x"},
+        {"rate": 1},
+    ],
 )
 def test_bad_fault_settings_are_refused(moment: httpx.Client, body: dict[str, Any]) -> None:
     assert_problem(moment.post("/_sandbox/faults", json=body), 400, "invalid-parameter")
@@ -572,7 +610,10 @@ def test_bad_fault_settings_are_refused(moment: httpx.Client, body: dict[str, An
         "fail_429_rate": 0.0,
         "fail_500_rate": 0.0,
         "latency_ms": 0,
+        "timeout_rate": 0.0,
+        "timeout_ms": 11_000,
         "seed": 0,
+        "injected": {"429": 0, "500": 0, "timeout": 0},
     }
 
 

@@ -103,6 +103,7 @@ def moment_client() -> MomentClient:
             api_key,
             environment=os.environ.get("ENVIRONMENT", "dev"),
             base_url=os.environ.get("MOMENT_BASE_URL", DEFAULT_BASE_URL),
+            read_timeout_seconds=float(os.environ.get("MOMENT_READ_TIMEOUT_SECONDS", "10")),
         )
     return _moment_clients[api_key]
 
