@@ -2,7 +2,8 @@
 
 It does what API Gateway does for an HTTP API with a Lambda proxy integration: lower-cases header
 names and joins repeated headers with commas, base64-encodes a body that is not UTF-8 text, passes
-path parameters, and turns the handler's response back into HTTP. No IAM check is made locally.
+path parameters, and turns the handler's response back into HTTP; a request no route takes, whatever
+its method, is a 404. No IAM check is made locally.
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class LocalHttpApi:
 
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: without TCP_NODELAY, a keep-alive client's delayed
+            # ACK holds the body back 40 ms on every request.
+            disable_nagle_algorithm = True
 
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -167,9 +171,15 @@ class LocalHttpApi:
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":  # a HEAD answer is the headers alone
+                    self.wfile.write(payload)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+            def __getattr__(self, name: str) -> Any:
+                # Every method goes to the routes, as on API Gateway: one no route takes (HEAD, OPTIONS,
+                # TRACE, ...) is the front's 404, not http.server's 501 (a 5xx the API never gives).
+                if name.startswith("do_"):
+                    return self._handle
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the handlers log; the front stays quiet

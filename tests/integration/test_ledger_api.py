@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from jsonschema import ValidationError
 
 import ledger_api_handler
+from local_stack.api_gateway import LocalHttpApi, Route
 from local_stack.functions import http_routes
 from local_stack.lambda_context import LocalLambdaContext
 from local_stack.template import ROOT
@@ -565,6 +567,19 @@ def test_the_contracts_request_schemas_accept_what_the_api_accepts(
         assert (answer.status != 400) == schema.is_valid(body), (body, answer.body)
 
 
+@pytest.mark.parametrize("email", [".@v6.9.1M1q4.00", "a..b@example.com", "a.@example.com"])
+def test_an_email_the_api_takes_fits_the_contract_where_formats_are_asserted(
+    api: LedgerApi, email: str
+) -> None:
+    """Found by test_api_contract_fuzz.py: the contract's Email said `format: email`, which validators that
+    assert formats (jsonschema-rs, as schemathesis uses) hold to RFC 5321, and the API does not check."""
+    assert api.put("/customers/UCR1", {"currency": "ZAR", "email": email}).status == 201
+    asserting_formats = jsonschema_rs.Draft202012Validator(
+        {**openapi(), "$ref": "#/components/schemas/CustomerPut"}, validate_formats=True
+    )
+    assert asserting_formats.is_valid({"currency": "ZAR", "email": email})
+
+
 # --- failures --------------------------------------------------------------------------------------
 
 
@@ -677,6 +692,23 @@ def test_create_charge_and_read_over_real_http() -> None:
                 {name.lower(): value for name, value in response.headers.items()},
                 response.json(),
             )
+
+
+def test_the_local_front_answers_a_method_no_route_takes_with_its_404() -> None:
+    """Found by test_api_contract_fuzz.py: http.server answered HEAD, OPTIONS, TRACE and any other
+    method without a do_* of its own with a 501 (an HTML page), where API Gateway answers 404."""
+    route = Route("GET", "/customers/{ref}", "ledger_api", lambda _: {"statusCode": 200, "body": "{}"})
+    with LocalHttpApi([route]) as front, httpx.Client(base_url=front.url, trust_env=False) as client:
+        for method in ("HEAD", "OPTIONS", "TRACE", "DELETE", "PROPFIND"):
+            answer = client.request(method, "/customers/UCR1")
+            assert answer.status_code == 404, (method, answer.text)
+            if method != "HEAD":
+                assert answer.json()["status"] == 404
+        head = client.head("/customers/UCR1")
+        # No body follows a HEAD answer, so the next answer on the connection is read cleanly.
+        assert (head.status_code, head.content) == (404, b"")
+        assert int(head.headers["content-length"]) > 0
+        assert client.get("/customers/UCR1").status_code == 200
 
 
 def _problem_slugs_in_the_code() -> set[str]:
