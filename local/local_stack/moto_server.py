@@ -1,9 +1,10 @@
-"""moto's server on loopback, one request at a time.
+"""moto's server on loopback, one request at a time, with TransactWriteItems that copies only what it
+touches (`moto_transactions`).
 
-moto's backend is not thread-safe for transactions: a cancelled TransactWriteItems restores a deep copy
-of every table it touched, so a PutItem served on another thread meanwhile would be lost. DynamoDB
-itself never loses an acknowledged write, so the local stack serves moto's requests one at a time:
-clients still interleave between requests, which is where the races this project cares about live.
+moto's backend is not thread-safe: a transaction is a sequence of reads and writes with no lock, so a
+PutItem served on another thread in between would see (or be undone with) half a transaction.
+DynamoDB itself never shows one, so the local stack serves moto's requests one at a time: clients
+still interleave between requests, which is where the races this project cares about live.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import httpx
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
+
+from local_stack import moto_transactions
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -34,6 +37,7 @@ class SerialMotoServer(ThreadedMotoServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(ip_address=host, port=port, verbose=False)
         self._error: OSError | None = None
+        moto_transactions.install()  # moto runs in this process: its backends are this process's
 
     def _server_entry(self) -> None:
         app = one_request_at_a_time(DomainDispatcherApplication(create_backend_app))

@@ -70,9 +70,10 @@ class StreamReader:
     """Reads new records from every shard of a table's stream, in order within each shard.
 
     It keeps a checkpoint (the last sequence number read) per shard and asks for a fresh iterator
-    after it on every read, as Lambda's poller does. Holding on to iterators would lose records
-    under moto: a cancelled transaction restores a deep copy of each table it touched, stream shard
-    included, and an old iterator keeps reading the shard that was replaced.
+    after it on every read, as Lambda's poller does. Holding on to iterators would lose records under
+    moto's own TransactWriteItems: a cancelled transaction restores a deep copy of each table it
+    touched, stream shard included, and an old iterator keeps reading the shard that was replaced
+    (the local stack's `moto_transactions` no longer does, but nothing here depends on it).
     """
 
     def __init__(self, streams_client: Any, dynamodb_client: Any, table_name: str) -> None:

@@ -68,7 +68,9 @@ class ControlRoutes:
 
     def _faults(self, _request: Request) -> Response:
         faults = self._moment.faults
-        return json_response(200, {**faults.faults.to_json(), "seed": faults.seed, "injected": faults.injected()})
+        return json_response(
+            200, {**faults.faults.to_json(), "seed": faults.seed, "injected": faults.injected()}
+        )
 
     def _set_faults(self, request: Request) -> Response:
         changes = json_object(request.body)
