@@ -74,6 +74,10 @@ demo: venv ## Show the system working on this machine, no AWS account or Docker 
 local: venv ## The whole system on this machine until Ctrl-C: API :3000, Moment sandbox :4010, moto :5000
 	$(BIN)/python -m local_stack
 
+.PHONY: soak
+soak: venv ## 10,000 webhooks through the local stack under faults, then the verdict (SOAK_ARGS="--seed 7 --webhooks 2000")
+	$(BIN)/python -m soak $(SOAK_ARGS)
+
 .PHONY: bench
 bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json (BENCH_ARGS="--quick" or "--only receiver")
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -10,13 +10,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local_stack import moto_transactions
+from local_stack import moto_speedups
 from local_stack.made_up_values import LOCAL_AWS_ACCESS_KEY_ID, LOCAL_AWS_SECRET_ACCESS_KEY
 from local_stack.template import create_table
 
 # The local stack's moto copies only what a transaction touches; every test sees the same moto, in
-# whatever order the tests run (test_moto_transactions.py compares it with moto's own).
-moto_transactions.install()
+# whatever order the tests run (test_moto_speedups.py compares it with moto's own).
+moto_speedups.install()
 
 # Set before any client exists: moto needs these, and nothing must ever reach a real account.
 os.environ.update(

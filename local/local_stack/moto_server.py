@@ -1,5 +1,5 @@
 """moto's server on loopback, one request at a time, with TransactWriteItems that copies only what it
-touches (`moto_transactions`).
+touches (`moto_speedups`).
 
 moto's backend is not thread-safe: a transaction is a sequence of reads and writes with no lock, so a
 PutItem served on another thread in between would see (or be undone with) half a transaction.
@@ -18,7 +18,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from local_stack import moto_transactions
+from local_stack import moto_speedups
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -37,7 +37,7 @@ class SerialMotoServer(ThreadedMotoServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(ip_address=host, port=port, verbose=False)
         self._error: OSError | None = None
-        moto_transactions.install()  # moto runs in this process: its backends are this process's
+        moto_speedups.install()  # moto runs in this process: its backends are this process's
 
     def _server_entry(self) -> None:
         app = one_request_at_a_time(DomainDispatcherApplication(create_backend_app))

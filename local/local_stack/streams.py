@@ -73,7 +73,7 @@ class StreamReader:
     after it on every read, as Lambda's poller does. Holding on to iterators would lose records under
     moto's own TransactWriteItems: a cancelled transaction restores a deep copy of each table it
     touched, stream shard included, and an old iterator keeps reading the shard that was replaced
-    (the local stack's `moto_transactions` no longer does, but nothing here depends on it).
+    (the local stack's `moto_speedups` no longer does, but nothing here depends on it).
     """
 
     def __init__(self, streams_client: Any, dynamodb_client: Any, table_name: str) -> None:

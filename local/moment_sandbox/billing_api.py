@@ -3,7 +3,8 @@
 Owns the order in which a request meets Moment's rules: injected latency and faults first (so a
 429/500 changes nothing and spends no idempotency key), then the Bearer key (401), the route
 (404/405), the `Idempotency-Key` on a POST (400 without one; the first answer, errors included, is
-replayed), then the body's own rules; last, an injected timeout holds back the answer. The path parameter is a Moment id or an external_reference.
+replayed), then the body's own rules; last, an injected timeout holds back the answer. The path
+parameter is a Moment id or an external_reference.
 """
 
 from __future__ import annotations

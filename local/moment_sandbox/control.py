@@ -5,7 +5,7 @@
 | `POST /_sandbox/payments` | A payment at Moment and its signed webhook (201; the body: `payments.py`) |
 | `GET /_sandbox/state` | `{"customers", "accounts", "deliveries"}`, objects in Moment's own shape |
 | `POST /_sandbox/reset` | Forget customers, accounts, idempotency keys, deliveries (not settings, faults) |
-| `GET`/`POST /_sandbox/faults` | `fail_429_rate`, `fail_500_rate`, `timeout_rate`, `timeout_ms`, `latency_ms`; `seed` restarts the draws; `injected` counts (read only) |
+| `GET`/`POST /_sandbox/faults` | Fault settings (`faults.py`); `seed` restarts draws; GET adds `injected` |
 | `GET`/`POST /_sandbox/settings` | `webhook_url`, `webhook_secrets`, `applies_payments` |
 | `POST /_sandbox/wait` | Wait (`{"timeout_seconds": 10}`) until every webhook is delivered or given up |
 

@@ -2,9 +2,7 @@
 sandbox, the HTTP front, the stream event source and the scheduler, with the handlers unchanged.
 
 - the demo's month (`make demo` plays it both ways Moment may treat a balance; here the default);
-- a random month (seeded; the seed is printed) with faults on both sides: the sandbox answers a share
-  of the pusher's calls 429/500, and DynamoDB throttles a few of the functions' writes; at the end,
-  invariants 1-5 of DESIGN.md;
+  the soak (test_soak.py) is the random month with faults on every side;
 - the pusher's races, each forced deterministically (they were bugs this file found);
 - the stream event source's semantics (filter, batch size, partial failures, bisection, retries, the
   on-failure destination), against scripted responses;
@@ -17,34 +15,26 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
-import pytest
 from botocore.exceptions import ClientError
 
 from local_stack import demo
 from local_stack.event_source import MappingSettings, StreamEventSource
 from local_stack.functions import Invocation
-from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
 from local_stack.sample_events import EVENTS, env_file, function_folder
-from local_stack.stack import LocalSettings, RunningStack, running_stack, scheduled_functions
+from local_stack.stack import LocalSettings, running_stack, scheduled_functions
 from local_stack.template import ROOT
 from moment_sandbox import Faults, SandboxSettings
-from support.webhooks import sign
-
-SEED = int(os.environ.get("LOCAL_STACK_SEED") or random.SystemRandom().randrange(1_000_000))
-FINAL = {"applied", "duplicate", "ignored", "parked"}
 
 
 def quick_settings(**changes: Any) -> LocalSettings:
@@ -60,23 +50,6 @@ def quick_settings(**changes: Any) -> LocalSettings:
         sandbox=SandboxSettings(webhook_base_delay_seconds=0.05, webhook_max_attempts=10),
     )
     return replace(settings, **changes)
-
-
-def send_signed(api: httpx.Client, webhook_id: str, body: bytes, secret: str = LOCAL_WEBHOOK_SECRET) -> int:
-    """Deliver a webhook as Moment does: signed afresh on every attempt, retried while the answer is 5xx."""
-    for _ in range(20):
-        timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": webhook_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, webhook_id, timestamp, body),
-        }
-        status = api.post("/webhooks/moment", content=body, headers=headers).status_code
-        if status < 500:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"{webhook_id} still answered {status} after 20 attempts")
 
 
 def call(request: Any, *args: Any, **kwargs: Any) -> httpx.Response:
@@ -114,323 +87,6 @@ def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
         "UCR2001-GYM": 25000,
         "UCR2001-POOL": 0,
     }
-
-
-# --- a random month with faults -------------------------------------------------------------------
-
-
-class Throttles:
-    """A few DynamoDB throttles on the functions' own client (botocore event hooks), as a busy table
-    answers once the SDK's retries are spent."""
-
-    CODES: ClassVar[dict[str, str]] = {
-        "PutItem": "ProvisionedThroughputExceededException",
-        "UpdateItem": "ProvisionedThroughputExceededException",
-        "TransactWriteItems": "TransactionCanceledException",
-    }
-
-    def __init__(self, rng: random.Random, rate: float, budget: int) -> None:
-        self._rng = rng
-        self._rate = rate
-        self.left = dict.fromkeys(self.CODES, budget)
-        self.first = {"TransactWriteItems"}  # the first payment transaction always fails
-        self.injected: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def attach(self, client: Any) -> None:
-        for operation in self.CODES:
-            client.meta.events.register(f"before-parameter-build.dynamodb.{operation}", self._maybe_throttle)
-
-    def stop(self) -> None:
-        """No more random throttles (the first payment's still fails if it has not run yet)."""
-        with self._lock:
-            self.left = dict.fromkeys(self.CODES, 0)
-
-    def _maybe_throttle(self, model: Any, params: dict[str, Any], **_: Any) -> None:
-        operation = model.name
-        with self._lock:
-            if operation in self.first and _is_payment(params):
-                self.first.discard(operation)
-            elif self.left[operation] > 0 and self._rng.random() < self._rate:
-                self.left[operation] -= 1
-            else:
-                return
-            self.injected[operation] += 1
-        error: dict[str, Any] = {"Error": {"Code": self.CODES[operation], "Message": "injected throttle"}}
-        if operation == "TransactWriteItems":
-            error["CancellationReasons"] = [{"Code": "ThrottlingError"}] + [
-                {"Code": "None"} for _ in params.get("TransactItems", [])[1:]
-            ]
-        raise ClientError(error, operation)
-
-
-def _is_payment(params: dict[str, Any]) -> bool:
-    first = params.get("TransactItems", [{}])[0]
-    return str(first.get("Put", {}).get("Item", {}).get("entry_id", {}).get("S", "")).startswith("payment:")
-
-
-@dataclass
-class Month:
-    """What the test did, to check what the system made of it."""
-
-    on_moment: dict[str, str] = field(default_factory=dict)  # ref -> "customer"/"account"
-    payments: dict[str, tuple[str, str, int]] = field(
-        default_factory=dict
-    )  # application id -> (kind, ref, amount)
-    unknown_payments: set[str] = field(default_factory=set)
-    sent_bodies: dict[str, bytes] = field(default_factory=dict)  # webhook id -> body (valid ones)
-    webhooks_of: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # application -> ids
-    ignored: set[str] = field(default_factory=set)
-    forged: set[str] = field(default_factory=set)
-
-
-@pytest.mark.parametrize("applies_payments", [True, False], ids=["moment-lowers", "moment-keeps"])
-def test_a_random_month_with_faults_on_both_sides_keeps_every_invariant(applies_payments: bool) -> None:
-    seed = SEED * 2 + int(applies_payments)
-    print(f"seed {seed} (LOCAL_STACK_SEED={SEED} reruns this)")
-    rng = random.Random(seed)
-    settings = quick_settings(
-        push_interval_seconds=0.5,
-        redrive_interval_seconds=3.0,
-        sandbox=SandboxSettings(
-            applies_payments=applies_payments,
-            webhook_base_delay_seconds=0.05,
-            webhook_max_attempts=10,
-            faults=Faults(fail_429_rate=0.04, fail_500_rate=0.02),
-            seed=seed,
-        ),
-    )
-    month = Month()
-    with running_stack(settings, notify=lambda line: print(f"stack: {line}")) as stack:
-        from moment_sync import runtime
-
-        throttles = Throttles(rng, rate=0.1, budget=3)
-        throttles.attach(runtime.aws_client("dynamodb"))  # the client every function uses
-        with (
-            httpx.Client(base_url=stack.api_url, timeout=60, trust_env=False) as api,
-            httpx.Client(base_url=stack.sandbox_url, timeout=60, trust_env=False) as moment,
-        ):
-            started = time.monotonic()
-            families = _open_the_books(api, rng)
-            print(f"books opened after {time.monotonic() - started:.1f}s")
-            _wait_until_on_moment(moment, month, expected=_all_refs(api_refs=families), timeout=20)
-            print(f"on Moment after {time.monotonic() - started:.1f}s")
-            _play_the_month(api, moment, rng, month, families)
-            print(f"month played after {time.monotonic() - started:.1f}s")
-            # Quiet: no more faults; the system catches up by itself (pushes and the stream).
-            stack.sandbox.set_faults(fail_429_rate=0.0, fail_500_rate=0.0)
-            throttles.stop()
-            _settle(stack)
-            print(f"settled after {time.monotonic() - started:.1f}s")
-        print(f"injected throttles: {dict(throttles.injected)}; stream: {vars(stack.stream.stats)}")
-        _assert_invariants(stack, month)
-    assert throttles.injected["TransactWriteItems"] >= 1 and stack.stream.stats.batch_item_failures >= 1
-
-
-MEMBERS = [f"M{number:02d}" for number in range(4)]
-OPENED_FIRST = {"F0": ["F0-A", "F0-B"], "F1": ["F1-A"]}  # F1-B is opened during the month
-
-
-def _all_refs(api_refs: dict[str, list[str]]) -> dict[str, str]:
-    refs = dict.fromkeys(MEMBERS, "customer")
-    for family in api_refs:
-        refs[family] = "customer"
-        refs.update(dict.fromkeys(OPENED_FIRST[family], "account"))
-    return refs
-
-
-def _open_the_books(api: httpx.Client, rng: random.Random) -> dict[str, list[str]]:
-    for ref in MEMBERS:
-        call(api.put, f"/customers/{ref}", json={"currency": "ZAR", "name": f"Member {ref}"})
-        _charges(api, rng, "customer", ref)
-    families = {f"F{number}": [f"F{number}-A", f"F{number}-B"] for number in range(2)}
-    for family in families:
-        call(api.put, f"/customers/{family}", json={"currency": "ZAR", "balance_model": "accounts"})
-        for account in OPENED_FIRST[family]:  # F0: two new accounts of a new customer in one push run
-            call(api.put, f"/accounts/{account}", json={"customer_ref": family, "currency": "ZAR"})
-            _charges(api, rng, "account", account)
-    return families
-
-
-def _charges(api: httpx.Client, rng: random.Random, kind: str, ref: str, count: int | None = None) -> None:
-    for _ in range(count if count is not None else rng.randint(1, 3)):
-        charge_id = f"C{rng.randrange(10**9)}"
-        call(
-            api.post, f"/{kind}s/{ref}/charges", json={"id": charge_id, "amount": rng.randint(1_000, 60_000)}
-        )
-
-
-def _wait_until_on_moment(
-    moment: httpx.Client, month: Month, expected: dict[str, str], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = moment.get("/_sandbox/state").json()
-        for kind in ("customer", "account"):
-            for item in state[f"{kind}s"]:
-                month.on_moment[item["external_reference"]] = kind
-        if set(expected) <= set(month.on_moment):
-            return
-        assert time.monotonic() < deadline, f"never created on Moment: {set(expected) - set(month.on_moment)}"
-        time.sleep(0.2)
-
-
-def _play_the_month(
-    api: httpx.Client,
-    moment: httpx.Client,
-    rng: random.Random,
-    month: Month,
-    families: dict[str, list[str]],
-) -> None:
-    for family, accounts in families.items():  # a family opens another account, while all else goes on
-        for account in accounts[len(OPENED_FIRST[family]) :]:
-            call(api.put, f"/accounts/{account}", json={"customer_ref": family, "currency": "ZAR"})
-            _charges(api, rng, "account", account)
-    paid: list[dict[str, Any]] = []
-    for step in range(22):
-        state = moment.get("/_sandbox/state").json()
-        payable = [
-            (kind, item["external_reference"])
-            for kind in ("customer", "account")
-            for item in state[f"{kind}s"]
-            if item["balance"] is not None
-        ]
-        roll = rng.random()
-        if roll < 0.6 or not paid:
-            kind, ref = rng.choice(payable)
-            amount = rng.randint(100, 30_000)
-            order = {kind: ref, "amount": amount, "duplicates": rng.choice([0, 0, 1, 2])}
-            response = moment.post("/_sandbox/payments", json=order)
-            response.raise_for_status()
-            payment = response.json()
-            paid.append(payment)
-            month.payments[payment["application_id"]] = (kind, ref, amount)
-            month.webhooks_of[payment["application_id"]].append(payment["webhook_id"])
-            month.sent_bodies[payment["webhook_id"]] = json.dumps(payment["event"]).encode()
-        elif roll < 0.72:  # Moment sends a payment again under a new message id
-            payment = rng.choice(paid)
-            webhook_id = f"msg_again_{step}"
-            body = json.dumps(payment["event"]).encode()
-            assert send_signed(api, webhook_id, body) == 200
-            month.webhooks_of[payment["application_id"]].append(webhook_id)
-            month.sent_bodies[webhook_id] = body
-        elif roll < 0.84:
-            kind, ref = rng.choice(payable)
-            _charges(api, rng, kind, ref, count=1)
-        elif roll < 0.9:  # someone Moment knows and the merchant never opened
-            response = moment.post(
-                "/_sandbox/payments", json={"unknown_customer_id": f"bcus_stranger{step}", "amount": 500}
-            )
-            response.raise_for_status()
-            payment = response.json()
-            month.unknown_payments.add(payment["application_id"])
-            month.webhooks_of[payment["application_id"]].append(payment["webhook_id"])
-            month.sent_bodies[payment["webhook_id"]] = json.dumps(payment["event"]).encode()
-        elif roll < 0.95:
-            webhook_id, body = f"msg_forged_{step}", json.dumps(rng.choice(paid)["event"]).encode()
-            assert send_signed(api, webhook_id, body, FORGER_WEBHOOK_SECRET) == 401
-            month.forged.add(webhook_id)
-        else:
-            webhook_id = f"msg_other_{step}"
-            body = json.dumps({"id": f"evt_other_{step}", "type": "bill.updated", "data": {}}).encode()
-            assert send_signed(api, webhook_id, body) == 200
-            month.ignored.add(webhook_id)
-            month.sent_bodies[webhook_id] = body
-        time.sleep(rng.random() * 0.05)  # let the pushes, the deliveries and the stream interleave
-
-
-def _settle(stack: RunningStack) -> None:
-    """Quiet: every delivery made and the stream drained; then the re-drive and the pusher run, as their
-    schedules would, until neither has anything left to do."""
-    assert stack.wait_until_quiet(30), "the sandbox or the stream never went quiet"
-    stack.scheduler.stop()  # from here the test runs the schedules itself, so nothing moves while it looks
-    for _ in range(10):
-        redrive = stack.redrive_now(grace_seconds=0)
-        assert not redrive.failed, redrive.error
-        assert stack.wait_until_quiet(10)
-        push = stack.push_now()
-        assert not push.failed, push.error
-        assert stack.wait_until_quiet(10)
-        if not push.response["results"] and set(redrive.response["outcomes"]) <= {"parked:unmatched"}:
-            return
-    raise AssertionError("the re-drive and the pusher never ran out of work")
-
-
-def _scan(stack: RunningStack, table: str) -> list[dict[str, Any]]:
-    from moment_sync.adapters.dynamo_items import from_item
-
-    client = stack.client("dynamodb")
-    items: list[dict[str, Any]] = []
-    for page in client.get_paginator("scan").paginate(TableName=stack.names[table], ConsistentRead=True):
-        items.extend(from_item(item) for item in page["Items"])
-    return items
-
-
-def _assert_invariants(stack: RunningStack, month: Month) -> None:  # noqa: C901, PLR0912 -- five invariants, in order
-    events = {item["webhook_id"]: item for item in _scan(stack, "WebhookEventsTable")}
-    ledger = _scan(stack, "LedgerTable")
-    state = stack.sandbox.state()
-
-    # 1. Every valid webhook is stored, once, verbatim; every delivery was acknowledged; forged ones
-    #    changed nothing.
-    assert all(delivery["outcome"] == "delivered" for delivery in state["deliveries"]), state["deliveries"]
-    assert set(events) == set(month.sent_bodies)
-    for webhook_id, body in month.sent_bodies.items():
-        assert bytes(events[webhook_id]["body"]) == body, webhook_id
-    assert not month.forged & set(events)
-
-    # 2. Each Moment application changed one balance, once.
-    entries_by_application: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for item in ledger:
-        if item["sk"].startswith("ENTRY#payment:"):
-            entries_by_application[item["sk"].removeprefix("ENTRY#payment:")].append(
-                (item["pk"], item["amount"])
-            )
-    for application_id, (kind, ref, amount) in month.payments.items():
-        assert entries_by_application[application_id] == [(f"{kind.upper()}#{ref}", -amount)], application_id
-    assert set(entries_by_application) == set(month.payments)
-
-    # 3. balance = the sum of its entries.
-    sums: Counter[str] = Counter()
-    heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
-    for item in ledger:
-        if item["sk"].startswith("ENTRY#"):
-            sums[item["pk"]] += item["amount"]
-    for pk, head in heads.items():
-        if "balance" in head:
-            assert head["balance"] == sums[pk], pk
-
-    # 4. Once quiet, Moment's balance is the ledger's, for every balance (all pushed, none pending).
-    at_moment = {
-        (kind, item["external_reference"]): item["balance"]
-        for kind in ("customer", "account")
-        for item in state[f"{kind}s"]
-    }
-    for pk, head in heads.items():
-        if "balance" not in head:
-            continue
-        kind = head["kind"]
-        assert "push_shard" not in head, f"{pk} still pending: {head}"
-        assert at_moment.get((kind, head["ref"])) == head["balance"], (
-            f"{pk}: Moment {at_moment.get((kind, head['ref']))}"
-        )
-
-    # 5. Every event is final: one application applied, its other webhooks duplicates, strangers parked.
-    for event in events.values():
-        assert event["status"] in FINAL, event
-        if event["status"] == "parked":
-            assert event.get("reason"), event
-    for application_id, webhook_ids in month.webhooks_of.items():
-        statuses = sorted(events[webhook_id]["status"] for webhook_id in webhook_ids)
-        if application_id in month.unknown_payments:
-            assert {events[w].get("reason") for w in webhook_ids} == {"unmatched"}
-        else:
-            assert statuses == ["applied"] + ["duplicate"] * (len(webhook_ids) - 1), (
-                application_id,
-                statuses,
-            )
-    for webhook_id in month.ignored:
-        assert events[webhook_id]["status"] == "ignored"
 
 
 # --- the pusher's races, one at a time ---------------------------------------------------------------
@@ -679,6 +335,11 @@ def test_a_record_that_keeps_failing_ends_in_the_failure_queue_and_the_redrive_a
         assert report["outcomes"] == {"applied": 1}
         assert api.get(f"/events/{paid['webhook_id']}").json()["status"] == "applied"
         assert api.get("/customers/UCR7").json()["balance"] == 3500
+
+
+def _is_payment(params: dict[str, Any]) -> bool:
+    first = params.get("TransactItems", [{}])[0]
+    return str(first.get("Put", {}).get("Item", {}).get("entry_id", {}).get("S", "")).startswith("payment:")
 
 
 # --- events/ and env.json -------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""The local stack's TransactWriteItems (`local_stack.moto_transactions`) against moto's own: the same
-transactions, in the same order, on the same table, leave the same items, the same stream records and
-the same answers (success, or the error code, message and cancellation reasons)."""
+"""The local stack's moto methods (`local_stack.moto_speedups`) against moto's own.
+
+- TransactWriteItems: the same transactions, in the same order, on the same table, leave the same
+  items, the same stream records and the same answers (success, or the error code, message and
+  cancellation reasons);
+- Table.all_items: the same items in the same order, for string and number keys, with and without a
+  sort key."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
 
-from local_stack import moto_transactions
+from local_stack import moto_speedups
 
 TABLE = "Things"
 ACCOUNT, REGION = "123456789012", "af-south-1"
@@ -24,7 +28,7 @@ def run(
     transactions: list[list[dict[str, Any]]], ours: bool, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     """What the transactions come to, under moto's method or ours."""
-    method = moto_transactions.transact_write_items if ours else moto_transactions.MOTO_TRANSACT_WRITE_ITEMS
+    method = moto_speedups.transact_write_items if ours else moto_speedups.MOTO_TRANSACT_WRITE_ITEMS
     with monkeypatch.context() as patch, mock_aws():
         patch.setattr(DynamoDBBackend, "transact_write_items", method)
         client = boto3.client("dynamodb", region_name=REGION)
@@ -197,7 +201,7 @@ def test_a_transaction_costs_the_same_however_big_the_table(monkeypatch: pytest.
         copied.append(type(value))
         return deepcopy(value, *args)
 
-    monkeypatch.setattr(moto_transactions.copy, "deepcopy", watching)
+    monkeypatch.setattr(moto_speedups.copy, "deepcopy", watching)
     transactions = [
         [put("k1"), update("k0", "ADD n :one", **ONE)],
         [put("k1", condition="attribute_not_exists(pk)")],
@@ -207,3 +211,30 @@ def test_a_transaction_costs_the_same_however_big_the_table(monkeypatch: pytest.
     copied.clear()
     run(transactions, ours=True, monkeypatch=monkeypatch)
     assert copied and "Table" not in {kind.__name__ for kind in copied}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    key_type=st.sampled_from(["S", "N"]),
+    keys=st.lists(st.tuples(st.integers(0, 30), st.integers(-50, 50)), max_size=40, unique=True),
+    range_key=st.booleans(),
+)
+def test_all_items_comes_in_moto_s_order(key_type: str, keys: list[tuple[int, int]], range_key: bool) -> None:
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+    from moto.dynamodb.models.table import Table
+
+    table = Table.__new__(Table)  # only what all_items reads: the items and whether there is a sort key
+    table.range_key_attr = "sk" if range_key else None
+    table.items = {}  # type: ignore[assignment]
+
+    def value(number: int) -> DynamoType:
+        return DynamoType({key_type: str(number) if key_type == "N" else f"v{number:+04d}"})
+
+    for hash_number, range_number in keys:
+        hash_value, range_value = value(hash_number), value(range_number)
+        if range_key:
+            table.items.setdefault(hash_value, {})[range_value] = Item(hash_value, range_value, {})  # type: ignore[attr-defined]
+        else:
+            table.items[hash_value] = Item(hash_value, None, {})  # type: ignore[assignment]
+    expected = moto_speedups.MOTO_ALL_ITEMS(table)
+    assert [id(item) for item in moto_speedups.all_items(table)] == [id(item) for item in expected]

@@ -1,20 +1,24 @@
-"""moto's TransactWriteItems without its copy of every table a transaction touches.
+"""Two of moto's DynamoDB methods, made fast enough for a soak of 10,000 webhooks, each doing what
+moto's own does.
 
-moto (5.2) backs up each table a transaction names with `copy.deepcopy` (every item and every stream
-record) before it starts, and puts the copy back if the transaction is cancelled. So one
-transaction costs time in proportion to the whole table: a soak of 10,000 webhooks, one transaction
-per payment on two tables that grow with every webhook, slows to a crawl. A cancelled transaction
-also swaps the table object.
+TransactWriteItems. moto (5.2) backs up each table a transaction names with `copy.deepcopy` (every
+item and every stream record) before it starts, and puts the copy back if the transaction is
+cancelled. So one transaction costs time in proportion to the whole table, and a cancelled one
+swaps the table object. `transact_write_items` below is moto's own, step for step (the same checks
+in the same order, the same writes through moto's put/update/delete, the same errors), with an undo
+log instead of the copies: before each write it keeps a copy of the one item it is about to change
+and, the first time it writes to a table, the length of that table's stream; a cancelled
+transaction puts those items back and cuts the streams back. One deliberate difference: moto leaves
+the writes before an action that names two operations in place; this undoes them, as DynamoDB
+writes nothing.
 
-`transact_write_items` below is moto's own, step for step (the same checks, in the same order, the
-same writes through moto's put/update/delete, the same errors), with an undo log instead of the
-copies: before each write it keeps a copy of the one item it is about to change and, the first time
-it writes to a table, the length of that table's stream. A cancelled transaction puts those items
-back and cuts the streams back to those lengths. One deliberate difference: moto leaves the writes
-before an action that names two operations in place; this undoes them, as DynamoDB writes nothing.
+Table.all_items, which every Query and Scan starts from, sorts the whole table by its keys on each
+call, comparing moto's DynamoType objects in Python (0.28 s for 20,000 items here). `all_items`
+below sorts on the keys' plain values instead, which is the same order (a table's keys are all of
+one type, and DynamoType compares by that value).
 
-`tests/integration/test_moto_transactions.py` runs the same transactions through moto's method and
-this one and compares the items, the stream records and the answers.
+`tests/integration/test_moto_speedups.py` runs the same requests through moto's methods and these,
+and compares the items, the stream records, the orders and the answers.
 """
 
 from __future__ import annotations
@@ -32,15 +36,26 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import Item
+from moto.dynamodb.models.table import Table
 
 MOTO_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
+MOTO_ALL_ITEMS = Table.all_items
 Error = tuple[str | None, str | None, Any]
 NO_ERROR: Error = (None, None, None)
 
 
 def install() -> None:
-    """Use this TransactWriteItems in every moto DynamoDB backend of this process (idempotent)."""
+    """Use these methods in every moto DynamoDB backend of this process (idempotent)."""
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    Table.all_items = all_items  # type: ignore[method-assign]
+
+
+def all_items(self: Table) -> list[Item]:
+    if self.range_key_attr:
+        items = [item for by_range in self.items.values() for item in by_range.values()]
+        return sorted(items, key=lambda item: (item.hash_key.cast_value, item.range_key.cast_value))
+    return sorted(self.items.values(), key=lambda item: item.hash_key.cast_value)  # type: ignore[arg-type]
 
 
 def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
@@ -109,17 +124,33 @@ def _key(backend: DynamoDBBackend, op_type: str, op: dict[str, Any]) -> dict[str
 
 def _write(backend: DynamoDBBackend, op_type: str, op: dict[str, Any], key: dict[str, Any]) -> None:
     """Through moto's own methods, with the arguments moto's loop gives them."""
-    arguments = {
-        "condition_expression": op.get("ConditionExpression"),
-        "expression_attribute_names": op.get("ExpressionAttributeNames"),
-        "expression_attribute_values": op.get("ExpressionAttributeValues"),
-    }
+    condition = op.get("ConditionExpression")
+    names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
     if op_type == "Put":
-        backend.put_item(op["TableName"], op["Item"], **arguments)
+        backend.put_item(
+            op["TableName"],
+            op["Item"],
+            condition_expression=condition,
+            expression_attribute_names=names,
+            expression_attribute_values=values,
+        )
     elif op_type == "Delete":
-        backend.delete_item(op["TableName"], key, **arguments)
+        backend.delete_item(
+            op["TableName"],
+            key,
+            condition_expression=condition,
+            expression_attribute_names=names,
+            expression_attribute_values=values,
+        )
     else:
-        backend.update_item(op["TableName"], key, update_expression=op["UpdateExpression"], **arguments)
+        backend.update_item(
+            op["TableName"],
+            key,
+            update_expression=op["UpdateExpression"],
+            condition_expression=condition,
+            expression_attribute_names=names,  # type: ignore[arg-type]  # moto's own loop passes None too
+            expression_attribute_values=values,  # type: ignore[arg-type]
+        )
 
 
 class _Undo:

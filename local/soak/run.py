@@ -1,0 +1,368 @@
+"""The soak's phases, against a local stack of its own (free ports):
+
+1. open the books: the merchant creates every customer and first account with a charge each, and the
+   scheduled pusher creates them on Moment;
+2. traffic under faults: Moment's payments and webhooks (with duplicates, out of order, forged and
+   stale ones) and the merchant's requests, at once, while the pusher and the re-drive run on their
+   schedules and every fault is on;
+3. quiet: the faults stop, every delivery and request finishes, the stream drains, and the re-drive
+   and the pusher run until neither has anything left to do (what AWS's schedules would do next);
+4. the verdict, and the summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
+from local_stack.stack import PUSHER, RECONCILER, LocalSettings, RunningStack, running_stack
+from moment_sandbox import SandboxSettings
+from soak.faults import KINDS, FaultRates, FunctionFaults
+from soak.traffic import Deliveries, Delivery, Merchant, Moment, Sent, event_body, made_up_signature
+from soak.verdict import Verdict, judge
+from soak.workload import (
+    Again,
+    Forged,
+    OtherEvent,
+    Pay,
+    PayStranger,
+    Stale,
+    WebhookStep,
+    Workload,
+    draw_workload,
+)
+
+Say = Callable[[str], None]
+MOMENT_TIMEOUT_MS = 1_500  # the sandbox's late answers, past the read timeout the soak gives the functions
+MOMENT_READ_TIMEOUT_SECONDS = "1"
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    seed: int
+    webhooks: int = 10_000
+    balances: int | None = None  # None: workload.default_balances(webhooks)
+    applies_payments: bool = True  # how the sandbox treats a payment (both are Moment's behaviour)
+    rates: FaultRates = field(default_factory=FaultRates)
+    delivery_workers: int = 4
+    push_interval_seconds: float = 2.0
+    redrive_interval_seconds: float = 5.0
+    progress_every: int = 1_000  # webhooks between progress lines
+
+
+@dataclass
+class SoakResult:
+    settings: SoakSettings
+    workload: Workload
+    sent: Sent
+    verdict: Verdict
+    faults: dict[str, int]
+    seconds: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok and self.sent.deliveries == self.settings.webhooks
+
+    @property
+    def rejected(self) -> int:
+        return sum(count for status, count in self.sent.rejected_answers.items() if 400 <= status < 500)
+
+    def summary(self) -> str:
+        verdict = self.verdict
+        return (
+            f"soak: {self.sent.deliveries} webhooks, {self.sent.duplicates} duplicates, "
+            f"{self.rejected} rejected, {sum(self.faults.values())} faults injected, "
+            f"{verdict.lost} lost, {verdict.double_applied} double-applied, "
+            f"balances agree: {'yes' if verdict.balances_agree else 'no'}"
+        )
+
+
+def stack_settings(settings: SoakSettings) -> LocalSettings:
+    return LocalSettings(
+        api_port=0,
+        sandbox_port=0,
+        aws_port=0,
+        push_interval_seconds=settings.push_interval_seconds,
+        redrive_interval_seconds=settings.redrive_interval_seconds,
+        stream_retry_delay_seconds=0.02,
+        stream_batching_window_seconds=0.2,
+        # The functions give up on a Moment answer after 1 s, so an injected timeout costs 1 s, not 10.
+        parameter_overrides={"MomentReadTimeoutSeconds": MOMENT_READ_TIMEOUT_SECONDS},
+        sandbox=SandboxSettings(applies_payments=settings.applies_payments, seed=settings.seed),
+    )
+
+
+def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
+    workload = draw_workload(settings.seed, settings.webhooks, settings.balances)
+    books = workload.books
+    say(
+        f"soak: seed {settings.seed}; {settings.webhooks} webhooks ({workload.counts}); "
+        f"{len(books.customers)} customers, {len(books.opened) + len(books.late)} balances; "
+        f"Moment {'lowers' if settings.applies_payments else 'keeps'} a balance when paid"
+    )
+    sent = Sent()
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    with running_stack(stack_settings(settings)) as stack:
+        stack.sandbox.configure(webhook_url=None)  # the soak delivers Moment's webhooks itself
+        faults = _inject(stack, settings)
+        moment = Moment(stack.sandbox_url)
+        try:
+            merchant = Merchant(stack.api_url, sent)
+            merchant.open_books(books.customers, books.opened, workload.opening_charges)
+            _wait_until_on_moment(
+                moment, {(b.kind, b.ref) for b in books.opened}, timeout=60 + len(books.opened)
+            )
+            seconds["open the books"] = time.monotonic() - started
+
+            faults.start()
+            rates = settings.rates
+            moment.set_faults(
+                fail_429_rate=rates.moment_429,
+                fail_500_rate=rates.moment_500,
+                timeout_rate=rates.moment_timeout,
+                timeout_ms=MOMENT_TIMEOUT_MS,
+                seed=settings.seed,
+            )
+            _traffic(stack, workload, moment, merchant, sent, settings, say)
+            seconds["traffic"] = time.monotonic() - started - sum(seconds.values())
+
+            faults.stop()
+            moment.set_faults(fail_429_rate=0.0, fail_500_rate=0.0, timeout_rate=0.0)
+            _settle(stack)
+            seconds["quiet"] = time.monotonic() - started - sum(seconds.values())
+            injected = {**{kind: faults.injected[kind] for kind in KINDS}, **_moment_faults(moment)}
+            verdict = judge(
+                _scan(stack, "WebhookEventsTable"), _scan(stack, "LedgerTable"), moment.refresh(), sent
+            )
+            seconds["verdict"] = time.monotonic() - started - sum(seconds.values())
+        finally:
+            moment.close()
+    return SoakResult(settings, workload, sent, verdict, injected, seconds)
+
+
+def _inject(stack: RunningStack, settings: SoakSettings) -> FunctionFaults:
+    from moment_sync import runtime  # noqa: PLC0415 -- as the functions import it, inside the stack
+
+    faults = FunctionFaults(settings.seed, settings.rates)
+    faults.attach_to_dynamodb(runtime.aws_client("dynamodb"))  # the client every function uses
+    handlers = stack.functions.handlers
+    handlers[RECONCILER] = faults.crashing_reconciler(handlers[RECONCILER])
+    handlers[PUSHER] = faults.budget_cut_pusher(handlers[PUSHER], PUSHER)
+    return faults
+
+
+def _moment_faults(moment: Moment) -> dict[str, int]:
+    injected = moment.faults()["injected"]
+    return {
+        "Moment 429": injected["429"],
+        "Moment 500": injected["500"],
+        "Moment timeout": injected["timeout"],
+    }
+
+
+def _wait_until_on_moment(moment: Moment, expected: set[tuple[str, str]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not expected <= moment.on_moment:
+        if time.monotonic() > deadline:
+            missing = sorted(expected - moment.on_moment)
+            raise RuntimeError(f"the pusher never created {len(missing)} balances on Moment: {missing[:5]}")
+        time.sleep(0.2)
+        moment.refresh()
+
+
+@dataclass
+class _Message:
+    webhook_id: str
+    body: bytes
+    application_id: str | None  # None: not a payment
+
+
+class _Traffic:
+    """Turns the workload's webhook steps into deliveries, remembering each message to repeat or imitate."""
+
+    def __init__(self, moment: Moment, deliveries: Deliveries, sent: Sent) -> None:
+        self.moment = moment
+        self.deliveries = deliveries
+        self.sent = sent
+        self.messages: dict[int, _Message] = {}
+        self.made_up = 0
+
+    def deliver(self, step: WebhookStep) -> None:
+        if isinstance(step, Pay | PayStranger | OtherEvent):
+            message = self._first(step)
+            self.messages[step.number] = message
+            self._send_valid(message.webhook_id, message.body, message.application_id, step)
+        elif isinstance(step, Again):
+            self._again(step)
+        else:
+            self._not_from_moment(step)
+
+    def _first(self, step: Pay | PayStranger | OtherEvent) -> _Message:
+        if isinstance(step, OtherEvent):
+            event = {
+                "id": f"evt_soak_other_{step.number}",
+                "type": "bill.updated",
+                "data": {"id": f"bill_{step.number}"},
+            }
+            return _Message(f"msg_soak_other_{step.number}", event_body(event), None)
+        if isinstance(step, PayStranger):
+            payment = self.moment.pay(
+                {"unknown_customer_id": f"bcus_soakstranger{step.number:07d}", "amount": step.amount}
+            )
+            with self.sent.lock:
+                self.sent.strangers.add(payment["application_id"])
+        else:
+            target = (
+                step.target if (step.target.kind, step.target.ref) in self.moment.on_moment else step.fallback
+            )
+            payment = self.moment.pay({target.kind: target.ref, "amount": step.amount})
+            with self.sent.lock:
+                self.sent.payments[payment["application_id"]] = (target.kind, target.ref, step.amount)
+        return _Message(payment["webhook_id"], event_body(payment["event"]), payment["application_id"])
+
+    def _send_valid(
+        self, webhook_id: str, body: bytes, application_id: str | None, step: WebhookStep
+    ) -> None:
+        with self.sent.lock:
+            self.sent.deliveries += 1
+            self.sent.bodies[webhook_id] = body
+            if application_id is None:
+                self.sent.ignored.add(webhook_id)
+            elif webhook_id not in self.sent.messages_of[application_id]:
+                self.sent.messages_of[application_id].append(webhook_id)
+        self.deliveries.send(Delivery(webhook_id, body, LOCAL_WEBHOOK_SECRET, valid=True))
+
+    def _again(self, step: Again) -> None:
+        original = self.messages[step.number]
+        with self.sent.lock:
+            self.sent.duplicates += 1
+        if step.same_message:
+            self._send_valid(original.webhook_id, original.body, original.application_id, step)
+        else:  # Moment sends the same event under a new message id
+            self.made_up += 1
+            self._send_valid(
+                f"{original.webhook_id}_re{self.made_up}", original.body, original.application_id, step
+            )
+
+    def _not_from_moment(self, step: Forged | Stale) -> None:
+        original = self.messages[step.number]
+        self.made_up += 1
+        fresh_id = f"msg_soak_{type(step).__name__.lower()}_{self.made_up}"
+        if isinstance(step, Forged) and step.how == "wrong-secret":
+            delivery = Delivery(fresh_id, original.body, FORGER_WEBHOOK_SECRET, valid=False)
+        elif isinstance(step, Forged) and step.how == "tampered-body":
+            tampered = _tampered(original.body)
+            delivery = Delivery(
+                original.webhook_id, original.body, LOCAL_WEBHOOK_SECRET, False, body_sent=tampered
+            )
+        elif isinstance(step, Forged):
+            delivery = Delivery(
+                fresh_id, original.body, LOCAL_WEBHOOK_SECRET, False, signature=made_up_signature()
+            )
+        elif step.how == "replayed":
+            delivery = Delivery(
+                original.webhook_id, original.body, LOCAL_WEBHOOK_SECRET, False, step.seconds_off
+            )
+        else:  # a payment never made, correctly signed, outside the window
+            never_made, body = _never_made(original.body, self.made_up)
+            delivery = Delivery(fresh_id, body, LOCAL_WEBHOOK_SECRET, False, step.seconds_off)
+            if never_made:
+                with self.sent.lock:
+                    self.sent.never_made.add(never_made)
+        with self.sent.lock:
+            self.sent.deliveries += 1
+            if delivery.webhook_id == fresh_id:
+                self.sent.rejected_ids.add(fresh_id)
+        self.deliveries.send(delivery)
+
+
+def _tampered(body: bytes) -> bytes:
+    event = json.loads(body)
+    data = event.setdefault("data", {})
+    data["amount"] = int(data.get("amount") or 1) * 10
+    return json.dumps(event).encode()
+
+
+def _never_made(body: bytes, number: int) -> tuple[str | None, bytes]:
+    event = json.loads(body)
+    if not isinstance(event.get("data"), dict) or "amount" not in event["data"]:
+        return None, body
+    application_id = f"ob_soaknevermade{number:08d}"
+    event["id"] = f"evt_soaknevermade{number:08d}"
+    event["data"]["id"] = application_id
+    return application_id, json.dumps(event).encode()
+
+
+def _traffic(
+    stack: RunningStack,
+    workload: Workload,
+    moment: Moment,
+    merchant: Merchant,
+    sent: Sent,
+    settings: SoakSettings,
+    say: Say,
+) -> None:
+    deliveries = Deliveries(stack.api_url, sent, workers=settings.delivery_workers)
+    traffic = _Traffic(moment, deliveries, sent)
+    started = time.monotonic()
+    next_progress = settings.progress_every
+    try:
+        for step in workload.steps:
+            if isinstance(step, Pay | PayStranger | OtherEvent | Again | Forged | Stale):
+                traffic.deliver(step)
+            else:
+                merchant.ask(step)
+            if sent.deliveries >= next_progress:
+                next_progress += settings.progress_every
+                moment.refresh()
+                say(_progress(stack, sent, time.monotonic() - started))
+            elif sent.deliveries % 50 == 0:
+                moment.refresh()  # late accounts become payable once the pusher has created them
+    finally:
+        deliveries.close()
+        merchant.close()
+
+
+def _progress(stack: RunningStack, sent: Sent, elapsed: float) -> str:
+    stats = stack.stream.stats
+    return (
+        f"soak: {sent.deliveries} webhooks sent in {elapsed:.0f} s; reconciler invoked "
+        f"{stack.functions.counts.get(RECONCILER, 0)} times "
+        f"({stats.batch_item_failures} batch item failures); "
+        f"pusher runs {stack.functions.counts.get(PUSHER, 0)}"
+    )
+
+
+def _settle(stack: RunningStack) -> None:
+    """Every delivery made and the stream drained; then the re-drive and the pusher run, as their
+    schedules would, until neither has anything left to do."""
+    if not stack.wait_until_quiet(120):
+        raise RuntimeError("the stream never drained")
+    stack.scheduler.stop()  # from here the soak runs the schedules itself, so nothing moves while it looks
+    for _ in range(20):
+        redrive = stack.redrive_now(grace_seconds=0)
+        if redrive.failed:
+            raise RuntimeError(f"the re-drive failed with every fault off: {redrive.error}")
+        stack.wait_until_quiet(60)
+        push = stack.push_now()
+        if push.failed:
+            raise RuntimeError(f"the pusher failed with every fault off: {push.error}")
+        stack.wait_until_quiet(60)
+        if not push.response["results"] and set(redrive.response["outcomes"]) <= {"parked:unmatched"}:
+            return
+    raise RuntimeError("the re-drive and the pusher never ran out of work")
+
+
+def _scan(stack: RunningStack, table: str) -> list[dict[str, Any]]:
+    from moment_sync.adapters.dynamo_items import from_item  # noqa: PLC0415
+
+    client = stack.client("dynamodb")
+    items: list[dict[str, Any]] = []
+    for page in client.get_paginator("scan").paginate(TableName=stack.names[table], ConsistentRead=True):
+        items.extend(from_item(item) for item in page["Items"])
+    return items

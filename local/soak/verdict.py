@@ -1,0 +1,199 @@
+"""What the tables and Moment hold once everything is quiet, against what was sent: invariants 1-5 of
+DESIGN.md, counted rather than asserted, so the soak can say how much went wrong, not only that
+something did.
+
+- lost: a valid webhook never stored (or never acknowledged), a payment with no entry, a charge the
+  ledger API acknowledged with no entry;
+- double-applied: a payment with more than one entry, or an entry for a payment no one made (a
+  forged or stale webhook that got through), or an entry of a kind nobody asked for;
+- balances agree: every balance is the sum of its entries, none is still waiting to be pushed, and
+  Moment holds the ledger's balance for each.
+Every other broken rule (a forged webhook stored, an event left unfinished) is a problem too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from soak.traffic import Sent
+
+FINAL = {"applied", "duplicate", "ignored", "parked"}
+MAX_LISTED = 10  # problems of one kind listed in full; the rest are counted
+
+
+@dataclass
+class Verdict:
+    lost: int = 0
+    double_applied: int = 0
+    balances_agree: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.lost and not self.double_applied and self.balances_agree
+
+    def problem(self, kind: str, details: list[str]) -> None:
+        if details:
+            shown = "; ".join(details[:MAX_LISTED])
+            more = f" (and {len(details) - MAX_LISTED} more)" if len(details) > MAX_LISTED else ""
+            self.problems.append(f"{kind}: {len(details)}: {shown}{more}")
+
+
+def judge(
+    events: list[dict[str, Any]], ledger: list[dict[str, Any]], moment: dict[str, Any], sent: Sent
+) -> Verdict:
+    """`events` and `ledger`: every item of WebhookEvents and Ledger (plain Python values);
+    `moment`: the sandbox's state."""
+    verdict = Verdict()
+    stored = {item["webhook_id"]: item for item in events}
+    _webhooks(verdict, stored, sent)
+    _payments(verdict, ledger, sent)
+    _merchant_entries(verdict, ledger, sent)
+    _balances(verdict, ledger, moment)
+    _statuses(verdict, stored, sent)
+    return verdict
+
+
+def _webhooks(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -> None:
+    """1. Every valid webhook stored once, verbatim, and acknowledged; nothing forged or stale stored."""
+    missing = sorted(set(sent.bodies) - set(stored))
+    unacknowledged = sorted(set(sent.undelivered))
+    verdict.lost += len(missing) + len(set(unacknowledged) - set(missing))
+    verdict.problem("valid webhooks not stored", missing)
+    verdict.problem("valid webhooks never acknowledged with 200", unacknowledged)
+    altered = [
+        webhook_id
+        for webhook_id, body in sent.bodies.items()
+        if webhook_id in stored and bytes(stored[webhook_id]["body"]) != body
+    ]
+    verdict.problem("webhooks stored with another body than Moment signed", sorted(altered))
+    verdict.problem("forged or stale webhooks stored", sorted(sent.rejected_ids & set(stored)))
+    unknown = sorted(set(stored) - set(sent.bodies))
+    verdict.problem("webhooks stored that nobody sent validly", unknown)
+    let_in = {status: count for status, count in sent.rejected_answers.items() if not 400 <= status < 500}
+    if let_in:
+        verdict.problems.append(f"forged or stale webhooks not refused with a 4xx: {let_in}")
+
+
+def _payments(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent) -> None:
+    """2. Each Moment application changed one balance, by its amount, once."""
+    entries: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for item in ledger:
+        if item["sk"].startswith("ENTRY#payment:"):
+            entries[item["sk"].removeprefix("ENTRY#payment:")].append((item["pk"], int(item["amount"])))
+    lost, twice, wrong = [], [], []
+    for application_id, (kind, ref, amount) in sent.payments.items():
+        found = entries.get(application_id, [])
+        if not found:
+            lost.append(application_id)
+        elif len(found) > 1:
+            twice.append(f"{application_id} {found}")
+        elif found != [(f"{kind.upper()}#{ref}", -amount)]:
+            wrong.append(f"{application_id}: {found}, expected {kind} {ref} -{amount}")
+    never_made = sorted(set(entries) - set(sent.payments))
+    verdict.lost += len(lost)
+    verdict.double_applied += len(twice) + len(never_made)
+    verdict.problem("payments never applied", lost)
+    verdict.problem("payments applied more than once", twice)
+    verdict.problem("payments applied to the wrong balance or amount", wrong)
+    verdict.problem("entries for payments no one made", never_made)
+
+
+def _merchant_entries(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent) -> None:
+    """Charges: one entry per acknowledged charge id, of its amount; balance sets: at most one entry per
+    acknowledged set; no other kind of entry."""
+    charges: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    balance_sets: Counter[tuple[str, str]] = Counter()
+    strange = []
+    for item in ledger:
+        if not item["sk"].startswith("ENTRY#") or item["sk"].startswith("ENTRY#payment:"):
+            continue
+        kind, _, ref = item["pk"].partition("#")
+        key = (kind.lower(), ref)
+        entry_kind, _, source = item["sk"].removeprefix("ENTRY#").partition(":")
+        if entry_kind == "charge":
+            charges[key][source] = int(item["amount"])
+        elif entry_kind == "balance_set":
+            balance_sets[key] += 1
+        else:
+            strange.append(f"{item['pk']} {item['sk']}")
+    lost = [
+        f"{kind} {ref} {charge_id}"
+        for (kind, ref), sent_charges in sent.charges.items()
+        for charge_id, amount in sent_charges.items()
+        if charges.get((kind, ref), {}).get(charge_id) != amount
+    ]
+    unasked = [
+        f"{kind} {ref} {charge_id}"
+        for (kind, ref), found in charges.items()
+        for charge_id in found
+        if charge_id not in sent.charges.get((kind, ref), {})
+    ]
+    too_many_sets = [
+        f"{kind} {ref}: {count} entries, {sent.balance_sets[(kind, ref)]} sets"
+        for (kind, ref), count in balance_sets.items()
+        if count > sent.balance_sets[(kind, ref)]
+    ]
+    verdict.lost += len(lost)
+    verdict.double_applied += len(unasked) + len(too_many_sets) + len(strange)
+    verdict.problem("acknowledged charges missing or of another amount", lost)
+    verdict.problem("charge entries nobody acknowledged", unasked)
+    verdict.problem("more balance-set entries than sets", too_many_sets)
+    verdict.problem("entries of a kind nobody asked for", strange)
+    verdict.problem("merchant requests that failed", list(sent.merchant_failures))
+
+
+def _balances(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, Any]) -> None:
+    """3. balance = the sum of its entries; 4. once quiet, nothing pending and Moment holds the ledger's
+    balance."""
+    sums: Counter[str] = Counter()
+    for item in ledger:
+        if item["sk"].startswith("ENTRY#"):
+            sums[item["pk"]] += int(item["amount"])
+    at_moment = {
+        (kind, item["external_reference"]): item["balance"]
+        for kind in ("customer", "account")
+        for item in moment[f"{kind}s"]
+    }
+    off_sum, pending, disagree = [], [], []
+    for head in (item for item in ledger if item["sk"] == "HEAD" and "balance" in item):
+        pk, balance = head["pk"], int(head["balance"])
+        if balance != sums[head["pk"]]:
+            off_sum.append(f"{pk}: {balance}, entries sum to {sums[pk]}")
+        if "push_shard" in head:
+            pending.append(pk)
+        if at_moment.get((head["kind"], head["ref"])) != balance:
+            disagree.append(f"{pk}: ledger {balance}, Moment {at_moment.get((head['kind'], head['ref']))}")
+    verdict.balances_agree = not (off_sum or pending or disagree)
+    verdict.problem("balances that are not the sum of their entries", off_sum)
+    verdict.problem("balances still waiting to be pushed", pending)
+    verdict.problem("balances Moment holds differently", disagree)
+
+
+def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -> None:
+    """5. Every event final: one webhook of each application applied, the others duplicates,
+    strangers parked unmatched, other types ignored."""
+    unfinished = [
+        f"{webhook_id} {item.get('status')}"
+        for webhook_id, item in stored.items()
+        if item.get("status") not in FINAL
+    ]
+    verdict.problem("events not final", sorted(unfinished))
+    wrong = []
+    for application_id, webhook_ids in sent.messages_of.items():
+        found = [stored[webhook_id] for webhook_id in webhook_ids if webhook_id in stored]
+        if application_id in sent.strangers:
+            if {(item.get("status"), item.get("reason")) for item in found} != {("parked", "unmatched")}:
+                wrong.append(f"{application_id} (nobody's): {[item.get('status') for item in found]}")
+            continue
+        statuses = sorted(str(item.get("status")) for item in found)
+        if statuses != ["applied"] + ["duplicate"] * (len(found) - 1):
+            wrong.append(f"{application_id}: {statuses}")
+    wrong += [
+        f"{webhook_id}: {stored[webhook_id].get('status')}"
+        for webhook_id in sent.ignored
+        if webhook_id in stored and stored[webhook_id].get("status") != "ignored"
+    ]
+    verdict.problem("events whose status is not what their webhooks call for", wrong)

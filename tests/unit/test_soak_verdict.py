@@ -1,0 +1,122 @@
+"""The soak's verdict finds each way money can go wrong: a test of the checker, so a green soak means
+something. Each case starts from a quiet, correct end state and breaks one thing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from soak.traffic import Sent
+from soak.verdict import judge
+
+BODY = b'{"id": "evt_1", "type": "obligation.amount_applied"}'
+
+
+def correct_end() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Sent]:
+    """S1 was charged 5000 and paid 1200 (two deliveries of one application); Moment agrees."""
+    sent = Sent()
+    sent.bodies = {"msg_1": BODY, "msg_1_re": BODY}
+    sent.payments = {"ob_1": ("customer", "S1", 1200)}
+    sent.messages_of["ob_1"] = ["msg_1", "msg_1_re"]
+    sent.charges[("customer", "S1")]["C1"] = 5000
+    sent.rejected_ids = {"msg_forged"}
+    sent.rejected_answers[401] = 1
+    events = [
+        {"webhook_id": "msg_1", "body": BODY, "status": "applied"},
+        {"webhook_id": "msg_1_re", "body": BODY, "status": "duplicate"},
+    ]
+    ledger = [
+        {"pk": "CUSTOMER#S1", "sk": "HEAD", "kind": "customer", "ref": "S1", "balance": 3800, "version": 2},
+        {"pk": "CUSTOMER#S1", "sk": "ENTRY#charge:C1", "amount": 5000},
+        {"pk": "CUSTOMER#S1", "sk": "ENTRY#payment:ob_1", "amount": -1200},
+    ]
+    moment = {"customers": [{"external_reference": "S1", "balance": 3800}], "accounts": []}
+    return events, ledger, moment, sent
+
+
+Breakage = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Sent], None]
+
+
+def test_the_correct_end_passes() -> None:
+    verdict = judge(*correct_end())
+    assert verdict.ok and verdict.problems == [] and verdict.balances_agree
+
+
+def _lose_the_payment(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    ledger[:] = [item for item in ledger if "payment" not in item["sk"]]
+    ledger[0]["balance"] = 5000
+    moment["customers"][0]["balance"] = 5000
+
+
+def _apply_it_twice(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    ledger.append({"pk": "CUSTOMER#S2", "sk": "ENTRY#payment:ob_1", "amount": -1200})
+
+
+def _apply_a_forgery(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    ledger.append({"pk": "CUSTOMER#S1", "sk": "ENTRY#payment:ob_forged", "amount": -99})
+    ledger[0]["balance"] -= 99
+    moment["customers"][0]["balance"] -= 99
+
+
+def _store_a_forgery(events: list[dict[str, Any]], *_: Any) -> None:
+    events.append({"webhook_id": "msg_forged", "body": b"{}", "status": "parked", "reason": "invalid"})
+
+
+def _drop_a_webhook(events: list[dict[str, Any]], *_: Any) -> None:
+    del events[1]
+
+
+def _lose_a_charge(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    sent.charges[("customer", "S1")]["C2"] = 700
+
+
+def _disagree_with_moment(events: Any, ledger: Any, moment: dict[str, Any], sent: Sent) -> None:
+    moment["customers"][0]["balance"] = 5000
+
+
+def _leave_it_pending(events: Any, ledger: list[dict[str, Any]], *_: Any) -> None:
+    ledger[0]["push_shard"] = "push#3"
+
+
+def _break_the_sum(events: Any, ledger: list[dict[str, Any]], moment: dict[str, Any], sent: Sent) -> None:
+    ledger[0]["balance"] = 3000
+    moment["customers"][0]["balance"] = 3000
+
+
+def _leave_an_event_unfinished(events: list[dict[str, Any]], *_: Any) -> None:
+    events[1]["status"] = "received"
+
+
+def _let_a_forgery_in(events: Any, ledger: Any, moment: Any, sent: Sent) -> None:
+    sent.rejected_answers[200] = 1
+
+
+@pytest.mark.parametrize(
+    ("breakage", "lost", "double_applied", "balances_agree"),
+    [
+        (_lose_the_payment, 1, 0, True),
+        (_apply_it_twice, 0, 1, True),
+        (_apply_a_forgery, 0, 1, True),
+        (_store_a_forgery, 0, 0, True),
+        (_drop_a_webhook, 1, 0, True),
+        (_lose_a_charge, 1, 0, True),
+        (_disagree_with_moment, 0, 0, False),
+        (_leave_it_pending, 0, 0, False),
+        (_break_the_sum, 0, 0, False),
+        (_leave_an_event_unfinished, 0, 0, True),
+        (_let_a_forgery_in, 0, 0, True),
+    ],
+)
+def test_each_breakage_fails_the_verdict(
+    breakage: Breakage, lost: int, double_applied: int, balances_agree: bool
+) -> None:
+    events, ledger, moment, sent = correct_end()  # a new one each time
+    breakage(events, ledger, moment, sent)
+    verdict = judge(events, ledger, moment, sent)
+    assert not verdict.ok and verdict.problems, verdict
+    assert (verdict.lost, verdict.double_applied, verdict.balances_agree) == (
+        lost,
+        double_applied,
+        balances_agree,
+    )
