@@ -1,4 +1,5 @@
-"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched)."""
+"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched).
+Invoked with `{"ignore_backoff": true}` (an operator), it tries every unmatched event now."""
 
 import os
 from dataclasses import asdict
@@ -24,6 +25,7 @@ def lambda_handler(
         now=dependencies.clock,
         grace_seconds=int(os.environ.get("REDRIVE_GRACE_SECONDS", "600")),
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
+        back_off=event.get("ignore_backoff") is not True,
     )
     logger.info("re-drive finished", extra=asdict(report))
     return asdict(report)

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from moment_sync.ledger.model import BalanceKind
 from moment_sync.reconciliation import ParkReason
-from moment_sync.redrive import redrive, redrive_stuck
+from moment_sync.redrive import MAX_BACKOFF_SECONDS, RedriveReport, redrive, redrive_stuck
 from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
 
@@ -310,6 +310,44 @@ def test_scheduled_redrive_links_unmatched_ids_from_moment_and_finishes_stream_m
     assert harness.head(second)["balance"] == -300
     assert harness.event("msg_nobody")["redrive_attempts"] == 2
     harness.assert_balances_equal_their_entries()
+
+
+def test_scheduled_redrive_backs_off_from_a_payment_that_stays_unmatched(dynamodb: Any) -> None:
+    """Tried `grace` after it was parked, then 2x, 4x... later, never less often than every 6 hours; an
+    operator's re-drive tries it at once."""
+    now = [NOW]
+    harness = LedgerHarness(dynamodb, clock=lambda: now[0])
+    harness.receive("msg_nobody", payment("ob_3", 300, customer_id="bcus_nobody"))
+    harness.invoke(harness.next_batch())  # parked unmatched at NOW (try 1)
+    directory = FakeMomentDirectory({})
+
+    def scheduled(back_off: bool = True) -> RedriveReport:
+        return redrive_stuck(
+            events=harness.events,
+            ledger=harness.ledger,
+            directory=directory,
+            now=harness.clock,
+            grace_seconds=600,
+            back_off=back_off,
+        )
+
+    tried_at = []
+    for _ in range(24 * 12):  # a day of runs, every 5 minutes
+        now[0] += 300
+        report = scheduled()
+        assert report.examined + report.not_due <= 1
+        if report.examined:
+            tried_at.append(now[0] - NOW)
+    gaps = [later - earlier for earlier, later in zip([0, *tried_at], tried_at, strict=False)]
+    # The first run that finds it in the index (received more than the grace ago), then backing off.
+    assert gaps[:6] == [900, 1200, 2400, 4800, 9600, 19200]
+    assert gaps[6:] == [MAX_BACKOFF_SECONDS] * 2
+    assert directory.lookups == ["bcus_nobody"] * len(gaps)  # one call to Moment per try, no more
+    assert harness.event("msg_nobody")["redrive_attempts"] == len(gaps) + 1
+
+    now[0] += 60  # not due for hours; the operator's re-drive tries it anyway
+    assert scheduled().not_due == 1
+    assert scheduled(back_off=False).examined == 1
 
 
 def test_redrive_stops_before_its_time_runs_out(harness: LedgerHarness) -> None:

@@ -264,6 +264,7 @@ def _redrive(
             directory=None,
             now=time.time,
             grace_seconds=arguments.grace_minutes * 60,
+            back_off=False,  # an operator asked for it now
         )
     elif arguments.reason:
         report = redrive(

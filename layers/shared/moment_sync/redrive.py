@@ -5,13 +5,20 @@ or any other miss) and events parked `unmatched`, through the sparse `Unfinished
 table scan), and reconciles them again with the same function the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
 has that reference. Safe to run at any time: applying a payment is idempotent.
+
+The scheduled re-drive backs off from a payment that stays unmatched: it is tried `grace` after it
+was first parked, then twice as long after each try that left it unmatched, at most every
+MAX_BACKOFF_SECONDS. Without that, every payment for someone the merchant never opened would cost a
+call to Moment and a write on every run, forever. An operator's re-drive (by id, by reason, or the
+function invoked with `{"ignore_backoff": true}`) tries them all at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
@@ -20,6 +27,8 @@ from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciler import Reconciled, reconcile_event
 from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
+
+MAX_BACKOFF_SECONDS = 6 * 3600
 
 
 class MomentDirectory(Protocol):
@@ -37,6 +46,8 @@ class RedriveReport:
     linked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stopped_early: bool = False
+    # Unmatched events left for a later run (backing off); not counted in `examined`.
+    not_due: int = 0
 
     def count(self, result: Reconciled) -> None:
         key = result.status.value + (f":{result.reason.value}" if result.reason else "")
@@ -51,8 +62,10 @@ def redrive_stuck(
     now: Callable[[], float],
     grace_seconds: int,
     time_left: Callable[[], float] = lambda: float("inf"),
+    back_off: bool = True,
 ) -> RedriveReport:
-    """Every event received more than `grace_seconds` ago that is still unfinished."""
+    """Every event received more than `grace_seconds` ago that is still unfinished (with `back_off`,
+    an unmatched one only when its next try is due)."""
     return redrive(
         events.unfinished_ids(now() - grace_seconds),
         events=events,
@@ -60,7 +73,17 @@ def redrive_stuck(
         directory=directory,
         now=now,
         time_left=time_left,
+        backoff_from_seconds=grace_seconds if back_off else None,
     )
+
+
+def unmatched_retry_due(event: dict[str, Any], backoff_from_seconds: float) -> float:
+    """When an event parked unmatched is next worth a try (Unix seconds): `backoff_from_seconds` after
+    it was parked the first time, doubling with each try since, at most MAX_BACKOFF_SECONDS."""
+    tries = max(1, int(event.get("redrive_attempts") or 1))
+    parked_at = datetime.fromisoformat(str(event["resolved_at"]).replace("Z", "+00:00")).timestamp()
+    delay = backoff_from_seconds * float(2 ** min(tries - 1, 32))
+    return parked_at + min(delay, MAX_BACKOFF_SECONDS)
 
 
 def redrive(
@@ -72,8 +95,10 @@ def redrive(
     now: Callable[[], float],
     time_left: Callable[[], float] = lambda: float("inf"),
     min_seconds_left: float = 5.0,
+    backoff_from_seconds: float | None = None,
 ) -> RedriveReport:
-    """Reconcile the given events again (final ones are left alone); stop before the time runs out."""
+    """Reconcile the given events again (final ones are left alone); stop before the time runs out.
+    With `backoff_from_seconds`, an unmatched event is left alone until `unmatched_retry_due`."""
     report = RedriveReport()
     for webhook_id in webhook_ids:
         if time_left() < min_seconds_left:
@@ -82,12 +107,20 @@ def redrive(
         event = events.get(webhook_id)
         if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
             continue
+        unmatched = event.get("reason") == ParkReason.UNMATCHED
+        if (
+            unmatched
+            and backoff_from_seconds is not None
+            and unmatched_retry_due(event, backoff_from_seconds) > now()
+        ):
+            report.not_due += 1
+            continue
         report.examined += 1
         if event.get("status") == EventStatus.RECEIVED:
             report.found_received += 1
         logger.set_correlation_id(webhook_id)
         try:
-            if event.get("reason") == ParkReason.UNMATCHED and directory is not None:
+            if unmatched and directory is not None:
                 _link_from_moment(event, ledger=ledger, directory=directory, report=report)
             report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
         except Exception as error:  # one bad event must not stop the others
