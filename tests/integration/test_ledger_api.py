@@ -239,6 +239,34 @@ def test_set_balance_needs_the_version_it_was_computed_from(
     harness.assert_balances_equal_their_entries()
 
 
+def test_a_balance_set_sent_again_after_its_answer_was_lost_is_200_and_sets_nothing_more(
+    api: LedgerApi, customer: str, harness: LedgerHarness
+) -> None:
+    """PUT is idempotent: a set that committed but was answered 503 (its view could not be read) and
+    is sent again is 200, even though the balance has moved on; so a client never sets it twice."""
+    api.post(f"{customer}/charges", {"id": "c1", "amount": 1000})
+    lost = {"left": 1}
+
+    def throttle_the_view(**_: Any) -> None:
+        if lost["left"]:
+            lost["left"] -= 1
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "Query")
+
+    harness.dynamodb.meta.events.register("before-call.dynamodb.Query", throttle_the_view)
+    first = api.put(f"{customer}/balance", {"balance": 3000, "expected_version": 1})
+    assert (first.status, first.problem) == (503, "ledger-busy")  # committed, but the answer is lost
+    api.post(f"{customer}/charges", {"id": "c2", "amount": 500})  # and the balance moves on meanwhile
+
+    again = api.put(f"{customer}/balance", {"balance": 3000, "expected_version": 1})
+    assert (again.status, again.body["balance"], again.body["version"]) == (200, 3500, 3)
+    sets = [entry for entry in api.get(customer).body["entries"] if entry["kind"] == "balance_set"]
+    assert [entry["amount"] for entry in sets] == [2000]
+    # Another balance at that old version is not this request: stale, as before
+    other = api.put(f"{customer}/balance", {"balance": 9999, "expected_version": 1})
+    assert (other.status, other.problem, other.body["current_balance"]) == (409, "stale-version", 3500)
+    harness.assert_balances_equal_their_entries()
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 

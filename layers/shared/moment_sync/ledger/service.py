@@ -178,7 +178,7 @@ def set_balance(
     balance since `expected_version` (so a balance computed before a payment never erases it)."""
     head = _tracked_head(ledger, balance)
     if head["version"] != expected_version:
-        raise _stale(head)
+        return _replayed_or_stale(ledger, balance, head, new_balance, expected_version)
     difference = new_balance - head["balance"]
     if difference == 0:
         return read_balance(ledger, balance)
@@ -190,9 +190,25 @@ def set_balance(
     entry = Entry(EntryKind.BALANCE_SET, difference, f"v{expected_version + 1}", source, iso_time(now))
     result = ledger.apply_entry(balance, entry, head["currency"], expected_version=expected_version)
     if result.outcome is EntryOutcome.EXISTS:
-        raise _stale(ledger.get_head(balance) or head)
+        return _replayed_or_stale(
+            ledger, balance, ledger.get_head(balance) or head, new_balance, expected_version
+        )
     _raise_unless_applied(result, balance)
     return read_balance(ledger, balance)
+
+
+def _replayed_or_stale(
+    ledger: LedgerTable, balance: BalanceRef, head: dict[str, Any], new_balance: int, expected_version: int
+) -> dict[str, Any]:
+    """The balance is no longer at `expected_version`. If this very request moved it (its answer was
+    lost and the client sent it again), PUT is idempotent: the current view, 200. Otherwise 409."""
+    entry = ledger.get_entry(balance, f"{EntryKind.BALANCE_SET.value}:v{expected_version + 1}")
+    source = (entry or {}).get("source") or {}
+    if source.get("expected_version") == str(expected_version) and source.get("new_balance") == str(
+        new_balance
+    ):
+        return read_balance(ledger, balance)
+    raise _stale(head)
 
 
 def adjust(
