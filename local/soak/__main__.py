@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from local_stack.stack import function_output_to
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         applies_payments=not arguments.moment_keeps_balances,
     )
     started = time.monotonic()
+    # Powertools warns on stderr when an invocation (a crashed one, say) published no metric: noise here.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
     log = Path(os.environ.get("SOAK_FUNCTION_LOG") or FUNCTION_LOG)
     with function_output_to(log) as terminal:
 

@@ -39,6 +39,7 @@ from soak.workload import (
 Say = Callable[[str], None]
 MOMENT_TIMEOUT_MS = 1_500  # the sandbox's late answers, past the read timeout the soak gives the functions
 MOMENT_READ_TIMEOUT_SECONDS = "1"
+REFRESH_EVERY = 50  # webhooks between looks at which balances are on Moment
 
 
 @dataclass(frozen=True)
@@ -310,19 +311,19 @@ def _traffic(
     deliveries = Deliveries(stack.api_url, sent, workers=settings.delivery_workers)
     traffic = _Traffic(moment, deliveries, sent)
     started = time.monotonic()
-    next_progress = settings.progress_every
+    next_progress, next_refresh = settings.progress_every, REFRESH_EVERY
     try:
         for step in workload.steps:
             if isinstance(step, Pay | PayStranger | OtherEvent | Again | Forged | Stale):
                 traffic.deliver(step)
             else:
                 merchant.ask(step)
+            if sent.deliveries >= next_refresh:
+                next_refresh += REFRESH_EVERY
+                moment.refresh()  # late accounts become payable once the pusher has created them
             if sent.deliveries >= next_progress:
                 next_progress += settings.progress_every
-                moment.refresh()
                 say(_progress(stack, sent, time.monotonic() - started))
-            elif sent.deliveries % 50 == 0:
-                moment.refresh()  # late accounts become payable once the pusher has created them
     finally:
         deliveries.close()
         merchant.close()
