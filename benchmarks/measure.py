@@ -227,25 +227,39 @@ def _cold_once(
     python: str, subject: ColdSubject, environment: Mapping[str, str], scratch: Path
 ) -> dict[str, Any]:
     result_path = scratch / "cold.json"
+    completed = _run_cold_child(python, subject, environment, scratch, result_path, subject.first_call)
+    if completed.returncode != 0:
+        raise RuntimeError(f"cold start of {subject.name} failed:\n{completed.stderr[-4000:]}")
+    timings: dict[str, Any] = json.loads(result_path.read_text())
+    return timings
+
+
+def _run_cold_child(
+    python: str,
+    subject: ColdSubject,
+    environment: Mapping[str, str],
+    scratch: Path,
+    result_path: Path,
+    first_call: str,
+    extra_flags: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """One fresh interpreter importing the subject, as Lambda's runtime would, in `scratch` (not the
+    repository: its folders would be importable as namespace packages)."""
     child_env = dict(environment, **subject.environment)
     child_env["PYTHONPATH"] = os.pathsep.join(map(str, subject.pythonpath))
     if not subject.write_bytecode:
         child_env["PYTHONDONTWRITEBYTECODE"] = "1"
-    arguments = [str(result_path), subject.module, ",".join(subject.ready), subject.first_call, str(ROOT)]
-    completed = subprocess.run(  # noqa: S603 -- our interpreter, our code
-        [python, *subject.python_flags, "-c", _COLD_CHILD, *arguments],
+    arguments = [str(result_path), subject.module, ",".join(subject.ready), first_call, str(ROOT)]
+    return subprocess.run(  # noqa: S603 -- our interpreter, our code
+        [python, *subject.python_flags, *extra_flags, "-c", _COLD_CHILD, *arguments],
         env=child_env,
-        cwd=scratch,  # not the repository: its folders would be importable as namespace packages
+        cwd=scratch,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         timeout=60,
         check=False,
     )
-    if completed.returncode != 0:
-        raise RuntimeError(f"cold start of {subject.name} failed:\n{completed.stderr[-4000:]}")
-    timings: dict[str, Any] = json.loads(result_path.read_text())
-    return timings
 
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
@@ -280,20 +294,8 @@ class ImportBreakdown:
 def import_breakdown(python: str, subject: ColdSubject, environment: Mapping[str, str]) -> ImportBreakdown:
     """One `python -X importtime` start of the subject (its import and ready steps, no first call)."""
     with tempfile.TemporaryDirectory(prefix="bench-importtime-") as scratch:
-        child_env = dict(environment, **subject.environment)
-        child_env["PYTHONPATH"] = os.pathsep.join(map(str, subject.pythonpath))
-        if not subject.write_bytecode:
-            child_env["PYTHONDONTWRITEBYTECODE"] = "1"
-        arguments = [str(Path(scratch, "cold.json")), subject.module, ",".join(subject.ready), "", str(ROOT)]
-        completed = subprocess.run(  # noqa: S603 -- our interpreter, our code
-            [python, *subject.python_flags, "-X", "importtime", "-c", _COLD_CHILD, *arguments],
-            env=child_env,
-            cwd=scratch,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            check=False,
+        completed = _run_cold_child(
+            python, subject, environment, Path(scratch), Path(scratch, "cold.json"), "", ("-X", "importtime")
         )
     if completed.returncode != 0:
         raise RuntimeError(f"importtime of {subject.name} failed:\n{completed.stderr[-4000:]}")

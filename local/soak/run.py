@@ -197,7 +197,7 @@ class _Traffic:
         if isinstance(step, Pay | PayStranger | OtherEvent):
             message = self._first(step)
             self.messages[step.number] = message
-            self._send_valid(message.webhook_id, message.body, message.application_id, step)
+            self._send_valid(message.webhook_id, message.body, message.application_id)
         elif isinstance(step, Again):
             self._again(step)
         else:
@@ -226,9 +226,7 @@ class _Traffic:
                 self.sent.payments[payment["application_id"]] = (target.kind, target.ref, step.amount)
         return _Message(payment["webhook_id"], event_body(payment["event"]), payment["application_id"])
 
-    def _send_valid(
-        self, webhook_id: str, body: bytes, application_id: str | None, step: WebhookStep
-    ) -> None:
+    def _send_valid(self, webhook_id: str, body: bytes, application_id: str | None) -> None:
         with self.sent.lock:
             self.sent.deliveries += 1
             self.sent.bodies[webhook_id] = body
@@ -243,11 +241,11 @@ class _Traffic:
         with self.sent.lock:
             self.sent.duplicates += 1
         if step.same_message:
-            self._send_valid(original.webhook_id, original.body, original.application_id, step)
+            self._send_valid(original.webhook_id, original.body, original.application_id)
         else:  # Moment sends the same event under a new message id
             self.made_up += 1
             self._send_valid(
-                f"{original.webhook_id}_re{self.made_up}", original.body, original.application_id, step
+                f"{original.webhook_id}_re{self.made_up}", original.body, original.application_id
             )
 
     def _not_from_moment(self, step: Forged | Stale) -> None:
@@ -269,12 +267,9 @@ class _Traffic:
             delivery = Delivery(
                 original.webhook_id, original.body, LOCAL_WEBHOOK_SECRET, False, step.seconds_off
             )
-        else:  # a payment never made, correctly signed, outside the window
-            never_made, body = _never_made(original.body, self.made_up)
+        else:  # a payment never made (the verdict finds any entry for it), signed outside the window
+            body = _never_made(original.body, self.made_up)
             delivery = Delivery(fresh_id, body, LOCAL_WEBHOOK_SECRET, False, step.seconds_off)
-            if never_made:
-                with self.sent.lock:
-                    self.sent.never_made.add(never_made)
         with self.sent.lock:
             self.sent.deliveries += 1
             if delivery.webhook_id == fresh_id:
@@ -289,14 +284,14 @@ def _tampered(body: bytes) -> bytes:
     return json.dumps(event).encode()
 
 
-def _never_made(body: bytes, number: int) -> tuple[str | None, bytes]:
+def _never_made(body: bytes, number: int) -> bytes:
+    """A genuine payment's event as a payment no one made (a new application id); others as they are."""
     event = json.loads(body)
     if not isinstance(event.get("data"), dict) or "amount" not in event["data"]:
-        return None, body
-    application_id = f"ob_soaknevermade{number:08d}"
+        return body
     event["id"] = f"evt_soaknevermade{number:08d}"
-    event["data"]["id"] = application_id
-    return application_id, json.dumps(event).encode()
+    event["data"]["id"] = f"ob_soaknevermade{number:08d}"
+    return json.dumps(event).encode()
 
 
 def _traffic(

@@ -20,7 +20,6 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +47,6 @@ class Sent:
     ignored: set[str] = field(default_factory=set)  # webhook ids of events of another type
     rejected_ids: set[str] = field(default_factory=set)  # forged/stale deliveries under an id of their own
     rejected_answers: Counter[int] = field(default_factory=Counter)  # status -> forged/stale deliveries
-    never_made: set[str] = field(default_factory=set)  # application ids only forged/stale webhooks named
     deliveries: int = 0
     duplicates: int = 0
     undelivered: list[str] = field(default_factory=list)  # valid ids never acknowledged
@@ -281,6 +279,3 @@ class Moment:
 
 def event_body(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode()
-
-
-Say = Callable[[str], None]
