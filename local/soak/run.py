@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
@@ -40,6 +41,7 @@ Say = Callable[[str], None]
 MOMENT_TIMEOUT_MS = 1_500  # the sandbox's late answers, past the read timeout the soak gives the functions
 MOMENT_READ_TIMEOUT_SECONDS = "1"
 REFRESH_EVERY = 50  # webhooks between looks at which balances are on Moment
+SETTLE_SECONDS = 600  # a pushed balance backs off at most BACKOFF_BASE_SECONDS (60) after a few failures
 
 
 @dataclass(frozen=True)
@@ -336,11 +338,13 @@ def _progress(stack: RunningStack, sent: Sent, elapsed: float) -> str:
 
 def _settle(stack: RunningStack) -> None:
     """Every delivery made and the stream drained; then the re-drive and the pusher run, as their
-    schedules would, until neither has anything left to do."""
+    schedules would, until neither has anything left to do. A balance still pending but backing off
+    (its last push failed, or was deferred) is waited for, as the next scheduled run would be."""
     if not stack.wait_until_quiet(120):
         raise RuntimeError("the stream never drained")
     stack.scheduler.stop()  # from here the soak runs the schedules itself, so nothing moves while it looks
-    for _ in range(20):
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
         redrive = stack.redrive_now(grace_seconds=0)
         if redrive.failed:
             raise RuntimeError(f"the re-drive failed with every fault off: {redrive.error}")
@@ -349,9 +353,21 @@ def _settle(stack: RunningStack) -> None:
         if push.failed:
             raise RuntimeError(f"the pusher failed with every fault off: {push.error}")
         stack.wait_until_quiet(60)
-        if not push.response["results"] and set(redrive.response["outcomes"]) <= {"parked:unmatched"}:
+        if push.response["results"] or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
+            continue
+        backing_off = [
+            head.get("next_push_at") for head in _scan(stack, "LedgerTable") if "push_shard" in head
+        ]
+        if not backing_off:
             return
-    raise RuntimeError("the re-drive and the pusher never ran out of work")
+        time.sleep(min(max(_seconds_until(when) for when in backing_off), 5.0) + 0.1)
+    raise RuntimeError(f"the re-drive and the pusher still had work after {SETTLE_SECONDS} s of quiet")
+
+
+def _seconds_until(iso: Any) -> float:
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp() - time.time()
 
 
 def _scan(stack: RunningStack, table: str) -> list[dict[str, Any]]:

@@ -24,9 +24,9 @@ SHORT_RUN_RATES = FaultRates(
     transaction_conflict=0.06,
     reconciler_crash=0.4,
     pusher_cut_off=0.4,
-    moment_429=0.05,
-    moment_500=0.03,
-    moment_timeout=0.03,
+    moment_429=0.08,
+    moment_500=0.06,
+    moment_timeout=0.05,
     every_kind_at_least_once=True,
 )
 SUMMARY = re.compile(
@@ -38,7 +38,11 @@ SUMMARY = re.compile(
 def test_a_short_soak_under_every_fault_loses_nothing_and_applies_nothing_twice() -> None:
     print(f"seed {SEED} (SOAK_SEED={SEED} replays it)")
     lines: list[str] = []
-    settings = SoakSettings(seed=SEED, webhooks=300, rates=SHORT_RUN_RATES, progress_every=100)
+    # Pushes every 0.5 s: enough calls to Moment (a few hundred) that each of its faults is all but
+    # certain to happen (the function faults are forced at least once).
+    settings = SoakSettings(
+        seed=SEED, webhooks=300, rates=SHORT_RUN_RATES, progress_every=100, push_interval_seconds=0.5
+    )
     result = run_soak(settings, lines.append)
     report = "\n".join([*lines, *result.verdict.problems, str(result.faults), result.summary()])
     print(report)
