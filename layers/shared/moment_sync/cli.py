@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger import requests, service
-from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
 from moment_sync.ledger.service import LedgerProblem
 from moment_sync.observability import metrics
@@ -51,6 +51,7 @@ EVENT_FIELDS = (
     "entry_id",
     "balance_key",
     "duplicate_of",
+    "conflicts_with",
     "ignored_type",
     "received_at",
     "resolved_at",
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("verify", help="check that every balance equals the sum of its entries")
+    commands.add_parser(
+        "backfill-application-guards",
+        help="give payments applied before application guards existed theirs; exit 1 on a conflict",
+    )
 
     report = commands.add_parser(
         "reconcile-report",
@@ -180,6 +185,7 @@ def main(
             "balance": _balance,
             "redrive": _redrive,
             "verify": _verify,
+            "backfill-application-guards": _backfill_application_guards,
             "put-customer": _put_customer,
             "put-account": _put_account,
             "charge": _charge,
@@ -307,6 +313,41 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         )
         print(f"verify: {len(heads)} balances checked, {verdict}", file=out)
     return EXIT_FAILED if mismatches or orphans else EXIT_OK
+
+
+def _backfill_application_guards(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    """Invariant 2 for payments applied before the ledger-wide guard: write each one's guard (once;
+    safe to run again), and name any application id already applied to two balances or amounts."""
+    checked, conflicts = 0, []
+    for item in ledger.scan_all():
+        if not str(item["sk"]).startswith(f"{ENTRY_PREFIX}{EntryKind.PAYMENT.value}:"):
+            continue
+        checked += 1
+        applied = ledger.guard_applied_entry(item)
+        if applied is not None:
+            balance = BalanceRef.from_partition_key(item["pk"])
+            conflicts.append(
+                {
+                    "application_id": str(item["entry_id"]).partition(":")[2],
+                    "entry": f"{balance}: {-item['amount']} {item['currency']}",
+                    "guard": f"{applied.balance}: {applied.amount} {applied.currency}",
+                }
+            )
+    if arguments.json:
+        _print({"payments_checked": checked, "conflicts": conflicts}, True, out)
+    else:
+        for conflict in conflicts:
+            print(
+                f"CONFLICT {conflict['application_id']}: applied as {conflict['guard']} and as "
+                f"{conflict['entry']}",
+                file=out,
+            )
+        print(
+            f"backfill-application-guards: {checked} payments checked, {len(conflicts)} conflicts", file=out
+        )
+    return EXIT_FAILED if conflicts else EXIT_OK
 
 
 # --- changes (the ledger API's use cases) -----------------------------------------------------------

@@ -120,6 +120,17 @@ def _apply_payment(
     if result.outcome is PaymentOutcome.NOT_TRACKED:
         detail = f"{balance} is on the account-balance model and carries no balance of its own"
         return _park(events, webhook_id, Park(ParkReason.UNSUPPORTED, detail), now, log_fields)
+    if result.outcome is PaymentOutcome.APPLICATION_CONFLICT and result.applied_as is not None:
+        applied = result.applied_as
+        detail = (
+            f"application {payment.application_id} was applied to {applied.balance} as {applied.amount} "
+            f"{applied.currency} by webhook {applied.webhook_id}; this one names {balance} with "
+            f"{payment.amount} {payment.currency}"
+        )
+        park = Park(ParkReason.APPLICATION_CONFLICT, detail)
+        return _park(
+            events, webhook_id, park, now, log_fields, conflicts_with=applied.webhook_id or "unknown"
+        )
     detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
     return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
 
@@ -130,8 +141,9 @@ def _park(
     park: Park,
     now: Callable[[], float],
     log_fields: dict[str, Any] | None = None,
+    **fields: str,
 ) -> Reconciled:
-    changed = events.park(webhook_id, park.reason, park.detail, now())
+    changed = events.park(webhook_id, park.reason, park.detail, now(), **fields)
     logger.warning(
         "event parked", extra={**(log_fields or {}), "reason": park.reason.value, "detail": park.detail}
     )

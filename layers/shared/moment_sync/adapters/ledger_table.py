@@ -4,7 +4,10 @@
   pk `CUSTOMER#<ref>` or `ACCOUNT#<ref>`, sk `HEAD`;
 - one immutable entry per change, keyed by its source so a repeat is refused:
   the same pk, sk `ENTRY#<kind>:<source id>`;
-- a Moment id's link to its reference: pk `MOMENT#<bcus_…|bacc_…>`, sk `MOMENT`.
+- a Moment id's link to its reference: pk `MOMENT#<bcus_…|bacc_…>`, sk `MOMENT`;
+- a Moment application's guard, ledger-wide: pk `APPLICATION#<data.id>`, sk `APPLICATION`, holding
+  the balance, amount and currency it was applied as (entries are keyed per balance, so only this
+  stops one application from changing two balances).
 
 Entries are listed newest first through the local index `EntriesNewestFirst` (`entry_order`).
 A head whose version is ahead of what Moment has carries `push_shard` and `pending_since`, which
@@ -22,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry
+from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.reconciliation import EventStatus
 
 HEAD = "HEAD"
@@ -31,6 +34,8 @@ ENTRIES_INDEX = "EntriesNewestFirst"
 PENDING_INDEX = "PendingPush"
 LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
+APPLICATION_PREFIX = "APPLICATION#"
+APPLICATION = "APPLICATION"
 
 
 class TransientLedgerError(Exception):
@@ -47,15 +52,29 @@ class PaymentOutcome(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     NO_BALANCE = "no_balance"  # the mapping points at a balance that does not exist
     NOT_TRACKED = "not_tracked"  # a customer on the account-balance model carries no balance
+    # this application id is already applied to another balance, or as another amount or currency
+    APPLICATION_CONFLICT = "application_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedApplication:
+    """How a Moment application was applied: to which balance, as which amount and currency."""
+
+    balance: BalanceRef
+    amount: int  # as Moment sent it (positive), not the entry's signed amount
+    currency: str
+    webhook_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
     outcome: PaymentOutcome
     entry_id: str
-    # For a duplicate: the webhook whose delivery applied the entry first.
+    # For a duplicate or a conflict: the webhook whose delivery applied the entry first.
     applied_by_webhook: str | None = None
     balance_currency: str | None = None
+    # For a conflict: what the ledger already holds for this application id.
+    applied_as: AppliedApplication | None = None
 
 
 class EntryOutcome(StrEnum):
@@ -80,6 +99,29 @@ def mapping_key(moment_id: str) -> dict[str, Any]:
 
 def head_key(balance: BalanceRef) -> dict[str, Any]:
     return {"pk": {"S": balance.partition_key}, "sk": {"S": HEAD}}
+
+
+def application_key(application_id: str) -> dict[str, Any]:
+    return {"pk": {"S": APPLICATION_PREFIX + application_id}, "sk": {"S": APPLICATION}}
+
+
+def application_item(
+    balance: BalanceRef, entry: Entry, currency: str, webhook_id: str | None
+) -> dict[str, Any]:
+    """The guard of a payment entry. It carries none of the indexes' key attributes: in no index."""
+    return {
+        **application_key(entry.source_id),
+        **to_item(
+            {
+                "balance_pk": balance.partition_key,
+                "entry_id": entry.entry_id,
+                "amount": -entry.amount,
+                "currency": currency,
+                "webhook_id": webhook_id,
+                "created_at": entry.created_at,
+            }
+        ),
+    }
 
 
 def entry_item(
@@ -261,20 +303,38 @@ class LedgerTable:
                 }
             },
             {"Update": event_update},
+            # Invariant 2 ledger-wide: the entry above is keyed per balance, this guard per application.
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": application_item(balance, entry, currency, webhook_id),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
         ]
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
-            return self._explain_refused_payment(error, entry)
+            return self._explain_refused_payment(error, balance, entry, currency)
         return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id)
 
-    def _explain_refused_payment(self, error: ClientError, entry: Entry) -> PaymentResult:
+    def _explain_refused_payment(
+        self, error: ClientError, balance: BalanceRef, entry: Entry, currency: str
+    ) -> PaymentResult:
         reasons = error.response.get("CancellationReasons") or []
         codes = [reason.get("Code") for reason in reasons]
-        if len(codes) == 3 and codes[0] == "ConditionalCheckFailed":
+        if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
+            applied = _applied_as(from_item(reasons[3].get("Item") or {}))
+            return _duplicate_or_conflict(applied, balance, entry, currency)
+        if len(codes) == 4 and codes[0] == "ConditionalCheckFailed":
+            # An entry applied before guards existed (no guard item): the per-balance key still holds.
             existing = from_item(reasons[0].get("Item") or {})
-            return PaymentResult(PaymentOutcome.DUPLICATE, entry.entry_id, existing.get("webhook_id"))
-        if len(codes) == 3 and codes[1] == "ConditionalCheckFailed":
+            applied = AppliedApplication(
+                balance, -int(existing["amount"]), str(existing["currency"]), existing.get("webhook_id")
+            )
+            return _duplicate_or_conflict(applied, balance, entry, currency)
+        if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
             head = from_item(reasons[1].get("Item") or {})
             if not head:
                 return PaymentResult(PaymentOutcome.NO_BALANCE, entry.entry_id)
@@ -389,6 +449,37 @@ class LedgerTable:
                 return False
             raise
         return True
+
+    def guard_applied_entry(self, stored: dict[str, Any]) -> AppliedApplication | None:
+        """Write the guard of a payment entry applied before guards existed (the operator's
+        `backfill-application-guards`). None when written, or already there for this very entry;
+        otherwise what the guard holds: the application was also applied elsewhere or otherwise."""
+        balance = BalanceRef.from_partition_key(str(stored["pk"]))
+        entry = Entry(
+            kind=EntryKind.PAYMENT,
+            amount=int(stored["amount"]),
+            source_id=str(stored["entry_id"]).removeprefix(f"{EntryKind.PAYMENT.value}:"),
+            source={},
+            created_at=str(stored["created_at"]),
+        )
+        currency = str(stored["currency"])
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=application_item(balance, entry, currency, stored.get("webhook_id")),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return None
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+        guard = self._client.get_item(
+            TableName=self.table_name, Key=application_key(entry.source_id), ConsistentRead=True
+        )
+        applied = _applied_as(from_item(guard["Item"]))
+        if _duplicate_or_conflict(applied, balance, entry, currency).outcome is PaymentOutcome.DUPLICATE:
+            return None
+        return applied
 
     def get_entry(self, balance: BalanceRef, entry_id: str) -> dict[str, Any] | None:
         response = self._client.get_item(
@@ -576,6 +667,26 @@ class LedgerTable:
         for page in paginator.paginate(TableName=self.table_name, ConsistentRead=True):
             for item in page.get("Items", []):
                 yield from_item(item)
+
+
+def _applied_as(guard: dict[str, Any]) -> AppliedApplication:
+    return AppliedApplication(
+        BalanceRef.from_partition_key(str(guard["balance_pk"])),
+        int(guard["amount"]),
+        str(guard["currency"]),
+        guard.get("webhook_id"),
+    )
+
+
+def _duplicate_or_conflict(
+    applied: AppliedApplication, balance: BalanceRef, entry: Entry, currency: str
+) -> PaymentResult:
+    """A true redelivery names the same balance, amount and currency; anything else is a conflict."""
+    if (applied.balance, applied.amount, applied.currency) == (balance, -entry.amount, currency):
+        return PaymentResult(PaymentOutcome.DUPLICATE, entry.entry_id, applied.webhook_id)
+    return PaymentResult(
+        PaymentOutcome.APPLICATION_CONFLICT, entry.entry_id, applied.webhook_id, applied_as=applied
+    )
 
 
 def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:

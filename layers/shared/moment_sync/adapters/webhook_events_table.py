@@ -118,12 +118,12 @@ class WebhookEventsTable:
         """Move an open event to a final status; False when it was already final (nothing changed)."""
         return self._update_if_open(self.status_update(webhook_id, status, now, **fields))
 
-    def park(self, webhook_id: str, reason: ParkReason, detail: str, now: float) -> bool:
-        update = self.status_update(webhook_id, EventStatus.PARKED, now)
+    def park(self, webhook_id: str, reason: ParkReason, detail: str, now: float, **fields: Any) -> bool:
+        update = self.status_update(webhook_id, EventStatus.PARKED, now, **fields)
         values = update["ExpressionAttributeValues"]
         values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
         sets = "SET #status = :status, resolved_at = :resolved_at, reason = :reason, reason_detail = :detail"
-        sets += ", parked_reason = :reason"
+        sets += ", parked_reason = :reason" + "".join(f", {name} = :{name}" for name in fields)
         removals = ""
         if reason is ParkReason.UNMATCHED:
             # The scheduled re-drive keeps trying these: they stay in the Unfinished index.

@@ -339,6 +339,7 @@ def read_event(events: WebhookEventsTable, webhook_id: str) -> dict[str, Any]:
         ("reason_detail", "reason_detail"),
         ("entry_id", "entry_id"),
         ("duplicate_of", "duplicate_of"),
+        ("conflicts_with", "conflicts_with"),
     ):
         if event.get(key) is not None:
             view[name] = event[key]
