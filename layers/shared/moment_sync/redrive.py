@@ -4,7 +4,9 @@ Finds events still `received` after a grace period (a record that went to the on
 or any other miss) and events parked `unmatched`, through the sparse `Unfinished` index (never a
 table scan), and reconciles them again with the same function the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
-has that reference. Safe to run at any time: applying a payment is idempotent.
+has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
+decides from each event's stored summary, never its body (which `forget` may have erased); each event
+is read and reconciled inside its own error handling, so one bad event never stops a run.
 
 The scheduled re-drive backs off from a payment that stays unmatched: it is tried `grace` after it
 was first parked, then twice as long after each try that left it unmatched, at most every
