@@ -159,3 +159,43 @@ def test_forget_lists_the_payments_not_settled_yet_and_says_what_it_keeps(harnes
     assert "not settled yet: 1 of those webhooks" in text and "  msg_waiting" in text
     event = harness.event("msg_waiting")
     assert (event["amount"], event["currency"], event["customer_id"]) == (200, "ZAR", "bcus_house1")
+
+
+def test_an_event_stored_by_an_earlier_version_settles_with_or_without_its_body(
+    harness: LedgerHarness, clock: list[float]
+) -> None:
+    """The item exactly as the receiver has written it since the first version (docs/webhooks.md):
+    its summary decides as its body did, and still does once `forget` erased the body."""
+    house = harness.open_customer("HOUSE1", moment_id="bcus_house1")
+    for webhook_id, application_id, amount in (("msg_old_1", "ob_6", 300), ("msg_old_2", "ob_7", 400)):
+        body = payment(application_id, amount, customer_id="bcus_house1")
+        harness.dynamodb.put_item(
+            TableName=harness.events_name,
+            Item={
+                "webhook_id": {"S": webhook_id},
+                "webhook_timestamp": {"N": str(NOW)},
+                "received_at": {"S": "2026-09-21T14:13:20.000Z"},
+                "body": {"B": body},
+                "status": {"S": "received"},
+                "unfinished_shard": {"S": "u#0"},
+                "expires_at": {"N": str(NOW + 400 * 86400)},
+                "event_id": {"S": f"evt_{application_id}"},
+                "event_type": {"S": "obligation.amount_applied"},
+                "application_id": {"S": application_id},
+                "amount": {"N": str(amount)},
+                "currency": {"S": "ZAR"},
+                "payment_id": {"S": f"pay_{application_id}"},
+                "customer_id": {"S": "bcus_house1"},
+            },
+        )
+    batch = harness.next_batch()
+    assert harness.invoke(batch[:1]) == []  # the first as the stream delivers it, body and all
+    forget_thandi(harness)  # the second's body erased while it is still received
+    clock[0] += 601
+    report = redrive_stuck(
+        events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock, grace_seconds=600
+    )
+    assert report.outcomes == {"applied": 1}
+    assert harness.head(house)["balance"] == -700
+    assert {entry["entry_id"] for entry in harness.entries(house)} == {"payment:ob_6", "payment:ob_7"}
+    harness.assert_balances_equal_their_entries()
