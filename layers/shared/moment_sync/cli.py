@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parked.add_argument("--redrive", action="store_true", help="reconcile the listed events again")
 
     forget = commands.add_parser(
-        "forget", help="erase a customer's personal data (POPIA/GDPR request), keeping amounts and entries"
+        "forget",
+        help="erase a customer's personal data (POPIA/GDPR request), keeping amounts, entries and each "
+        "webhook's summary, so unsettled payments still settle",
     )
     forget.add_argument("ref", help="the customer's reference")
     _add_change_commands(commands)
@@ -538,8 +540,19 @@ def _forget(
     for webhook_id in erasure.webhook_bodies_erased:
         print(f"  {webhook_id}", file=out)
     print(
-        "kept: amounts, references, entries, event statuses (Moment's own copy is not changed here)", file=out
+        "kept: amounts, references, entries, event statuses, and each webhook's summary (amount, "
+        "currency, Moment ids, event type): what settling a payment needs, which the law allows keeping",
+        file=out,
     )
+    if erasure.unsettled_webhooks:
+        print(
+            f"not settled yet: {len(erasure.unsettled_webhooks)} of those webhooks; "
+            "they are still reconciled, from the kept summary",
+            file=out,
+        )
+        for webhook_id in erasure.unsettled_webhooks:
+            print(f"  {webhook_id}", file=out)
+    print("Moment's own copy of the personal data is not changed here (ask Moment, or PATCH it)", file=out)
     return EXIT_OK
 
 

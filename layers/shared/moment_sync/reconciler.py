@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.envelope import read_envelope
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of, iso_time
 from moment_sync.ledger.model import Entry, EntryKind
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciliation import (
@@ -44,9 +43,10 @@ def reconcile_event(
     events: WebhookEventsTable,
     now: Callable[[], float],
 ) -> Reconciled:
-    """`event` is the stored item as plain values (webhook_id, body, …)."""
+    """`event` is the stored item as plain values (webhook_id, the summary, …). The decision comes
+    from the stored summary alone: a body erased by `forget` changes nothing."""
     webhook_id = str(event["webhook_id"])
-    decision = decide(read_envelope(event.get("body") or b""))
+    decision = decide(envelope_of(event))
     if isinstance(decision, Ignore):
         changed = events.finish(webhook_id, EventStatus.IGNORED, now(), ignored_type=decision.event_type)
         metrics.add_metric(name="EventIgnored", unit=MetricUnit.Count, value=1)

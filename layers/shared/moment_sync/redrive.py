@@ -4,7 +4,9 @@ Finds events still `received` after a grace period (a record that went to the on
 or any other miss) and events parked `unmatched`, through the sparse `Unfinished` index (never a
 table scan), and reconciles them again with the same function the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
-has that reference. Safe to run at any time: applying a payment is idempotent.
+has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
+decides from each event's stored summary, never its body (which `forget` may have erased); each event
+is read and reconciled inside its own error handling, so one bad event never stops a run.
 
 The scheduled re-drive backs off from a payment that stays unmatched: it is tried `grace` after it
 was first parked, then twice as long after each try that left it unmatched, at most every
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
 from moment_sync.envelope import read_envelope
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
@@ -104,26 +106,18 @@ def redrive(
         if time_left() < min_seconds_left:
             report.stopped_early = True
             break
-        event = events.get(webhook_id)
-        if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
-            continue
-        unmatched = event.get("reason") == ParkReason.UNMATCHED
-        if (
-            unmatched
-            and backoff_from_seconds is not None
-            and unmatched_retry_due(event, backoff_from_seconds) > now()
-        ):
-            report.not_due += 1
-            continue
-        report.examined += 1
-        if event.get("status") == EventStatus.RECEIVED:
-            report.found_received += 1
         logger.set_correlation_id(webhook_id)
-        try:
-            if unmatched and directory is not None:
-                _link_from_moment(event, ledger=ledger, directory=directory, report=report)
-            report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
-        except Exception as error:  # one bad event must not stop the others
+        try:  # the read too: one bad event must not stop the others
+            _redrive_one(
+                webhook_id,
+                events=events,
+                ledger=ledger,
+                directory=directory,
+                now=now,
+                backoff_from_seconds=backoff_from_seconds,
+                report=report,
+            )
+        except Exception as error:
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
     logger.set_correlation_id(None)
@@ -134,11 +128,46 @@ def redrive(
     return report
 
 
-def _link_from_moment(
-    event: dict[str, object], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+def _redrive_one(
+    webhook_id: str,
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    directory: MomentDirectory | None,
+    now: Callable[[], float],
+    backoff_from_seconds: float | None,
+    report: RedriveReport,
 ) -> None:
+    event = events.get(webhook_id)
+    if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
+        return
+    unmatched = event.get("reason") == ParkReason.UNMATCHED
+    if (
+        unmatched
+        and backoff_from_seconds is not None
+        and unmatched_retry_due(event, backoff_from_seconds) > now()
+    ):
+        report.not_due += 1
+        return
+    report.examined += 1
+    if event.get("status") == EventStatus.RECEIVED:
+        report.found_received += 1
     body = event.get("body")
-    decision = decide(read_envelope(body if isinstance(body, bytes) else b""))
+    if event.get("reason") == ParkReason.INVALID and isinstance(body, bytes):
+        # Parked invalid, and the body is still here: today's code may read it better (a fix deployed
+        # since). The summary is stated again from it, and the decision still comes from the summary.
+        restated = read_envelope(body)
+        if restated != envelope_of(event):
+            event = events.restate_summary(webhook_id, restated) or event
+    if unmatched and directory is not None:
+        _link_from_moment(event, ledger=ledger, directory=directory, report=report)
+    report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+
+
+def _link_from_moment(
+    event: dict[str, Any], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+) -> None:
+    decision = decide(envelope_of(event))
     if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
         return
     reference = directory.external_reference(decision.target_kind, decision.moment_id)
