@@ -300,3 +300,17 @@ def test_every_stored_summary_fits_dynamodb_and_decides_as_its_body(
     # and after `forget`, without the body, the same
     del stored["body"]
     assert decide(envelope_of(stored)) == decide(envelope)
+
+
+def test_an_application_id_too_long_for_a_sort_key_is_parked_not_retried(harness: LedgerHarness) -> None:
+    """255 characters of 4-byte UTF-8 are 1,020 bytes: the entry's sort key (`ENTRY#payment:<id>`)
+    would pass DynamoDB's 1,024-byte limit and every try of its transaction be refused."""
+    customer = harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_long_id", payment("\U0001f4b0" * 255, 100, customer_id="bcus_1"))
+    harness.receive("msg_after", payment("ob_2", 200, customer_id="bcus_1"))
+
+    assert harness.invoke(harness.next_batch()) == []
+
+    long_id = harness.event("msg_long_id")
+    assert (long_id["status"], long_id["reason"]) == ("parked", ParkReason.INVALID)
+    assert harness.head(customer)["balance"] == -200

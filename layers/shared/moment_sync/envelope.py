@@ -20,6 +20,8 @@ AMOUNT_APPLIED = "obligation.amount_applied"
 
 # The `data` fields the reconciler needs, copied onto the stored event: it decides from them alone.
 SUMMARY_FIELDS = ("id", "amount", "currency", "payment_id", "customer_id", "account_id", "bill_id")
+# Text copied into the summary (ids become parts of keys): at most this many UTF-8 bytes.
+MAX_TEXT_BYTES = 255
 # DynamoDB holds numbers of up to 38 significant digits, and boto3 refuses to read more.
 MAX_STORABLE_DIGITS = 38
 
@@ -79,15 +81,13 @@ def _storable(amount: int) -> bool:
 
 
 def _text(value: object) -> str | None:
-    if isinstance(value, str) and value and len(value) <= 255 and _utf8(value):
-        return value
-    return None
-
-
-def _utf8(text: str) -> bool:
-    # JSON may escape a lone surrogate (\ud800): boto3 cannot send such a string at all.
+    if not isinstance(value, str) or not value:
+        return None
     try:
-        text.encode("utf-8")
+        # JSON may escape a lone surrogate (\ud800): boto3 cannot send such a string at all.
+        encoded = value.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        return None
+    # In bytes, not characters: an id becomes part of keys (`ENTRY#payment:<id>`), and DynamoDB's
+    # 1,024-byte sort-key limit must hold even for 255 four-byte characters.
+    return value if len(encoded) <= MAX_TEXT_BYTES else None
