@@ -217,6 +217,52 @@ def test_the_conflict_is_shown_by_the_api_and_the_cli(
     assert "SOMEONE-ELSE" in view.body["sync"]["conflict"]
     code, shown = cli(harness, moment, "balance", "account", "ACC9")
     assert code == 0 and "push_conflict" in shown and "SOMEONE-ELSE" in shown
+    code, shown = cli(harness, moment, "--json", "balance", "account", "ACC9")
+    assert json.loads(shown)["head"]["sync_state"] == "conflict"
+
+
+def test_the_real_owner_blocked_by_a_wrong_link_is_a_conflict_with_a_way_out(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    # GIVEN (the old adoption bug) UCRA linked to UCRB's Moment object, and UCRB not linked
+    theirs = moment.create_customer(NewCustomer("UCRB", balance=40, currency="ZAR"))
+    wrong = harness.open_customer("UCRA", moment_id=theirs.id)
+    owner = harness.open_customer("UCRB")
+    charge(harness, owner, "c-1", 40)
+    # WHEN the pusher adopts UCRB's object for UCRB: the link is taken, so a conflict, not a failure
+    assert run(pusher) == {"conflict": 1}
+    head = harness.head(owner)
+    assert sync_state(head) == "conflict" and "already linked" in head["push_conflict"]
+    # THEN the operator unlinks the wrong one and links the right one (checked at Moment)
+    assert cli(harness, moment, "unlink", "customer", "UCRA")[0] == 0
+    code, out = cli(harness, moment, "link", "customer", "UCRB", theirs.id)
+    assert code == 0, out
+    # AND the next run pushes UCRB, and recreates UCRA's own object at Moment
+    assert run(pusher) == {"in_sync": 1, "created": 1}
+    assert harness.head(wrong)["moment_id"] not in (None, theirs.id)
+    assert on_moment(sandbox, "customer", "UCRA")["balance"] == 0
+    assert sync_state(harness.head(owner)) == "synced"
+
+
+def test_a_payment_whose_webhook_comes_after_the_first_push_is_restored_by_the_next(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    """The window that remains (docs/pusher.md#windows): a payment Moment applied whose webhook the
+    ledger has not even stored when the first push goes. It is overwritten on Moment for a cycle;
+    once its webhook is reconciled, the next push puts it back. Nothing is lost."""
+    moment.create_customer(
+        NewCustomer("LATE5", balance=5000, currency="ZAR", metadata={"created_by": "moment-balance-sync"})
+    )
+    customer = harness.open_customer("LATE5")
+    charge(harness, customer, "c-1", 5000)
+    paid = sandbox.pay(customer="LATE5", amount=2000)  # Moment shows 3000; no webhook stored yet
+    charge(harness, customer, "c-2", 100)
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "LATE5")["balance"] == 5100  # overwritten for one cycle
+    harness.receive("msg_late5", json.dumps(paid["event"]).encode())
+    harness.invoke(harness.next_batch())
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "LATE5")["balance"] == harness.head(customer)["balance"] == 3100
 
 
 # --- ways out ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.requests import RequestInvalid
 from moment_sync.ledger.service import LedgerProblem
+from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
@@ -247,9 +248,10 @@ def _balance(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledge
         raise CommandError(f"no {balance} in the ledger", EXIT_FAILED)
     entries, _cursor = ledger.entries(balance, limit=max(1, arguments.entries))
     if arguments.json:
-        _print({"head": _public(head), "entries": [_public(entry) for entry in entries]}, True, out)
+        shown = {**_public(head), "sync_state": sync_state(head)}
+        _print({"head": shown, "entries": [_public(entry) for entry in entries]}, True, out)
         return EXIT_OK
-    _print(_public(head), False, out)
+    _print({**_public(head), "sync_state": sync_state(head)}, False, out)
     print(f"\n{'created_at':<25} {'kind':<12} {'amount':>12}  entry", file=out)
     for entry in entries:
         print(
