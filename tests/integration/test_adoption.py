@@ -459,3 +459,30 @@ def test_the_first_push_after_a_link_waits_while_unmatched_payments_name_it(
     assert harness.event("msg_late")["status"] == "applied"
     assert on_moment(sandbox, "customer", "LATE4")["balance"] == harness.head(customer)["balance"] == 3100
     assert "push_waiting" not in harness.head(customer)
+
+
+def test_the_redrive_never_links_an_account_moment_holds_under_another_customer(
+    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    from moment_sync.adapters.moment_directory import MomentClientDirectory
+    from moment_sync.redrive import redrive
+
+    # GIVEN Moment's account ACC6 belongs to another customer, and is paid there
+    other = moment.create_customer(NewCustomer("SOMEONE-ELSE"))
+    theirs = moment.create_account(NewAccount(other.id, "ACC6", balance=500, currency="ZAR"))
+    paid_at_moment(sandbox, harness, "msg_theirs", account="ACC6", amount=100)
+    # AND the ledger's ACC6 belongs to GROUP6
+    harness.open_customer("GROUP6", balance_model="accounts")
+    account = harness.open_account("ACC6", "GROUP6")
+    # WHEN the re-drive asks Moment whose the id is: the reference matches, the owner does not
+    redrive(
+        ["msg_theirs"],
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=MomentClientDirectory(lambda: moment),
+        now=harness.clock,
+    )
+    # THEN it is not linked, and the payment stays unmatched for an operator
+    assert harness.ledger.resolve_moment_id(theirs.id) is None
+    assert harness.event("msg_theirs")["reason"] == "unmatched"
+    assert harness.head(account)["balance"] == 0

@@ -36,6 +36,10 @@ class MomentDirectory(Protocol):
 
     def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None: ...
 
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        """The Moment id of the account's customer, and that customer's external_reference."""
+        ...
+
 
 @dataclass
 class RedriveReport:
@@ -164,6 +168,17 @@ def redrive_linked(
     return report
 
 
+def _owned_as_in_ledger(
+    head: dict[str, Any], account_id: str, ledger: LedgerTable, directory: MomentDirectory
+) -> bool:
+    """Moment's account belongs to the ledger account's customer: its linked Moment id, or (not linked
+    yet) the Moment customer with the ledger customer's reference."""
+    customer_id, customer_reference = directory.account_owner(account_id)
+    customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, str(head.get("customer_ref")))) or {}
+    linked = customer.get("moment_id")
+    return bool(customer_id == linked) if linked else customer_reference == head.get("customer_ref")
+
+
 def _link_from_moment(
     event: dict[str, object], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
 ) -> str | None:
@@ -176,9 +191,18 @@ def _link_from_moment(
     if reference is None:
         return None
     balance = BalanceRef(decision.target_kind, reference)
-    if ledger.get_head(balance) is None:
+    head = ledger.get_head(balance)
+    if head is None:
         logger.info(
             "Moment knows this id, but the ledger has no such reference",
+            extra={"moment_id": decision.moment_id, "reference": reference},
+        )
+        return None
+    if balance.kind is BalanceKind.ACCOUNT and not _owned_as_in_ledger(
+        head, decision.moment_id, ledger, directory
+    ):
+        logger.warning(
+            "Moment's account with this reference belongs to another customer; left for an operator",
             extra={"moment_id": decision.moment_id, "reference": reference},
         )
         return None
