@@ -486,3 +486,25 @@ def test_the_redrive_never_links_an_account_moment_holds_under_another_customer(
     assert harness.ledger.resolve_moment_id(theirs.id) is None
     assert harness.event("msg_theirs")["reason"] == "unmatched"
     assert harness.head(account)["balance"] == 0
+
+
+def test_a_grouping_customer_linked_to_the_wrong_moment_customer_is_unlinked_with_its_accounts(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    # GIVEN (the old adoption bug) HOUSE7 linked to another Moment customer, its account created there
+    other = moment.create_customer(NewCustomer("SOMEONE-ELSE"))
+    wrong_account = moment.create_account(NewAccount(other.id, "WATER7", balance=0, currency="ZAR"))
+    house = harness.open_customer("HOUSE7", moment_id=other.id, balance_model="accounts")
+    water = harness.open_account("WATER7-L", "HOUSE7")
+    harness.ledger.link_moment_id(water, wrong_account.id)
+    charge(harness, water, "w-1", 250)
+    # WHEN the operator unlinks the customer with its accounts
+    code, out = cli(harness, moment, "unlink", "customer", "HOUSE7", "--with-accounts")
+    assert code == 0, out
+    assert "moment_id" not in harness.head(house) and "moment_id" not in harness.head(water)
+    assert "push_shard" not in harness.head(house)  # a grouping customer holds no balance to push
+    # THEN the next run creates HOUSE7 and its account at Moment, under the right customer
+    assert run(pusher) == {"created": 1}
+    mine = on_moment(sandbox, "customer", "HOUSE7")
+    assert on_moment(sandbox, "account", "WATER7-L")["customer_id"] == mine["id"]
+    assert on_moment(sandbox, "account", "WATER7-L")["balance"] == 250

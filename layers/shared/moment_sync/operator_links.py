@@ -46,6 +46,9 @@ def add_commands(commands: Any) -> None:
     unlink = commands.add_parser("unlink", help="forget a wrong link; the next push creates or adopts again")
     unlink.add_argument("kind", choices=kinds)
     unlink.add_argument("ref")
+    unlink.add_argument(
+        "--with-accounts", action="store_true", help="a customer: also unlink each of its linked accounts"
+    )
 
     adopt = commands.add_parser(
         "adopt", help="say which balance wins for an adopted object (held in conflict)"
@@ -128,11 +131,22 @@ def _link_owner(
 def unlink(arguments: argparse.Namespace, ledger: LedgerTable, out: TextIO) -> None:
     balance = BalanceRef(BalanceKind(arguments.kind), arguments.ref)
     head = _head(ledger, balance)
-    moment_id = head.get("moment_id")
-    if not moment_id:
+    if not head.get("moment_id"):
         raise LinkRefused(f"{balance} is not linked to a Moment object")
+    if arguments.with_accounts:
+        if balance.kind is not BalanceKind.CUSTOMER:
+            raise LinkRefused("--with-accounts is for a customer", usage=True)
+        # Accounts created under a wrong customer are that customer's at Moment: they go too.
+        for account in ledger.accounts_of(balance.ref):
+            if account.get("moment_id"):
+                _unlink_one(ledger, BalanceRef(BalanceKind.ACCOUNT, account["ref"]), account, out)
+    _unlink_one(ledger, balance, head, out)
+
+
+def _unlink_one(ledger: LedgerTable, balance: BalanceRef, head: dict[str, Any], out: TextIO) -> None:
+    moment_id = head["moment_id"]
     try:
-        ledger.unlink_moment_id(balance, moment_id, time.time())
+        ledger.unlink_moment_id(balance, moment_id, time.time(), tracked="version" in head)
     except MappingConflict as error:
         raise LinkRefused(str(error)) from None
     print(

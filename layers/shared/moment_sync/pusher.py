@@ -324,7 +324,8 @@ class BalancePusher:
         )
         _count("BalanceConflict")
         logger.warning(
-            "adoption held for an operator", extra={"reference": balance.ref, "moment_id": moment_id}
+            "adoption held for an operator",
+            extra={"reference": balance.ref, "moment_id": moment_id, "conflict": detail},
         )
 
     def _conflict(

@@ -214,10 +214,36 @@ class LedgerTable:
             raise _transient_or(error) from error
         self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
 
-    def unlink_moment_id(self, balance: BalanceRef, moment_id: str, now: float) -> None:
+    def unlink_moment_id(
+        self, balance: BalanceRef, moment_id: str, now: float, *, tracked: bool = True
+    ) -> None:
         """An operator's way out of a wrong link: forget that `balance` is `moment_id` at Moment, with
         the push state that belonged to that object, and make the balance pending so the next run
-        creates (or adopts) the right object. MappingConflict if they are not linked to each other."""
+        creates (or adopts) the right object. MappingConflict if they are not linked to each other.
+        A customer on the account-balance model (`tracked` False) holds no balance: only the link goes."""
+        head_update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": "REMOVE moment_id",
+            "ConditionExpression": "moment_id = :id",
+            "ExpressionAttributeValues": {":id": {"S": moment_id}},
+        }
+        if tracked:
+            head_update = {
+                "TableName": self.table_name,
+                "Key": head_key(balance),
+                "UpdateExpression": "REMOVE moment_id, pushed_balance, pushed_version, "
+                "push_intent, push_intent_payments, payments_list, defer_count, "
+                "deferred_since, last_moment_balance, next_push_at, adoption_decision, "
+                + _CONFLICT_FIELDS
+                + " SET payments_since_push = :zero, push_attempts = :zero, "
+                "push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)",
+                "ConditionExpression": "moment_id = :id AND attribute_exists(version)",
+                "ExpressionAttributeValues": to_values(
+                    {":id": moment_id, ":zero": 0, ":shard": balance.push_shard, ":now": iso_time(now)}
+                ),
+            }
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -229,28 +255,7 @@ class LedgerTable:
                             "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
                         }
                     },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": head_key(balance),
-                            "UpdateExpression": "REMOVE moment_id, pushed_balance, pushed_version, "
-                            "push_intent, push_intent_payments, payments_list, defer_count, "
-                            "deferred_since, last_moment_balance, next_push_at, adoption_decision, "
-                            + _CONFLICT_FIELDS
-                            + " SET payments_since_push = :zero, push_attempts = :zero, "
-                            "push_shard = if_not_exists(push_shard, :shard), "
-                            "pending_since = if_not_exists(pending_since, :now)",
-                            "ConditionExpression": "moment_id = :id AND attribute_exists(version)",
-                            "ExpressionAttributeValues": to_values(
-                                {
-                                    ":id": moment_id,
-                                    ":zero": 0,
-                                    ":shard": balance.push_shard,
-                                    ":now": iso_time(now),
-                                }
-                            ),
-                        }
-                    },
+                    {"Update": head_update},
                 ]
             )
         except ClientError as error:
