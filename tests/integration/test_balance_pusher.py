@@ -175,7 +175,7 @@ def test_a_customer_created_by_an_earlier_run_but_never_linked_is_adopted_not_cr
     )
 
 
-def test_an_object_moment_already_has_is_adopted_and_then_pushed(
+def test_an_object_moment_already_has_is_adopted_held_and_pushed_once_the_ledger_wins(
     harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
 ) -> None:
     from moment_sync.moment_client import NewCustomer
@@ -183,8 +183,12 @@ def test_an_object_moment_already_has_is_adopted_and_then_pushed(
     existing = moment.create_customer(NewCustomer("UCR1", balance=999, currency="ZAR"), generation=7)
     customer = harness.open_customer("UCR1")
     charge(harness, customer, "inv-1", 2000)
-    assert run(pusher) == {"pushed": 1}
+    # another balance than the ledger's, on an object this service did not create: an operator decides
+    assert run(pusher) == {"conflict": 1}
     assert harness.head(customer)["moment_id"] == existing.id
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 999
+    harness.ledger.clear_conflict(customer, adoption_decision="ledger-wins")  # `adopt … --ledger-wins`
+    assert run(pusher) == {"pushed": 1}
     assert on_moment(sandbox, "customer", "UCR1")["balance"] == 2000
 
 

@@ -21,11 +21,18 @@ from support.webhooks import NOW
 
 
 class MomentDirectory:
-    def __init__(self, references: dict[str, str]) -> None:
+    """Moment's record: each id's external reference, and each account's customer."""
+
+    def __init__(self, references: dict[str, str], owners: dict[str, str] | None = None) -> None:
         self.references = references
+        self.owners = owners or {}
 
     def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None:
         return self.references.get(moment_id)
+
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        customer_id = self.owners[account_id]
+        return customer_id, self.references.get(customer_id)
 
 
 @pytest.fixture
@@ -97,7 +104,9 @@ def test_a_payment_parked_unmatched_when_its_customer_is_forgotten_is_linked_and
     report = redrive_stuck(
         events=harness.events,
         ledger=harness.ledger,
-        directory=MomentDirectory({"bacc_water1": "WATER1"}),
+        directory=MomentDirectory(
+            {"bacc_water1": "WATER1", "bcus_house1": "HOUSE1"}, owners={"bacc_water1": "bcus_house1"}
+        ),
         now=harness.clock,
         grace_seconds=600,
     )

@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from moment_sync import operator_links
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
 from moment_sync.ledger.service import LedgerProblem
+from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("ref", help="the customer's reference")
     _add_change_commands(commands)
+    operator_links.add_commands(commands)
     return parser
 
 
@@ -196,6 +199,9 @@ def main(
             "reconcile-report": _reconcile_report,
             "parked": _parked,
             "forget": _forget,
+            "link": _operator_link,
+            "unlink": _operator_link,
+            "adopt": _operator_link,
         }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
@@ -250,9 +256,10 @@ def _balance(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledge
         raise CommandError(f"no {balance} in the ledger", EXIT_FAILED)
     entries, _cursor = ledger.entries(balance, limit=max(1, arguments.entries))
     if arguments.json:
-        _print({"head": _public(head), "entries": [_public(entry) for entry in entries]}, True, out)
+        shown = {**_public(head), "sync_state": sync_state(head)}
+        _print({"head": shown, "entries": [_public(entry) for entry in entries]}, True, out)
         return EXIT_OK
-    _print(_public(head), False, out)
+    _print({**_public(head), "sync_state": sync_state(head)}, False, out)
     print(f"\n{'created_at':<25} {'kind':<12} {'amount':>12}  entry", file=out)
     for entry in entries:
         print(
@@ -452,6 +459,27 @@ def _reconcile_report(
             )
         print(f"reconcile-report: {len(comparisons)} balances, {len(unexplained)} unexplained", file=out)
     return EXIT_FAILED if unexplained else EXIT_OK
+
+
+def _operator_link(
+    arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    """`link`, `unlink` and `adopt`: the ways out of a balance's `conflict` (moment_sync.operator_links)."""
+    from moment_sync.moment_errors import MomentError  # noqa: PLC0415
+
+    try:
+        if arguments.command == "unlink":
+            operator_links.unlink(arguments, ledger, out)
+        elif arguments.command == "link":
+            operator_links.link(arguments, events, ledger, _moment_client(arguments), out)
+        else:
+            moment = _moment_client(arguments) if arguments.moment_wins else None
+            operator_links.adopt(arguments, ledger, moment, out)
+    except operator_links.LinkRefused as error:
+        raise CommandError(str(error), EXIT_USAGE if error.usage else EXIT_FAILED) from None
+    except MomentError as error:
+        raise CommandError(f"Moment: {error}", EXIT_FAILED) from None
+    return EXIT_OK
 
 
 def _amount(value: int | None) -> str:

@@ -143,7 +143,9 @@ def _park(
     log_fields: dict[str, Any] | None = None,
     **fields: str,
 ) -> Reconciled:
-    changed = events.park(webhook_id, park.reason, park.detail, now(), **fields)
+    # An unmatched payment is indexed by the Moment id it names, so linking that id re-drives it.
+    named = (log_fields or {}).get("moment_id") if park.reason is ParkReason.UNMATCHED else None
+    changed = events.park(webhook_id, park.reason, park.detail, now(), moment_id=named, **fields)
     logger.warning(
         "event parked", extra={**(log_fields or {}), "reason": park.reason.value, "detail": park.detail}
     )

@@ -38,6 +38,10 @@ class MomentDirectory(Protocol):
 
     def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None: ...
 
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        """The Moment id of the account's customer, and that customer's external_reference."""
+        ...
+
 
 @dataclass
 class RedriveReport:
@@ -159,27 +163,78 @@ def _redrive_one(
         restated = read_envelope(body)
         if restated != envelope_of(event):
             event = events.restate_summary(webhook_id, restated) or event
+    linked = None
     if unmatched and directory is not None:
-        _link_from_moment(event, ledger=ledger, directory=directory, report=report)
+        linked = _link_from_moment(event, ledger=ledger, directory=directory, report=report)
     report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+    if linked is not None:
+        redrive_linked(linked, events=events, ledger=ledger, now=now, report=report)
+
+
+def redrive_linked(
+    moment_id: str,
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    now: Callable[[], float],
+    report: RedriveReport | None = None,
+) -> RedriveReport:
+    """A Moment id was just linked (by adoption, by this re-drive, or by an operator): reconcile at once
+    every payment parked unmatched that names it, without waiting for its backoff. Until they are
+    applied, a first push to that object could erase them (docs/pusher.md#windows)."""
+    report = report or RedriveReport()
+    for webhook_id in events.unmatched_naming(moment_id):
+        event = events.get(webhook_id)
+        if event is None or event.get("reason") != ParkReason.UNMATCHED:
+            continue
+        try:
+            report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+            report.examined += 1
+        except Exception as error:  # the others still go; what is left waits for the scheduled re-drive
+            logger.exception(
+                "re-drive of a payment naming a linked id failed", extra={"moment_id": moment_id}
+            )
+            report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
+    return report
+
+
+def _owned_as_in_ledger(
+    head: dict[str, Any], account_id: str, ledger: LedgerTable, directory: MomentDirectory
+) -> bool:
+    """Moment's account belongs to the ledger account's customer: its linked Moment id, or (not linked
+    yet) the Moment customer with the ledger customer's reference."""
+    customer_id, customer_reference = directory.account_owner(account_id)
+    customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, str(head.get("customer_ref")))) or {}
+    linked = customer.get("moment_id")
+    return bool(customer_id == linked) if linked else customer_reference == head.get("customer_ref")
 
 
 def _link_from_moment(
     event: dict[str, Any], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
-) -> None:
+) -> str | None:
+    """Link the Moment id an unmatched payment names when Moment says whose it is; the id, if linked."""
     decision = decide(envelope_of(event))
     if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
-        return
+        return None
     reference = directory.external_reference(decision.target_kind, decision.moment_id)
     if reference is None:
-        return
+        return None
     balance = BalanceRef(decision.target_kind, reference)
-    if ledger.get_head(balance) is None:
+    head = ledger.get_head(balance)
+    if head is None:
         logger.info(
             "Moment knows this id, but the ledger has no such reference",
             extra={"moment_id": decision.moment_id, "reference": reference},
         )
-        return
+        return None
+    if balance.kind is BalanceKind.ACCOUNT and not _owned_as_in_ledger(
+        head, decision.moment_id, ledger, directory
+    ):
+        logger.warning(
+            "Moment's account with this reference belongs to another customer; left for an operator",
+            extra={"moment_id": decision.moment_id, "reference": reference},
+        )
+        return None
     try:
         ledger.link_moment_id(balance, decision.moment_id)
     except MappingConflict:
@@ -187,9 +242,10 @@ def _link_from_moment(
             "Moment's reference is linked to another Moment id; left for an operator",
             extra={"moment_id": decision.moment_id, "reference": reference},
         )
-        return
+        return None
     report.linked.append(f"{decision.moment_id} -> {balance}")
     logger.info(
         "linked a Moment id from Moment's own record",
         extra={"moment_id": decision.moment_id, "reference": reference},
     )
+    return decision.moment_id

@@ -16,6 +16,7 @@ put it in the sparse `PendingPush` index the pusher reads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +37,7 @@ LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
 APPLICATION_PREFIX = "APPLICATION#"
 APPLICATION = "APPLICATION"
+LINK_CACHE_SECONDS = 60.0
 
 
 class TransientLedgerError(Exception):
@@ -148,8 +150,9 @@ class LedgerTable:
         self._client = client
         self.table_name = table_name
         self._events = events
-        # Moment id → reference links never change once made: cache them per execution environment.
-        self._links: dict[str, BalanceRef] = {}
+        # Moment id → reference links change only by an operator's `unlink`: cache them per execution
+        # environment for LINK_CACHE_SECONDS, so an unlinked id stops resolving within that bound.
+        self._links: dict[str, tuple[BalanceRef, float]] = {}
 
     # --- heads ----------------------------------------------------------------------------
 
@@ -200,16 +203,18 @@ class LedgerTable:
     # --- Moment ids -------------------------------------------------------------------------
 
     def resolve_moment_id(self, moment_id: str) -> BalanceRef | None:
-        if moment_id in self._links:
-            return self._links[moment_id]
+        cached = self._links.get(moment_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         response = self._client.get_item(
             TableName=self.table_name, Key=mapping_key(moment_id), ConsistentRead=True
         )
         item = response.get("Item")
         if not item:
+            self._links.pop(moment_id, None)
             return None
         balance = BalanceRef.from_partition_key(item["balance_pk"]["S"])
-        self._links[moment_id] = balance
+        self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
         return balance
 
     def link_moment_id(self, balance: BalanceRef, moment_id: str) -> None:
@@ -249,7 +254,57 @@ class LedgerTable:
                     f"{moment_id} or {balance} is already linked to something else"
                 ) from error
             raise _transient_or(error) from error
-        self._links[moment_id] = balance
+        self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
+
+    def unlink_moment_id(
+        self, balance: BalanceRef, moment_id: str, now: float, *, tracked: bool = True
+    ) -> None:
+        """An operator's way out of a wrong link: forget that `balance` is `moment_id` at Moment, with
+        the push state that belonged to that object, and make the balance pending so the next run
+        creates (or adopts) the right object. MappingConflict if they are not linked to each other.
+        A customer on the account-balance model (`tracked` False) holds no balance: only the link goes."""
+        head_update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": "REMOVE moment_id",
+            "ConditionExpression": "moment_id = :id",
+            "ExpressionAttributeValues": {":id": {"S": moment_id}},
+        }
+        if tracked:
+            head_update = {
+                "TableName": self.table_name,
+                "Key": head_key(balance),
+                "UpdateExpression": "REMOVE moment_id, pushed_balance, pushed_version, "
+                "push_intent, push_intent_payments, payments_list, defer_count, "
+                "deferred_since, last_moment_balance, next_push_at, adoption_decision, "
+                + _CONFLICT_FIELDS
+                + " SET payments_since_push = :zero, push_attempts = :zero, "
+                "push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)",
+                "ConditionExpression": "moment_id = :id AND attribute_exists(version)",
+                "ExpressionAttributeValues": to_values(
+                    {":id": moment_id, ":zero": 0, ":shard": balance.push_shard, ":now": iso_time(now)}
+                ),
+            }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table_name,
+                            "Key": mapping_key(moment_id),
+                            "ConditionExpression": "balance_pk = :pk",
+                            "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
+                        }
+                    },
+                    {"Update": head_update},
+                ]
+            )
+        except ClientError as error:
+            if "ConditionalCheckFailed" in _cancellation_codes(error):
+                raise MappingConflict(f"{balance} is not linked to {moment_id}") from error
+            raise _transient_or(error) from error
+        self._links.pop(moment_id, None)
 
     # --- money ------------------------------------------------------------------------------
 
@@ -661,6 +716,89 @@ class LedgerTable:
             ExpressionAttributeValues={":now": {"S": now}},
         )
 
+    # --- conflicts and adoption (what an operator resolves) ------------------------------------
+
+    def record_conflict(
+        self,
+        balance: BalanceRef,
+        detail: str,
+        now: float,
+        retry_at: float,
+        *,
+        adoption_balance: int | None = None,
+    ) -> int:
+        """The balance is in `conflict`: Moment's object is not this balance's, or an adopted object's
+        balance awaits an operator's choice (`adoption_balance`: Moment's when adopted). Counted and
+        backed off like a failed push; returns the attempts so far."""
+        values: dict[str, Any] = {":one": 1, ":detail": detail[:500], ":retry": iso_time(retry_at)}
+        values[":now"] = iso_time(now)
+        update = (
+            "ADD push_attempts :one SET push_conflict = :detail, last_push_error = :detail, "
+            "next_push_at = :retry, conflict_since = if_not_exists(conflict_since, :now)"
+        )
+        if adoption_balance is not None:
+            update += ", adoption_held = :held"
+            values[":held"] = adoption_balance
+        response = self._client.update_item(
+            TableName=self.table_name,
+            Key=head_key(balance),
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(push_shard)",
+            ExpressionAttributeValues=to_values(values),
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(from_item(response.get("Attributes", {})).get("push_attempts", 1))
+
+    def clear_conflict(self, balance: BalanceRef, *, adoption_decision: str | None = None) -> None:
+        """The conflict is resolved (by the pusher, or by an operator's link, unlink or adopt): retry
+        at the next run. `adoption_decision` records which side an operator said wins."""
+        update = f"REMOVE {_CONFLICT_FIELDS}, next_push_at SET push_attempts = :zero"
+        values: dict[str, Any] = {":zero": 0}
+        if adoption_decision is not None:
+            update += ", adoption_decision = :decision"
+            values[":decision"] = adoption_decision
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=head_key(balance),
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=to_values(values),
+        )
+
+    def flag_push_waiting(self, balance: BalanceRef, detail: str | None) -> None:
+        """Show (or, with None, clear) why a first push to a linked object is held back."""
+        if detail is None:
+            update, values = "REMOVE push_waiting", None
+        else:
+            update, values = "SET push_waiting = :detail", {":detail": {"S": detail[:500]}}
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if values:
+            request["ExpressionAttributeValues"] = values
+        self._client.update_item(**request)
+
+    def held_adoptions(self) -> list[dict[str, Any]]:
+        """Heads held in `conflict` after adopting an object whose balance differs (from the sparse
+        PendingPush index, whatever their backoff)."""
+        held: list[dict[str, Any]] = []
+        paginator = self._client.get_paginator("query")
+        for shard in range(PUSH_SHARDS):
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="push_shard = :shard",
+                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}},
+            ):
+                for item in page.get("Items", []):
+                    head = self.get_head(BalanceRef.from_partition_key(item["pk"]["S"]))
+                    if head is not None and "adoption_held" in head:
+                        held.append(head)
+        return held
+
     def scan_all(self) -> Iterator[dict[str, Any]]:
         """Every item (the operator's `verify` only: never on a request path)."""
         paginator = self._client.get_paginator("scan")
@@ -687,6 +825,10 @@ def _duplicate_or_conflict(
     return PaymentResult(
         PaymentOutcome.APPLICATION_CONFLICT, entry.entry_id, applied.webhook_id, applied_as=applied
     )
+
+
+# What a conflict leaves on a head (docs/pusher.md#conflicts); an operator's link, unlink or adopt clears it.
+_CONFLICT_FIELDS = "push_conflict, conflict_since, adoption_held, last_push_error, push_waiting"
 
 
 def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -3,7 +3,8 @@
 Attribute names here are the table's contract with the reconciler, the ledger API and the CLI;
 the key schema and indexes live in template.yaml. Two sparse indexes keep operators and the
 re-drive off table scans: `Unfinished` holds events still `received` or parked `unmatched`
-(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`).
+(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`), and
+`UnmatchedByMomentId` holds payments parked unmatched by the Moment id they name (`unmatched_moment_id`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from moment_sync.webhook_store import ReceivedWebhook, StorageUnavailable, Store
 UNFINISHED_SHARDS = 8
 UNFINISHED_INDEX = "Unfinished"
 PARKED_INDEX = "Parked"
+UNMATCHED_INDEX = "UnmatchedByMomentId"
 # An event may only move out of these; applied, duplicate and ignored are final.
 _OPEN = "attribute_exists(webhook_id) AND #status IN (:received, :parked)"
 
@@ -140,7 +142,7 @@ class WebhookEventsTable:
         for name, value in fields.items():
             values[f":{name}"] = {"S": str(value)}
             sets.append(f"{name} = :{name}")
-        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard"]
+        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard", "unmatched_moment_id"]
         return {
             "TableName": self.table_name,
             "Key": {"webhook_id": {"S": webhook_id}},
@@ -154,7 +156,17 @@ class WebhookEventsTable:
         """Move an open event to a final status; False when it was already final (nothing changed)."""
         return self._update_if_open(self.status_update(webhook_id, status, now, **fields))
 
-    def park(self, webhook_id: str, reason: ParkReason, detail: str, now: float, **fields: Any) -> bool:
+    def park(
+        self,
+        webhook_id: str,
+        reason: ParkReason,
+        detail: str,
+        now: float,
+        moment_id: str | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Park an open event. An unmatched payment names its Moment id (`moment_id`), which puts it in
+        the sparse `UnmatchedByMomentId` index: linking that id re-drives it at once."""
         update = self.status_update(webhook_id, EventStatus.PARKED, now, **fields)
         values = update["ExpressionAttributeValues"]
         values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
@@ -164,7 +176,11 @@ class WebhookEventsTable:
         if reason is ParkReason.UNMATCHED:
             # The scheduled re-drive keeps trying these: they stay in the Unfinished index.
             values[":shard"] = {"S": unfinished_shard(webhook_id)}
-            sets += ", unfinished_shard = :shard ADD redrive_attempts :one"
+            sets += ", unfinished_shard = :shard"
+            if moment_id:
+                sets += ", unmatched_moment_id = :moment_id"
+                values[":moment_id"] = {"S": moment_id}
+            sets += " ADD redrive_attempts :one"
             values[":one"] = {"N": "1"}
         else:
             removals = " REMOVE unfinished_shard"
@@ -197,6 +213,10 @@ class WebhookEventsTable:
                 "unfinished_shard = :shard AND received_at < :cutoff",
                 {":shard": {"S": f"u#{shard}"}, ":cutoff": {"S": iso_time(received_before)}},
             )
+
+    def unmatched_naming(self, moment_id: str) -> Iterator[str]:
+        """Payments parked unmatched that name this Moment id (sparse `UnmatchedByMomentId` index)."""
+        yield from self._query_ids(UNMATCHED_INDEX, "unmatched_moment_id = :id", {":id": {"S": moment_id}})
 
     def parked_ids(self, reason: ParkReason) -> Iterator[str]:
         yield from self._query_ids(PARKED_INDEX, "parked_reason = :reason", {":reason": {"S": reason.value}})
