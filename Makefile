@@ -21,12 +21,16 @@ export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)/local
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements-dev.txt constraints.txt layers/shared/requirements.txt pyproject.toml clients/python/pyproject.toml
+$(BIN)/.installed: requirements-dev.txt constraints.txt layers/shared/requirements.txt
 	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.11 found (3.13 preferred)"; exit 1; }
 	@echo "==> creating $(VENV) with $(PYTHON)"
 	@$(PYTHON) -m venv $(VENV)
 	@echo "==> installing ~90 pinned packages into $(VENV) (the first time: several minutes on 2 cores; pip shows each)"
 	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+# The moment-sync command and the ledger client, editable (an existing .venv gets them too).
+$(BIN)/moment-sync: $(BIN)/.installed clients/python/pyproject.toml
 	@echo "==> installing this repository (the moment-sync command) and its client, editable"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e clients/python
 	@touch $@
@@ -38,7 +42,7 @@ $(SAM_VENV)/bin/.installed: requirements-sam.txt
 	@touch $@
 
 .PHONY: venv
-venv: $(BIN)/.installed ## Create the development virtual environment (pinned)
+venv: $(BIN)/.installed $(BIN)/moment-sync ## Create the development virtual environment (pinned), with moment-sync
 
 .PHONY: lint
 lint: venv ## ruff (lint and format) and mypy --strict on the shared package
