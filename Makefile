@@ -25,17 +25,24 @@ $(BIN)/.installed: requirements-dev.txt constraints.txt layers/shared/requiremen
 	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.11 found (3.13 preferred)"; exit 1; }
 	@echo "==> creating $(VENV) with $(PYTHON)"
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@echo "==> installing ~90 pinned packages into $(VENV) (the first time: several minutes on 2 cores; pip shows each)"
+	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+# The moment-sync command and the ledger client, editable (an existing .venv gets them too).
+$(BIN)/moment-sync: $(BIN)/.installed clients/python/pyproject.toml
+	@echo "==> installing this repository (the moment-sync command) and its client, editable"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e clients/python
 	@touch $@
 
 $(SAM_VENV)/bin/.installed: requirements-sam.txt
-	@echo "==> creating $(SAM_VENV) (SAM CLI pins its own boto3, so it lives apart)"
+	@echo "==> creating $(SAM_VENV) (SAM CLI pins its own boto3, so it lives apart; a minute or two the first time)"
 	@$(PYTHON) -m venv $(SAM_VENV)
-	@$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	@$(SAM_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on -r requirements-sam.txt
 	@touch $@
 
 .PHONY: venv
-venv: $(BIN)/.installed ## Create the development virtual environment (pinned)
+venv: $(BIN)/.installed $(BIN)/moment-sync ## Create the development virtual environment (pinned), with moment-sync
 
 .PHONY: lint
 lint: venv ## ruff (lint and format) and mypy --strict on the shared package
@@ -49,8 +56,9 @@ format: venv ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 .PHONY: unit
-unit: venv ## Unit and integration tests (moto, in-process; loopback only)
-	$(BIN)/python -m pytest
+unit: venv ## Unit and integration tests (moto, in-process; loopback only), the link check, client and CLI tests
+	@mkdir -p build
+	PYTEST_SUMMARY_FILE=build/pytest-summary.txt $(BIN)/python -m pytest
 
 .PHONY: template-check
 template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-lint over the samtranslator output
@@ -60,7 +68,7 @@ template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-
 
 .PHONY: test
 test: lint unit template-check ## The whole gate: what CI runs
-	@echo "make test: all checks passed"
+	@echo "make test: all checks passed: ruff, ruff format, mypy --strict; pytest $$(cat build/pytest-summary.txt 2>/dev/null || echo '(no summary)') (unit, integration, soak, Markdown links, client, CLI); sam validate --lint, cfn-lint on the translated template"
 
 .PHONY: build
 build: $(SAM_VENV)/bin/.installed ## sam build without a container (needs python3.13 on PATH; added from pyenv if there)
@@ -119,6 +127,10 @@ invoke-daily-reconcile: build ## sam local invoke the daily reconciliation as it
 .PHONY: cli
 cli: venv ## The operator CLI, e.g. make cli ARGS="--stack moment-balance-sync-dev verify"
 	$(BIN)/python -m moment_sync $(ARGS)
+
+.PHONY: links
+links: venv ## Check every relative link, anchor and Markdown file named in the repository (no network)
+	$(BIN)/python tools/check_markdown_links.py
 
 .PHONY: lock
 lock: ## Re-pin every transitive dependency into constraints.txt from a fresh venv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +83,21 @@ def dynamodb_limit_breaches() -> Iterator[dynamodb_limits.Breaches]:
     """For a test that breaks a DynamoDB limit on purpose."""
     with dynamodb_limits.breaches_expected() as breaches:
         yield breaches
+
+
+_STARTED = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """`make test`'s closing line says what pytest ran: its counts go to PYTEST_SUMMARY_FILE."""
+    path = os.environ.get("PYTEST_SUMMARY_FILE")
+    if not path:
+        return
+    counts = {
+        outcome: len(terminalreporter.stats.get(outcome, []))
+        for outcome in ("passed", "failed", "error", "skipped", "xfailed")
+    }
+    seconds = time.monotonic() - _STARTED
+    shown = ", ".join(f"{count} {outcome}" for outcome, count in counts.items() if count)
+    with open(path, "w", encoding="utf-8") as summary:
+        summary.write(f"{shown or 'nothing run'} in {seconds / 60:.1f} min")

@@ -104,7 +104,8 @@ def curl_command(url: str, secret: str, webhook_id: str, timestamp: int, body: s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The docstring's whole first paragraph: its first line alone stops mid-sentence.
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--secret", default=LOCAL_WEBHOOK_SECRET, help="whsec_... (default: the local one)")
     parser.add_argument("--timestamp", type=int, default=None, help="Unix seconds (default: now)")
     parser.add_argument(

@@ -41,6 +41,12 @@ def main() -> int:
                 show(f"AWS (moto): {stack.aws_endpoint}")
                 show(f"Function logs: {log.relative_to(ROOT) if log.is_relative_to(ROOT) else log}")
                 show(_schedules(settings))
+                show("Operator CLI against it: .venv/bin/moment-sync --local verify (--help: the commands)")
+                show(
+                    "Ledger API signatures: checked as API Gateway does (LOCAL_REQUIRE_SIGV4=1)"
+                    if settings.require_sigv4
+                    else "Ledger API signatures: not checked (LOCAL_REQUIRE_SIGV4=1 checks them)"
+                )
                 show("Ready. Ctrl-C stops.")
                 stopping.wait()
                 say("stopping...")

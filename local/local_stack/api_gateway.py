@@ -3,7 +3,8 @@
 It does what API Gateway does for an HTTP API with a Lambda proxy integration: lower-cases header
 names and joins repeated headers with commas, base64-encodes a body that is not UTF-8 text, passes
 path parameters, and turns the handler's response back into HTTP; a request no route takes, whatever
-its method, is a 404. No IAM check is made locally.
+its method, is a 404. Routes the template puts behind `AWS_IAM` are open locally unless `sigv4` is set
+(LOCAL_REQUIRE_SIGV4=1): then their signatures are checked as API Gateway checks them (sigv4_check).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 # An API Gateway (payload 2.0) event in, the integration's response out.
@@ -31,6 +32,7 @@ class Route:
     path: str  # "/customers/{ref}" style, as in template.yaml
     function_name: str
     handler: Handler
+    iam: bool = False  # the template's Authorizer: AWS_IAM
 
     @property
     def route_key(self) -> str:
@@ -96,11 +98,18 @@ def build_event(
     return event
 
 
+class SignatureCheck(Protocol):
+    def refusal(self, method: str, target: str, headers: dict[str, str], body: bytes) -> str | None: ...
+
+
 class LocalHttpApi:
     """Serves `routes` on loopback until stopped; `url` is set once it listens."""
 
-    def __init__(self, routes: list[Route], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, routes: list[Route], host: str = "127.0.0.1", port: int = 0, sigv4: SignatureCheck | None = None
+    ) -> None:
         self.routes = routes  # may be set after construction, before start()
+        self.sigv4 = sigv4
         self._server = ThreadingHTTPServer((host, port), self._request_handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-http-api", daemon=True)
@@ -132,6 +141,11 @@ class LocalHttpApi:
         for route in self.routes:
             parameters = route.match(method, split.path)
             if parameters is not None:
+                if route.iam and self.sigv4 is not None:
+                    refusal = self.sigv4.refusal(method, target, headers, body)
+                    if refusal is not None:  # API Gateway says only "Forbidden"; locally, also why
+                        forbidden = {"message": "Forbidden", "local_reason": refusal}
+                        return 403, {"content-type": "application/json"}, json.dumps(forbidden).encode()
                 event = build_event(
                     route, method, split.path, split.query, headers, body, parameters, source_ip
                 )

@@ -68,6 +68,17 @@ def http_routes(logical_id: str) -> list[tuple[str, str]]:
     ]
 
 
+def iam_routes(logical_id: str) -> list[tuple[str, str]]:
+    """(method, path) of the function's HttpApi events that the template puts behind AWS_IAM."""
+    events: Mapping[str, Any] = resource_properties(logical_id).get("Events", {})
+    return [
+        (event["Properties"]["Method"].upper(), event["Properties"]["Path"])
+        for event in events.values()
+        if event.get("Type") == "HttpApi"
+        and (event["Properties"].get("Auth") or {}).get("Authorizer") == "AWS_IAM"
+    ]
+
+
 def _resolve(value: Any, resolve_ref: Resolver | Intrinsics) -> str:
     if isinstance(resolve_ref, Intrinsics):
         return str(resolve_ref.resolve(value))

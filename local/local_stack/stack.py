@@ -24,9 +24,10 @@ from typing import Any, TextIO, TypeVar
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
 from local_stack.event_source import MappingSettings, StreamEventSource
-from local_stack.functions import Invocation, LocalFunctions, function_environment, http_routes
+from local_stack.functions import Invocation, LocalFunctions, function_environment, http_routes, iam_routes
 from local_stack.moto_server import SerialMotoServer
 from local_stack.scheduler import SCHEDULED_EVENT, Job, Scheduler
+from local_stack.sigv4_check import SigV4Check
 from local_stack.streams import StreamReader
 from local_stack.template import ROOT, Intrinsics, create_table, function_logical_ids, resource_properties
 from moment_sandbox import MomentSandbox, SandboxSettings
@@ -72,6 +73,7 @@ class LocalSettings:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)  # faults, delivery, switches
     stream_retry_delay_seconds: float = 0.1
     stream_batching_window_seconds: float | None = None  # None: the template's (1 s)
+    require_sigv4: bool = False  # LOCAL_REQUIRE_SIGV4: check the ledger API's signatures as AWS would
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
@@ -92,6 +94,7 @@ class LocalSettings:
             redrive_grace_seconds=int(grace) if grace else None,
             parameter_overrides=overrides,
             sandbox=SandboxSettings.from_environment(environ),
+            require_sigv4=environ.get("LOCAL_REQUIRE_SIGV4", "").lower() in {"1", "true", "yes", "on"},
         )
 
 
@@ -220,6 +223,10 @@ def running_stack(
         os.environ.update(aws_environment(moto.endpoint))
         names, attributes = _create_resources(settings, moto.endpoint)
         api = _listening("the API", lambda: LocalHttpApi([], port=settings.api_port), settings.api_port)
+        if settings.require_sigv4:
+            api.sigv4 = SigV4Check(
+                REGION, {made_up_values.LOCAL_AWS_ACCESS_KEY_ID: made_up_values.LOCAL_AWS_SECRET_ACCESS_KEY}
+            )
         sandbox_settings = replace(
             settings.sandbox,
             host="127.0.0.1",
@@ -346,8 +353,13 @@ def _http_routes(functions: LocalFunctions, say: Notify) -> list[Route]:
     for logical_id, short_name in HTTP_FUNCTIONS.items():
         if not functions.has(logical_id):
             continue  # not built yet: its routes answer 404, as an API without them would
+        iam = set(iam_routes(logical_id))
         for method, path in http_routes(logical_id):
-            routes.append(Route(method, path, short_name, _integration(functions, logical_id, say)))
+            routes.append(
+                Route(
+                    method, path, short_name, _integration(functions, logical_id, say), (method, path) in iam
+                )
+            )
     return routes
 
 

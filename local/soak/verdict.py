@@ -1,5 +1,5 @@
 """What the tables and Moment hold once everything is quiet, against what was sent: invariants 1-5 of
-DESIGN.md, counted rather than asserted, so the soak can say how much went wrong, not only that
+docs/architecture.md, counted rather than asserted, so the soak can say how much went wrong, not only that
 something did.
 
 - lost: a valid webhook never stored (or never acknowledged), a payment with no entry, a charge the

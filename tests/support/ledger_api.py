@@ -132,6 +132,7 @@ class LedgerApi:
         query: str = "",
         base64_body: bool = False,
         mangle_base64: bool = False,
+        content_type: str | None = "application/json",
     ) -> Answer:
         payload = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
         route, parameters = _route_for(method, path)
@@ -140,7 +141,8 @@ class LedgerApi:
             method,
             path,
             query,
-            {"content-type": "application/json", "host": "ledger.local", "user-agent": "tests"},
+            {"host": "ledger.local", "user-agent": "tests"}
+            | ({"content-type": content_type} if content_type is not None else {}),
             payload,
             parameters,
             "127.0.0.1",

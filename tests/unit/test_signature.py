@@ -22,7 +22,7 @@ from moment_sync.signature import (
     verify_signature,
 )
 
-# Moment's first example signature is the Standard Webhooks reference vector (reference/moment-api.md).
+# Moment's first example signature is the Standard Webhooks reference vector (docs/moment.md).
 KAT_SECRET, HAND_VECTOR_SECRET = PUBLISHED_TEST_VECTOR_SECRETS
 KAT_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 KAT_TIMESTAMP = 1614265330

@@ -12,6 +12,7 @@ check their arguments with the ledger API's own rules and call the same use case
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -21,9 +22,18 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from moment_sync import operator_links
+from moment_sync import cli_shell, operator_links
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.cli_local import (
+    LOCAL_EVENTS_TABLE,
+    LOCAL_LEDGER_TABLE,
+    LOCAL_MOMENT_KEY_SECRET,
+    AwsClients,
+    LocalProfile,
+    aws_clients,
+    local_clients,
+)
 from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
@@ -31,7 +41,7 @@ from moment_sync.ledger.service import LedgerProblem
 from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
-from moment_sync.redrive import redrive, redrive_stuck
+from moment_sync.redrive import RedriveReport, redrive, redrive_stuck
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -76,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events-table", default=os.environ.get("WEBHOOK_EVENTS_TABLE"))
     parser.add_argument("--ledger-table", default=os.environ.get("LEDGER_TABLE"))
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="use the running `make local` stack (its moto, tables, Moment sandbox and key)",
+    )
+    parser.add_argument("--region", help="the AWS region (default: AWS_REGION or the profile's)")
+    parser.add_argument("--debug", action="store_true", help="show log lines and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     event = commands.add_parser("event", help="show one stored webhook and what became of it")
@@ -177,12 +194,28 @@ def _add_change_commands(commands: Any) -> None:
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, aws: Any = None, moment: Any = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    aws: Any = None,
+    moment: Any = None,
+    err: TextIO | None = None,
 ) -> int:
-    """`aws` (a boto3 session or module) and `moment` (a MomentClient) replace the real ones in tests."""
+    """`aws` (a boto3 session or module) and `moment` (a MomentClient) replace the real ones in tests.
+
+    Every command runs inside `cli_shell.run`: a fault it does not handle itself is one line on stderr
+    and exit 1, never a traceback (unless --debug)."""
     arguments = build_parser().parse_args(argv)
     arguments.moment = moment
-    arguments.aws = aws
+    arguments.err = err or sys.stderr
+    return cli_shell.run(
+        lambda: _run_command(arguments, aws, out or sys.stdout),
+        debug=arguments.debug,
+        err=arguments.err,
+        local=arguments.local,
+    )
+
+
+def _run_command(arguments: argparse.Namespace, aws: Any, out: TextIO) -> int:
     try:
         events, ledger = _tables(arguments, aws)
         handler = {
@@ -205,25 +238,32 @@ def main(
         }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
-        print(f"moment-sync: {error}", file=sys.stderr)
+        print(f"moment-sync: {error}", file=arguments.err)
         return error.exit_code
     except RequestInvalid as error:
         problems = "; ".join(f"{problem.field} {problem.message}" for problem in error.errors)
-        print(f"moment-sync: {problems or error.detail}", file=sys.stderr)
+        print(f"moment-sync: {problems or error.detail}", file=arguments.err)
         return EXIT_USAGE
     except LedgerProblem as error:
-        print(f"moment-sync: {error.detail} ({error.problem})", file=sys.stderr)
+        print(f"moment-sync: {error.detail} ({error.problem})", file=arguments.err)
         return EXIT_FAILED
     finally:
         metrics.clear_metrics()  # the use cases count for CloudWatch; an operator's run is not counted
 
 
 def _tables(arguments: argparse.Namespace, aws: Any) -> tuple[WebhookEventsTable, LedgerTable]:
-    import boto3  # noqa: PLC0415 -- not needed for --help
-
-    session = aws or boto3
+    if arguments.local:
+        profile = LocalProfile.from_environment()
+        clients = AwsClients(aws) if aws is not None else local_clients(profile)
+        arguments.events_table, arguments.ledger_table = LOCAL_EVENTS_TABLE, LOCAL_LEDGER_TABLE
+        arguments.moment_key_secret = LOCAL_MOMENT_KEY_SECRET
+        if getattr(arguments, "moment_base_url", None) is None:
+            arguments.moment_base_url = profile.moment_base_url
+    else:
+        clients = AwsClients(aws) if aws is not None else aws_clients(arguments.region)
+    arguments.clients = clients
     if arguments.stack:
-        outputs = session.client("cloudformation").describe_stacks(StackName=arguments.stack)["Stacks"][0]
+        outputs = clients.client("cloudformation").describe_stacks(StackName=arguments.stack)["Stacks"][0]
         values = {output["OutputKey"]: output["OutputValue"] for output in outputs.get("Outputs", [])}
         arguments.events_table = values.get("WebhookEventsTableName", arguments.events_table)
         arguments.ledger_table = values.get("LedgerTableName", arguments.ledger_table)
@@ -233,7 +273,7 @@ def _tables(arguments: argparse.Namespace, aws: Any) -> tuple[WebhookEventsTable
             "name the tables: --stack NAME, or --events-table and --ledger-table "
             "(or WEBHOOK_EVENTS_TABLE and LEDGER_TABLE)"
         )
-    dynamodb = session.client("dynamodb")
+    dynamodb = clients.client("dynamodb")
     events = WebhookEventsTable(dynamodb, arguments.events_table)
     return events, LedgerTable(dynamodb, arguments.ledger_table, events)
 
@@ -260,12 +300,13 @@ def _balance(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledge
         _print({"head": shown, "entries": [_public(entry) for entry in entries]}, True, out)
         return EXIT_OK
     _print({**_public(head), "sync_state": sync_state(head)}, False, out)
-    print(f"\n{'created_at':<25} {'kind':<12} {'amount':>12}  entry", file=out)
-    for entry in entries:
-        print(
-            f"{entry['created_at']:<25} {entry['kind']:<12} {entry['amount']:>12}  {entry['entry_id']}",
-            file=out,
-        )
+    print(file=out)
+    cli_shell.table(
+        ["created at", "kind", "amount", "entry"],
+        [[entry["created_at"], entry["kind"], entry["amount"], entry["entry_id"]] for entry in entries],
+        out,
+        right=frozenset({2}),
+    )
     return EXIT_OK
 
 
@@ -273,6 +314,8 @@ def _redrive(
     arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
 ) -> int:
     if arguments.stuck:
+        progress = cli_shell.Progress("redrive", arguments.err)
+        progress.update(0, what="events (every stuck one)")
         report = redrive_stuck(
             events=events,
             ledger=ledger,
@@ -281,29 +324,78 @@ def _redrive(
             grace_seconds=arguments.grace_minutes * 60,
             back_off=False,  # an operator asked for it now
         )
+        progress.finish()
     elif arguments.reason:
-        report = redrive(
-            list(events.parked_ids(ParkReason(arguments.reason))),
+        report = _redrive_with_progress(
+            list(events.parked_ids(ParkReason(arguments.reason))), events, ledger, arguments.err
+        )
+    else:
+        report = _redrive_with_progress(arguments.webhook_id, events, ledger, arguments.err)
+    if arguments.json:
+        _print(asdict(report), True, out)
+    else:
+        print(_redrive_sentence(report), file=out)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+_REDRIVE_CHUNK = 25  # events re-driven between two progress updates
+
+
+def _redrive_with_progress(
+    webhook_ids: list[str], events: WebhookEventsTable, ledger: LedgerTable, err: TextIO
+) -> RedriveReport:
+    total = RedriveReport()
+    progress = cli_shell.Progress("redrive", err)
+    for start in range(0, len(webhook_ids), _REDRIVE_CHUNK):
+        part = redrive(
+            webhook_ids[start : start + _REDRIVE_CHUNK],
             events=events,
             ledger=ledger,
             directory=None,
             now=time.time,
         )
-    else:
-        report = redrive(arguments.webhook_id, events=events, ledger=ledger, directory=None, now=time.time)
-    _print(asdict(report), arguments.json, out)
-    return EXIT_FAILED if report.errors else EXIT_OK
+        total.examined += part.examined
+        total.found_received += part.found_received
+        total.not_due += part.not_due
+        total.stopped_early = total.stopped_early or part.stopped_early
+        total.linked.extend(part.linked)
+        total.errors.extend(part.errors)
+        for outcome, count in part.outcomes.items():
+            total.outcomes[outcome] = total.outcomes.get(outcome, 0) + count
+        progress.update(min(start + _REDRIVE_CHUNK, len(webhook_ids)), len(webhook_ids), "events")
+    progress.finish()
+    return total
+
+
+def _redrive_sentence(report: RedriveReport) -> str:
+    """e.g. `redrive: 3 events examined: 2 applied, 1 parked (unmatched); 1 linked to Moment; no errors`"""
+    outcomes = ", ".join(
+        f"{count} {outcome.replace(':', ' (')}{')' if ':' in outcome else ''}"
+        for outcome, count in sorted(report.outcomes.items())
+    )
+    parts = [f"redrive: {report.examined} events examined" + (f": {outcomes}" if outcomes else "")]
+    if report.linked:
+        parts.append(f"{len(report.linked)} linked to Moment")
+    if report.not_due:
+        parts.append(f"{report.not_due} not due yet")
+    if report.stopped_early:
+        parts.append("stopped early (run it again)")
+    parts.append(f"{len(report.errors)} errors: {'; '.join(report.errors)}" if report.errors else "no errors")
+    return "; ".join(parts)
 
 
 def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO) -> int:
     """Invariant 3: every balance equals the sum of its entries."""
     heads: dict[str, int] = {}
     sums: dict[str, int] = {}
-    for item in ledger.scan_all():
+    progress = cli_shell.Progress("verify", arguments.err)
+    for number, item in enumerate(ledger.scan_all(), start=1):
+        progress.update(number, what="items read")
         if item["sk"] == HEAD and "balance" in item:
             heads[item["pk"]] = item["balance"]
         elif item["sk"].startswith(ENTRY_PREFIX):
             sums[item["pk"]] = sums.get(item["pk"], 0) + item["amount"]
+    progress.finish()
     mismatches = {
         pk: (balance, sums.get(pk, 0)) for pk, balance in heads.items() if balance != sums.get(pk, 0)
     }
@@ -430,9 +522,15 @@ def _reconcile_report(
     if bool(arguments.kind) != bool(arguments.ref):
         raise CommandError("name both the kind and the reference, or neither")
     only = [BalanceRef(BalanceKind(arguments.kind), arguments.ref)] if arguments.ref else None
+    progress = cli_shell.Progress("reconcile-report", arguments.err)
     comparisons = compare(
-        ledger, _moment_client(arguments), only, calls_per_second=arguments.calls_per_second
+        ledger,
+        _moment_client(arguments),
+        only,
+        calls_per_second=arguments.calls_per_second,
+        on_each=lambda done: progress.update(done, what="balances compared"),
     )
+    progress.finish()
     unexplained = [comparison for comparison in comparisons if not comparison.explained]
     if arguments.json:
         rows = [
@@ -449,13 +547,20 @@ def _reconcile_report(
         ]
         _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
     else:
-        print(f"{'kind':<9} {'reference':<24} {'ledger':>12} {'moment':>12}  {'sync':<9} note", file=out)
-        for c in comparisons:
-            mark = "" if c.explained else "  <-- unexplained"
-            print(
-                f"{c.balance.kind.value:<9} {c.balance.ref:<24} {_amount(c.ledger_balance):>12} "
-                f"{_amount(c.moment_balance):>12}  {c.sync:<9} {c.note}{mark}",
-                file=out,
+        table = [
+            [
+                c.balance.kind.value,
+                c.balance.ref,
+                c.ledger_balance,
+                c.moment_balance,
+                c.sync,
+                c.note + ("" if c.explained else "  <-- unexplained"),
+            ]
+            for c in comparisons
+        ]
+        if table:
+            cli_shell.table(
+                ["kind", "reference", "ledger", "moment", "sync", "note"], table, out, right=frozenset({2, 3})
             )
         print(f"reconcile-report: {len(comparisons)} balances, {len(unexplained)} unexplained", file=out)
     return EXIT_FAILED if unexplained else EXIT_OK
@@ -467,23 +572,23 @@ def _operator_link(
     """`link`, `unlink` and `adopt`: the ways out of a balance's `conflict` (moment_sync.operator_links)."""
     from moment_sync.moment_errors import MomentError  # noqa: PLC0415
 
+    captured = io.StringIO()  # --json: what it did, as one document
+    said: TextIO = captured if arguments.json else out
     try:
         if arguments.command == "unlink":
-            operator_links.unlink(arguments, ledger, out)
+            operator_links.unlink(arguments, ledger, said)
         elif arguments.command == "link":
-            operator_links.link(arguments, events, ledger, _moment_client(arguments), out)
+            operator_links.link(arguments, events, ledger, _moment_client(arguments), said)
         else:
             moment = _moment_client(arguments) if arguments.moment_wins else None
-            operator_links.adopt(arguments, ledger, moment, out)
+            operator_links.adopt(arguments, ledger, moment, said)
     except operator_links.LinkRefused as error:
         raise CommandError(str(error), EXIT_USAGE if error.usage else EXIT_FAILED) from None
     except MomentError as error:
         raise CommandError(f"Moment: {error}", EXIT_FAILED) from None
+    if arguments.json:
+        _print({"command": arguments.command, "done": captured.getvalue().splitlines()}, True, out)
     return EXIT_OK
-
-
-def _amount(value: int | None) -> str:
-    return "-" if value is None else str(value)
 
 
 def _moment_client(arguments: argparse.Namespace) -> Any:
@@ -493,18 +598,21 @@ def _moment_client(arguments: argparse.Namespace) -> Any:
     from moment_sync.moment_client import DEFAULT_BASE_URL, MomentClient  # noqa: PLC0415
     from moment_sync.moment_errors import MomentKeyRefused  # noqa: PLC0415
 
-    key = os.environ.get("MOMENT_API_KEY")
     secret = getattr(arguments, "moment_key_secret", None)
+    key = None if arguments.local else os.environ.get("MOMENT_API_KEY")
     if not key and secret:
-        import boto3  # noqa: PLC0415
-
-        session = arguments.aws or boto3
-        key = session.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"].strip()
+        key = (
+            arguments.clients.client("secretsmanager")
+            .get_secret_value(SecretId=secret)["SecretString"]
+            .strip()
+        )
     if not key:
         raise CommandError("give the Moment API key: MOMENT_API_KEY, or --stack to read the stack's secret")
     try:
         return MomentClient(
-            key, environment=arguments.environment, base_url=arguments.moment_base_url or DEFAULT_BASE_URL
+            key,
+            environment="dev" if arguments.local else arguments.environment,
+            base_url=arguments.moment_base_url or DEFAULT_BASE_URL,
         )
     except MomentKeyRefused as error:
         raise CommandError(str(error)) from None
@@ -529,27 +637,35 @@ def _parked(
             }
         )
     result: dict[str, Any] = {"parked": rows}
+    report = None
     if arguments.redrive:
-        report = redrive(
-            [webhook_id for _, webhook_id in listed],
-            events=events,
-            ledger=ledger,
-            directory=None,
-            now=time.time,
+        report = _redrive_with_progress(
+            [webhook_id for _, webhook_id in listed], events, ledger, arguments.err
         )
         result["redrive"] = asdict(report)
     if arguments.json:
         _print(result, True, out)
     else:
-        for row in rows:
-            print(
-                f"{row['reason']:<18} {row['webhook_id']:<32} {row['received_at'] or '-':<25} "
-                f"{row['detail'] or ''}",
-                file=out,
+        if rows:
+            cli_shell.table(
+                ["reason", "webhook id", "received at", "amount", "currency", "detail"],
+                [
+                    [
+                        row["reason"],
+                        row["webhook_id"],
+                        row["received_at"],
+                        row["amount"],
+                        row["currency"],
+                        row["detail"] or "",
+                    ]
+                    for row in rows
+                ],
+                out,
+                right=frozenset({3}),
             )
         print(f"parked: {len(rows)} events", file=out)
-        if arguments.redrive:
-            print(f"redrive: {result['redrive']['outcomes']}", file=out)
+        if report is not None:
+            print(_redrive_sentence(report), file=out)
     return EXIT_FAILED if result.get("redrive", {}).get("errors") else EXIT_OK
 
 
@@ -606,4 +722,4 @@ def _print(values: dict[str, Any], as_json: bool, out: TextIO) -> None:
         return
     width = max((len(name) for name in values), default=0)
     for name, value in values.items():
-        print(f"{name:<{width}}  {value}", file=out)
+        print(f"{name:<{width}}  {cli_shell.plain(value)}", file=out)

@@ -2,7 +2,7 @@
 
 Routing is Powertools' `APIGatewayHttpResolver`. Each route checks its request
 (`moment_sync.ledger.requests`), calls one use case of `moment_sync.ledger.service` and answers JSON.
-Every error is an RFC 9457 problem: what the request got wrong (400, 413, 428), what the ledger's
+Every error is an RFC 9457 problem: what the request got wrong (400, 413, 415, 428), what the ledger's
 state refuses (404, 409, 422), a busy table (503), and anything unexpected (500: logged with its
 traceback, and the body says nothing of it). This module never touches the tables itself.
 """
@@ -243,6 +243,7 @@ def _reference(ref: str, kind: BalanceKind) -> str:
 
 def _body() -> dict[str, Any]:
     event = app.current_event.raw_event
+    requests.json_content_type((event.get("headers") or {}).get("content-type"))
     return requests.json_object(event.get("body"), bool(event.get("isBase64Encoded")))
 
 

@@ -208,8 +208,7 @@ def _link(ledger: LedgerTable, balance: BalanceRef, moment_id: str) -> None:
 def _report_redrive(moment_id: str, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO) -> None:
     report = redrive_linked(moment_id, events=events, ledger=ledger, now=time.time)
     if report.examined or report.errors:
-        print(
-            f"re-drove {report.examined} unmatched payment(s) naming {moment_id}: {report.outcomes}"
-            + (f"; errors: {report.errors}" if report.errors else ""),
-            file=out,
-        )
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in sorted(report.outcomes.items()))
+        errors = f"; {len(report.errors)} failed, left for the scheduled re-drive" if report.errors else ""
+        said = f"re-drove {report.examined} unmatched payment(s) naming {moment_id}: {outcomes or 'none'}"
+        print(said + errors, file=out)

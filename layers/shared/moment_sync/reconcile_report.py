@@ -42,8 +42,10 @@ def compare(
     *,
     calls_per_second: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
+    on_each: Callable[[int], None] | None = None,
 ) -> list[Comparison]:
-    """Compare the given balances (default: every balance linked to Moment) with Moment's."""
+    """Compare the given balances (default: every balance linked to Moment) with Moment's;
+    `on_each` is told how many are done after each (the CLI's progress)."""
     found = []
     pause = 1.0 / calls_per_second if calls_per_second > 0 else 0.0
     for number, balance in enumerate(balances if balances is not None else ledger.linked_balances()):
@@ -52,6 +54,8 @@ def compare(
         comparison = _compare_one(ledger, moment, balance)
         if comparison is not None:
             found.append(comparison)
+        if on_each is not None:
+            on_each(number + 1)
     unexplained = sum(not comparison.explained for comparison in found)
     metrics.add_metric(name="ReconcileChecked", unit=MetricUnit.Count, value=len(found))
     metrics.add_metric(name="ReconcileDifferences", unit=MetricUnit.Count, value=unexplained)

@@ -86,6 +86,7 @@ class EntryOutcome(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     NO_BALANCE = "no_balance"
     NOT_TRACKED = "not_tracked"
+    OUT_OF_RANGE = "out_of_range"  # the balance would leave -limit..limit (Moment's bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,9 +409,11 @@ class LedgerTable:
         *,
         expected_version: int | None = None,
         request_hash: str | None = None,
+        balance_limit: int | None = None,
     ) -> EntryResult:
         """A merchant's or an operator's change: the entry (refused if its source is already there) and
-        the balance in one transaction, optionally only if the balance is still at `expected_version`."""
+        the balance in one transaction, optionally only if the balance is still at `expected_version`,
+        and only if the new balance stays within -balance_limit..balance_limit."""
         condition = "attribute_exists(version) AND currency = :currency"
         values: dict[str, Any] = {
             ":delta": entry.amount,
@@ -422,6 +425,9 @@ class LedgerTable:
         if expected_version is not None:
             condition += " AND version = :expected"
             values[":expected"] = expected_version
+        if balance_limit is not None:
+            condition += " AND balance BETWEEN :low AND :high"
+            values[":low"], values[":high"] = -balance_limit - entry.amount, balance_limit - entry.amount
         item = entry_item(balance, entry, currency)
         if request_hash is not None:
             item["request_hash"] = {"S": request_hash}
@@ -459,13 +465,7 @@ class LedgerTable:
                 )
             if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
                 head = from_item(reasons[1].get("Item") or {})
-                if not head:
-                    return EntryResult(EntryOutcome.NO_BALANCE)
-                if "version" not in head:
-                    return EntryResult(EntryOutcome.NOT_TRACKED, head=head)
-                if head.get("currency") != currency:
-                    return EntryResult(EntryOutcome.CURRENCY_MISMATCH, head=head)
-                return EntryResult(EntryOutcome.STALE, head=head)
+                return _head_refusal(head, currency, entry.amount, balance_limit)
             raise _transient_or(error) from error
         return EntryResult(EntryOutcome.APPLIED)
 
@@ -829,6 +829,19 @@ def _duplicate_or_conflict(
 
 # What a conflict leaves on a head (docs/pusher.md#conflicts); an operator's link, unlink or adopt clears it.
 _CONFLICT_FIELDS = "push_conflict, conflict_since, adoption_held, last_push_error, push_waiting"
+
+
+def _head_refusal(head: dict[str, Any], currency: str, amount: int, balance_limit: int | None) -> EntryResult:
+    """Why the head refused `apply_entry`'s update, from the item it returned."""
+    if not head:
+        return EntryResult(EntryOutcome.NO_BALANCE)
+    if "version" not in head:
+        return EntryResult(EntryOutcome.NOT_TRACKED, head=head)
+    if head.get("currency") != currency:
+        return EntryResult(EntryOutcome.CURRENCY_MISMATCH, head=head)
+    if balance_limit is not None and abs(int(head.get("balance", 0)) + amount) > balance_limit:
+        return EntryResult(EntryOutcome.OUT_OF_RANGE, head=head)
+    return EntryResult(EntryOutcome.STALE, head=head)
 
 
 def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:

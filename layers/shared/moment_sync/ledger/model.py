@@ -15,6 +15,9 @@ from typing import TypeGuard
 CURRENCIES = frozenset({"ZAR", "USD"})
 # Moment's own bound on an amount (bills' amount_due is 1..99,999,999 minor units).
 MAX_AMOUNT = 99_999_999
+# Moment documents that bound for bills only; the ledger assumes it holds for balances too, both ways
+# (docs/moment.md), and refuses a charge or adjustment that would take a balance past it.
+MOMENT_MAX_BALANCE = MAX_AMOUNT
 REFERENCE_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,255}")
 # Moment's paths take either its own id or the merchant's reference: a reference shaped like an id
 # (customer, account, bill) could name another object at Moment, so the ledger refuses them.

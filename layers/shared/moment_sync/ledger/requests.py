@@ -32,6 +32,16 @@ MAX_LISTED_ERRORS = 20
 BALANCE_MODELS = ("customer", "accounts")
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# What free text (names, descriptions, reasons) may not carry: C0 and C1 controls and DEL; the bidi
+# marks, embeddings, overrides and isolates (U+202E can make "gnp.exe" read "exe.png"); line and
+# paragraph separators; the zero-width space, word joiner and byte-order mark (invisible, so two
+# names that look the same differ). The zero-width non-joiner and joiner (U+200C, U+200D) are
+# allowed: Persian and Indic names and emoji need them. Every other field has an ASCII pattern.
+_UNSAFE_TEXT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]"
+)
+# The media types a body may be sent as; a body with no Content-Type is read as JSON too.
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.IGNORECASE)
 # The WHATWG (HTML) shape of an address, with at least one dot in the domain.
 _EMAIL = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -107,6 +117,21 @@ def json_object(body: str | None, is_base64: bool, max_bytes: int = MAX_BODY_BYT
     if not isinstance(value, dict):
         raise invalid("body", "must be a JSON object")
     return value
+
+
+def json_content_type(content_type: str | None) -> None:
+    """Refuse a body declared as anything but JSON (415): `text/plain` or a form is not read as JSON.
+    Parameters (`; charset=utf-8`) are allowed; no Content-Type at all is read as JSON."""
+    if content_type is None or not content_type.strip():
+        return
+    media_type = content_type.split(";", 1)[0].strip()
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type):
+        raise RequestInvalid(
+            415,
+            "unsupported-media-type",
+            "The body must be JSON",
+            f"send Content-Type: application/json, not {_shown(media_type)[:64]}",
+        )
 
 
 def _body_bytes(body: str, is_base64: bool, max_bytes: int) -> bytes:
@@ -185,8 +210,8 @@ def _text(value: Any, maximum: int) -> str | None:
         return "must be a string"
     if not 1 <= len(value) <= maximum:
         return f"must be 1-{maximum} characters"
-    if _CONTROL_CHARACTERS.search(value) or not _is_utf8(value):
-        return "must not contain control characters"
+    if _UNSAFE_TEXT.search(value) or not _is_utf8(value):
+        return "must not contain control, bidi, separator or zero-width characters"
     return None
 
 

@@ -19,6 +19,7 @@ from moment_sync.adapters.ledger_table import ENTRY_PREFIX, EntryOutcome, EntryR
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.model import (
     MOMENT_ID_PREFIXES,
+    MOMENT_MAX_BALANCE,
     BalanceKind,
     BalanceRef,
     Entry,
@@ -178,7 +179,9 @@ def post_charge(
     if charge.get("description"):
         source["description"] = charge["description"]
     entry = Entry(EntryKind.CHARGE, charge["amount"], charge["id"], source, iso_time(now))
-    result = ledger.apply_entry(balance, entry, head["currency"], request_hash=request_hash)
+    result = ledger.apply_entry(
+        balance, entry, head["currency"], request_hash=request_hash, balance_limit=MOMENT_MAX_BALANCE
+    )
     if result.outcome is EntryOutcome.EXISTS and result.existing_entry is not None:
         if result.existing_entry.get("request_hash") != request_hash:
             raise LedgerProblem(
@@ -247,7 +250,7 @@ def adjust(
     head = _tracked_head(ledger, balance)
     source = {"reason": reason, "operator": operator, "adjustment_id": adjustment_id}
     entry = Entry(EntryKind.ADJUSTMENT, amount, adjustment_id, source, iso_time(now))
-    result = ledger.apply_entry(balance, entry, head["currency"])
+    result = ledger.apply_entry(balance, entry, head["currency"], balance_limit=MOMENT_MAX_BALANCE)
     if result.outcome is EntryOutcome.EXISTS:
         raise LedgerProblem(
             409,
@@ -287,6 +290,14 @@ def _raise_unless_applied(result: EntryResult, balance: BalanceRef) -> None:
         raise _not_tracked(balance)
     if result.outcome is EntryOutcome.STALE and result.head is not None:
         raise _stale(result.head)
+    if result.outcome is EntryOutcome.OUT_OF_RANGE and result.head is not None:
+        raise LedgerProblem(
+            422,
+            "balance-out-of-range",
+            "The balance would leave Moment's range",
+            f"{balance} is {result.head.get('balance')}; Moment holds balances from -{MOMENT_MAX_BALANCE:,} "
+            f"to {MOMENT_MAX_BALANCE:,} minor units, so this change is refused",
+        )
     if result.outcome is EntryOutcome.CURRENCY_MISMATCH:
         raise LedgerProblem(
             409,
