@@ -104,18 +104,20 @@ bench: venv ## Benchmarks as ratios against baselines measured in the same run -
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 .PHONY: sign-webhook-event
-sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json with a fresh timestamp
+sign-webhook-event: venv ## Sign the sample webhook afresh into build/events/moment-webhook.json (events/ is left as it is)
 	$(BIN)/python tools/sign_webhook_event.py
 
 # `sam local invoke` (Docker is yours) with events/ and events/env.json, which point the functions at
-# `make local`'s moto from inside the container. Made-up credentials, so nothing reaches a real account.
+# `make local`'s moto and Moment sandbox from inside the container. Made-up credentials, so nothing
+# reaches a real account. On x86_64: make invoke-... ARCHITECTURE=x86_64 (build and run alike).
 SAM_LOCAL_ARGS ?= --add-host host.docker.internal:host-gateway
 SAM_INVOKE = env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
-	$(SAM) local invoke --env-vars events/env.json $(SAM_LOCAL_ARGS)
+	$(SAM) local invoke --env-vars events/env.json --parameter-overrides Architecture=$(ARCHITECTURE) \
+	--region $(AWS_DEFAULT_REGION) $(SAM_LOCAL_ARGS)
 
 .PHONY: invoke-webhook-receiver
 invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver with a freshly signed webhook
-	$(SAM_INVOKE) WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json
+	$(SAM_INVOKE) WebhookReceiverFunction -e build/events/moment-webhook.json
 
 .PHONY: invoke-ledger-api
 invoke-ledger-api: build ## sam local invoke the ledger API (PUT /customers/UCR1001)
@@ -136,6 +138,10 @@ invoke-redrive: build ## sam local invoke the re-drive as its schedule does
 .PHONY: invoke-daily-reconcile
 invoke-daily-reconcile: build ## sam local invoke the daily reconciliation as its schedule does
 	$(SAM_INVOKE) DailyReconcileFunction -e events/daily_reconcile/scheduled.json
+
+.PHONY: sam-local-check
+sam-local-check: venv $(SAM_VENV)/bin/.installed ## Every function under sam local in Docker against the local stack, and start-api (needs Docker; SAM_LOCAL_SETUP=1 as root installs it)
+	PATH="$(dir $(PYTHON)):$$PATH" SAM=$(SAM) $(BIN)/python tools/sam_local_check.py
 
 .PHONY: cli
 cli: venv ## The operator CLI, e.g. make cli ARGS="--stack moment-balance-sync-dev verify"
