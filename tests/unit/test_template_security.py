@@ -32,9 +32,7 @@ def test_cloudwatch_alarms_can_publish_to_the_encrypted_alarm_topic() -> None:
     assert set(granted[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
     assert "Condition" not in granted[0]  # CloudWatch's calls carry no key an alarm could match on
     # and the account can still administer (and so recover) the key.
-    assert any(
-        statement["Action"] == "kms:*" and "AWS" in statement["Principal"] for statement in statements
-    )
+    assert any(statement["Action"] == "kms:*" and "AWS" in statement["Principal"] for statement in statements)
 
 
 def test_every_alarm_notifies_the_encrypted_topic() -> None:
