@@ -457,6 +457,9 @@ def main() -> int:
             report.check(
                 f"sam build, Architecture={architecture}", result.returncode == 0, tail(result.stderr)
             )
+            platform = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}[architecture]
+            output = result.stdout + result.stderr
+            report.check(f"  the layer's wheels are for {platform}", f"--platform {platform}" in output)
         if report.failed:
             return finish(report, started)
         settings = LocalSettings(api_port=free_port(), sandbox_port=free_port(), aws_port=free_port())
