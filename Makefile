@@ -12,6 +12,7 @@ VENV := .venv
 SAM_VENV := .venv-sam
 BIN := $(VENV)/bin
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_VENV := .venv-checkov
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= af-south-1
 # The shared package and the local tooling, importable as Lambda and the local stack see them.
@@ -41,6 +42,12 @@ $(SAM_VENV)/bin/.installed: requirements-sam.txt
 	@$(SAM_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on -r requirements-sam.txt
 	@touch $@
 
+$(CHECKOV_VENV)/bin/.installed: requirements-checkov.txt
+	@echo "==> creating $(CHECKOV_VENV) (checkov pins its own boto3 and networkx, so it lives apart)"
+	@$(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+
 .PHONY: venv
 venv: $(BIN)/.installed $(BIN)/moment-sync ## Create the development virtual environment (pinned), with moment-sync
 
@@ -66,13 +73,27 @@ template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-
 	$(BIN)/python tools/translate_template.py template.yaml build/template.translated.json
 	$(BIN)/cfn-lint build/template.translated.json
 
+# Every finding is fixed or skipped on its resource with a reason (Metadata: checkov: skip:). The
+# translated template shows what SAM generates (roles, permissions, the event source mapping).
+# Offline: no guideline download (BC_SKIP_MAPPING, --skip-download); nothing leaves the machine.
+.PHONY: security-check
+security-check: venv $(CHECKOV_VENV)/bin/.installed ## checkov over template.yaml and the translated template: no finding without a reason
+	$(BIN)/python tools/translate_template.py template.yaml build/template.translated.json
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download \
+		--framework cloudformation -f template.yaml -f build/template.translated.json
+
 .PHONY: test
-test: lint unit template-check ## The whole gate: what CI runs
-	@echo "make test: all checks passed: ruff, ruff format, mypy --strict; pytest $$(cat build/pytest-summary.txt 2>/dev/null || echo '(no summary)') (unit, integration, soak, Markdown links, client, CLI); sam validate --lint, cfn-lint on the translated template"
+test: lint unit template-check security-check ## The whole gate: what CI runs
+	@echo "make test: all checks passed: ruff, ruff format, mypy --strict; pytest $$(cat build/pytest-summary.txt 2>/dev/null || echo '(no summary)') (unit, integration, soak, Markdown links, client, CLI); sam validate --lint, cfn-lint on the translated template; checkov on both templates"
+
+# The functions' and the layer's processor (the template's Architecture parameter): x86_64 for sam
+# local on an x86_64 machine. Exported: the layer's own Makefile picks its wheels' platform from it.
+export ARCHITECTURE ?= arm64
 
 .PHONY: build
-build: $(SAM_VENV)/bin/.installed ## sam build without a container (needs python3.13 on PATH; added from pyenv if there)
-	PATH="$(dir $(PYTHON)):$$PATH" $(SAM) build --template template.yaml
+build: $(SAM_VENV)/bin/.installed ## sam build without a container (ARCHITECTURE=x86_64 for sam local on x86_64; needs python3.13, taken from pyenv if there)
+	PATH="$(dir $(PYTHON)):$$PATH" $(SAM) build --template template.yaml \
+		--parameter-overrides Architecture=$(ARCHITECTURE)
 
 .PHONY: demo
 demo: venv ## Show the system working on this machine, no AWS account or Docker needed
@@ -91,18 +112,20 @@ bench: venv ## Benchmarks as ratios against baselines measured in the same run -
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 .PHONY: sign-webhook-event
-sign-webhook-event: venv ## Re-sign events/webhook_receiver/moment-webhook.json with a fresh timestamp
+sign-webhook-event: venv ## Sign the sample webhook afresh into build/events/moment-webhook.json (events/ is left as it is)
 	$(BIN)/python tools/sign_webhook_event.py
 
 # `sam local invoke` (Docker is yours) with events/ and events/env.json, which point the functions at
-# `make local`'s moto from inside the container. Made-up credentials, so nothing reaches a real account.
+# `make local`'s moto and Moment sandbox from inside the container. Made-up credentials, so nothing
+# reaches a real account. On x86_64: make invoke-... ARCHITECTURE=x86_64 (build and run alike).
 SAM_LOCAL_ARGS ?= --add-host host.docker.internal:host-gateway
 SAM_INVOKE = env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
-	$(SAM) local invoke --env-vars events/env.json $(SAM_LOCAL_ARGS)
+	$(SAM) local invoke --env-vars events/env.json --parameter-overrides Architecture=$(ARCHITECTURE) \
+	--region $(AWS_DEFAULT_REGION) $(SAM_LOCAL_ARGS)
 
 .PHONY: invoke-webhook-receiver
 invoke-webhook-receiver: sign-webhook-event build ## sam local invoke the receiver with a freshly signed webhook
-	$(SAM_INVOKE) WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json
+	$(SAM_INVOKE) WebhookReceiverFunction -e build/events/moment-webhook.json
 
 .PHONY: invoke-ledger-api
 invoke-ledger-api: build ## sam local invoke the ledger API (PUT /customers/UCR1001)
@@ -123,6 +146,10 @@ invoke-redrive: build ## sam local invoke the re-drive as its schedule does
 .PHONY: invoke-daily-reconcile
 invoke-daily-reconcile: build ## sam local invoke the daily reconciliation as its schedule does
 	$(SAM_INVOKE) DailyReconcileFunction -e events/daily_reconcile/scheduled.json
+
+.PHONY: sam-local-check
+sam-local-check: venv $(SAM_VENV)/bin/.installed ## Every function under sam local in Docker against the local stack, and start-api (needs Docker; SAM_LOCAL_SETUP=1 as root installs it)
+	PATH="$(dir $(PYTHON)):$$PATH" SAM=$(SAM) $(BIN)/python tools/sam_local_check.py
 
 .PHONY: cli
 cli: venv ## The operator CLI, e.g. make cli ARGS="--stack moment-balance-sync-dev verify"

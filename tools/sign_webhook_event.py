@@ -1,10 +1,12 @@
-"""Write events/webhook_receiver/moment-webhook.json: an API Gateway HTTP API event carrying a
-Moment `obligation.amount_applied` webhook signed with the given secret and a fresh timestamp.
+"""Write build/events/moment-webhook.json: events/webhook_receiver/moment-webhook.json (an API Gateway
+HTTP API event carrying a Moment `obligation.amount_applied` webhook) signed again with the given
+secret and a fresh timestamp. The tracked sample is never rewritten: its signature is old.
 
-`sam local invoke WebhookReceiverFunction -e events/webhook_receiver/moment-webhook.json` then
-passes verification as long as it runs within the tolerance (180 s by default).
+`sam local invoke WebhookReceiverFunction -e build/events/moment-webhook.json` then passes
+verification as long as it runs within the tolerance (180 s by default).
 
-Usage: python tools/sign_webhook_event.py [--secret whsec_...] [--timestamp UNIX] [--out PATH]
+Usage: python tools/sign_webhook_event.py [--secret whsec_...] [--timestamp UNIX] [--webhook-id ID]
+                                          [--out PATH]
        python tools/sign_webhook_event.py --curl URL [--webhook-id ID] [--body JSON] [--secret whsec_...]
 
 `--curl` writes no file: it prints a `curl` command that sends a freshly signed webhook to URL (the
@@ -41,11 +43,12 @@ BODY = {
     },
 }
 WEBHOOK_ID = "msg_2mXnExampleDelivery01"
+SIGNED_EVENT = ROOT / "build" / "events" / "moment-webhook.json"
 
 
-def build_event(secret: str, timestamp: int) -> dict[str, object]:
+def build_event(secret: str, timestamp: int, webhook_id: str = WEBHOOK_ID) -> dict[str, object]:
     body = json.dumps(BODY, separators=(",", ":"))
-    signature = signature_header([decode_signing_key(secret)], WEBHOOK_ID, timestamp, body.encode())
+    signature = signature_header([decode_signing_key(secret)], webhook_id, timestamp, body.encode())
     return {
         "version": "2.0",
         "routeKey": "POST /webhooks/moment",
@@ -57,7 +60,7 @@ def build_event(secret: str, timestamp: int) -> dict[str, object]:
             "content-type": "application/json",
             "host": "abcdef1234.execute-api.af-south-1.amazonaws.com",
             "user-agent": "Svix-Webhooks/1.63.0",
-            "webhook-id": WEBHOOK_ID,
+            "webhook-id": webhook_id,
             "webhook-signature": signature,
             "webhook-timestamp": str(timestamp),
             "x-amzn-trace-id": "Root=1-6742f0c2-3f1d2c4b5a6978a1b2c3d4e5",
@@ -108,13 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--secret", default=LOCAL_WEBHOOK_SECRET, help="whsec_... (default: the local one)")
     parser.add_argument("--timestamp", type=int, default=None, help="Unix seconds (default: now)")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "events" / "webhook_receiver" / "moment-webhook.json"
-    )
+    parser.add_argument("--out", type=Path, default=SIGNED_EVENT, help="default: build/events/…")
     parser.add_argument(
         "--curl", metavar="URL", help="print a curl command for URL instead of writing a file"
     )
-    parser.add_argument("--webhook-id", default=None, help="with --curl (default: a new msg_ id)")
+    parser.add_argument(
+        "--webhook-id", default=None, help=f"default: {WEBHOOK_ID}, or a new msg_ id with --curl"
+    )
     parser.add_argument(
         "--body", default=None, help="with --curl: the JSON body (default: the sample payment)"
     )
@@ -125,7 +128,9 @@ def main() -> None:
         body = arguments.body or json.dumps(BODY, separators=(",", ":"))
         print(curl_command(arguments.curl, arguments.secret, webhook_id, timestamp, body))
         return
-    arguments.out.write_text(json.dumps(build_event(arguments.secret, timestamp), indent=2) + "\n")
+    event = build_event(arguments.secret, timestamp, arguments.webhook_id or WEBHOOK_ID)
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(event, indent=2) + "\n")
     print(f"wrote {arguments.out} (webhook-timestamp {timestamp})")
 
 

@@ -33,9 +33,9 @@ EVENTS = ROOT / "events"
 WEBHOOK_EVENT = EVENTS / "webhook_receiver" / "moment-webhook.json"
 # Inside sam local's container, the host (where `make local` runs moto) is host.docker.internal.
 CONTAINER_AWS_ENDPOINT = "http://host.docker.internal:{port}"
-# The Moment client sends its API key over plain http to a loopback host only, so this is the one
-# sandbox URL it accepts; inside a container it is the container itself (docs/deploy.md).
-SANDBOX_URL = "http://127.0.0.1:{port}"
+# The sandbox, seen from sam local's container. The Moment client sends its key over plain http to
+# loopback only, and to host.docker.internal only under sam local (docs/deploy.md).
+SANDBOX_URL = "http://host.docker.internal:{port}"
 # A made-up IAM caller, as API Gateway describes one for an AWS_IAM route.
 IAM_CALLER = {
     "accessKey": "ASIAEXAMPLEEXAMPLE00",

@@ -120,7 +120,7 @@ class RunningStack:
 
     @property
     def sandbox_url(self) -> str:
-        return self.sandbox.url
+        return _loopback(self.sandbox.url)
 
     def client(self, service: str) -> Any:
         """A boto3 client of moto (this process's own, not the one the functions use)."""
@@ -229,7 +229,7 @@ def running_stack(
             )
         sandbox_settings = replace(
             settings.sandbox,
-            host="127.0.0.1",
+            host=settings.host,  # beside moto: sam local's containers reach both, or neither
             port=settings.sandbox_port,
             api_key=settings.moment_api_key,
             webhook_url=f"{api.url}/webhooks/moment",
@@ -238,9 +238,9 @@ def running_stack(
         sandbox = _listening(
             "the Moment sandbox", lambda: MomentSandbox(sandbox_settings), settings.sandbox_port
         )
-        intrinsics = _intrinsics(settings, names, attributes, sandbox.url)
+        intrinsics = _intrinsics(settings, names, attributes, _loopback(sandbox.url))
         functions = LocalFunctions(
-            _environments(settings, intrinsics),
+            _environments(settings, intrinsics, moto.endpoint),
             names={logical_id: logical_id for logical_id in function_logical_ids()},
         )
         functions.load()  # imports the handlers, each under its function's environment
@@ -330,10 +330,22 @@ def _intrinsics(
     return Intrinsics(names, attributes, overrides)
 
 
-def _environments(settings: LocalSettings, intrinsics: Intrinsics) -> dict[str, dict[str, str]]:
+def _loopback(url: str) -> str:
+    """A server's URL as this machine calls it: one listening on every address (0.0.0.0, for sam
+    local's containers) is still called on loopback, the only plain-http host the Moment client takes."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:", 1)
+
+
+def _environments(
+    settings: LocalSettings, intrinsics: Intrinsics, aws_endpoint: str
+) -> dict[str, dict[str, str]]:
     environments = {
         logical_id: function_environment(logical_id, intrinsics) for logical_id in function_logical_ids()
     }
+    for environment in environments.values():
+        # The template declares it empty (so that sam local can set it); here it is moto.
+        if "AWS_ENDPOINT_URL" in environment:
+            environment["AWS_ENDPOINT_URL"] = aws_endpoint
     if settings.redrive_grace_seconds is not None:
         environments[REDRIVE]["REDRIVE_GRACE_SECONDS"] = str(settings.redrive_grace_seconds)
     return environments

@@ -809,6 +809,23 @@ def test_a_base_url_without_tls_is_refused(
         make_client(moment, sleeps, base_url=base_url)
 
 
+def test_plain_http_to_the_docker_host_only_under_sam_local(
+    moment: respx.MockRouter, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `sam local` container reaches `make local`'s sandbox at host.docker.internal; nowhere else
+    # is that name a machine of ours, so without AWS_SAM_LOCAL (set only by sam local) it is refused.
+    monkeypatch.delenv("AWS_SAM_LOCAL", raising=False)
+    with pytest.raises(ValueError, match="https"):
+        make_client(moment, sleeps, base_url="http://host.docker.internal:4010")
+    monkeypatch.setenv("AWS_SAM_LOCAL", "true")
+    with pytest.raises(ValueError, match="https"):
+        make_client(moment, sleeps, base_url="http://api.momentpay.net")
+    sandbox = respx.MockRouter(base_url="http://host.docker.internal:4010", assert_all_called=False)
+    route = sandbox.get("/billing/customers/UCR-1").respond(200, json=customer_json())
+    make_client(sandbox, sleeps, base_url="http://host.docker.internal:4010").get_customer("UCR-1")
+    assert route.call_count == 1
+
+
 def test_a_configured_base_url_is_used(sleeps: list[float]) -> None:
     sandbox = respx.MockRouter(base_url="http://127.0.0.1:8765", assert_all_called=False)
     route = sandbox.get("/billing/customers/UCR-1").respond(200, json=customer_json())

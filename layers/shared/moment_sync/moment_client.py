@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -57,6 +58,8 @@ _COLLECTION_PATH: Final[Mapping[ObjectKind, str]] = {
 }
 _EXTERNAL_REFERENCE: Final = re.compile(r"[a-zA-Z0-9_-]{1,255}")
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+# Docker's name for the developer's machine, seen from a container; only `sam local` sets AWS_SAM_LOCAL.
+_SAM_LOCAL_HOST: Final = "host.docker.internal"
 _TEST_KEY_PREFIX: Final = "sk_test_"
 _SECRET_KEY_PREFIX: Final = "sk_"  # noqa: S105 -- a prefix to recognise keys by, not a key
 _USER_AGENT: Final = "moment-balance-sync"
@@ -413,9 +416,13 @@ def _path_segment(value: str) -> str:
 
 def _checked_base_url(base_url: str) -> str:
     url = httpx.URL(base_url)
-    # The key travels in every request: plain http only to a sandbox on this machine.
-    if url.scheme != "https" and not (url.scheme == "http" and url.host in _LOOPBACK_HOSTS):
-        raise ValueError("the Moment base URL must be https (plain http only to a loopback sandbox)")
+    # The key travels in every request: plain http only to a sandbox on this machine (from a `sam
+    # local` container, the machine is host.docker.internal).
+    local_hosts = set(_LOOPBACK_HOSTS)
+    if os.environ.get("AWS_SAM_LOCAL") == "true":
+        local_hosts.add(_SAM_LOCAL_HOST)
+    if url.scheme != "https" and not (url.scheme == "http" and url.host in local_hosts):
+        raise ValueError("the Moment base URL must be https (plain http only to a local sandbox)")
     return str(url).rstrip("/")
 
 

@@ -8,6 +8,11 @@ applied fails its entry's condition and changes nothing, and a status already fi
 is. Processing the rest of the batch keeps one throttled record from delaying every payment behind
 it. Records that cannot be processed at all (bad data) are never failures: they are parked. That
 includes a record with a number boto3 refuses to read: it is read leniently and parked invalid.
+
+A record that is not of this project's shape at all (no `webhook_id` in its new image: another
+writer's item, or AWS's own sample from `sam local generate-event dynamodb update`) has no event to
+park. Retrying it could never succeed, so it is acknowledged, counted in `StreamRecordsForeign` (an
+alarm watches it) and logged by its attribute names only, never their values.
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ def reconcile_stream_batch(
     def handle(record: DynamoDBRecord) -> None:
         if record.raw_event.get("eventName") != "INSERT":
             return  # the event source filter lets only INSERTs through; a status update is not news
+        stream_data = record.raw_event.get("dynamodb") or {}
+        new_image = stream_data.get("NewImage")
+        if not isinstance(new_image, dict) or not isinstance(new_image.get("webhook_id"), dict):
+            _acknowledge_foreign(record.raw_event, stream_data)
+            return
         # A value boto3 cannot read (a 39-digit amount) comes back as text and parks the event invalid.
-        image = event_from_item(record.raw_event["dynamodb"]["NewImage"])
+        image = event_from_item(new_image)
         logger.set_correlation_id(str(image.get("webhook_id")))
         try:
             reconcile_event(image, ledger=ledger, events=events, now=now)
@@ -55,3 +65,19 @@ def reconcile_stream_batch(
         event=event, record_handler=handle, processor=processor, context=context
     )
     return dict(response)
+
+
+def _acknowledge_foreign(raw_event: dict[str, Any], stream_data: dict[str, Any]) -> None:
+    """Count and log a record that is no WebhookEvents item; its names only (values may be personal)."""
+    metrics.add_metric(name="StreamRecordsForeign", unit=MetricUnit.Count, value=1)
+    new_image = stream_data.get("NewImage")
+    keys = stream_data.get("Keys")
+    logger.error(
+        "stream record is not a WebhookEvents item; acknowledged without processing",
+        extra={
+            "event_source_arn": raw_event.get("eventSourceARN"),
+            "sequence_number": stream_data.get("SequenceNumber"),
+            "key_names": sorted(keys) if isinstance(keys, dict) else None,
+            "attribute_names": sorted(new_image) if isinstance(new_image, dict) else None,
+        },
+    )
