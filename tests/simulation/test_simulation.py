@@ -1,0 +1,43 @@
+"""The simulation's short run inside `make test`: a few seeds of short programs through the whole
+system, every invariant checked after every step and once quiet. SIM_SEED=<seed> replays a seed
+(`make simulate` runs as long as asked)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from simulation.runner import run_seed
+
+# Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
+FIRST_SEED = int(os.environ.get("SIM_SEED") or 20261203)
+SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 3)
+STEPS = int(os.environ.get("SIM_TEST_STEPS") or 40)
+EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 6)
+
+
+@pytest.mark.xfail(
+    reason="finds the money-path defects of issue 11 (items 1-8) in today's code; strict, so this "
+    "marker must go once their fixes are merged and the run passes",
+    strict=True,
+)
+def test_the_simulation_keeps_every_invariant() -> None:
+    failures = []
+    for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
+        # Unshrunk, to stay in make test's budget even when it fails; the printed replay shrinks.
+        outcome = run_seed(seed, STEPS, EXAMPLES, shrink=False)
+        print(f"simulation seed {seed}: {outcome.steps} steps, {outcome.steps_per_second:.1f} steps/s")
+        if outcome.failure:
+            failures.append(outcome.failure)
+    assert not failures, "\n\n".join(failures)
+
+
+def test_a_seed_replays_the_same_steps() -> None:
+    """Determinism is what makes a printed seed worth anything: the same seed, the same steps."""
+    seed = random.Random(FIRST_SEED).randrange(1, 2**31)
+    first = run_seed(seed, 12, 2)
+    again = run_seed(seed, 12, 2)
+    assert first.trace == again.trace
+    assert first.failure == again.failure
