@@ -26,8 +26,11 @@ from simulation.world import World
 # Few, round amounts, so that sums of payments and charges collide (the push rule must hold anyway).
 AMOUNTS = (500, 1000, 1500)
 BALANCE_SETS = (0, 500, 1000, 2000)
-CUSTOMERS = {"C1": "customer", "C2": "customer", "C3": "accounts"}
+CUSTOMERS = {"C1": "customer", "C2": "customer", "C3": "accounts", "C4": "customer"}
 ACCOUNTS = {"A1": "C3", "A2": "C3"}
+# The books each program opens with (each with a charge, so the first push creates it at Moment);
+# C4 and A2 are left for a program to open, or to meet at Moment first.
+OPENED = (("/customers/C1", 1000), ("/customers/C2", 1500), ("/customers/C3", None), ("/accounts/A1", 500))
 BURST = 200  # payments between two pushes: past what one booking expression could once hold (~198)
 # Bursts per program (each is a few hundred webhooks through moto: seconds, not milliseconds).
 MAX_BURSTS = int(os.environ.get("SIM_BURSTS", "1"))
@@ -36,8 +39,9 @@ TRACE = bool(os.environ.get("SIM_TRACE"))  # print each step as it starts, with 
 TRACE_START = time.perf_counter()
 STEP_LOG: list[str] = []  # every step taken since the runner last cleared it (steps/s, replay checks)
 
-crashes = st.one_of(st.none(), st.none(), st.integers(1, 16))
-throttles = st.one_of(st.none(), st.none(), st.integers(1, 8))
+# The k-th DynamoDB call (or Moment request) of one invocation; a push run's first 8 are its index reads.
+crashes = st.one_of(st.none(), st.none(), st.integers(1, 40))
+throttles = st.one_of(st.none(), st.none(), st.integers(1, 30))
 
 
 def storage_plan(crash_at: int | None, throttle_at: int | None) -> StoragePlan:
@@ -64,6 +68,16 @@ class Simulation(RuleBasedStateMachine):
     def open_world(self, seed: int, lowers: bool) -> None:
         self._step(f"open_world(seed={seed}, lowers={lowers})")
         self.world = World(seed, moment_lowers_balances=lowers)
+        for path, amount in OPENED:
+            ref = path.rsplit("/", 1)[-1]
+            body: dict[str, Any] = {"currency": "ZAR"}
+            if path.startswith("/accounts/"):
+                body["customer_ref"] = ACCOUNTS[ref]
+            elif CUSTOMERS[ref] == "accounts":
+                body["balance_model"] = "accounts"
+            self.world.api("PUT", path, body)
+            if amount is not None:
+                self.world.charge(path, amount)
 
     # --- the merchant (the ledger API) ---------------------------------------------------------------
 
@@ -127,6 +141,10 @@ class Simulation(RuleBasedStateMachine):
         body = json.dumps(event).encode()
         self.world.bodies[payment.application_id] = body
         self.world.new_message(body)
+
+    @rule(pick=st.integers(0, 50), amount=st.sampled_from(AMOUNTS))
+    def moment_takes_another_payment(self, pick: int, amount: int) -> None:
+        self.moment_takes_a_payment(pick, amount)
 
     @precondition(lambda self: self.bursts < MAX_BURSTS)
     @rule(pick=st.integers(0, 50))
@@ -250,6 +268,29 @@ class Simulation(RuleBasedStateMachine):
             }
         ).encode()
         self.world.deliver_forged(body)
+
+    def _tick(self) -> None:
+        """A minute of the schedules: Moment delivers its oldest webhook, the stream is polled, the
+        pusher runs (no faults)."""
+        self.world.clock.advance(60)
+        if self.world.outbox:
+            message = self.world.outbox[0]
+            status = self.world.deliver(message)
+            if status is not None and status < 300:
+                self.world.outbox.remove(message)
+        self.world.poll_stream()
+        self.world.push()
+
+    # Rules are drawn evenly: the schedules' minute is two rules, so programs move on as a day would.
+    @rule()
+    def a_minute_passes(self) -> None:
+        self._step("a_minute_passes()")
+        self._tick()
+
+    @rule()
+    def another_minute_passes(self) -> None:
+        self._step("another_minute_passes()")
+        self._tick()
 
     @rule(crash=crashes, throttle=throttles)
     def stream_poll(self, crash: int | None, throttle: int | None) -> None:

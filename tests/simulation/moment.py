@@ -27,7 +27,8 @@ from moment_sandbox.moment import FakeMoment
 from moment_sandbox.settings import SandboxSettings
 from simulation.storage import Crash
 
-MODES = ("healthy", "flaky", "unavailable", "throttled", "lose_answers")
+MODES = ("healthy", "flaky", "unavailable", "throttled", "lose_answers", "refuses_writes")
+WRITES = ("POST", "PATCH")
 
 
 @dataclass
@@ -101,7 +102,7 @@ class MomentModel:
         if crash_at is not None and crash_at % 2 and (crash_at + 1) // 2 == call:
             self._count("crash before a Moment request")
             raise Crash(f"before Moment request {call} ({request.method} {request.url.path})")
-        fault = self._draw_fault()
+        fault = self._draw_fault(request.method in WRITES)
         if fault == "503":
             self._count("Moment 503")
             return httpx.Response(503, json={"title": "Service Unavailable", "status": 503})
@@ -122,12 +123,14 @@ class MomentModel:
             raise httpx.ReadTimeout("injected: carried out, answer lost", request=request)
         return answer
 
-    def _draw_fault(self) -> str | None:
-        if self.mode == "unavailable":
+    def _draw_fault(self, write: bool) -> str | None:
+        """`lose_answers`: every write carried out and its answer lost; `refuses_writes`: every write
+        answered 503 before it is carried out (reads are answered in both)."""
+        if self.mode == "unavailable" or (self.mode == "refuses_writes" and write):
             return "503"
         if self.mode == "throttled":
             return "429"
-        if self.mode == "lose_answers":
+        if self.mode == "lose_answers" and write:
             return "lost"
         if self.mode == "flaky":
             roll = self.random.random()
