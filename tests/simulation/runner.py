@@ -30,8 +30,10 @@ def setup_environment() -> None:
     # A crashed invocation flushes no metrics, and Powertools warns about each such flush.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     from local_stack import moto_speedups
+    from support import dynamodb_limits
 
     moto_speedups.install()
+    dynamodb_limits.install()  # every DynamoDB client refuses what DynamoDB refuses, as in the tests
 
 
 @dataclass

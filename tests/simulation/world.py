@@ -45,7 +45,8 @@ from moment_sync.pusher import BalancePusher
 from moment_sync.receiver import ReceiverSettings
 from moment_sync.runtime import LedgerDependencies, ReceiverDependencies
 from simulation.moment import MomentModel, MomentPlan
-from simulation.storage import Crash, LimitBreach, Storage, StoragePlan
+from simulation.storage import Crash, Storage, StoragePlan
+from support import dynamodb_limits
 from support.ledger_api import template_routes
 from support.webhooks import NOW, OTHER_SECRET, TEST_SECRET, key_bytes, webhook_event
 
@@ -176,7 +177,8 @@ class World:
         logger.setLevel("CRITICAL")
         self.checker = _client("checker")  # the checks' own reads: no hooks, no faults
         self.client = _client("functions")
-        self.storage = Storage(on_breach=self._breach)
+        self.storage = Storage()
+        dynamodb_limits.BREACHES.take()
         _STORAGE[0] = self.storage
         self.events_table = create_table(self.checker, "WebhookEventsTable", "WebhookEvents")
         self.ledger_table = create_table(self.checker, "LedgerTable", "Ledger")
@@ -248,8 +250,9 @@ class World:
     def violate(self, invariant: int, what: str) -> None:
         self.violations.append(f"invariant {invariant}: {what}")
 
-    def _breach(self, breach: LimitBreach) -> None:
-        self.violate(7, f"{breach.operation}: {breach.what}")
+    def _take_breaches(self) -> None:
+        for breach in dynamodb_limits.BREACHES.take():
+            self.violate(7, f"DynamoDB would refuse: {breach}")
 
     # --- running a function ---------------------------------------------------------------------
 
@@ -277,6 +280,7 @@ class World:
         finally:
             self.storage.disarm()
             self.moment.disarm()
+            self._take_breaches()
         for line in printed.getvalue().splitlines():
             if not line.startswith('{"_aws"'):
                 continue
