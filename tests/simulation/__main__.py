@@ -21,6 +21,7 @@ def main() -> int:
         default=os.environ.get("SIM_WITHOUT", ""),
         help="rules to leave out, comma-separated (to look past a known breach)",
     )
+    parser.add_argument("--stop", action="store_true", help="stop at the first seed that fails")
     parser.add_argument("--no-shrink", action="store_true", help="report the first failure unshrunk")
     arguments = parser.parse_args()
 
@@ -47,6 +48,8 @@ def main() -> int:
         if outcome.failure:
             failed += 1
             print(outcome.failure, flush=True)
+            if arguments.stop:
+                break
     rate = total_steps / total_seconds if total_seconds else 0.0
     print(f"simulate: {arguments.seeds} seed(s), {failed} failed, {total_steps} steps, {rate:.1f} steps/s")
     return 1 if failed else 0

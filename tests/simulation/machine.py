@@ -41,7 +41,7 @@ STEP_LOG: list[str] = []  # every step taken since the runner last cleared it (s
 
 # The k-th DynamoDB call (or Moment request) of one invocation; a push run's first 8 are its index reads.
 crashes = st.one_of(st.none(), st.none(), st.integers(1, 40))
-throttles = st.one_of(st.none(), st.none(), st.integers(1, 30))
+throttles = st.one_of(st.none(), st.none(), st.integers(1, 6))
 
 
 def storage_plan(crash_at: int | None, throttle_at: int | None) -> StoragePlan:

@@ -17,6 +17,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
+
 
 class Crash(BaseException):
     """The execution environment dying (a timeout, out of memory): no `except Exception` catches it,
@@ -28,8 +30,11 @@ class StoragePlan:
     """Faults for one function invocation: at the k-th DynamoDB call (1-based)."""
 
     crash_at: int | None = None  # odd: before that call is sent; even: after it committed
-    throttle_at: int | None = None  # a throttle past the SDK's retries, or a transaction conflict
+    # The k-th *write* (where contention is): throttled past the SDK's retries, or a transaction
+    # cancelled by a conflicting one.
+    throttle_at: int | None = None
     calls: int = 0
+    writes: int = 0
 
 
 @dataclass
@@ -74,7 +79,9 @@ class Storage:
         ):
             self._count("crash before a DynamoDB call")
             raise Crash(f"before DynamoDB call {call} ({model.name})")
-        if self.plan.throttle_at == call:
+        if model.name in WRITES:
+            self.plan.writes += 1
+        if self.plan.throttle_at == self.plan.writes and model.name in WRITES:
             if model.name == "TransactWriteItems":
                 self._count("transaction conflict")
                 raise ClientError(
