@@ -55,7 +55,12 @@ def replay_command(seed: int, steps: int, examples: int, without: tuple[str, ...
 
 
 def run_seed(
-    seed: int, steps: int, examples: int, shrink: bool = True, without: tuple[str, ...] = ()
+    seed: int,
+    steps: int,
+    examples: int,
+    shrink: bool = True,
+    without: tuple[str, ...] = (),
+    bursts: int | None = None,
 ) -> Outcome:
     """Run one seed; the failure text (with its replay command) when an invariant broke. `without`
     names rules left out (to look past one known breach for the next)."""
@@ -63,6 +68,8 @@ def run_seed(
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     machine.STEP_LOG.clear()
+    if bursts is not None:
+        machine.MAX_BURSTS = bursts
     # A plain method shadowing a rule is not a rule: hypothesis never draws it.
     simulation = type("Simulation", (machine.Simulation,), {name: lambda self: None for name in without})
     simulation._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]  # hypothesis.seed()
