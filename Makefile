@@ -84,6 +84,7 @@ SIM_PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)/local:$(CURDIR)/tests:$(shel
 .PHONY: simulate
 simulate: venv ## The deterministic simulation as long as asked (SIM_SEEDS, SIM_STEPS, SIM_EXAMPLES; SIM_SEED replays)
 	SIM_SEED=$(SIM_SEED) SIM_SEEDS=$(SIM_SEEDS) SIM_STEPS=$(SIM_STEPS) SIM_EXAMPLES=$(SIM_EXAMPLES) SIM_WITHOUT=$(SIM_WITHOUT) \
+		SIM_BURSTS=$(SIM_BURSTS) SIM_TRACE=$(SIM_TRACE) \
 		PYTHONPATH=$(SIM_PYTHONPATH) $(BIN)/python -W ignore -m simulation
 
 .PHONY: mutants

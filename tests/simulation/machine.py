@@ -33,7 +33,7 @@ ACCOUNTS = {"A1": "C3", "A2": "C3"}
 OPENED = (("/customers/C1", 1000), ("/customers/C2", 1500), ("/customers/C3", None), ("/accounts/A1", 500))
 BURST = 200  # payments between two pushes: past what one booking expression could once hold (~198)
 # Bursts per program (each is a few hundred webhooks through moto: seconds, not milliseconds).
-MAX_BURSTS = int(os.environ.get("SIM_BURSTS", "1"))
+MAX_BURSTS = int(os.environ.get("SIM_BURSTS") or 1)
 QUIET_ROUNDS = 12
 TRACE = bool(os.environ.get("SIM_TRACE"))  # print each step as it starts, with the seconds so far
 TRACE_START = time.perf_counter()

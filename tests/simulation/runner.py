@@ -49,9 +49,14 @@ class Outcome:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
-def replay_command(seed: int, steps: int, examples: int, without: tuple[str, ...] = ()) -> str:
+def replay_command(
+    seed: int, steps: int, examples: int, without: tuple[str, ...] = (), bursts: int = 1
+) -> str:
     left_out = f" SIM_WITHOUT={','.join(without)}" if without else ""
-    return f"make simulate SIM_SEED={seed} SIM_SEEDS=1 SIM_STEPS={steps} SIM_EXAMPLES={examples}{left_out}"
+    return (
+        f"make simulate SIM_SEED={seed} SIM_SEEDS=1 SIM_STEPS={steps} SIM_EXAMPLES={examples} "
+        f"SIM_BURSTS={bursts}{left_out}"
+    )
 
 
 def run_seed(
@@ -92,7 +97,7 @@ def run_seed(
     except Exception as error:  # an invariant broke (AssertionError) or the simulation itself failed
         failure = (
             f"simulation: seed {seed} failed\n{type(error).__name__}: {error}\n"
-            f"replay: {replay_command(seed, steps, examples, without)}"
+            f"replay: {replay_command(seed, steps, examples, without, machine.MAX_BURSTS)}"
         )
     steps = list(machine.STEP_LOG)
     return Outcome(seed, len(steps), time.perf_counter() - started, failure, steps)
