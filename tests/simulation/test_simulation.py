@@ -13,9 +13,9 @@ from simulation.runner import run_seed
 
 # Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
 FIRST_SEED = int(os.environ.get("SIM_SEED") or 20261203)
-SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 3)
-STEPS = int(os.environ.get("SIM_TEST_STEPS") or 40)
-EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 6)
+SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 2)
+STEPS = int(os.environ.get("SIM_TEST_STEPS") or 30)
+EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 4)
 
 
 @pytest.mark.xfail(
