@@ -13,7 +13,7 @@ from simulation.runner import run_seed
 
 # Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
 FIRST_SEED = int(os.environ.get("SIM_SEED") or 20261203)
-SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 2)
+SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 1)
 STEPS = int(os.environ.get("SIM_TEST_STEPS") or 30)
 EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 4)
 
@@ -38,7 +38,7 @@ def test_the_simulation_keeps_every_invariant() -> None:
 def test_a_seed_replays_the_same_steps() -> None:
     """Determinism is what makes a printed seed worth anything: the same seed, the same steps."""
     seed = random.Random(FIRST_SEED).randrange(1, 2**31)
-    first = run_seed(seed, 12, 2, bursts=0)
-    again = run_seed(seed, 12, 2, bursts=0)
+    first = run_seed(seed, 10, 1, bursts=0)
+    again = run_seed(seed, 10, 1, bursts=0)
     assert first.trace == again.trace
     assert first.failure == again.failure
