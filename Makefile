@@ -107,6 +107,19 @@ local: venv ## The whole system on this machine until Ctrl-C: API :3000, Moment 
 soak: venv ## 10,000 webhooks through the local stack under faults, then the verdict (SOAK_ARGS="--seed 7 --webhooks 2000")
 	$(BIN)/python -m soak $(SOAK_ARGS)
 
+# The simulation imports the handlers as Lambda does (each function's folder) and the test support.
+SIM_PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)/local:$(CURDIR)/tests:$(shell ls -d $(CURDIR)/functions/* | paste -sd: -)
+
+.PHONY: simulate
+simulate: venv ## The deterministic simulation as long as asked (SIM_SEEDS, SIM_STEPS, SIM_EXAMPLES; SIM_SEED replays)
+	SIM_SEED=$(SIM_SEED) SIM_SEEDS=$(SIM_SEEDS) SIM_STEPS=$(SIM_STEPS) SIM_EXAMPLES=$(SIM_EXAMPLES) SIM_WITHOUT=$(SIM_WITHOUT) \
+		SIM_BURSTS=$(SIM_BURSTS) SIM_TRACE=$(SIM_TRACE) \
+		PYTHONPATH=$(SIM_PYTHONPATH) $(BIN)/python -W ignore -m simulation
+
+.PHONY: mutants
+mutants: venv ## Each patch in tests/simulation/mutants/ on a scratch copy: does the simulation find it? (MUTANTS="name ...")
+	PYTHONPATH=$(SIM_PYTHONPATH) $(BIN)/python -m simulation.mutants $(MUTANTS)
+
 .PHONY: bench
 bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json (BENCH_ARGS="--quick" or "--only receiver")
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

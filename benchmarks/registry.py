@@ -31,6 +31,7 @@ AREAS: dict[str, str] = {
     "pusher": "benchmarks.pusher",
     "cold_imports": "benchmarks.cold_imports",
     "sizes": "benchmarks.sizes",
+    "simulation": "benchmarks.simulation",
     "cost": "benchmarks.cost",
 }
 

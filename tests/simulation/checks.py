@@ -1,0 +1,190 @@
+"""The invariants (docs/architecture.md, "Invariants"), checked on a World: some after every step, the
+rest once the world is driven quiet (`quiesce`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cache
+from typing import Any
+
+from moment_sync.ledger.sync import sync_state
+from simulation.world import World, alarmed_metrics
+
+FINAL = {"applied", "duplicate", "ignored", "parked"}
+# The metric that counts each named sync state (the alarm on it is checked against template.yaml).
+STATE_METRICS = {"deferred": "DriftDetected", "failing": "BalanceFailing", "pending": "PushFailed"}
+
+
+@cache
+def _alarmed() -> frozenset[str]:
+    return frozenset(alarmed_metrics())
+
+
+def every_step(world: World) -> list[str]:
+    """Invariants 2 and 3, and the links, after every step; 1, 4 (a PATCH over a seen payment), 6 (a
+    failed push not counted) and 7 are recorded by the world as they happen."""
+    problems = list(world.violations)
+    ledger = world.scan(world.ledger_table)
+    heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
+    sums: dict[str, int] = defaultdict(int)
+    applications: dict[str, list[str]] = defaultdict(list)
+    for item in ledger:
+        if item["sk"].startswith("ENTRY#"):
+            sums[item["pk"]] += int(item["amount"])
+            if item.get("kind") == "payment":
+                applications[str(item["entry_id"]).removeprefix("payment:")].append(item["pk"])
+    for pk, head in heads.items():
+        if "balance" in head and int(head["balance"]) != sums.get(pk, 0):
+            problems.append(f"invariant 3: {pk} balance {head['balance']} != its entries {sums.get(pk, 0)}")
+    for application_id, balances in applications.items():
+        if len(balances) > 1:
+            problems.append(
+                f"invariant 2: application {application_id} changed {len(balances)} balances: {balances}"
+            )
+    problems.extend(_duplicates_that_differ(world))
+    problems.extend(_links_disagreeing_with_moment(world, ledger))
+    return problems
+
+
+def _duplicates_that_differ(world: World) -> list[str]:
+    """An event marked `duplicate` must repeat the applied one exactly; another target, amount or
+    currency under the same application id is not a duplicate and must not be dropped silently."""
+    events = world.scan(world.events_table)
+    applied = {
+        event.get("application_id"): event
+        for event in events
+        if event.get("status") == "applied" and event.get("application_id")
+    }
+    problems = []
+    for event in events:
+        if event.get("status") != "duplicate":
+            continue
+        first = applied.get(event.get("application_id"))
+        if first is None:
+            continue
+        differs = [
+            name
+            for name in ("amount", "currency", "customer_id", "account_id")
+            if str(first.get(name)) != str(event.get(name))
+        ]
+        if differs:
+            problems.append(
+                f"invariant 2: {event['webhook_id']} marked duplicate of {first['webhook_id']} "
+                f"though its {', '.join(differs)} differ (dropped silently)"
+            )
+    return problems
+
+
+def _links_disagreeing_with_moment(world: World, ledger: list[dict[str, Any]]) -> list[str]:
+    """Every Moment id the ledger linked names the object Moment keeps under that reference (and, for
+    an account, under the Moment customer linked to the account's customer)."""
+    heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
+    problems = []
+    for item in ledger:
+        if item["sk"] != "MOMENT":
+            continue
+        moment_id = item["pk"].removeprefix("MOMENT#")
+        kind = item["kind"]
+        found = world.moment.find(kind, moment_id)
+        if found is None:
+            problems.append(
+                f"invariant 2: {moment_id} is linked to {item['balance_pk']} but Moment has no such {kind}"
+            )
+            continue
+        if found["external_reference"] != item["ref"]:
+            problems.append(
+                f"invariant 2: {kind} {item['ref']} is linked to {moment_id}, which Moment keeps for "
+                f"{found['external_reference']!r}: its payments would change the wrong balance"
+            )
+        if kind == "account":
+            account = heads.get(item["balance_pk"], {})
+            owner = heads.get(f"CUSTOMER#{account.get('customer_ref')}", {})
+            if owner.get("moment_id") and owner["moment_id"] != found["customer_id"]:
+                problems.append(
+                    f"invariant 2: account {item['ref']} is linked to {moment_id}, which Moment keeps under "
+                    f"{found['customer_id']}, not under {owner['moment_id']} (its customer's Moment id)"
+                )
+    return problems
+
+
+def at_quiescence(world: World) -> list[str]:
+    """Invariants 4, 5 and 6 once everything was delivered, re-driven and pushed."""
+    ledger = world.scan(world.ledger_table)
+    heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
+    return _events_final(world) + _moment_agrees(world, ledger, heads) + _nothing_stuck(world, heads)
+
+
+def _events_final(world: World) -> list[str]:
+    """5: every event final; a parked one with a reason whose metric an alarm watches."""
+    problems = []
+    for event in world.scan(world.events_table):
+        status = event.get("status")
+        if status not in FINAL:
+            problems.append(
+                f"invariant 5: {event['webhook_id']} is still {status!r} after the system went quiet"
+            )
+            continue
+        metric = f"EventParked_{event.get('reason')}"
+        if status == "parked" and (not event.get("reason") or metric not in _alarmed()):
+            problems.append(
+                f"invariant 5: {event['webhook_id']} parked as {event.get('reason')!r}, no alarm on {metric}"
+            )
+    return problems
+
+
+def _moment_agrees(world: World, ledger: list[dict[str, Any]], heads: dict[str, dict[str, Any]]) -> list[str]:
+    """4: Moment shows the ledger's balances; every payment Moment applied, and every charge the
+    merchant was told was taken, is an entry of its balance."""
+    problems: list[str] = []
+    links = {
+        item["pk"].removeprefix("MOMENT#"): item["balance_pk"] for item in ledger if item["sk"] == "MOMENT"
+    }
+    entries = {(item["pk"], item["sk"]) for item in ledger if item["sk"].startswith("ENTRY#")}
+    tracked = {pk for pk, head in heads.items() if "version" in head and sync_state(head) != "conflict"}
+    for moment_id, balance_pk in links.items():
+        head = heads.get(balance_pk, {})
+        found = world.moment.find(str(head.get("kind")), moment_id)
+        if balance_pk in tracked and found is not None and found.get("balance") != int(head["balance"]):
+            problems.append(
+                f"invariant 4: Moment shows {found.get('balance')} for {balance_pk} ({moment_id}), "
+                f"the ledger {head['balance']} (sync state {sync_state(head)})"
+            )
+    for payment in world.moment.payments:
+        balance_pk = links.get(payment.moment_id)
+        if balance_pk is None:
+            found = world.moment.find(payment.kind, payment.moment_id) or {}
+            expected = f"{payment.kind.upper()}#{found.get('external_reference')}"
+            if expected in tracked:
+                problems.append(
+                    f"invariant 4: payment {payment.application_id} to {payment.moment_id} never reached "
+                    f"{expected}, which is never linked to it"
+                )
+        elif balance_pk in tracked and (balance_pk, f"ENTRY#payment:{payment.application_id}") not in entries:
+            problems.append(
+                f"invariant 4: payment {payment.application_id} ({payment.amount}) Moment applied to "
+                f"{payment.moment_id} is not an entry of {balance_pk}: lost"
+            )
+    for charge_id, (path, amount) in world.charges_acknowledged.items():
+        kind, ref = path.strip("/").split("/")
+        if (f"{kind[:-1].upper()}#{ref}", f"ENTRY#charge:{charge_id}") not in entries:
+            problems.append(
+                f"invariant 4: charge {charge_id} ({amount}) on {path} was acknowledged and is lost"
+            )
+    return problems
+
+
+def _nothing_stuck(world: World, heads: dict[str, dict[str, Any]]) -> list[str]:
+    """6: nothing left pending, deferred or failing once quiet and healthy; a conflict only with its alarm."""
+    problems = []
+    for pk, head in heads.items():
+        state = sync_state(head) if "version" in head else "synced"
+        if state == "synced" or (state == "conflict" and any("Conflict" in name for name in _alarmed())):
+            continue
+        detail = {
+            name: head.get(name)
+            for name in ("push_attempts", "defer_count", "last_push_error", "next_push_at")
+        }
+        metric = STATE_METRICS.get(state)
+        alarm = f"; {metric} counted {world.metrics.get(metric, 0)}" if metric else ""
+        problems.append(f"invariant 6: {pk} is stuck {state!r} after the system went quiet{alarm}: {detail}")
+    return problems

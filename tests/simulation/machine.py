@@ -1,0 +1,400 @@
+"""The simulation as a hypothesis state machine: each rule is one thing that happens to the system
+(Moment takes a payment, a webhook is delivered, the stream is polled, the pusher runs, the merchant
+posts a charge, an operator erases a customer, the clock moves, Moment's mood changes...), with the
+faults of that step drawn by hypothesis so a failure shrinks to the fewest steps and the exact call.
+
+Invariants run after every step; `teardown` drives the world quiet (faults off, everything delivered,
+re-driven and pushed, the clock past every backoff) and checks what must hold then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from simulation import checks
+from simulation.moment import MODES, MomentPlan
+from simulation.storage import StoragePlan
+from simulation.world import World
+
+# Few, round amounts, so that sums of payments and charges collide (the push rule must hold anyway).
+AMOUNTS = (500, 1000, 1500)
+BALANCE_SETS = (0, 500, 1000, 2000)
+CUSTOMERS = {"C1": "customer", "C2": "customer", "C3": "accounts", "C4": "customer"}
+ACCOUNTS = {"A1": "C3", "A2": "C3"}
+# The books each program opens with (each with a charge, so the first push creates it at Moment);
+# C4 and A2 are left for a program to open, or to meet at Moment first.
+OPENED = (("/customers/C1", 1000), ("/customers/C2", 1500), ("/customers/C3", None), ("/accounts/A1", 500))
+BURST = 200  # payments between two pushes: past what one booking expression could once hold (~198)
+# Bursts per program (each is a few hundred webhooks through moto: seconds, not milliseconds).
+MAX_BURSTS = int(os.environ.get("SIM_BURSTS") or 1)
+QUIET_ROUNDS = 12
+TRACE = bool(os.environ.get("SIM_TRACE"))  # print each step as it starts, with the seconds so far
+TRACE_START = time.perf_counter()
+STEP_LOG: list[str] = []  # every step taken since the runner last cleared it (steps/s, replay checks)
+
+# The k-th DynamoDB call (or Moment request) of one invocation; a push run's first 8 are its index reads.
+crashes = st.one_of(st.none(), st.none(), st.integers(1, 40))
+throttles = st.one_of(st.none(), st.none(), st.integers(1, 6))
+
+
+def storage_plan(crash_at: int | None, throttle_at: int | None) -> StoragePlan:
+    return StoragePlan(crash_at=crash_at, throttle_at=throttle_at)
+
+
+class Simulation(RuleBasedStateMachine):
+    world: World
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[str] = []
+        self.failed = True  # until the invariants after a step pass
+        self.bursts = 0
+
+    def _step(self, text: str) -> None:
+        if TRACE:
+            print(f"  [{time.perf_counter() - TRACE_START:8.2f}] {text}", file=sys.stderr, flush=True)
+        STEP_LOG.append(text)
+        self.steps.append(text)
+        self.failed = True
+
+    @initialize(seed=st.integers(0, 2**32 - 1), lowers=st.booleans())
+    def open_world(self, seed: int, lowers: bool) -> None:
+        self._step(f"open_world(seed={seed}, lowers={lowers})")
+        self.world = World(seed, moment_lowers_balances=lowers)
+        for path, amount in OPENED:
+            ref = path.rsplit("/", 1)[-1]
+            body: dict[str, Any] = {"currency": "ZAR"}
+            if path.startswith("/accounts/"):
+                body["customer_ref"] = ACCOUNTS[ref]
+            elif CUSTOMERS[ref] == "accounts":
+                body["balance_model"] = "accounts"
+            self.world.api("PUT", path, body)
+            if amount is not None:
+                self.world.charge(path, amount)
+
+    # --- the merchant (the ledger API) ---------------------------------------------------------------
+
+    @rule(ref=st.sampled_from(sorted(CUSTOMERS)), crash=crashes)
+    def open_customer(self, ref: str, crash: int | None) -> None:
+        self._step(f"open_customer({ref})")
+        body: dict[str, Any] = {"currency": "ZAR", "name": f"Customer {ref}"}
+        if CUSTOMERS[ref] == "accounts":
+            body["balance_model"] = "accounts"
+        self.world.api("PUT", f"/customers/{ref}", body, storage_plan(crash, None))
+
+    @rule(ref=st.sampled_from(sorted(ACCOUNTS)), crash=crashes)
+    def open_account(self, ref: str, crash: int | None) -> None:
+        self._step(f"open_account({ref})")
+        body = {"currency": "ZAR", "customer_ref": ACCOUNTS[ref], "name": f"Account {ref}"}
+        self.world.api("PUT", f"/accounts/{ref}", body, storage_plan(crash, None))
+
+    @rule(pick=st.integers(0, 50), amount=st.sampled_from(AMOUNTS), credit=st.booleans(), crash=crashes)
+    def charge(self, pick: int, amount: int, credit: bool, crash: int | None) -> None:
+        path = self._balance_path(pick)
+        self._step(f"charge({path}, {-amount if credit else amount})")
+        self.world.charge(path, -amount if credit else amount, storage_plan(crash, None))
+
+    @rule(pick=st.integers(0, 50), value=st.sampled_from(BALANCE_SETS), crash=crashes)
+    def set_balance(self, pick: int, value: int, crash: int | None) -> None:
+        path = self._balance_path(pick)
+        self._step(f"set_balance({path}, {value})")
+        status, view = self.world.api("GET", path)
+        if status == 200 and "version" in view:
+            body = {"balance": value, "expected_version": view["version"]}
+            self.world.api("PUT", f"{path}/balance", body, storage_plan(crash, None))
+
+    @rule()
+    def merchant_retries(self) -> None:
+        self._step("merchant_retries()")
+        self.world.retry_merchant()
+
+    @rule(pick=st.integers(0, 50))
+    def customer_named_like_a_moment_id(self, pick: int) -> None:
+        """A merchant reference that is another customer's Moment id (Moment's paths take either)."""
+        customers = [item for kind, item in self.world.moment.objects() if kind == "customer"]
+        if not customers:
+            return
+        moment_id = customers[pick % len(customers)]["id"]
+        self._step(f"customer_named_like_a_moment_id({moment_id})")
+        self.world.api("PUT", f"/customers/{moment_id}", {"currency": "ZAR", "balance_model": "accounts"})
+        self.world.api("PUT", f"/accounts/acc-{moment_id}", {"currency": "ZAR", "customer_ref": moment_id})
+
+    # --- Moment -------------------------------------------------------------------------------------
+
+    @rule(pick=st.integers(0, 50), amount=st.sampled_from(AMOUNTS))
+    def moment_takes_a_payment(self, pick: int, amount: int) -> None:
+        objects = [
+            (kind, item) for kind, item in self.world.moment.objects() if item.get("balance") is not None
+        ]
+        if not objects:
+            return
+        kind, item = objects[pick % len(objects)]
+        self._step(f"moment_takes_a_payment({kind} {item['external_reference']}, {amount})")
+        payment, event = self.world.moment.pay(kind, item["id"], amount)
+        body = json.dumps(event).encode()
+        self.world.bodies[payment.application_id] = body
+        self.world.new_message(body)
+
+    @rule(pick=st.integers(0, 50), amount=st.sampled_from(AMOUNTS))
+    def moment_takes_another_payment(self, pick: int, amount: int) -> None:
+        self.moment_takes_a_payment(pick, amount)
+
+    @precondition(lambda self: self.bursts < MAX_BURSTS)
+    @rule(pick=st.integers(0, 50))
+    def moment_takes_a_burst_of_payments(self, pick: int) -> None:
+        objects = [
+            (kind, item) for kind, item in self.world.moment.objects() if item.get("balance") is not None
+        ]
+        if not objects:
+            return
+        kind, item = objects[pick % len(objects)]
+        self._step(f"moment_takes_a_burst_of_payments({kind} {item['external_reference']}, {BURST})")
+        self.bursts += 1
+        for number in range(BURST):
+            payment, event = self.world.moment.pay(kind, item["id"], AMOUNTS[number % len(AMOUNTS)])
+            body = json.dumps(event).encode()
+            self.world.bodies[payment.application_id] = body
+            self.world.new_message(body)
+
+    @rule(mode=st.sampled_from(MODES))
+    def moment_mood(self, mode: str) -> None:
+        self._step(f"moment_mood({mode})")
+        self.world.moment.mode = mode
+
+    @rule(ref=st.sampled_from(sorted(CUSTOMERS)), balance=st.sampled_from(AMOUNTS))
+    def customer_already_at_moment(self, ref: str, balance: int) -> None:
+        """The merchant made this customer at Moment before the ledger (a migration, a dashboard)."""
+        self._step(f"customer_already_at_moment({ref}, {balance})")
+        self.world.moment.create_outside("customer", ref, balance)
+
+    @rule(ref=st.sampled_from(sorted(ACCOUNTS)), balance=st.sampled_from(AMOUNTS))
+    def account_at_moment_under_another_customer(self, ref: str, balance: int) -> None:
+        self._step(f"account_at_moment_under_another_customer({ref}, {balance})")
+        self.world.moment.create_outside("account", ref, balance, owner=f"other-{ref}")
+
+    @rule(pick=st.integers(0, 50), other_target=st.booleans())
+    def moment_reuses_an_application_id(self, pick: int, other_target: bool) -> None:
+        """The same data.id again, for another balance or with another amount: never a second application."""
+        applied = [
+            event
+            for event in self.world.scan(self.world.events_table)
+            if event.get("status") == "applied" and event.get("application_id") in self.world.bodies
+        ]
+        if not applied:
+            return
+        event = json.loads(self.world.bodies[applied[pick % len(applied)]["application_id"]])
+        data = event["data"]
+        if other_target:
+            others = [
+                item
+                for kind, item in self.world.moment.objects()
+                if kind == "customer"
+                and item["id"] != data.get("customer_id")
+                and item.get("balance") is not None
+            ]
+            if not others:
+                return
+            data.pop("account_id", None)
+            data["customer_id"] = others[pick % len(others)]["id"]
+        else:
+            data["amount"] += 500
+        event["id"] = f"{event['id']}-again"
+        self._step(f"moment_reuses_an_application_id({data['id']}, other_target={other_target})")
+        self.world.new_message(json.dumps(event).encode())
+
+    @rule(pick=st.integers(0, 50))
+    def moment_sends_an_amount_too_long_for_dynamodb(self, pick: int) -> None:
+        customers = [item for kind, item in self.world.moment.objects() if kind == "customer"]
+        if not customers:
+            return
+        target = customers[pick % len(customers)]["id"]
+        self._step(f"moment_sends_an_amount_too_long_for_dynamodb({target})")
+        number = self.world.messages_made + 1
+        event = {
+            "id": f"evt_poison{number}",
+            "type": "obligation.amount_applied",
+            "data": {
+                "id": f"ob_poison{number}",
+                "amount": 10**38 + 7,
+                "currency": "ZAR",
+                "customer_id": target,
+            },
+        }
+        self.world.new_message(json.dumps(event).encode())
+
+    # --- deliveries and the stream --------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.world.outbox))
+    @rule(pick=st.integers(0, 10_000), again=st.booleans(), crash=crashes, throttle=throttles)
+    def deliver_a_webhook(self, pick: int, again: bool, crash: int | None, throttle: int | None) -> None:
+        message = self.world.outbox[pick % len(self.world.outbox)]
+        self._step(f"deliver_a_webhook({message.webhook_id}, again={again})")
+        status = self.world.deliver(message, storage_plan(crash, throttle))
+        if status is not None and status < 300 and not again:
+            self.world.outbox.remove(message)
+
+    @precondition(lambda self: bool(self.world.outbox))
+    @rule()
+    def deliver_every_webhook(self) -> None:
+        self._step("deliver_every_webhook()")
+        for message in list(self.world.outbox):
+            status = self.world.deliver(message)
+            if status is not None and status < 300:
+                self.world.outbox.remove(message)
+
+    @precondition(lambda self: bool(self.world.bodies))
+    @rule(pick=st.integers(0, 10_000))
+    def moment_sends_an_event_again_under_a_new_id(self, pick: int) -> None:
+        bodies = sorted(self.world.bodies)
+        application_id = bodies[pick % len(bodies)]
+        self._step(f"moment_sends_an_event_again_under_a_new_id({application_id})")
+        self.world.new_message(self.world.bodies[application_id])
+
+    @rule()
+    def forged_webhook(self) -> None:
+        self._step("forged_webhook()")
+        body = json.dumps(
+            {
+                "id": "evt_forged",
+                "type": "obligation.amount_applied",
+                "data": {"id": "ob_forged", "amount": 1000, "currency": "ZAR", "customer_id": "bcus_forged"},
+            }
+        ).encode()
+        self.world.deliver_forged(body)
+
+    def _tick(self) -> None:
+        """A minute of the schedules: Moment delivers its oldest webhook, the stream is polled, the
+        pusher runs (no faults)."""
+        self.world.clock.advance(60)
+        if self.world.outbox:
+            message = self.world.outbox[0]
+            status = self.world.deliver(message)
+            if status is not None and status < 300:
+                self.world.outbox.remove(message)
+        self.world.poll_stream()
+        self.world.push()
+
+    # Rules are drawn evenly: the schedules' minute is two rules, so programs move on as a day would.
+    @rule()
+    def a_minute_passes(self) -> None:
+        self._step("a_minute_passes()")
+        self._tick()
+
+    @rule()
+    def another_minute_passes(self) -> None:
+        self._step("another_minute_passes()")
+        self._tick()
+
+    @rule(crash=crashes, throttle=throttles)
+    def stream_poll(self, crash: int | None, throttle: int | None) -> None:
+        self._step(f"stream_poll(crash={crash}, throttle={throttle})")
+        self.world.poll_stream(storage_plan(crash, throttle))
+
+    @rule(pick=st.integers(0, 100))
+    def stream_record_delivered_again(self, pick: int) -> None:
+        self._step("stream_record_delivered_again()")
+        self.world.redeliver_record(pick)
+
+    # --- the scheduled functions, the operator -----------------------------------------------------------
+
+    @rule(crash=crashes, throttle=throttles, moment_crash=crashes)
+    def push(self, crash: int | None, throttle: int | None, moment_crash: int | None) -> None:
+        self._step(f"push(crash={crash}, throttle={throttle}, moment_crash={moment_crash})")
+        self.world.push(storage_plan(crash, throttle), MomentPlan(crash_at=moment_crash))
+
+    @rule(operator=st.booleans(), crash=crashes, throttle=throttles)
+    def redrive(self, operator: bool, crash: int | None, throttle: int | None) -> None:
+        self._step(f"redrive(operator={operator})")
+        self.world.redrive(operator, storage_plan(crash, throttle))
+
+    @rule(pick=st.integers(0, 50), crash=crashes)
+    def forget(self, pick: int, crash: int | None) -> None:
+        refs = [
+            item["ref"]
+            for item in self.world.scan(self.world.ledger_table)
+            if item["pk"].startswith("CUSTOMER#") and item["sk"] == "HEAD"
+        ]
+        if not refs:
+            return
+        ref = sorted(refs)[pick % len(refs)]
+        self._step(f"forget({ref})")
+        self.world.forget(ref, storage_plan(crash, None))
+
+    @rule(seconds=st.sampled_from((1, 30, 700, 4000, 22_000)))
+    def time_passes(self, seconds: int) -> None:
+        self._step(f"time_passes({seconds})")
+        self.world.clock.advance(seconds)
+
+    # --- checks ------------------------------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        if not hasattr(self, "world"):
+            return
+        problems = checks.every_step(self.world)
+        assert not problems, _report(self, problems)
+        self.failed = False
+
+    def teardown(self) -> None:
+        if not hasattr(self, "world"):
+            return
+        try:
+            if not self.failed:
+                quiesce(self.world)
+                problems = checks.every_step(self.world) + checks.at_quiescence(self.world)
+                assert not problems, _report(self, problems, quiet=True)
+        finally:
+            self.world.close()
+
+    def _balance_path(self, pick: int) -> str:
+        heads = [
+            item
+            for item in self.world.scan(self.world.ledger_table)
+            if item["sk"] == "HEAD" and "version" in item
+        ]
+        if not heads:
+            return "/customers/C1"
+        head = sorted(heads, key=lambda item: item["pk"])[pick % len(heads)]
+        return f"/{head['kind']}s/{head['ref']}"
+
+
+def quiesce(world: World) -> None:
+    """Faults off; deliver everything, drain the stream, re-drive, push until nothing is due, with the
+    clock moved past every backoff, as the schedules would over the next hours."""
+    world.moment.mode = "healthy"
+    for _ in range(QUIET_ROUNDS):
+        for message in list(world.outbox):
+            status = world.deliver(message)
+            if status is not None and status < 300:
+                world.outbox.remove(message)
+        world.retry_merchant()
+        for _ in range(3):
+            world.poll_stream()
+        world.clock.advance(3700)  # past the re-drive's grace and the pusher's longest backoff
+        world.redrive()
+        world.redrive(operator=True)
+        for _ in range(3):
+            world.poll_stream()
+        world.push()
+        if (
+            not world.outbox
+            and not world.merchant_retries
+            and not world.ledger.pending_pushes(world.clock() + 7 * 3600)
+        ):
+            return
+
+
+def _report(machine: Simulation, problems: list[str], quiet: bool = False) -> str:
+    world = machine.world
+    lines = [f"{len(problems)} invariant(s) broken{' once quiet' if quiet else ''}:", *problems]
+    if world.function_errors:
+        lines += ["function errors (last 5):", *world.function_errors[-5:]]
+    lines += ["steps:", *(f"  {number}. {step}" for number, step in enumerate(machine.steps, 1))]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Known-bad patches of the code, and the harness that proves the simulation finds each one."""

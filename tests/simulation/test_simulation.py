@@ -1,0 +1,75 @@
+"""The simulation's short run inside `make test`: a few seeds of short programs through the whole
+system, every invariant checked after every step and once quiet. SIM_SEED=<seed> replays a seed
+(`make simulate` runs as long as asked)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from simulation.runner import run_seed
+
+# Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
+FIRST_SEED = int(os.environ.get("SIM_SEED") or 20261203)
+SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 1)
+STEPS = int(os.environ.get("SIM_TEST_STEPS") or 30)
+EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 4)
+
+
+@pytest.mark.xfail(
+    reason="finds the money-path defects of issue 11 (items 1-8) in today's code; strict, so this "
+    "marker must go once their fixes are merged and the run passes",
+    strict=True,
+)
+def test_the_simulation_keeps_every_invariant() -> None:
+    failures = []
+    for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
+        # Unshrunk, to stay in make test's budget even when it fails; the printed replay shrinks.
+        # Without the burst of 200 payments: a minute or more of moto on its own (make simulate has it).
+        outcome = run_seed(seed, STEPS, EXAMPLES, shrink=False, bursts=0)
+        print(f"simulation seed {seed}: {outcome.steps} steps, {outcome.steps_per_second:.1f} steps/s")
+        if outcome.failure:
+            failures.append(outcome.failure)
+    assert not failures, "\n\n".join(failures)
+
+
+def test_a_seed_replays_the_same_steps() -> None:
+    """Determinism is what makes a printed seed worth anything: the same seed, the same steps."""
+    seed = random.Random(FIRST_SEED).randrange(1, 2**31)
+    first = run_seed(seed, 10, 1, bursts=0)
+    again = run_seed(seed, 10, 1, bursts=0)
+    assert first.trace == again.trace
+    assert first.failure == again.failure
+
+
+@pytest.mark.xfail(
+    reason="issue 11 item 2 (one remembered push intent): today's pusher leaves the balance deferred "
+    "for good; strict, so this marker must go once the fix is merged",
+    strict=True,
+)
+def test_a_lost_patch_answer_then_a_refused_patch_ends_synced() -> None:
+    """The sequence of the issue's item 2, played on the simulation's world step by step: the checks
+    that run once quiet must see every balance synced and Moment agreeing."""
+    from simulation import checks, machine
+    from simulation.world import World
+
+    world = World(1, moment_lowers_balances=True)
+    try:
+        world.api("PUT", "/customers/C1", {"currency": "ZAR"})
+        world.charge("/customers/C1", 1000)
+        world.push()
+        world.charge("/customers/C1", 500)
+        world.moment.mode = "lose_answers"  # the PATCH reaches Moment; every answer is lost
+        world.clock.advance(60)
+        world.push()
+        world.charge("/customers/C1", 500)
+        world.moment.mode = "refuses_writes"  # the next PATCH really fails
+        world.clock.advance(120)
+        world.push()
+        assert world.moment.faults_injected == {"Moment answer lost": 4, "Moment 503": 4}
+        machine.quiesce(world)
+        assert checks.every_step(world) + checks.at_quiescence(world) == []
+    finally:
+        world.close()
