@@ -35,7 +35,10 @@ class InFlight(httpx.BaseTransport):
         self.now = 0
         self.peak = 0
         self.requests: list[str] = []
+        # before_send may raise (the request never leaves) or return an answer instead of Moment's;
+        # after_send may raise (Moment carried the request out, its answer is lost)
         self.before_send: Any = None
+        self.after_send: Any = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
@@ -44,8 +47,14 @@ class InFlight(httpx.BaseTransport):
             self.requests.append(f"{request.method} {request.url.path}")
         try:
             if self.before_send:
-                self.before_send(request)
-            return self._inner.handle_request(request)
+                instead = self.before_send(request)
+                if isinstance(instead, httpx.Response):
+                    return instead
+            response = self._inner.handle_request(request)
+            if self.after_send:
+                response.read()
+                self.after_send(request)
+            return response
         finally:
             with self._lock:
                 self.now -= 1
@@ -324,3 +333,194 @@ def test_the_handler_runs_a_push_within_the_lambda_context(
     )
     assert report["results"] == {"created": 1}
     assert PushResult.CREATED.value in report["results"]
+
+
+# --- Open intents: every push that may have reached Moment explains its balance until one is booked ---
+
+
+def answer_lost_for(method: str) -> Any:
+    """Moment carries the request out; its answer never arrives (on every attempt)."""
+
+    def lose(request: httpx.Request) -> None:
+        if request.method == method:
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    return lose
+
+
+def answered_503_for(method: str) -> Any:
+    def fail(request: httpx.Request) -> httpx.Response | None:
+        if request.method != method:
+            return None
+        return httpx.Response(503, json={"title": "Service Unavailable"})
+
+    return fail
+
+
+def never_sent_for(method: str) -> Any:
+    def refuse(request: httpx.Request) -> None:
+        if request.method == method:
+            raise httpx.ConnectError("connection refused", request=request)
+
+    return refuse
+
+
+def test_a_lost_answer_then_a_failed_patch_leave_the_balance_explained_and_the_next_run_syncs(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    from moment_sync.ledger.sync import sync_state
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 1000)
+    assert run(pusher) == {"created": 1}
+    # GIVEN a PATCH of 1200 that reaches Moment with its answer lost on every attempt
+    charge(harness, customer, "inv-2", 200)
+    transport.after_send = answer_lost_for("PATCH")
+    assert run(pusher) == {"failed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1200
+    # AND then a PATCH of 1230 that really fails (503 on every attempt: Moment keeps 1200)
+    transport.after_send = None
+    transport.before_send = answered_503_for("PATCH")
+    charge(harness, customer, "inv-3", 30)
+    clock[0] += 7200
+    assert run(pusher) == {"failed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1200
+    assert [intent["balance"] for intent in harness.head(customer)["push_intents"]] == [1200, 1230]
+    # WHEN Moment is healthy again
+    transport.before_send = None
+    clock[0] += 7200
+    # THEN Moment's 1200 is explained by the older open intent: pushed, booked, synced
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1230
+    head = harness.head(customer)
+    assert sync_state(head) == "synced"
+    assert "push_intents" not in head and head["pushed_balance"] == 1230
+
+
+def test_a_patch_that_never_left_drops_its_intent(
+    harness: LedgerHarness, pusher: BalancePusher, transport: InFlight
+) -> None:
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 1000)
+    run(pusher)
+    charge(harness, customer, "inv-2", 200)
+    transport.before_send = never_sent_for("PATCH")
+    assert run(pusher) == {"failed": 1}
+    head = harness.head(customer)
+    # nothing reached Moment: it explains nothing, so it must not widen what counts as explained
+    assert head.get("push_intents", []) == [] and "push_intent" not in head
+    assert head["push_attempts"] == 1
+
+
+def test_past_the_open_intents_cap_the_balance_is_deferred_until_moment_shows_the_ledgers_balance(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    from moment_sync.ledger.sync import sync_state
+    from moment_sync.push_plan import MAX_OPEN_INTENTS
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-0", 1000)
+    run(pusher)
+    # GIVEN MAX_OPEN_INTENTS pushes in a row whose answers were all lost
+    transport.after_send = answer_lost_for("PATCH")
+    for number in range(1, MAX_OPEN_INTENTS + 1):
+        charge(harness, customer, f"inv-{number}", 1)
+        clock[0] += 7200
+        assert run(pusher) == {"failed": 1}
+    transport.after_send = None
+    assert len(harness.head(customer)["push_intents"]) == MAX_OPEN_INTENTS
+    # WHEN the ledger changes again
+    charge(harness, customer, "inv-last", 1)
+    clock[0] += 7200
+    # THEN no further PATCH is sent: the balance shows `deferred` at once (its alarm: DriftDetected)
+    transport.requests.clear()
+    assert run(pusher) == {"deferred": 1}
+    assert not [request for request in transport.requests if request.startswith("PATCH")]
+    assert sync_state(harness.head(customer)) == "deferred"
+    # AND the documented way out: Moment is put to the ledger's balance, and the next run books it
+    moment_id = harness.head(customer)["moment_id"]
+    pusher.moment.set_customer_balance(moment_id, harness.head(customer)["balance"], "ZAR")
+    assert run(pusher) == {"in_sync": 1}
+    head = harness.head(customer)
+    assert sync_state(head) == "synced" and "push_intents" not in head
+
+
+def test_a_create_whose_answer_was_lost_is_explained_by_its_intent_not_by_anything(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    sandbox.configure(applies_payments=True)
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 2000)
+    # GIVEN a create that reached Moment (with 2000) and whose answer was lost on every attempt
+    transport.after_send = answer_lost_for("POST")
+    assert run(pusher) == {"failed": 1}
+    transport.after_send = None
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 2000
+    assert [intent["balance"] for intent in harness.head(customer)["push_intents"]] == [2000]
+    # AND the customer pays R5 at Moment, whose webhook the ledger has not seen yet
+    sandbox.pay(customer="UCR1", amount=500)
+    clock[0] += 7200
+    # WHEN the next run finds the object Moment made and links it
+    # THEN 1500 is not explained by the create's 2000: deferred, the payment is not erased
+    assert run(pusher) == {"deferred": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1500
+    # AND once the webhook is reconciled, the push converges
+    moment_id = harness.head(customer)["moment_id"]
+    harness.receive("msg_1", payment("ob_1", 500, customer_id=moment_id))
+    harness.invoke(harness.next_batch())
+    assert run(pusher) == {"in_sync": 1}
+    assert harness.head(customer)["balance"] == on_moment(sandbox, "customer", "UCR1")["balance"] == 1500
+
+
+# --- Any fault while pushing one balance is that balance's failed push ---------------------------------
+
+
+@pytest.mark.parametrize("fault", ["ledger write", "mapping conflict"])
+def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
+    fault: str,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from moment_sync.adapters.ledger_table import MappingConflict
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 100)
+    other = harness.open_customer("OTHER1")
+    charge(harness, other, "inv-2", 100)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        if args and args[0] == customer:
+            if fault == "ledger write":
+                raise ClientError({"Error": {"Code": "ValidationException", "Message": "boom"}}, "UpdateItem")
+            raise MappingConflict("bcus_x or customer UCR1 is already linked to something else")
+        return real(*args, **kwargs)
+
+    name = "record_push" if fault == "ledger write" else "link_moment_id"
+    real = getattr(harness.ledger, name)
+    monkeypatch.setattr(harness.ledger, name, broken)
+    # WHEN the push of UCR1 fails in the ledger
+    assert run(pusher) == {"created": 1, "failed": 1}
+    # THEN it is counted on that balance like a Moment failure: attempts, backoff, the error
+    head = harness.head(customer)
+    assert head["push_attempts"] == 1 and head["next_push_at"]
+    assert ("ClientError" if fault == "ledger write" else "MappingConflict") in head["last_push_error"]
+    assert run(pusher) == {}  # backing off
+    monkeypatch.undo()
+    clock[0] += 7200
+    assert run(pusher) in ({"created": 1}, {"in_sync": 1})  # the create may have reached Moment
