@@ -13,10 +13,13 @@ from moto import mock_aws
 from local_stack import moto_speedups
 from local_stack.made_up_values import LOCAL_AWS_ACCESS_KEY_ID, LOCAL_AWS_SECRET_ACCESS_KEY
 from local_stack.template import create_table
+from support import dynamodb_limits
 
 # The local stack's moto copies only what a transaction touches; every test sees the same moto, in
 # whatever order the tests run (test_moto_speedups.py compares it with moto's own).
 moto_speedups.install()
+# Every DynamoDB client refuses what DynamoDB refuses (moto does not): see support/dynamodb_limits.py.
+dynamodb_limits.install()
 
 # Set before any client exists: moto needs these, and nothing must ever reach a real account.
 os.environ.update(
@@ -61,3 +64,21 @@ def _fresh_runtime() -> Iterator[None]:
     yield
     runtime.reset()
     metrics.clear_metrics()
+
+
+@pytest.fixture(autouse=True)
+def _dynamodb_limits() -> Iterator[None]:
+    """Fail any test whose code asked DynamoDB for something past its documented limits, even if the
+    code caught the refusal."""
+    dynamodb_limits.BREACHES.take()
+    yield
+    breaches = dynamodb_limits.BREACHES.take()
+    if breaches:
+        pytest.fail("DynamoDB would refuse: " + "; ".join(breaches[:5]), pytrace=False)
+
+
+@pytest.fixture
+def dynamodb_limit_breaches() -> Iterator[dynamodb_limits.Breaches]:
+    """For a test that breaks a DynamoDB limit on purpose."""
+    with dynamodb_limits.breaches_expected() as breaches:
+        yield breaches
