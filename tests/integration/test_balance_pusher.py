@@ -524,3 +524,113 @@ def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
     monkeypatch.undo()
     clock[0] += 7200
     assert run(pusher) in ({"created": 1}, {"in_sync": 1})  # the create may have reached Moment
+
+
+# --- However many payments pile up between two pushes, every write stays within DynamoDB's limits ------
+
+
+def reconcile_payments(harness: LedgerHarness, moment_id: str, amounts: list[int], prefix: str) -> None:
+    for number, amount in enumerate(amounts):
+        body = payment(f"ob_{prefix}{number}", amount, customer_id=moment_id)
+        harness.receive(f"msg_{prefix}{number}", body)
+    assert harness.invoke(harness.next_batch()) == []
+
+
+def test_hundreds_of_payments_reconciled_between_two_pushes_book(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, transport: InFlight
+) -> None:
+    """Issue 11, item 4: past ~198 payments the booking's REMOVE payments_list[0..n] passed DynamoDB's
+    4 KB expression limit (enforced on every test client): Moment was PATCHed, then the booking failed."""
+    sandbox.configure(applies_payments=False)  # Moment keeps the balance pushed: M = P
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 10_000_000)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN 220 payments (past the old limit, ~198) Moment took and the ledger reconciled since the push
+    amounts = [1000 + number for number in range(220)]
+    reconcile_payments(harness, moment_id, amounts, "p")
+    charge(harness, customer, "inv-2", 5)
+    # WHEN the pusher runs
+    assert run(pusher) == {"pushed": 1}
+    # THEN it booked: synced, nothing left of the payments behind the push
+    head = harness.head(customer)
+    assert "push_shard" not in head and "payments_list" not in head and head["payments_since_push"] == 0
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"] == 10_000_005 - sum(amounts)
+
+
+def test_thousands_of_payments_book_even_when_a_payment_comes_during_the_push(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, transport: InFlight
+) -> None:
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 10**10)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN the head as 3,000 reconciled payments leave it (written at once: 3,000 reconciler
+    # transactions would take minutes here, and moto answers slowly with a large head), and Moment
+    # lowered by all but R7 of them
+    amounts = [100 * (1 + number % 997) for number in range(3_000)]
+    harness.dynamodb.update_item(
+        TableName=harness.ledger_name,
+        Key={"pk": {"S": "CUSTOMER#UCR1"}, "sk": {"S": "HEAD"}},
+        UpdateExpression="SET payments_list = :paid, push_shard = :shard, pending_since = :now "
+        "ADD balance :lowered, version :count, payments_since_push :total",
+        ExpressionAttributeValues={
+            ":paid": {"L": [{"N": str(amount)} for amount in amounts]},
+            ":shard": {"S": customer.push_shard},
+            ":now": {"S": "2026-09-21T00:00:00.000Z"},
+            ":lowered": {"N": str(-sum(amounts))},
+            ":count": {"N": str(len(amounts))},
+            ":total": {"N": str(sum(amounts))},
+        },
+    )
+    pusher.moment.set_customer_balance(moment_id, 10**10 - sum(amounts) + 700, "ZAR")
+    charge(harness, customer, "inv-2", 5)
+
+    # AND one more payment reconciled while the PATCH is in flight (the booking must keep it)
+    def pay_while_patching(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            transport.before_send = None
+            reconcile_payments(harness, moment_id, [333], "late")
+
+    transport.before_send = pay_while_patching
+    # WHEN the pusher runs
+    assert run(pusher) == {"pushed": 1}
+    # THEN the push is booked with constant-size writes (a watermark, then the list compacted): only
+    # the late payment is left for the next one
+    head = harness.head(customer)
+    assert head["pushed_balance"] == 10**10 - sum(amounts) + 5
+    assert head["payments_list"] == [333] and "payments_pushed" not in head
+    assert head["payments_since_push"] == 333
+    assert "push_shard" in head  # the late payment is still to push
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == harness.head(customer)["balance"]
+    assert "push_shard" not in harness.head(customer)
+
+
+def test_payments_past_the_heads_list_cap_are_merged_and_still_explain_moment(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moment_sync.adapters import ledger_table
+
+    monkeypatch.setattr(ledger_table, "PAYMENTS_LISTED_MAX", 3)
+    sandbox.configure(applies_payments=True)
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 100_000)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN five payments since the last push, with room for three in the head's list
+    amounts = [1000, 2000, 3000, 4000, 5000]
+    for amount in amounts:
+        sandbox.pay(customer="UCR1", amount=amount)
+    reconcile_payments(harness, moment_id, amounts, "p")
+    head = harness.head(customer)
+    # THEN the last two are kept as one sum (the head never grows past its cap)
+    assert head["payments_list"] == [1000, 2000, 3000]
+    assert (head["payments_merged"], head["payments_merged_count"]) == (9000, 2)
+    assert head["balance"] == 100_000 - sum(amounts)
+    # AND Moment (lowered by all five) is explained: the push goes through and books
+    charge(harness, customer, "inv-2", 5)
+    assert run(pusher) == {"pushed": 1}
+    head = harness.head(customer)
+    assert "payments_merged" not in head and "payments_list" not in head and "push_shard" not in head
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"]
