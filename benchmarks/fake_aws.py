@@ -20,6 +20,7 @@ import copy
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
@@ -158,18 +159,18 @@ class CannedDynamoDB:
     """The reconciler's DynamoDB calls answered with what DynamoDB would send back, and nothing kept.
 
     TransactWriteItems and UpdateItem succeed with `{}` (no return values asked), or, with
-    `cancel_transactions` set, every transaction is cancelled the way a payment already applied by
-    another webhook is (`ConditionalCheckFailed` on the entry, with the stored entry). GetItem answers
-    from `items` by the key's `pk` (the Moment-id links the reconciler reads once per execution
-    environment). The work done here is a dict lookup and a counter: the same for both sides of a
-    comparison and small beside botocore's. `requests` counts each operation, so a timed loop can
+    `cancel_transactions` set, every transaction is cancelled with the answer it builds from the
+    request (`cancelled_as_already_applied`: the way a payment already applied by another webhook
+    is). GetItem answers from `items` by the key's `pk` (the Moment-id links the reconciler reads once
+    per execution environment). The work done here is a dict lookup and a counter: the same for both
+    sides of a comparison and small beside botocore's. `requests` counts each operation, so a timed loop can
     prove afterwards that it made exactly the calls it should.
     """
 
     def __init__(self, items: dict[str, dict[str, Any]] | None = None) -> None:
         self.items = items or {}
         self.requests: dict[str, int] = {}
-        self.cancel_transactions: dict[str, Any] | None = None
+        self.cancel_transactions: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.last_body: dict[str, bytes] = {}
 
     def attach(self, events: Any) -> None:
@@ -181,7 +182,7 @@ class CannedDynamoDB:
         self.last_body[operation] = request.body
         if operation == "TransactWriteItems":
             if self.cancel_transactions is not None:
-                return _answer(request, 400, self.cancel_transactions, _JSON_1_0)
+                return _answer(request, 400, self.cancel_transactions(json.loads(request.body)), _JSON_1_0)
             return _answer(request, 200, {}, _JSON_1_0)
         if operation == "UpdateItem":
             return _answer(request, 200, {}, _JSON_1_0)
@@ -192,17 +193,25 @@ class CannedDynamoDB:
         raise NotImplementedError(f"the canned DynamoDB does not do {operation}")
 
 
-def cancelled_by_existing_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """DynamoDB's answer to a 3-action transaction whose first action (the entry's put) found `entry`."""
+def cancelled_as_already_applied(transaction: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB's answer to a payment's transaction when another webhook applied the same payment
+    first: every put on `attribute_not_exists` (the entry and the application guard) found the item
+    it would write, as that other webhook wrote it; the updates were not the cause."""
+    reasons: list[dict[str, Any]] = []
+    for action in transaction["TransactItems"]:
+        put = action.get("Put", {})
+        if put.get("ConditionExpression") == "attribute_not_exists(pk)":
+            found = {**put["Item"], "webhook_id": {"S": "msg_bench_applied_first"}}
+            reasons.append(
+                {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": found}
+            )
+        else:
+            reasons.append({"Code": "None"})
+    codes = ", ".join(reason["Code"] for reason in reasons)
     return {
         "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
-        "[ConditionalCheckFailed, None, None]",
-        "CancellationReasons": [
-            {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed", "Item": entry},
-            {"Code": "None"},
-            {"Code": "None"},
-        ],
+        "Message": f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]",
+        "CancellationReasons": reasons,
     }
 
 

@@ -95,7 +95,7 @@ def _environment() -> dict[str, str]:
 
 def _storage_rows(found: dict[str, Any]) -> list[Row]:
     applied, steady, first = found["applied"], found["applied_pending"], found["applied_first"]
-    duplicate, redelivered = found["duplicate"], found["redelivered"]
+    duplicate, redelivered, conflict = found["duplicate"], found["redelivered"], found["conflict"]
     base_applied, base_duplicate = found["baseline_applied"], found["baseline_duplicate"]
     counted = (
         "counted with a before-call.dynamodb.* hook on the reconciler's client: the real handler "
@@ -138,7 +138,7 @@ def _storage_rows(found: dict[str, Any]) -> list[Row]:
                 units_how,
                 f"item sizes: entry {applied['sizes']['entry']} B, head {applied['sizes']['head_before']}"
                 f"->{applied['sizes']['head_after']} B, event {applied['sizes']['event_before']}"
-                f"->{applied['sizes']['event_after']} B",
+                f"->{applied['sizes']['event_after']} B, application guard {applied['sizes']['guard']} B",
                 "a second payment to a balance already pending (its marker set, the pusher not run yet) "
                 f"costs {steady['units']['total']} ({_describe_units(steady['units'])})",
                 "if DynamoDB doubled a transaction's index writes too, the applied payment would cost "
@@ -199,6 +199,22 @@ def _storage_rows(found: dict[str, Any]) -> list[Row]:
             notes=[units_how],
             details={"redelivered": redelivered},
         ),
+        Row(
+            area=AREA,
+            name="reconciler.write_units_conflict",
+            title="write units per conflicting payment (the same application id for another customer)",
+            measured=conflict["units"]["total"],
+            baseline=base_applied["units"]["total"],
+            unit="write units",
+            measured_label=_describe_units(conflict["units"]),
+            baseline_label="baseline_reconciler: one more UpdateItem on the other head (applied twice)",
+            notes=[
+                units_how,
+                f"requests: {conflict['requests']}: the transaction cancelled by the application guard, "
+                "then the event parked application_conflict (it leaves Unfinished and enters Parked)",
+            ],
+            details={"conflict": conflict},
+        ),
     ]
 
 
@@ -209,14 +225,16 @@ def _describe_units(units: dict[str, Any]) -> str:
     return " + ".join(parts) + f" = {units['total']}"
 
 
-def _moment_body(template: dict[str, Any], number: int, moment_id: str, application: str) -> bytes:
+def _moment_body(
+    template: dict[str, Any], number: int, moment_id: str, application: str, amount: int | None = None
+) -> bytes:
     """A webhook body shaped (and sized) like events/'s sample, for `moment_id`, with unique ids."""
     document = json.loads(template["body"])
     data = document["data"]
     document["id"] = f"evt_bench{number:012d}"
     data["id"] = application
     data["payment_id"] = f"pay_bench{number:013d}"
-    data["amount"] = 1000 + number % 9000
+    data["amount"] = 1000 + number % 9000 if amount is None else amount
     data.pop("customer_id", None)
     data["account_id" if moment_id.startswith("bacc_") else "customer_id"] = moment_id
     return json.dumps(document, separators=(",", ":")).encode()
@@ -235,7 +253,6 @@ def storage_child(params: dict[str, Any]) -> dict[str, Any]:
         scenario = _Scenario(harness, boto3.client("dynamodb"))
         found = scenario.measure()
         found["records"], found["links"], found["link_items"] = scenario.records(params["records"])
-        found["existing_entry"] = scenario.entry_of_applied
     return found
 
 
@@ -259,7 +276,6 @@ class _Scenario:
             account = harness.open_account(f"ACCT{number:04d}", f"HOUSE{number:04d}", moment_id)
             self.balances.append((moment_id, account))
         self.counter = 0
-        self.entry_of_applied: dict[str, Any] = {}
 
     def _raw(self, table: str, key: dict[str, Any]) -> dict[str, Any]:
         item: dict[str, Any] = self.reader.get_item(TableName=table, Key=key, ConsistentRead=True).get(
@@ -267,11 +283,14 @@ class _Scenario:
         )
         return item
 
-    def _receive(self, moment_id: str, application: str | None = None) -> tuple[str, str, list[Any]]:
+    def _receive(
+        self, moment_id: str, application: str | None = None, amount: int | None = None
+    ) -> tuple[str, str, list[Any]]:
         self.counter += 1
         webhook_id = f"msg_bench{self.counter:020d}"
         application = application or f"ob_bench{self.counter:016d}"
-        self.harness.receive(webhook_id, _moment_body(self.template, self.counter, moment_id, application))
+        body = _moment_body(self.template, self.counter, moment_id, application, amount)
+        self.harness.receive(webhook_id, body)
         records = self.harness.next_batch()
         assert len(records) == 1, records
         return webhook_id, application, records
@@ -293,27 +312,35 @@ class _Scenario:
         return [name for name, _ in calls], [params for _, params in calls]
 
     def _payment(
-        self, moment_id: str, balance: Any, application: str | None = None, records: list[Any] | None = None
+        self,
+        moment_id: str,
+        balance: Any,
+        application: str | None = None,
+        records: list[Any] | None = None,
+        amount: int | None = None,
     ) -> dict[str, Any]:
         """One record through the handler; the items it touched before and after, and what it sent."""
         if records is None:
-            webhook_id, application, records = self._receive(moment_id, application)
+            webhook_id, application, records = self._receive(moment_id, application, amount)
         else:
             webhook_id = records[0]["dynamodb"]["Keys"]["webhook_id"]["S"]
         assert application is not None
         head_key = {"pk": {"S": balance.partition_key}, "sk": {"S": "HEAD"}}
         entry_key = {"pk": {"S": balance.partition_key}, "sk": {"S": f"ENTRY#payment:{application}"}}
         event_key = {"webhook_id": {"S": webhook_id}}
+        guard_key = {"pk": {"S": f"APPLICATION#{application}"}, "sk": {"S": "APPLICATION"}}
         before = {
             "head": self._raw(LEDGER_TABLE, head_key),
             "event": self._raw(EVENTS_TABLE, event_key),
             "entry": self._raw(LEDGER_TABLE, entry_key),
+            "guard": self._raw(LEDGER_TABLE, guard_key),
         }
         requests, sent = self._invoke(records)
         after = {
             "head": self._raw(LEDGER_TABLE, head_key),
             "event": self._raw(EVENTS_TABLE, event_key),
             "entry": self._raw(LEDGER_TABLE, entry_key),
+            "guard": self._raw(LEDGER_TABLE, guard_key),
         }
         return {
             "webhook_id": webhook_id,
@@ -339,13 +366,16 @@ class _Scenario:
 
         before, after = payment["before"], payment["after"]
         assert payment["status"] == "applied" and not before["entry"] and after["entry"]
+        assert not before["guard"] and after["guard"]
         table = {
             "entry": TRANSACTION_FACTOR * write_units(item_size(after["entry"])),
             "head": TRANSACTION_FACTOR * update_write_units(before["head"], after["head"]),
             "event": TRANSACTION_FACTOR * update_write_units(before["event"], after["event"]),
+            "guard": TRANSACTION_FACTOR * write_units(item_size(after["guard"])),
         }
         indexes = {
             **index_write_units(after["entry"], self.tables[LEDGER_TABLE]),
+            **index_write_units(after["guard"], self.tables[LEDGER_TABLE]),
             **update_index_write_units(before["head"], after["head"], self.tables[LEDGER_TABLE]),
             **update_index_write_units(before["event"], after["event"], self.tables[EVENTS_TABLE]),
         }
@@ -356,6 +386,7 @@ class _Scenario:
             "head_after": item_size(after["head"]),
             "event_before": item_size(before["event"]),
             "event_after": item_size(after["event"]),
+            "guard": item_size(after["guard"]),
         }
         total = sum(table.values()) + sum(indexes.values())
         return {
@@ -381,12 +412,16 @@ class _Scenario:
             if name == "TransactWriteItems"
         ]
         sent_entry = transaction["TransactItems"][0]["Put"]["Item"]
+        sent_guard = transaction["TransactItems"][3]["Put"]["Item"]
         assert before["head"] == after["head"] and before["entry"] == after["entry"], "it changed the ledger"
+        assert before["guard"] == after["guard"], "it changed the application guard"
         table = {
             "entry (refused)": TRANSACTION_FACTOR
             * write_units(max(item_size(before["entry"]), item_size(sent_entry))),
             "head (refused)": TRANSACTION_FACTOR * write_units(item_size(before["head"])),
             "event (refused)": TRANSACTION_FACTOR * write_units(item_size(before["event"])),
+            "guard (refused)": TRANSACTION_FACTOR
+            * write_units(max(item_size(before["guard"]), item_size(sent_guard))),
         }
         other: dict[str, int] = {}
         indexes: dict[str, int] = {}
@@ -445,12 +480,18 @@ class _Scenario:
         )
         applied = self._payment(moment_id, customer)  # headline: link cached, marker set by this payment
         pending = self._payment(moment_id, customer)  # marker already set
-        duplicate = self._payment(moment_id, customer, application=applied["application"])
+        # The same application again: a true duplicate carries the same amount (another is a conflict).
+        paid = int(applied["after"]["guard"]["amount"]["N"])
+        duplicate = self._payment(moment_id, customer, application=applied["application"], amount=paid)
         redelivered = self._payment(
             moment_id, customer, application=applied["application"], records=applied["records"]
         )
+        other_moment_id, other_customer = self.balances[1]
+        conflict = self._payment(
+            other_moment_id, other_customer, application=applied["application"], amount=paid
+        )
         assert duplicate["status"] == "duplicate" and redelivered["status"] == "applied"
-        self.entry_of_applied = applied["after"]["entry"]
+        assert conflict["status"] == "parked", conflict["status"]
         baseline_applied = self._baseline(applied["records"], customer)
         baseline_duplicate = self._baseline(duplicate["records"], customer)
         return {
@@ -459,6 +500,7 @@ class _Scenario:
             "applied_pending": self._applied_units(pending),
             "duplicate": self._cancelled_units(duplicate),
             "redelivered": self._cancelled_units(redelivered),
+            "conflict": self._cancelled_units(conflict),
             "baseline_applied": baseline_applied,
             "baseline_duplicate": baseline_duplicate,
         }
@@ -513,7 +555,6 @@ def _warm_rows(
             "records": records,
             "links": found["links"],
             "link_items": found["link_items"],
-            "existing_entry": found["existing_entry"],
             "batch_size": size,
             "passes": passes,
             "singles": singles,
@@ -592,7 +633,7 @@ def _warm_row_list(
             baseline=cpu_theirs,
             unit="µs",
             measured_label="reconciler_handler.lambda_handler: Powertools batch processor, decide, "
-            "TransactWriteItems (entry, head, event), log line, metrics",
+            "TransactWriteItems (entry, head, event, application guard), log line, metrics",
             baseline_label="baseline_reconciler.lambda_handler: one plain UpdateItem per record",
             notes=[
                 setup,
@@ -654,8 +695,9 @@ def _warm_row_list(
             measured=measure.median(ours["duplicate_cpu_us"]),
             baseline=measure.median(theirs["duplicate_cpu_us"]),
             unit="µs",
-            measured_label="every transaction cancelled by an entry another webhook wrote; botocore parses "
-            "the cancellation, then the event is marked duplicate (UpdateItem)",
+            measured_label="every transaction cancelled by the entry and the application guard another "
+            "webhook wrote; botocore parses the cancellation, then the event is marked duplicate "
+            "(UpdateItem)",
             baseline_label="baseline_reconciler: the same plain UpdateItem (it cannot tell)",
             notes=["one pass over the same records, the canned backend cancelling every transaction"],
             details={
@@ -668,7 +710,7 @@ def _warm_row_list(
 
 def warm_child(params: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh interpreter: time one side's handler on the records, in batches, then one by one."""
-    from benchmarks.fake_aws import CannedDynamoDB, cancelled_by_existing_entry  # noqa: PLC0415
+    from benchmarks.fake_aws import CannedDynamoDB, cancelled_as_already_applied  # noqa: PLC0415
 
     side = params["side"]
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -704,7 +746,7 @@ def warm_child(params: dict[str, Any]) -> dict[str, Any]:
         clock.run(singles[:20])
     processed = clock.records
     if side == REAL:
-        dynamodb.cancel_transactions = cancelled_by_existing_entry(params["existing_entry"])
+        dynamodb.cancel_transactions = cancelled_as_already_applied
     _, duplicate_cpu = clock.run(batches)
     samples["duplicate_cpu_us"] = [
         value / len(batch) for value, batch in zip(duplicate_cpu, batches, strict=True)

@@ -184,7 +184,7 @@ def test_a_customer_created_by_an_earlier_run_but_never_linked_is_adopted_not_cr
     )
 
 
-def test_an_object_moment_already_has_is_adopted_and_then_pushed(
+def test_an_object_moment_already_has_is_adopted_held_and_pushed_once_the_ledger_wins(
     harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
 ) -> None:
     from moment_sync.moment_client import NewCustomer
@@ -192,8 +192,12 @@ def test_an_object_moment_already_has_is_adopted_and_then_pushed(
     existing = moment.create_customer(NewCustomer("UCR1", balance=999, currency="ZAR"), generation=7)
     customer = harness.open_customer("UCR1")
     charge(harness, customer, "inv-1", 2000)
-    assert run(pusher) == {"pushed": 1}
+    # another balance than the ledger's, on an object this service did not create: an operator decides
+    assert run(pusher) == {"conflict": 1}
     assert harness.head(customer)["moment_id"] == existing.id
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 999
+    harness.ledger.clear_conflict(customer, adoption_decision="ledger-wins")  # `adopt … --ledger-wins`
+    assert run(pusher) == {"pushed": 1}
     assert on_moment(sandbox, "customer", "UCR1")["balance"] == 2000
 
 
@@ -487,7 +491,7 @@ def test_a_create_whose_answer_was_lost_is_explained_by_its_intent_not_by_anythi
 # --- Any fault while pushing one balance is that balance's failed push ---------------------------------
 
 
-@pytest.mark.parametrize("fault", ["ledger write", "mapping conflict"])
+@pytest.mark.parametrize("fault", ["booking refused", "intent throttled"])
 def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
     harness: LedgerHarness,
     pusher: BalancePusher,
@@ -497,7 +501,7 @@ def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from moment_sync.adapters.ledger_table import MappingConflict
+    from moment_sync.adapters.ledger_table import TransientLedgerError
 
     customer = harness.open_customer("UCR1")
     charge(harness, customer, "inv-1", 100)
@@ -506,12 +510,12 @@ def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         if args and args[0] == customer:
-            if fault == "ledger write":
+            if fault == "booking refused":
                 raise ClientError({"Error": {"Code": "ValidationException", "Message": "boom"}}, "UpdateItem")
-            raise MappingConflict("bcus_x or customer UCR1 is already linked to something else")
+            raise TransientLedgerError("ThrottlingException")
         return real(*args, **kwargs)
 
-    name = "record_push" if fault == "ledger write" else "link_moment_id"
+    name = "record_push" if fault == "booking refused" else "record_intent"
     real = getattr(harness.ledger, name)
     monkeypatch.setattr(harness.ledger, name, broken)
     # WHEN the push of UCR1 fails in the ledger
@@ -519,11 +523,13 @@ def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
     # THEN it is counted on that balance like a Moment failure: attempts, backoff, the error
     head = harness.head(customer)
     assert head["push_attempts"] == 1 and head["next_push_at"]
-    assert ("ClientError" if fault == "ledger write" else "MappingConflict") in head["last_push_error"]
+    expected = "ClientError" if fault == "booking refused" else "TransientLedgerError"
+    assert expected in head["last_push_error"]
     assert run(pusher) == {}  # backing off
     monkeypatch.undo()
     clock[0] += 7200
-    assert run(pusher) in ({"created": 1}, {"in_sync": 1})  # the create may have reached Moment
+    # the booking's create reached Moment (its intent explains it); the throttled intent sent nothing
+    assert run(pusher) == ({"in_sync": 1} if fault == "booking refused" else {"created": 1})
 
 
 # --- However many payments pile up between two pushes, every write stays within DynamoDB's limits ------

@@ -35,6 +35,7 @@ from moment_sync.moment_errors import (
     MomentConflict,
     MomentKeyRefused,
     MomentNotFound,
+    MomentNotOurs,
     MomentRateLimited,
     MomentRequestRejected,
     MomentResponseInvalid,
@@ -504,6 +505,10 @@ def test_a_replayed_error_whose_object_exists_adopts_it(
     moment.get(f"/billing/accounts/{ACCOUNT_REFERENCE}").mock(
         return_value=httpx.Response(200, json=account_json(balance=7000))
     )
+    # (its customer is the one named, checked by that customer's reference)
+    moment.get("/billing/customers/bcus_H4jp6KnU5cPw263v1jyz4").mock(
+        return_value=httpx.Response(200, json=customer_json())
+    )
     # WHEN it is created or adopted
     result = client.create_or_adopt_account(NewAccount(REFERENCE, ACCOUNT_REFERENCE))
     # THEN it is adopted without another create
@@ -575,8 +580,53 @@ def test_adoption_refuses_an_object_with_another_reference(
         return_value=httpx.Response(200, json=customer_json(reference="SOMEONE-ELSE"))
     )
     # WHEN it is created or adopted
-    with pytest.raises(MomentResponseInvalid, match="'SOMEONE-ELSE', not 'bcus_lookalike'"):
+    with pytest.raises(MomentNotOurs, match="external_reference 'SOMEONE-ELSE': not ours to adopt"):
         client.create_or_adopt_customer(NewCustomer("bcus_lookalike"))
+
+
+def test_find_customer_refuses_a_reference_read_as_another_customers_id(
+    client: MomentClient, moment: respx.MockRouter
+) -> None:
+    # GIVEN a reference equal to another customer's Moment id: Moment answers with that customer
+    moment.get("/billing/customers/bcus_H4jp6KnU5cPw263v1jyz4").mock(
+        return_value=httpx.Response(200, json=customer_json(reference="SOMEONE-ELSE"))
+    )
+    moment.get(f"/billing/customers/{REFERENCE}").mock(return_value=problem(404, "Not Found", "none"))
+    # THEN a GET by reference never takes it for ours; a missing one is None
+    with pytest.raises(MomentNotOurs):
+        client.find_customer("bcus_H4jp6KnU5cPw263v1jyz4")
+    assert client.find_customer(REFERENCE) is None
+
+
+def test_an_account_held_by_another_customer_is_not_adopted(
+    client: MomentClient, moment: respx.MockRouter
+) -> None:
+    # GIVEN Moment has an account with this reference, under another customer than the one named
+    moment.post("/billing/accounts").mock(return_value=problem(409, "Conflict", "exists"))
+    moment.get(f"/billing/accounts/{ACCOUNT_REFERENCE}").mock(
+        return_value=httpx.Response(200, json=account_json(customer_id="bcus_SomeoneElse"))
+    )
+    # WHEN it is created or adopted under a linked customer
+    with pytest.raises(MomentNotOurs, match="belongs to bcus_SomeoneElse, not to bcus_H4jp6KnU5cPw263v1jyz4"):
+        client.create_or_adopt_account(NewAccount("bcus_H4jp6KnU5cPw263v1jyz4", ACCOUNT_REFERENCE))
+
+
+def test_an_account_of_a_customer_not_linked_yet_is_checked_by_that_customers_reference(
+    client: MomentClient, moment: respx.MockRouter
+) -> None:
+    moment.post("/billing/accounts").mock(return_value=problem(409, "Conflict", "exists"))
+    moment.get(f"/billing/accounts/{ACCOUNT_REFERENCE}").mock(
+        return_value=httpx.Response(200, json=account_json(customer_id="bcus_SomeoneElse"))
+    )
+    holder = moment.get("/billing/customers/bcus_SomeoneElse").mock(
+        return_value=httpx.Response(
+            200, json=customer_json(reference="OTHER-CUSTOMER", id="bcus_SomeoneElse")
+        )
+    )
+    # WHEN it is created (composite: the customer is not linked yet) or adopted
+    with pytest.raises(MomentNotOurs, match="belongs to customer 'OTHER-CUSTOMER'"):
+        client.create_or_adopt_account(NewAccount(NewCustomer(REFERENCE), ACCOUNT_REFERENCE))
+    assert holder.call_count == 1
 
 
 def test_a_composite_account_create_sends_the_whole_customer(

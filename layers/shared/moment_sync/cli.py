@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from moment_sync import operator_links
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger import requests, service
-from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
 from moment_sync.ledger.service import LedgerProblem
+from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import redrive, redrive_stuck
@@ -51,6 +53,7 @@ EVENT_FIELDS = (
     "entry_id",
     "balance_key",
     "duplicate_of",
+    "conflicts_with",
     "ignored_type",
     "received_at",
     "resolved_at",
@@ -99,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("verify", help="check that every balance equals the sum of its entries")
+    commands.add_parser(
+        "backfill-application-guards",
+        help="give payments applied before application guards existed theirs; exit 1 on a conflict",
+    )
 
     report = commands.add_parser(
         "reconcile-report",
@@ -121,10 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     parked.add_argument("--redrive", action="store_true", help="reconcile the listed events again")
 
     forget = commands.add_parser(
-        "forget", help="erase a customer's personal data (POPIA/GDPR request), keeping amounts and entries"
+        "forget",
+        help="erase a customer's personal data (POPIA/GDPR request), keeping amounts, entries and each "
+        "webhook's summary, so unsettled payments still settle",
     )
     forget.add_argument("ref", help="the customer's reference")
     _add_change_commands(commands)
+    operator_links.add_commands(commands)
     return parser
 
 
@@ -180,6 +190,7 @@ def main(
             "balance": _balance,
             "redrive": _redrive,
             "verify": _verify,
+            "backfill-application-guards": _backfill_application_guards,
             "put-customer": _put_customer,
             "put-account": _put_account,
             "charge": _charge,
@@ -188,6 +199,9 @@ def main(
             "reconcile-report": _reconcile_report,
             "parked": _parked,
             "forget": _forget,
+            "link": _operator_link,
+            "unlink": _operator_link,
+            "adopt": _operator_link,
         }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
@@ -242,9 +256,10 @@ def _balance(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledge
         raise CommandError(f"no {balance} in the ledger", EXIT_FAILED)
     entries, _cursor = ledger.entries(balance, limit=max(1, arguments.entries))
     if arguments.json:
-        _print({"head": _public(head), "entries": [_public(entry) for entry in entries]}, True, out)
+        shown = {**_public(head), "sync_state": sync_state(head)}
+        _print({"head": shown, "entries": [_public(entry) for entry in entries]}, True, out)
         return EXIT_OK
-    _print(_public(head), False, out)
+    _print({**_public(head), "sync_state": sync_state(head)}, False, out)
     print(f"\n{'created_at':<25} {'kind':<12} {'amount':>12}  entry", file=out)
     for entry in entries:
         print(
@@ -307,6 +322,41 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         )
         print(f"verify: {len(heads)} balances checked, {verdict}", file=out)
     return EXIT_FAILED if mismatches or orphans else EXIT_OK
+
+
+def _backfill_application_guards(
+    arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    """Invariant 2 for payments applied before the ledger-wide guard: write each one's guard (once;
+    safe to run again), and name any application id already applied to two balances or amounts."""
+    checked, conflicts = 0, []
+    for item in ledger.scan_all():
+        if not str(item["sk"]).startswith(f"{ENTRY_PREFIX}{EntryKind.PAYMENT.value}:"):
+            continue
+        checked += 1
+        applied = ledger.guard_applied_entry(item)
+        if applied is not None:
+            balance = BalanceRef.from_partition_key(item["pk"])
+            conflicts.append(
+                {
+                    "application_id": str(item["entry_id"]).partition(":")[2],
+                    "entry": f"{balance}: {-item['amount']} {item['currency']}",
+                    "guard": f"{applied.balance}: {applied.amount} {applied.currency}",
+                }
+            )
+    if arguments.json:
+        _print({"payments_checked": checked, "conflicts": conflicts}, True, out)
+    else:
+        for conflict in conflicts:
+            print(
+                f"CONFLICT {conflict['application_id']}: applied as {conflict['guard']} and as "
+                f"{conflict['entry']}",
+                file=out,
+            )
+        print(
+            f"backfill-application-guards: {checked} payments checked, {len(conflicts)} conflicts", file=out
+        )
+    return EXIT_FAILED if conflicts else EXIT_OK
 
 
 # --- changes (the ledger API's use cases) -----------------------------------------------------------
@@ -411,6 +461,27 @@ def _reconcile_report(
     return EXIT_FAILED if unexplained else EXIT_OK
 
 
+def _operator_link(
+    arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    """`link`, `unlink` and `adopt`: the ways out of a balance's `conflict` (moment_sync.operator_links)."""
+    from moment_sync.moment_errors import MomentError  # noqa: PLC0415
+
+    try:
+        if arguments.command == "unlink":
+            operator_links.unlink(arguments, ledger, out)
+        elif arguments.command == "link":
+            operator_links.link(arguments, events, ledger, _moment_client(arguments), out)
+        else:
+            moment = _moment_client(arguments) if arguments.moment_wins else None
+            operator_links.adopt(arguments, ledger, moment, out)
+    except operator_links.LinkRefused as error:
+        raise CommandError(str(error), EXIT_USAGE if error.usage else EXIT_FAILED) from None
+    except MomentError as error:
+        raise CommandError(f"Moment: {error}", EXIT_FAILED) from None
+    return EXIT_OK
+
+
 def _amount(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -497,8 +568,19 @@ def _forget(
     for webhook_id in erasure.webhook_bodies_erased:
         print(f"  {webhook_id}", file=out)
     print(
-        "kept: amounts, references, entries, event statuses (Moment's own copy is not changed here)", file=out
+        "kept: amounts, references, entries, event statuses, and each webhook's summary (amount, "
+        "currency, Moment ids, event type): what settling a payment needs, which the law allows keeping",
+        file=out,
     )
+    if erasure.unsettled_webhooks:
+        print(
+            f"not settled yet: {len(erasure.unsettled_webhooks)} of those webhooks; "
+            "they are still reconciled, from the kept summary",
+            file=out,
+        )
+        for webhook_id in erasure.unsettled_webhooks:
+            print(f"  {webhook_id}", file=out)
+    print("Moment's own copy of the personal data is not changed here (ask Moment, or PATCH it)", file=out)
     return EXIT_OK
 
 

@@ -1,11 +1,14 @@
 """A data-subject request (POPIA, GDPR): erase a customer's personal data, keep the money.
 
 Erased: the name, e-mail and phone on the customer and the names of its accounts, and the raw bodies
-of every stored webhook that names the customer or one of its accounts (by Moment id). Kept: amounts,
-references, entries, event statuses and ids, so the ledger still adds up and every payment can
-still be traced. The events table is read in full to find those webhooks: a data-subject request is
-rare, and an index for it would cost every webhook an extra write. Moment's own copy of the personal
-data is not touched here (ask Moment, or PATCH it).
+of every stored webhook that names the customer or one of its accounts (by Moment id), whatever the
+event's status. Kept: amounts, references, entries, event statuses and ids, and each webhook's
+summary (amount, currency, Moment ids, event type): what settling a payment needs, which the law
+allows keeping. The reconciler and the re-drive decide from that summary alone, so a payment still
+`received` or parked when the customer is forgotten is applied exactly once afterwards, as it would
+have been. The events table is read in full to find those webhooks: a data-subject request is rare,
+and an index for it would cost every webhook an extra write. Moment's own copy of the personal data
+is not touched here (ask Moment, or PATCH it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.service import PERSONAL_FIELDS, not_found
+from moment_sync.reconciliation import EventStatus
 
 # Fields of the stored webhook item that can carry personal data: the raw body, and nothing else
 # (the summary fields are ids and amounts).
@@ -28,6 +32,8 @@ class Erasure:
     customer: str
     fields_erased: dict[str, list[str]] = field(default_factory=dict)  # balance -> fields
     webhook_bodies_erased: list[str] = field(default_factory=list)
+    # Of those, events not final yet (received or parked): they still settle, from the kept summary.
+    unsettled_webhooks: list[str] = field(default_factory=list)
 
 
 def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, now: float) -> Erasure:
@@ -50,7 +56,9 @@ def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, n
             ledger.erase_fields(balance, present, iso_time(now))
             erasure.fields_erased[str(balance)] = present
 
-    for webhook_id in events.webhooks_naming(moment_ids):
+    for webhook_id, status in events.webhooks_naming(moment_ids):
         if events.erase_body(webhook_id, iso_time(now)):
             erasure.webhook_bodies_erased.append(webhook_id)
+            if status in {EventStatus.RECEIVED, EventStatus.PARKED}:
+                erasure.unsettled_webhooks.append(webhook_id)
     return erasure

@@ -33,6 +33,7 @@ from moment_sync.moment_errors import (
     MomentConflict,
     MomentKeyRefused,
     MomentNotFound,
+    MomentNotOurs,
     MomentRateLimited,
     MomentRequestRejected,
     MomentResponseInvalid,
@@ -525,9 +526,18 @@ class MomentClient:
     def create_or_adopt_account(
         self, account: NewAccount, *, generation: int = 0
     ) -> CreatedOrAdopted[MomentAccount]:
-        """Make sure Moment has this account: create it, or adopt the one with its external_reference."""
+        """Make sure Moment has this account: create it, or adopt the one with its external_reference
+        that belongs to `account.customer` (MomentNotOurs when it belongs to another customer)."""
         reference = account.external_reference
-        return self._create_or_adopt("account", reference, account.to_body(), _account_from, generation)
+        result = self._create_or_adopt("account", reference, account.to_body(), _account_from, generation)
+        if result.outcome is CreateOutcome.ADOPTED:
+            self._check_owner(account.customer, result.value)
+        return result
+
+    def find_customer(self, reference: str) -> MomentCustomer | None:
+        """GET /billing/customers/{reference}, insisting the answer carries that external_reference
+        (MomentNotOurs otherwise: the path was read as another customer's Moment id); None on 404."""
+        return self._find("customer", reference, _customer_from)
 
     # Reads and balance pushes ---------------------------------------------------------------------
 
@@ -608,7 +618,32 @@ class MomentClient:
 
     def _adopt(self, kind: ObjectKind, reference: str, read: Callable[[Mapping[str, Any]], _T]) -> _T:
         request = _Request("GET", _object_path(kind, reference))
-        return self._call(request, _with_reference(reference, read)).value
+        value = self._call(request, read).value
+        # Every GET by reference checks the answer: a path segment may also be read as a Moment id.
+        answered = getattr(value, "external_reference", None)
+        if answered != reference:
+            raise MomentNotOurs(
+                f"Moment's {kind} at {reference!r} has external_reference {answered!r}: not ours to adopt"
+            )
+        return value
+
+    def _check_owner(self, owner: str | NewCustomer, account: MomentAccount) -> None:
+        """An adopted account must belong to the customer it was meant for: by Moment id when the
+        customer is linked, else by that customer's external_reference, read from Moment."""
+        if isinstance(owner, str) and owner.startswith("bcus_"):
+            if account.customer_id != owner:
+                raise MomentNotOurs(
+                    f"Moment's account {account.external_reference!r} belongs to {account.customer_id}, "
+                    f"not to {owner}"
+                )
+            return
+        expected = owner if isinstance(owner, str) else owner.external_reference
+        holder = self.get_customer(account.customer_id)
+        if holder.external_reference != expected:
+            raise MomentNotOurs(
+                f"Moment's account {account.external_reference!r} belongs to customer "
+                f"{holder.external_reference!r} ({account.customer_id}), not to {expected!r}"
+            )
 
     @staticmethod
     def _log_adopted(kind: ObjectKind, reference: str, generation: int, status: int | None) -> None:

@@ -2,6 +2,7 @@
 
     MomentError                      anything the client raises
     ├── MomentKeyRefused             the API key does not suit this environment (at construction)
+    ├── MomentNotOurs                Moment's object under this reference is not the ledger's to adopt
     └── MomentApiError               a request failed; carries method, path, status, problem details
         ├── MomentRequestRejected    a 4xx Moment will refuse again if asked again (never retried)
         │   ├── MomentNotFound       404
@@ -73,6 +74,12 @@ class MomentError(Exception):
 
 class MomentKeyRefused(MomentError):
     """The API key is refused before any request: live outside prod, test in prod, or no secret key."""
+
+
+class MomentNotOurs(MomentError):
+    """Moment holds an object under the ledger's reference that is not the ledger's: its
+    external_reference differs (the reference was read as another object's Moment id), or an account
+    belongs to another customer. Adopting it would push a balance onto someone else's object."""
 
 
 class MomentApiError(MomentError):

@@ -2,9 +2,11 @@
 
 Per run: read the sparse, sharded PendingPush index, then push each balance with bounded
 concurrency until the run's time budget is nearly spent (what is not reached waits for the next run).
-Per balance: create it on Moment if it has no Moment id yet (adopting an existing object by its
-external_reference), otherwise read Moment's balance and push only what `push_plan` allows. A failure
-is counted on that balance, with a backoff; it never blocks the others.
+Per balance: create it on Moment if it has no Moment id yet (adopting an existing object only when it
+is this balance's: its external_reference, and for an account its customer), otherwise read Moment's
+balance and push only what `push_plan` allows. A failure is counted on that balance, with a backoff; it
+never blocks the others. An object that is not this balance's, or an adopted one whose balance differs
+from the ledger's, puts the balance in `conflict` for an operator (docs/pusher.md#conflicts).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from enum import StrEnum
 from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
 from moment_sync.moment_client import CreateOutcome, MomentClient, NewAccount, NewCustomer
-from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotFound
+from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.push_plan import (
     AlreadyEqual,
@@ -38,6 +41,9 @@ from moment_sync.push_plan import (
 SECONDS_RESERVED_PER_PUSH = 15.0
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 3600.0
+# Written on every object the pusher creates, so an adoption can tell its own lost create from an
+# object the merchant made at Moment before (whose balance an operator must choose: `adopt`).
+CREATED_BY: dict[str, str] = {"created_by": "moment-balance-sync"}
 
 
 class CurrencyDisagrees(MomentError):
@@ -51,6 +57,7 @@ class PushResult(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     SKIPPED = "skipped"  # no longer pending, or its state changed under us
+    CONFLICT = "conflict"  # Moment's object is not this balance's, or an adoption awaits an operator
 
 
 @dataclass
@@ -70,6 +77,8 @@ class BalancePusher:
     now: Callable[[], float]
     concurrency: int = 8
     jitter: Callable[[], float] = random.random
+    # To re-drive the payments parked unmatched that name an id it links (None: tests without them).
+    events: WebhookEventsTable | None = None
     _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
     _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -114,6 +123,8 @@ class BalancePusher:
             "moment_id": head.get("moment_id"),
         }
         try:
+            if "adoption_held" in head:  # an operator chooses which balance wins: `adopt`
+                return self._conflict(balance, head, str(head.get("push_conflict", "adoption held")), log)
             if not head.get("moment_id"):
                 created = self._create_on_moment(balance, head)
                 if created is not None:
@@ -121,7 +132,9 @@ class BalancePusher:
                 head = self.ledger.get_head(balance) or head  # adopted: it now has its Moment id
                 log["moment_id"] = head.get("moment_id")
             return self._push_existing(balance, head, log)
-        except Exception as error:  # any fault of one push is that balance's failed push
+        except (MomentNotOurs, MappingConflict) as error:
+            return self._conflict(balance, head, str(error), log)
+        except Exception as error:  # any other fault of one push is that balance's failed push
             if not isinstance(error, MomentError):
                 logger.exception("push of one balance failed", extra=log)
             return self._failed(balance, head, error, log)
@@ -137,6 +150,14 @@ class BalancePusher:
             raise CurrencyDisagrees(
                 f"Moment keeps {balance} in {current.currency}, the ledger in {head['currency']}"
             )
+        if head.get("pushed_balance") is None and current.balance not in (None, int(head["balance"])):
+            # Never pushed to this object: any Moment balance counts as explained, so a payment whose
+            # webhook is parked unmatched would be erased. Re-drive them; wait while any remain.
+            head, waiting = self._settle_unmatched(balance, head, moment_id)
+            if waiting:
+                return self._wait_for_payments(balance, head, current.balance, waiting, log)
+        if head.get("push_waiting"):
+            self.ledger.flag_push_waiting(balance, None)
         decision = plan_push(_snapshot(head), current.balance)
         if isinstance(decision, Defer):
             return self._defer(balance, head, decision, log)
@@ -173,9 +194,14 @@ class BalancePusher:
         self, balance: BalanceRef, head: dict[str, Any], intent: int
     ) -> Iterator[None]:
         """An intent stays open unless the request certainly never reached Moment (it failed before it
-        was sent, or Moment refused it): a lost answer, a timeout or a 5xx may have been applied."""
+        was sent, or Moment refused it) or a create found another's object: a lost answer, a timeout
+        or a 5xx may have been applied."""
         try:
             yield
+        except MomentNotOurs:
+            # Moment already held another object under the reference: this create made nothing.
+            self.ledger.drop_intent(balance, head, intent)
+            raise
         except MomentApiError as error:
             if not error.may_have_reached:
                 self.ledger.drop_intent(balance, head, intent)
@@ -191,14 +217,21 @@ class BalancePusher:
         intent = self.ledger.record_intent(balance, head, int(head["balance"]))
         with self._dropped_if_never_sent(balance, head, intent):
             if balance.kind is BalanceKind.CUSTOMER:
-                moment_id, moment_balance, outcome = self._create_customer(balance, head)
+                moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
             else:
-                moment_id, moment_balance, outcome = self._create_account(balance, head)
+                moment_id, moment_balance, outcome, ours = self._create_account(balance, head)
+        if head.get("push_conflict"):
+            self.ledger.clear_conflict(balance)  # resolved at Moment: the object is ours after all
         if outcome is CreateOutcome.ADOPTED:
             # This run's create made nothing (Moment had the object already): its intent explains
             # nothing. An earlier run's create whose answer was lost stays open and explains it.
             self.ledger.drop_intent(balance, head, intent)
             logger.info("adopted the object Moment already had", extra={"reference": balance.ref})
+            # Linking re-drove the payments naming the object: compare with the ledger as it is now.
+            current = self.ledger.get_head(balance) or head
+            if not ours and moment_balance not in (None, int(current["balance"])):
+                self._hold_adoption(balance, moment_id, moment_balance, current)
+                return PushResult.CONFLICT
             return None
         _count("BalancesCreatedOnMoment")
         log = {"reference": balance.ref, "balance_kind": balance.kind.value, "moment_id": moment_id}
@@ -207,7 +240,7 @@ class BalancePusher:
 
     def _create_customer(
         self, balance: BalanceRef, head: dict[str, Any]
-    ) -> tuple[str, int | None, CreateOutcome]:
+    ) -> tuple[str, int | None, CreateOutcome, bool]:
         created = self.moment.create_or_adopt_customer(
             NewCustomer(
                 balance.ref,
@@ -216,14 +249,15 @@ class BalancePusher:
                 phone=head.get("phone"),
                 balance=head["balance"],
                 currency=head["currency"],
+                metadata=CREATED_BY,
             )
         )
         self._link(balance, created.value.id)
-        return created.value.id, created.value.balance, created.outcome
+        return created.value.id, created.value.balance, created.outcome, _ours(created.value.raw)
 
     def _create_account(
         self, balance: BalanceRef, head: dict[str, Any]
-    ) -> tuple[str, int | None, CreateOutcome]:
+    ) -> tuple[str, int | None, CreateOutcome, bool]:
         customer_ref = head["customer_ref"]
         # One account of a customer at a time: the first creates the customer, the others use its id
         # (two composite creates of one new customer would conflict on its reference).
@@ -236,7 +270,9 @@ class BalancePusher:
                 name=customer.get("name"),
                 email=customer.get("email"),
                 phone=customer.get("phone"),
+                metadata=CREATED_BY,
             )
+            # Adopted only if it is this account's: MomentNotOurs when it belongs to another customer.
             created = self.moment.create_or_adopt_account(
                 NewAccount(
                     owner,
@@ -244,19 +280,20 @@ class BalancePusher:
                     name=head.get("name"),
                     balance=head["balance"],
                     currency=head["currency"],
+                    metadata=CREATED_BY,
                 )
             )
             if not customer_id:
                 self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), created.value.customer_id)
         self._link(balance, created.value.id)
-        return created.value.id, created.value.balance, created.outcome
+        return created.value.id, created.value.balance, created.outcome, _ours(created.value.raw)
 
     def _customer_already_on_moment(self, customer_ref: str) -> str | None:
         """An unlinked customer Moment has anyway (an earlier run created it and stopped before linking
-        it): adopt and link it, rather than composite-create it again and conflict."""
-        try:
-            customer = self.moment.get_customer(customer_ref)
-        except MomentNotFound:
+        it): adopt and link it, rather than composite-create it again and conflict. The lookup insists
+        on the reference (MomentNotOurs if the path was read as another customer's Moment id)."""
+        customer = self.moment.find_customer(customer_ref)
+        if customer is None:
             return None
         self._link(BalanceRef(BalanceKind.CUSTOMER, customer_ref), customer.id)
         return customer.id
@@ -274,6 +311,87 @@ class BalancePusher:
                 extra={"reference": balance.ref, "moment_id": moment_id},
             )
             raise
+        self._redrive_linked(moment_id)
+
+    def _redrive_linked(self, moment_id: str) -> int:
+        """Reconcile at once the payments parked unmatched that name a just-linked id; how many remain."""
+        if self.events is None:
+            return 0
+        from moment_sync.redrive import redrive_linked  # noqa: PLC0415 -- only when an id is linked
+
+        with _metrics_lock:  # the reconciler counts metrics; pushes run on worker threads
+            report = redrive_linked(moment_id, events=self.events, ledger=self.ledger, now=self.now)
+        if report.examined:
+            logger.info(
+                "re-drove the payments naming a linked id",
+                extra={"moment_id": moment_id, "outcomes": report.outcomes, "errors": len(report.errors)},
+            )
+        return sum(1 for _ in self.events.unmatched_naming(moment_id))
+
+    def _settle_unmatched(
+        self, balance: BalanceRef, head: dict[str, Any], moment_id: str
+    ) -> tuple[dict[str, Any], int]:
+        """Before a first push: re-drive what names the object, then count what is still unmatched
+        (with the head read again if a payment was applied meanwhile)."""
+        if self.events is None or next(iter(self.events.unmatched_naming(moment_id)), None) is None:
+            return head, 0
+        remaining = self._redrive_linked(moment_id)
+        return self.ledger.get_head(balance) or head, remaining
+
+    def _wait_for_payments(
+        self,
+        balance: BalanceRef,
+        head: dict[str, Any],
+        moment_balance: int,
+        waiting: int,
+        log: dict[str, Any],
+    ) -> PushResult:
+        reason = (
+            f"{waiting} payment(s) parked unmatched name {head['moment_id']}: the first push waits for them"
+        )
+        self.ledger.flag_push_waiting(balance, reason)
+        # A deferral: counted, and after DEFERRALS_BEFORE_ALERT in a row the balance shows `deferred`.
+        deferrals = self.ledger.record_deferral(balance, head, moment_balance, self.now())
+        logger.warning("first push waits for unmatched payments", extra={**log, "waiting": waiting})
+        _count("PushWaitingForPayments")
+        _count("PushDeferred")
+        if deferrals == DEFERRALS_BEFORE_ALERT:
+            _count("DriftDetected")
+        return PushResult.DEFERRED
+
+    def _hold_adoption(
+        self, balance: BalanceRef, moment_id: str, moment_balance: int, head: dict[str, Any]
+    ) -> None:
+        """An object the merchant made at Moment, with another balance: neither side wins by surprise."""
+        detail = (
+            f"adopted Moment's {balance.kind.value} {moment_id} showing {moment_balance}, the ledger has "
+            f"{head['balance']}: choose with `adopt {balance.kind.value} {balance.ref} "
+            "--ledger-wins|--moment-wins`"
+        )
+        self.ledger.record_conflict(
+            balance, detail, self.now(), self.now() + self._backoff(head), adoption_balance=moment_balance
+        )
+        _count("BalanceConflict")
+        logger.warning(
+            "adoption held for an operator",
+            extra={"reference": balance.ref, "moment_id": moment_id, "conflict": detail},
+        )
+
+    def _conflict(
+        self, balance: BalanceRef, head: dict[str, Any], detail: str, log: dict[str, Any]
+    ) -> PushResult:
+        """Not this balance's object (or an adoption held): no push until an operator links, unlinks or
+        adopts; retried with the failures' backoff, counted each time."""
+        attempts = self.ledger.record_conflict(balance, detail, self.now(), self.now() + self._backoff(head))
+        logger.error("push conflict", extra={**log, "conflict": detail, "attempts": attempts})
+        _count("BalanceConflict")
+        return PushResult.CONFLICT
+
+    def _backoff(self, head: dict[str, Any]) -> float:
+        attempts = int(head.get("push_attempts", 0)) + 1
+        return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))) * (
+            0.5 + self.jitter() / 2
+        )
 
     def _book(
         self,
@@ -311,6 +429,11 @@ def _count(name: str, value: int = 1) -> None:
     # Pushes run on worker threads; Powertools' metric set is not meant for concurrent writers.
     with _metrics_lock:
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def _ours(document: Any) -> bool:
+    metadata = document.get("metadata") if hasattr(document, "get") else None
+    return isinstance(metadata, dict) and all(metadata.get(key) == value for key, value in CREATED_BY.items())
 
 
 def _snapshot(head: dict[str, Any]) -> PushSnapshot:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.envelope import read_envelope
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of, iso_time
 from moment_sync.ledger.model import Entry, EntryKind
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciliation import (
@@ -44,9 +43,10 @@ def reconcile_event(
     events: WebhookEventsTable,
     now: Callable[[], float],
 ) -> Reconciled:
-    """`event` is the stored item as plain values (webhook_id, body, …)."""
+    """`event` is the stored item as plain values (webhook_id, the summary, …). The decision comes
+    from the stored summary alone: a body erased by `forget` changes nothing."""
     webhook_id = str(event["webhook_id"])
-    decision = decide(read_envelope(event.get("body") or b""))
+    decision = decide(envelope_of(event))
     if isinstance(decision, Ignore):
         changed = events.finish(webhook_id, EventStatus.IGNORED, now(), ignored_type=decision.event_type)
         metrics.add_metric(name="EventIgnored", unit=MetricUnit.Count, value=1)
@@ -120,6 +120,17 @@ def _apply_payment(
     if result.outcome is PaymentOutcome.NOT_TRACKED:
         detail = f"{balance} is on the account-balance model and carries no balance of its own"
         return _park(events, webhook_id, Park(ParkReason.UNSUPPORTED, detail), now, log_fields)
+    if result.outcome is PaymentOutcome.APPLICATION_CONFLICT and result.applied_as is not None:
+        applied = result.applied_as
+        detail = (
+            f"application {payment.application_id} was applied to {applied.balance} as {applied.amount} "
+            f"{applied.currency} by webhook {applied.webhook_id}; this one names {balance} with "
+            f"{payment.amount} {payment.currency}"
+        )
+        park = Park(ParkReason.APPLICATION_CONFLICT, detail)
+        return _park(
+            events, webhook_id, park, now, log_fields, conflicts_with=applied.webhook_id or "unknown"
+        )
     detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
     return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
 
@@ -130,8 +141,11 @@ def _park(
     park: Park,
     now: Callable[[], float],
     log_fields: dict[str, Any] | None = None,
+    **fields: str,
 ) -> Reconciled:
-    changed = events.park(webhook_id, park.reason, park.detail, now())
+    # An unmatched payment is indexed by the Moment id it names, so linking that id re-drives it.
+    named = (log_fields or {}).get("moment_id") if park.reason is ParkReason.UNMATCHED else None
+    changed = events.park(webhook_id, park.reason, park.detail, now(), moment_id=named, **fields)
     logger.warning(
         "event parked", extra={**(log_fields or {}), "reason": park.reason.value, "detail": park.detail}
     )

@@ -20,6 +20,8 @@ class ParkReason(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     INVALID = "invalid"
     UNSUPPORTED = "unsupported"
+    # the application id is already applied to another balance, or as another amount or currency
+    APPLICATION_CONFLICT = "application_conflict"
 
 
 class EventStatus(StrEnum):

@@ -4,7 +4,9 @@ Finds events still `received` after a grace period (a record that went to the on
 or any other miss) and events parked `unmatched`, through the sparse `Unfinished` index (never a
 table scan), and reconciles them again with the same function the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
-has that reference. Safe to run at any time: applying a payment is idempotent.
+has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
+decides from each event's stored summary, never its body (which `forget` may have erased); each event
+is read and reconciled inside its own error handling, so one bad event never stops a run.
 
 The scheduled re-drive backs off from a payment that stays unmatched: it is tried `grace` after it
 was first parked, then twice as long after each try that left it unmatched, at most every
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
 from moment_sync.envelope import read_envelope
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
@@ -35,6 +37,10 @@ class MomentDirectory(Protocol):
     """Who Moment says a Moment id is: the object's external_reference, or None if Moment has none."""
 
     def external_reference(self, kind: BalanceKind, moment_id: str) -> str | None: ...
+
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        """The Moment id of the account's customer, and that customer's external_reference."""
+        ...
 
 
 @dataclass
@@ -104,26 +110,18 @@ def redrive(
         if time_left() < min_seconds_left:
             report.stopped_early = True
             break
-        event = events.get(webhook_id)
-        if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
-            continue
-        unmatched = event.get("reason") == ParkReason.UNMATCHED
-        if (
-            unmatched
-            and backoff_from_seconds is not None
-            and unmatched_retry_due(event, backoff_from_seconds) > now()
-        ):
-            report.not_due += 1
-            continue
-        report.examined += 1
-        if event.get("status") == EventStatus.RECEIVED:
-            report.found_received += 1
         logger.set_correlation_id(webhook_id)
-        try:
-            if unmatched and directory is not None:
-                _link_from_moment(event, ledger=ledger, directory=directory, report=report)
-            report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
-        except Exception as error:  # one bad event must not stop the others
+        try:  # the read too: one bad event must not stop the others
+            _redrive_one(
+                webhook_id,
+                events=events,
+                ledger=ledger,
+                directory=directory,
+                now=now,
+                backoff_from_seconds=backoff_from_seconds,
+                report=report,
+            )
+        except Exception as error:
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
     logger.set_correlation_id(None)
@@ -134,23 +132,109 @@ def redrive(
     return report
 
 
-def _link_from_moment(
-    event: dict[str, object], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+def _redrive_one(
+    webhook_id: str,
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    directory: MomentDirectory | None,
+    now: Callable[[], float],
+    backoff_from_seconds: float | None,
+    report: RedriveReport,
 ) -> None:
-    body = event.get("body")
-    decision = decide(read_envelope(body if isinstance(body, bytes) else b""))
-    if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
+    event = events.get(webhook_id)
+    if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
         return
+    unmatched = event.get("reason") == ParkReason.UNMATCHED
+    if (
+        unmatched
+        and backoff_from_seconds is not None
+        and unmatched_retry_due(event, backoff_from_seconds) > now()
+    ):
+        report.not_due += 1
+        return
+    report.examined += 1
+    if event.get("status") == EventStatus.RECEIVED:
+        report.found_received += 1
+    body = event.get("body")
+    if event.get("reason") == ParkReason.INVALID and isinstance(body, bytes):
+        # Parked invalid, and the body is still here: today's code may read it better (a fix deployed
+        # since). The summary is stated again from it, and the decision still comes from the summary.
+        restated = read_envelope(body)
+        if restated != envelope_of(event):
+            event = events.restate_summary(webhook_id, restated) or event
+    linked = None
+    if unmatched and directory is not None:
+        linked = _link_from_moment(event, ledger=ledger, directory=directory, report=report)
+    report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+    if linked is not None:
+        redrive_linked(linked, events=events, ledger=ledger, now=now, report=report)
+
+
+def redrive_linked(
+    moment_id: str,
+    *,
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    now: Callable[[], float],
+    report: RedriveReport | None = None,
+) -> RedriveReport:
+    """A Moment id was just linked (by adoption, by this re-drive, or by an operator): reconcile at once
+    every payment parked unmatched that names it, without waiting for its backoff. Until they are
+    applied, a first push to that object could erase them (docs/pusher.md#windows)."""
+    report = report or RedriveReport()
+    for webhook_id in events.unmatched_naming(moment_id):
+        event = events.get(webhook_id)
+        if event is None or event.get("reason") != ParkReason.UNMATCHED:
+            continue
+        try:
+            report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+            report.examined += 1
+        except Exception as error:  # the others still go; what is left waits for the scheduled re-drive
+            logger.exception(
+                "re-drive of a payment naming a linked id failed", extra={"moment_id": moment_id}
+            )
+            report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
+    return report
+
+
+def _owned_as_in_ledger(
+    head: dict[str, Any], account_id: str, ledger: LedgerTable, directory: MomentDirectory
+) -> bool:
+    """Moment's account belongs to the ledger account's customer: its linked Moment id, or (not linked
+    yet) the Moment customer with the ledger customer's reference."""
+    customer_id, customer_reference = directory.account_owner(account_id)
+    customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, str(head.get("customer_ref")))) or {}
+    linked = customer.get("moment_id")
+    return bool(customer_id == linked) if linked else customer_reference == head.get("customer_ref")
+
+
+def _link_from_moment(
+    event: dict[str, Any], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+) -> str | None:
+    """Link the Moment id an unmatched payment names when Moment says whose it is; the id, if linked."""
+    decision = decide(envelope_of(event))
+    if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
+        return None
     reference = directory.external_reference(decision.target_kind, decision.moment_id)
     if reference is None:
-        return
+        return None
     balance = BalanceRef(decision.target_kind, reference)
-    if ledger.get_head(balance) is None:
+    head = ledger.get_head(balance)
+    if head is None:
         logger.info(
             "Moment knows this id, but the ledger has no such reference",
             extra={"moment_id": decision.moment_id, "reference": reference},
         )
-        return
+        return None
+    if balance.kind is BalanceKind.ACCOUNT and not _owned_as_in_ledger(
+        head, decision.moment_id, ledger, directory
+    ):
+        logger.warning(
+            "Moment's account with this reference belongs to another customer; left for an operator",
+            extra={"moment_id": decision.moment_id, "reference": reference},
+        )
+        return None
     try:
         ledger.link_moment_id(balance, decision.moment_id)
     except MappingConflict:
@@ -158,9 +242,10 @@ def _link_from_moment(
             "Moment's reference is linked to another Moment id; left for an operator",
             extra={"moment_id": decision.moment_id, "reference": reference},
         )
-        return
+        return None
     report.linked.append(f"{decision.moment_id} -> {balance}")
     logger.info(
         "linked a Moment id from Moment's own record",
         extra={"moment_id": decision.moment_id, "reference": reference},
     )
+    return decision.moment_id

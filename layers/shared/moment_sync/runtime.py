@@ -131,6 +131,7 @@ def balance_pusher() -> BalancePusher:
         moment=moment_client(),
         now=dependencies.clock,
         concurrency=int(os.environ.get("PUSH_CONCURRENCY", "8")),
+        events=dependencies.events,
     )
 
 

@@ -6,7 +6,8 @@ failure; the records after it are still processed. Lambda then retries from the 
 sequence number, so later records may be delivered again. That is harmless: a payment already
 applied fails its entry's condition and changes nothing, and a status already final is left as it
 is. Processing the rest of the batch keeps one throttled record from delaying every payment behind
-it. Records that cannot be processed at all (bad data) are never failures: they are parked.
+it. Records that cannot be processed at all (bad data) are never failures: they are parked. That
+includes a record with a number boto3 refuses to read: it is read leniently and parked invalid.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from moment_sync.adapters.dynamo_items import from_item
 from moment_sync.adapters.ledger_table import LedgerTable
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, event_from_item
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciler import reconcile_event
 
@@ -38,7 +38,8 @@ def reconcile_stream_batch(
     def handle(record: DynamoDBRecord) -> None:
         if record.raw_event.get("eventName") != "INSERT":
             return  # the event source filter lets only INSERTs through; a status update is not news
-        image = from_item(record.raw_event["dynamodb"]["NewImage"])
+        # A value boto3 cannot read (a 39-digit amount) comes back as text and parks the event invalid.
+        image = event_from_item(record.raw_event["dynamodb"]["NewImage"])
         logger.set_correlation_id(str(image.get("webhook_id")))
         try:
             reconcile_event(image, ledger=ledger, events=events, now=now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -21,8 +21,20 @@ def to_values(values: dict[str, Any]) -> dict[str, Any]:
     return {name: _serializer.serialize(value) for name, value in values.items()}
 
 
-def from_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {name: _plain(_deserializer.deserialize(_binary_as_bytes(value))) for name, value in item.items()}
+def from_item(item: dict[str, Any], *, unreadable_numbers_as_text: bool = False) -> dict[str, Any]:
+    """With `unreadable_numbers_as_text`, a number boto3 refuses to read (over 38 digits: only a
+    store that does not enforce DynamoDB's limits could hold one) comes back as its text instead of
+    raising, so one such item cannot stop every reader of its table."""
+    return {name: _plain_value(value, unreadable_numbers_as_text) for name, value in item.items()}
+
+
+def _plain_value(value: dict[str, Any], unreadable_numbers_as_text: bool) -> Any:
+    try:
+        return _plain(_deserializer.deserialize(_binary_as_bytes(value)))
+    except DecimalException:
+        if unreadable_numbers_as_text and isinstance(value.get("N"), str):
+            return value["N"]
+        raise
 
 
 def _binary_as_bytes(value: dict[str, Any]) -> dict[str, Any]:

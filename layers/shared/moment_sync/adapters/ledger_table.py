@@ -4,7 +4,10 @@
   pk `CUSTOMER#<ref>` or `ACCOUNT#<ref>`, sk `HEAD`;
 - one immutable entry per change, keyed by its source so a repeat is refused:
   the same pk, sk `ENTRY#<kind>:<source id>`;
-- a Moment id's link to its reference: pk `MOMENT#<bcus_…|bacc_…>`, sk `MOMENT`.
+- a Moment id's link to its reference: pk `MOMENT#<bcus_…|bacc_…>`, sk `MOMENT`;
+- a Moment application's guard, ledger-wide: pk `APPLICATION#<data.id>`, sk `APPLICATION`, holding
+  the balance, amount and currency it was applied as (entries are keyed per balance, so only this
+  stops one application from changing two balances).
 
 Entries are listed newest first through the local index `EntriesNewestFirst` (`entry_order`).
 A head whose version is ahead of what Moment has carries `push_shard` and `pending_since`, which
@@ -13,6 +16,7 @@ put it in the sparse `PendingPush` index the pusher reads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry
+from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.reconciliation import EventStatus
 
 HEAD = "HEAD"
@@ -31,6 +35,9 @@ ENTRIES_INDEX = "EntriesNewestFirst"
 PENDING_INDEX = "PendingPush"
 LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
+APPLICATION_PREFIX = "APPLICATION#"
+APPLICATION = "APPLICATION"
+LINK_CACHE_SECONDS = 60.0
 
 
 class TransientLedgerError(Exception):
@@ -47,15 +54,29 @@ class PaymentOutcome(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     NO_BALANCE = "no_balance"  # the mapping points at a balance that does not exist
     NOT_TRACKED = "not_tracked"  # a customer on the account-balance model carries no balance
+    # this application id is already applied to another balance, or as another amount or currency
+    APPLICATION_CONFLICT = "application_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedApplication:
+    """How a Moment application was applied: to which balance, as which amount and currency."""
+
+    balance: BalanceRef
+    amount: int  # as Moment sent it (positive), not the entry's signed amount
+    currency: str
+    webhook_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
     outcome: PaymentOutcome
     entry_id: str
-    # For a duplicate: the webhook whose delivery applied the entry first.
+    # For a duplicate or a conflict: the webhook whose delivery applied the entry first.
     applied_by_webhook: str | None = None
     balance_currency: str | None = None
+    # For a conflict: what the ledger already holds for this application id.
+    applied_as: AppliedApplication | None = None
 
 
 class EntryOutcome(StrEnum):
@@ -82,6 +103,29 @@ def head_key(balance: BalanceRef) -> dict[str, Any]:
     return {"pk": {"S": balance.partition_key}, "sk": {"S": HEAD}}
 
 
+def application_key(application_id: str) -> dict[str, Any]:
+    return {"pk": {"S": APPLICATION_PREFIX + application_id}, "sk": {"S": APPLICATION}}
+
+
+def application_item(
+    balance: BalanceRef, entry: Entry, currency: str, webhook_id: str | None
+) -> dict[str, Any]:
+    """The guard of a payment entry. It carries none of the indexes' key attributes: in no index."""
+    return {
+        **application_key(entry.source_id),
+        **to_item(
+            {
+                "balance_pk": balance.partition_key,
+                "entry_id": entry.entry_id,
+                "amount": -entry.amount,
+                "currency": currency,
+                "webhook_id": webhook_id,
+                "created_at": entry.created_at,
+            }
+        ),
+    }
+
+
 def entry_item(
     balance: BalanceRef, entry: Entry, currency: str, webhook_id: str | None = None
 ) -> dict[str, Any]:
@@ -106,8 +150,9 @@ class LedgerTable:
         self._client = client
         self.table_name = table_name
         self._events = events
-        # Moment id → reference links never change once made: cache them per execution environment.
-        self._links: dict[str, BalanceRef] = {}
+        # Moment id → reference links change only by an operator's `unlink`: cache them per execution
+        # environment for LINK_CACHE_SECONDS, so an unlinked id stops resolving within that bound.
+        self._links: dict[str, tuple[BalanceRef, float]] = {}
 
     # --- heads ----------------------------------------------------------------------------
 
@@ -158,16 +203,18 @@ class LedgerTable:
     # --- Moment ids -------------------------------------------------------------------------
 
     def resolve_moment_id(self, moment_id: str) -> BalanceRef | None:
-        if moment_id in self._links:
-            return self._links[moment_id]
+        cached = self._links.get(moment_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         response = self._client.get_item(
             TableName=self.table_name, Key=mapping_key(moment_id), ConsistentRead=True
         )
         item = response.get("Item")
         if not item:
+            self._links.pop(moment_id, None)
             return None
         balance = BalanceRef.from_partition_key(item["balance_pk"]["S"])
-        self._links[moment_id] = balance
+        self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
         return balance
 
     def link_moment_id(self, balance: BalanceRef, moment_id: str) -> None:
@@ -207,7 +254,57 @@ class LedgerTable:
                     f"{moment_id} or {balance} is already linked to something else"
                 ) from error
             raise _transient_or(error) from error
-        self._links[moment_id] = balance
+        self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
+
+    def unlink_moment_id(
+        self, balance: BalanceRef, moment_id: str, now: float, *, tracked: bool = True
+    ) -> None:
+        """An operator's way out of a wrong link: forget that `balance` is `moment_id` at Moment, with
+        the push state that belonged to that object, and make the balance pending so the next run
+        creates (or adopts) the right object. MappingConflict if they are not linked to each other.
+        A customer on the account-balance model (`tracked` False) holds no balance: only the link goes."""
+        head_update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": "REMOVE moment_id",
+            "ConditionExpression": "moment_id = :id",
+            "ExpressionAttributeValues": {":id": {"S": moment_id}},
+        }
+        if tracked:
+            head_update = {
+                "TableName": self.table_name,
+                "Key": head_key(balance),
+                "UpdateExpression": "REMOVE moment_id, pushed_balance, pushed_version, "
+                "push_intent, push_intent_payments, payments_list, defer_count, "
+                "deferred_since, last_moment_balance, next_push_at, adoption_decision, "
+                + _CONFLICT_FIELDS
+                + " SET payments_since_push = :zero, push_attempts = :zero, "
+                "push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)",
+                "ConditionExpression": "moment_id = :id AND attribute_exists(version)",
+                "ExpressionAttributeValues": to_values(
+                    {":id": moment_id, ":zero": 0, ":shard": balance.push_shard, ":now": iso_time(now)}
+                ),
+            }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table_name,
+                            "Key": mapping_key(moment_id),
+                            "ConditionExpression": "balance_pk = :pk",
+                            "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
+                        }
+                    },
+                    {"Update": head_update},
+                ]
+            )
+        except ClientError as error:
+            if "ConditionalCheckFailed" in _cancellation_codes(error):
+                raise MappingConflict(f"{balance} is not linked to {moment_id}") from error
+            raise _transient_or(error) from error
+        self._links.pop(moment_id, None)
 
     # --- money ------------------------------------------------------------------------------
 
@@ -246,6 +343,15 @@ class LedgerTable:
                     }
                 },
                 {"Update": event_update},
+                # Invariant 2 ledger-wide: the entry above is keyed per balance, this guard per application.
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": application_item(balance, entry, currency, webhook_id),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
             ]
             try:
                 self._client.transact_write_items(TransactItems=items)
@@ -253,16 +359,25 @@ class LedgerTable:
                 if listed and _payments_list_full(error, currency):
                     listed = False  # the head's list is at its cap: merge this payment instead
                     continue
-                return self._explain_refused_payment(error, entry)
+                return self._explain_refused_payment(error, balance, entry, currency)
             return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id)
 
-    def _explain_refused_payment(self, error: ClientError, entry: Entry) -> PaymentResult:
+    def _explain_refused_payment(
+        self, error: ClientError, balance: BalanceRef, entry: Entry, currency: str
+    ) -> PaymentResult:
         reasons = error.response.get("CancellationReasons") or []
         codes = [reason.get("Code") for reason in reasons]
-        if len(codes) == 3 and codes[0] == "ConditionalCheckFailed":
+        if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
+            applied = _applied_as(from_item(reasons[3].get("Item") or {}))
+            return _duplicate_or_conflict(applied, balance, entry, currency)
+        if len(codes) == 4 and codes[0] == "ConditionalCheckFailed":
+            # An entry applied before guards existed (no guard item): the per-balance key still holds.
             existing = from_item(reasons[0].get("Item") or {})
-            return PaymentResult(PaymentOutcome.DUPLICATE, entry.entry_id, existing.get("webhook_id"))
-        if len(codes) == 3 and codes[1] == "ConditionalCheckFailed":
+            applied = AppliedApplication(
+                balance, -int(existing["amount"]), str(existing["currency"]), existing.get("webhook_id")
+            )
+            return _duplicate_or_conflict(applied, balance, entry, currency)
+        if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
             head = from_item(reasons[1].get("Item") or {})
             if not head:
                 return PaymentResult(PaymentOutcome.NO_BALANCE, entry.entry_id)
@@ -377,6 +492,37 @@ class LedgerTable:
                 return False
             raise
         return True
+
+    def guard_applied_entry(self, stored: dict[str, Any]) -> AppliedApplication | None:
+        """Write the guard of a payment entry applied before guards existed (the operator's
+        `backfill-application-guards`). None when written, or already there for this very entry;
+        otherwise what the guard holds: the application was also applied elsewhere or otherwise."""
+        balance = BalanceRef.from_partition_key(str(stored["pk"]))
+        entry = Entry(
+            kind=EntryKind.PAYMENT,
+            amount=int(stored["amount"]),
+            source_id=str(stored["entry_id"]).removeprefix(f"{EntryKind.PAYMENT.value}:"),
+            source={},
+            created_at=str(stored["created_at"]),
+        )
+        currency = str(stored["currency"])
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=application_item(balance, entry, currency, stored.get("webhook_id")),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return None
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+        guard = self._client.get_item(
+            TableName=self.table_name, Key=application_key(entry.source_id), ConsistentRead=True
+        )
+        applied = _applied_as(from_item(guard["Item"]))
+        if _duplicate_or_conflict(applied, balance, entry, currency).outcome is PaymentOutcome.DUPLICATE:
+            return None
+        return applied
 
     def get_entry(self, balance: BalanceRef, entry_id: str) -> dict[str, Any] | None:
         response = self._client.get_item(
@@ -613,6 +759,89 @@ class LedgerTable:
             ExpressionAttributeValues={":now": {"S": now}},
         )
 
+    # --- conflicts and adoption (what an operator resolves) ------------------------------------
+
+    def record_conflict(
+        self,
+        balance: BalanceRef,
+        detail: str,
+        now: float,
+        retry_at: float,
+        *,
+        adoption_balance: int | None = None,
+    ) -> int:
+        """The balance is in `conflict`: Moment's object is not this balance's, or an adopted object's
+        balance awaits an operator's choice (`adoption_balance`: Moment's when adopted). Counted and
+        backed off like a failed push; returns the attempts so far."""
+        values: dict[str, Any] = {":one": 1, ":detail": detail[:500], ":retry": iso_time(retry_at)}
+        values[":now"] = iso_time(now)
+        update = (
+            "ADD push_attempts :one SET push_conflict = :detail, last_push_error = :detail, "
+            "next_push_at = :retry, conflict_since = if_not_exists(conflict_since, :now)"
+        )
+        if adoption_balance is not None:
+            update += ", adoption_held = :held"
+            values[":held"] = adoption_balance
+        response = self._client.update_item(
+            TableName=self.table_name,
+            Key=head_key(balance),
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(push_shard)",
+            ExpressionAttributeValues=to_values(values),
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(from_item(response.get("Attributes", {})).get("push_attempts", 1))
+
+    def clear_conflict(self, balance: BalanceRef, *, adoption_decision: str | None = None) -> None:
+        """The conflict is resolved (by the pusher, or by an operator's link, unlink or adopt): retry
+        at the next run. `adoption_decision` records which side an operator said wins."""
+        update = f"REMOVE {_CONFLICT_FIELDS}, next_push_at SET push_attempts = :zero"
+        values: dict[str, Any] = {":zero": 0}
+        if adoption_decision is not None:
+            update += ", adoption_decision = :decision"
+            values[":decision"] = adoption_decision
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=head_key(balance),
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=to_values(values),
+        )
+
+    def flag_push_waiting(self, balance: BalanceRef, detail: str | None) -> None:
+        """Show (or, with None, clear) why a first push to a linked object is held back."""
+        if detail is None:
+            update, values = "REMOVE push_waiting", None
+        else:
+            update, values = "SET push_waiting = :detail", {":detail": {"S": detail[:500]}}
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": head_key(balance),
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if values:
+            request["ExpressionAttributeValues"] = values
+        self._client.update_item(**request)
+
+    def held_adoptions(self) -> list[dict[str, Any]]:
+        """Heads held in `conflict` after adopting an object whose balance differs (from the sparse
+        PendingPush index, whatever their backoff)."""
+        held: list[dict[str, Any]] = []
+        paginator = self._client.get_paginator("query")
+        for shard in range(PUSH_SHARDS):
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="push_shard = :shard",
+                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}},
+            ):
+                for item in page.get("Items", []):
+                    head = self.get_head(BalanceRef.from_partition_key(item["pk"]["S"]))
+                    if head is not None and "adoption_held" in head:
+                        held.append(head)
+        return held
+
     def scan_all(self) -> Iterator[dict[str, Any]]:
         """Every item (the operator's `verify` only: never on a request path)."""
         paginator = self._client.get_paginator("scan")
@@ -689,6 +918,30 @@ def _open_intents_condition(open_intents: int) -> str:
     if open_intents == 0:
         return "(attribute_not_exists(push_intents) OR size(push_intents) = :open)"
     return "size(push_intents) = :open"
+
+
+def _applied_as(guard: dict[str, Any]) -> AppliedApplication:
+    return AppliedApplication(
+        BalanceRef.from_partition_key(str(guard["balance_pk"])),
+        int(guard["amount"]),
+        str(guard["currency"]),
+        guard.get("webhook_id"),
+    )
+
+
+def _duplicate_or_conflict(
+    applied: AppliedApplication, balance: BalanceRef, entry: Entry, currency: str
+) -> PaymentResult:
+    """A true redelivery names the same balance, amount and currency; anything else is a conflict."""
+    if (applied.balance, applied.amount, applied.currency) == (balance, -entry.amount, currency):
+        return PaymentResult(PaymentOutcome.DUPLICATE, entry.entry_id, applied.webhook_id)
+    return PaymentResult(
+        PaymentOutcome.APPLICATION_CONFLICT, entry.entry_id, applied.webhook_id, applied_as=applied
+    )
+
+
+# What a conflict leaves on a head (docs/pusher.md#conflicts); an operator's link, unlink or adopt clears it.
+_CONFLICT_FIELDS = "push_conflict, conflict_since, adoption_held, last_push_error, push_waiting"
 
 
 def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:

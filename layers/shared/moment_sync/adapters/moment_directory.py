@@ -25,3 +25,11 @@ class MomentClientDirectory:
             return client.get_customer(moment_id).external_reference
         except MomentNotFound:
             return None
+
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        client = self._client()
+        customer_id = client.get_account(account_id).customer_id
+        try:
+            return customer_id, client.get_customer(customer_id).external_reference
+        except MomentNotFound:
+            return customer_id, None

@@ -3,7 +3,8 @@
 Attribute names here are the table's contract with the reconciler, the ledger API and the CLI;
 the key schema and indexes live in template.yaml. Two sparse indexes keep operators and the
 re-drive off table scans: `Unfinished` holds events still `received` or parked `unmatched`
-(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`).
+(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`), and
+`UnmatchedByMomentId` holds payments parked unmatched by the Moment id they name (`unmatched_moment_id`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item
+from moment_sync.envelope import SUMMARY_FIELDS, WebhookEnvelope, stored_envelope
 from moment_sync.reconciliation import EventStatus, ParkReason
 from moment_sync.webhook_store import ReceivedWebhook, StorageUnavailable, StoreResult
 
 UNFINISHED_SHARDS = 8
 UNFINISHED_INDEX = "Unfinished"
 PARKED_INDEX = "Parked"
+UNMATCHED_INDEX = "UnmatchedByMomentId"
 # An event may only move out of these; applied, duplicate and ignored are final.
 _OPEN = "attribute_exists(webhook_id) AND #status IN (:received, :parked)"
 
@@ -38,7 +41,6 @@ def unfinished_shard(webhook_id: str) -> str:
 
 def webhook_item(webhook: ReceivedWebhook) -> dict[str, Any]:
     """The item as DynamoDB's low-level API spells it: the raw body verbatim, plus what is queried."""
-    envelope = webhook.envelope
     item: dict[str, Any] = {
         "webhook_id": {"S": webhook.webhook_id},
         "webhook_timestamp": {"N": str(webhook.webhook_timestamp)},
@@ -48,17 +50,53 @@ def webhook_item(webhook: ReceivedWebhook) -> dict[str, Any]:
         "unfinished_shard": {"S": unfinished_shard(webhook.webhook_id)},
         "expires_at": {"N": str(webhook.expires_at)},
     }
-    if envelope.event_id is not None:
-        item["event_id"] = {"S": envelope.event_id}
-    if envelope.event_type is not None:
-        item["event_type"] = {"S": envelope.event_type}
-    if envelope.problem is not None:
-        item["envelope_problem"] = {"S": envelope.problem}
-    for name, value in envelope.summary.items():
-        # data.id is the Moment application id: name it so, beside the envelope's own event id.
-        attribute = "application_id" if name == "id" else name
-        item[attribute] = {"N": str(value)} if isinstance(value, int) else {"S": value}
+    item.update(_summary_values(webhook.envelope))
     return item
+
+
+def _summary_values(envelope: WebhookEnvelope) -> dict[str, Any]:
+    """The attributes that record what the envelope says (each one only when it is readable)."""
+    values: dict[str, Any] = {}
+    if envelope.event_id is not None:
+        values["event_id"] = {"S": envelope.event_id}
+    if envelope.event_type is not None:
+        values["event_type"] = {"S": envelope.event_type}
+    if envelope.problem is not None:
+        values["envelope_problem"] = {"S": envelope.problem}
+    for name, value in envelope.summary.items():
+        values[_summary_attribute(name)] = {"N": str(value)} if isinstance(value, int) else {"S": value}
+    return values
+
+
+def envelope_of(event: dict[str, Any]) -> WebhookEnvelope:
+    """What the reconciler and the re-drive decide from: the summary `webhook_item` stored, never the
+    body (which `forget` may have erased). Items stored by every earlier version carry the same
+    summary, made by the same `read_envelope`, so they decide as their bodies did."""
+    return stored_envelope(
+        event.get("event_id"),
+        event.get("event_type"),
+        event.get("envelope_problem"),
+        {name: event.get(_summary_attribute(name)) for name in SUMMARY_FIELDS},
+    )
+
+
+def event_from_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored event as plain values. A number boto3 cannot read comes back as text (it is then no
+    amount, and the event is parked invalid): one such item must never stop a batch or a re-drive."""
+    return from_item(item, unreadable_numbers_as_text=True)
+
+
+def _summary_attribute(name: str) -> str:
+    # data.id is the Moment application id: name it so, beside the envelope's own event id.
+    return "application_id" if name == "id" else name
+
+
+_ENVELOPE_ATTRIBUTES = (
+    "event_id",
+    "event_type",
+    "envelope_problem",
+    *(_summary_attribute(name) for name in SUMMARY_FIELDS),
+)
 
 
 class WebhookEventsTable:
@@ -104,7 +142,7 @@ class WebhookEventsTable:
         for name, value in fields.items():
             values[f":{name}"] = {"S": str(value)}
             sets.append(f"{name} = :{name}")
-        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard"]
+        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard", "unmatched_moment_id"]
         return {
             "TableName": self.table_name,
             "Key": {"webhook_id": {"S": webhook_id}},
@@ -118,17 +156,31 @@ class WebhookEventsTable:
         """Move an open event to a final status; False when it was already final (nothing changed)."""
         return self._update_if_open(self.status_update(webhook_id, status, now, **fields))
 
-    def park(self, webhook_id: str, reason: ParkReason, detail: str, now: float) -> bool:
-        update = self.status_update(webhook_id, EventStatus.PARKED, now)
+    def park(
+        self,
+        webhook_id: str,
+        reason: ParkReason,
+        detail: str,
+        now: float,
+        moment_id: str | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Park an open event. An unmatched payment names its Moment id (`moment_id`), which puts it in
+        the sparse `UnmatchedByMomentId` index: linking that id re-drives it at once."""
+        update = self.status_update(webhook_id, EventStatus.PARKED, now, **fields)
         values = update["ExpressionAttributeValues"]
         values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
         sets = "SET #status = :status, resolved_at = :resolved_at, reason = :reason, reason_detail = :detail"
-        sets += ", parked_reason = :reason"
+        sets += ", parked_reason = :reason" + "".join(f", {name} = :{name}" for name in fields)
         removals = ""
         if reason is ParkReason.UNMATCHED:
             # The scheduled re-drive keeps trying these: they stay in the Unfinished index.
             values[":shard"] = {"S": unfinished_shard(webhook_id)}
-            sets += ", unfinished_shard = :shard ADD redrive_attempts :one"
+            sets += ", unfinished_shard = :shard"
+            if moment_id:
+                sets += ", unmatched_moment_id = :moment_id"
+                values[":moment_id"] = {"S": moment_id}
+            sets += " ADD redrive_attempts :one"
             values[":one"] = {"N": "1"}
         else:
             removals = " REMOVE unfinished_shard"
@@ -151,7 +203,7 @@ class WebhookEventsTable:
             TableName=self.table_name, Key={"webhook_id": {"S": webhook_id}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return from_item(item) if item else None
+        return event_from_item(item) if item else None
 
     def unfinished_ids(self, received_before: float) -> Iterator[str]:
         """Events still received or parked unmatched received before the cutoff, oldest first by shard."""
@@ -162,12 +214,17 @@ class WebhookEventsTable:
                 {":shard": {"S": f"u#{shard}"}, ":cutoff": {"S": iso_time(received_before)}},
             )
 
+    def unmatched_naming(self, moment_id: str) -> Iterator[str]:
+        """Payments parked unmatched that name this Moment id (sparse `UnmatchedByMomentId` index)."""
+        yield from self._query_ids(UNMATCHED_INDEX, "unmatched_moment_id = :id", {":id": {"S": moment_id}})
+
     def parked_ids(self, reason: ParkReason) -> Iterator[str]:
         yield from self._query_ids(PARKED_INDEX, "parked_reason = :reason", {":reason": {"S": reason.value}})
 
-    def webhooks_naming(self, moment_ids: set[str]) -> Iterator[str]:
-        """Stored webhooks whose data names one of these Moment ids. Reads the whole table: only a
-        data-subject request needs this, and an index for it would cost every webhook a write."""
+    def webhooks_naming(self, moment_ids: set[str]) -> Iterator[tuple[str, str]]:
+        """(webhook id, status) of the stored webhooks whose data names one of these Moment ids. Reads
+        the whole table: only a data-subject request needs this, and an index for it would cost every
+        webhook a write."""
         if not moment_ids:
             return
         values = {f":id{number}": {"S": moment_id} for number, moment_id in enumerate(sorted(moment_ids))}
@@ -177,13 +234,52 @@ class WebhookEventsTable:
             TableName=self.table_name,
             FilterExpression=f"customer_id IN ({listed}) OR account_id IN ({listed})",
             ExpressionAttributeValues=values,
-            ProjectionExpression="webhook_id",
+            ExpressionAttributeNames={"#status": "status"},
+            ProjectionExpression="webhook_id, #status",
         ):
             for item in page.get("Items", []):
-                yield item["webhook_id"]["S"]
+                yield item["webhook_id"]["S"], item.get("status", {}).get("S", "")
+
+    def restate_summary(self, webhook_id: str, envelope: WebhookEnvelope) -> dict[str, Any] | None:
+        """Write an event's summary again from `envelope` (its stored body read by today's code), only
+        while it is parked invalid: a summary that moved money is never rewritten. Returns the event
+        as it now stands, or None when it was no longer parked invalid with a body."""
+        stated = _summary_values(envelope)
+        names: dict[str, str] = {"#status": "status", "#reason": "reason"}
+        values: dict[str, Any] = {
+            ":parked": {"S": EventStatus.PARKED.value},
+            ":invalid": {"S": ParkReason.INVALID.value},
+        }
+        sets: list[str] = []
+        removals: list[str] = []
+        for number, attribute in enumerate(_ENVELOPE_ATTRIBUTES):
+            names[f"#a{number}"] = attribute
+            if attribute in stated:
+                values[f":a{number}"] = stated[attribute]
+                sets.append(f"#a{number} = :a{number}")
+            else:
+                removals.append(f"#a{number}")
+        clauses = [f"SET {', '.join(sets)}"] if sets else []
+        clauses += [f"REMOVE {', '.join(removals)}"] if removals else []
+        try:
+            response = self._client.update_item(
+                TableName=self.table_name,
+                Key={"webhook_id": {"S": webhook_id}},
+                UpdateExpression=" ".join(clauses),
+                ConditionExpression="#status = :parked AND #reason = :invalid AND attribute_exists(body)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return event_from_item(response["Attributes"])
 
     def erase_body(self, webhook_id: str, now: str) -> bool:
-        """Remove a stored body (a data-subject request); ids, amounts and the status stay."""
+        """Remove a stored body (a data-subject request). The summary stays (ids, amounts, currency,
+        event type): it is all the reconciler decides from, so an unfinished payment still settles."""
         try:
             self._client.update_item(
                 TableName=self.table_name,

@@ -16,6 +16,15 @@ CURRENCIES = frozenset({"ZAR", "USD"})
 # Moment's own bound on an amount (bills' amount_due is 1..99,999,999 minor units).
 MAX_AMOUNT = 99_999_999
 REFERENCE_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,255}")
+# Moment's paths take either its own id or the merchant's reference: a reference shaped like an id
+# (customer, account, bill) could name another object at Moment, so the ledger refuses them.
+MOMENT_ID_PREFIXES = ("bcus_", "bacc_", "bill_")
+
+
+def reserved_reference(reference: str) -> bool:
+    return reference.startswith(MOMENT_ID_PREFIXES)
+
+
 # The pending-push index is sharded so the pusher never reads one hot partition.
 PUSH_SHARDS = 8
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, EntryOutcome, EntryResult, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
-from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.model import (
+    MOMENT_ID_PREFIXES,
+    BalanceKind,
+    BalanceRef,
+    Entry,
+    EntryKind,
+    reserved_reference,
+)
 from moment_sync.ledger.sync import sync_view
 
 PERSONAL_FIELDS = ("name", "email", "phone")
@@ -41,6 +48,17 @@ def not_found(what: str) -> LedgerProblem:
     return LedgerProblem(404, "not-found", "Not found", f"{what} does not exist")
 
 
+def refuse_reserved_reference(ref: str, what: str) -> None:
+    if reserved_reference(ref):
+        raise LedgerProblem(
+            422,
+            "reference-reserved",
+            "Reference reserved",
+            f"{what} {ref} starts with one of {', '.join(MOMENT_ID_PREFIXES)}: Moment would read it as "
+            "one of its own ids, which may be another object's",
+        )
+
+
 # --- customers and accounts ---------------------------------------------------------------------
 
 
@@ -48,6 +66,7 @@ def put_customer(
     ledger: LedgerTable, ref: str, change: dict[str, Any], now: float
 ) -> tuple[bool, dict[str, Any]]:
     """Create or update a customer. Returns (created, the customer as read back)."""
+    refuse_reserved_reference(ref, "the customer reference")
     balance = BalanceRef(BalanceKind.CUSTOMER, ref)
     model = change.get("balance_model", "customer")
     head = ledger.get_head(balance)
@@ -71,6 +90,8 @@ def put_customer(
 def put_account(
     ledger: LedgerTable, ref: str, change: dict[str, Any], now: float
 ) -> tuple[bool, dict[str, Any]]:
+    refuse_reserved_reference(ref, "the account reference")
+    refuse_reserved_reference(change["customer_ref"], "customer_ref")
     balance = BalanceRef(BalanceKind.ACCOUNT, ref)
     customer = ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, change["customer_ref"]))
     if customer is None or customer.get("balance_model") != "accounts":
@@ -339,6 +360,7 @@ def read_event(events: WebhookEventsTable, webhook_id: str) -> dict[str, Any]:
         ("reason_detail", "reason_detail"),
         ("entry_id", "entry_id"),
         ("duplicate_of", "duplicate_of"),
+        ("conflicts_with", "conflicts_with"),
     ):
         if event.get(key) is not None:
             view[name] = event[key]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 # Consecutive pushes deferred because Moment's balance is unexplained, before an operator is told.
 DEFERRALS_BEFORE_ALERT = 3
 # Consecutive failed pushes before a balance counts as failing.
 ATTEMPTS_BEFORE_FAILING = 5
 
+# The one list of sync states (the API's enum, the CLI, metrics, alarms and the runbook use it as is):
+# `conflict`: Moment holds an object under this balance's reference that is not this balance's (another
+# customer's account, a reference that is another object's Moment id), or an adopted object whose
+# balance an operator must choose; no push is made until an operator links, unlinks or adopts.
+SYNC_STATES: Final = ("synced", "pending", "deferred", "failing", "conflict")
+
 
 def sync_state(head: dict[str, Any]) -> str:
     if "push_shard" not in head:
         return "synced"
+    if head.get("push_conflict"):
+        return "conflict"
     if head.get("defer_count", 0) >= DEFERRALS_BEFORE_ALERT:
         return "deferred"
     if head.get("push_attempts", 0) >= ATTEMPTS_BEFORE_FAILING:
@@ -21,10 +29,16 @@ def sync_state(head: dict[str, Any]) -> str:
 
 
 def sync_view(head: dict[str, Any]) -> dict[str, Any]:
-    return {
+    view = {
         "state": sync_state(head),
         "pushed_balance": head.get("pushed_balance"),
         "pushed_at": head.get("pushed_at"),
         "attempts": head.get("push_attempts", 0),
         "last_error": head.get("last_push_error"),
     }
+    if head.get("push_conflict"):
+        view["conflict"] = head["push_conflict"]
+    if head.get("push_waiting"):
+        # A first push held back while unmatched payments name the Moment id (docs/pusher.md).
+        view["waiting_for"] = head["push_waiting"]
+    return view
