@@ -84,7 +84,7 @@ def run(context: Context) -> list[Row]:
         ),
         timeout=300,
     )
-    return _rows(found, concurrency=concurrency)
+    return _rows(found, concurrency=concurrency) + decision_rows(context)
 
 
 def _rate(run: dict[str, Any]) -> float:
@@ -194,12 +194,99 @@ def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
             notes=[
                 "through the pusher with the ledger in moto; DynamoDB requests per balance: "
                 f"{len(first['dynamodb_requests']) / first['balances']:.2f} "
-                f"({', '.join(sorted(set(first['dynamodb_requests'])))}: head read, the link transaction, "
-                "booking; the index queries once per run)",
+                f"({', '.join(sorted(set(first['dynamodb_requests'])))}: head read, the create's intent, "
+                "the link transaction, booking; the index queries once per run)",
                 "an account under a customer Moment does not have yet is one composite create too",
             ],
         ),
     ]
+
+
+# The push decision for a balance far behind (a long Moment outage, a long deferral): the cases the plan
+# meets, each on 10,000 payments since the last push.
+DECISION_PAYMENTS = 10_000
+DECISION_CASES = (
+    "Moment keeps balances",
+    "Moment lowered every payment",
+    "two overwritten, any cents",
+    "twenty overwritten, whole rands",
+    "unexplained, whole rands",
+    "three overwritten, large amounts (past the work bound: deferred)",
+)
+
+
+def decision_rows(context: Context) -> list[Row]:
+    rounds = context.iterations(full=7, quick=3)
+    found = measure.run_call(
+        context.python,
+        "benchmarks.pusher:decision_child",
+        {"payments": DECISION_PAYMENTS, "rounds": rounds},
+        environment=measure.lambda_environment(),
+        pythonpath=(LAYER_DIR, ROOT),
+        timeout=300,
+    )
+    worst = max(found["decision_ms"].values())
+    return [
+        Row(
+            area=AREA,
+            name="pusher.decision_10000_payments",
+            title=f"the push decision for a balance with {DECISION_PAYMENTS:,} payments since its last push",
+            measured=worst,
+            baseline=found["snapshot_ms"],
+            unit="ms",
+            measured_label=f"push_plan.plan_push, the slowest of its cases (median of {rounds} each): "
+            + ", ".join(f"{case} {ms:.1f} ms" for case, ms in found["decision_ms"].items()),
+            baseline_label="reading the same head into a PushSnapshot (one pass over the payments: the floor "
+            "any decision pays), median",
+            goal=Goal.at_most(200),
+            notes=[
+                f"the requirement is under 1 s; the slowest case took {worst:.1f} ms",
+                "an exact subset-sum (bitset over distinct amounts with multiplicities, the complement when "
+                "smaller, a common divisor, one run and two-payment shortcuts), bounded by "
+                "MAX_SUBSET_SUM_WORK; past it the push is deferred, never guessed (docs/pusher.md)",
+            ],
+            details=found,
+        )
+    ]
+
+
+def decision_child(params: dict[str, Any]) -> dict[str, Any]:
+    import random  # noqa: PLC0415
+    import statistics  # noqa: PLC0415
+
+    from moment_sync.push_plan import Push, plan_push  # noqa: PLC0415
+    from moment_sync.pusher import _snapshot  # noqa: PLC0415
+
+    count, rounds = int(params["payments"]), int(params["rounds"])
+    pushed = 10**13
+    rng = random.Random(11)
+    cents = [rng.randint(100, 500_000) for _ in range(count)]
+    rands = [100 * rng.randint(1, 5_000) for _ in range(count)]
+    large = [rng.randint(10**6, 99_999_999) for _ in range(count)]
+    cases = {
+        DECISION_CASES[0]: (cents, pushed, True),
+        DECISION_CASES[1]: (cents, pushed - sum(cents), True),
+        DECISION_CASES[2]: (cents, pushed - sum(cents) + cents[17] + cents[9000], True),
+        DECISION_CASES[3]: (rands, pushed - sum(rands) + sum(rands[::500]), True),
+        DECISION_CASES[4]: (rands, pushed - sum(rands) + 1000 * 100 + 3, False),
+        DECISION_CASES[5]: (large, pushed - sum(large) + large[17] + large[5000] + large[9000], False),
+    }
+    decision_ms: dict[str, float] = {}
+    snapshot_ms: list[float] = []
+    for case, (payments, moment, explained) in cases.items():
+        head = {"balance": 5, "version": count + 1, "pushed_balance": pushed, "payments_list": payments}
+        samples = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            snapshot = _snapshot(head)
+            read = time.perf_counter()
+            decision = plan_push(snapshot, moment)
+            samples.append((time.perf_counter() - read) * 1000)
+            snapshot_ms.append((read - started) * 1000)
+            if isinstance(decision, Push) != explained:
+                raise AssertionError(f"{case}: decided {decision}")
+        decision_ms[case] = statistics.median(samples)
+    return {"decision_ms": decision_ms, "snapshot_ms": statistics.median(snapshot_ms)}
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:

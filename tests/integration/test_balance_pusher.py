@@ -35,7 +35,10 @@ class InFlight(httpx.BaseTransport):
         self.now = 0
         self.peak = 0
         self.requests: list[str] = []
+        # before_send may raise (the request never leaves) or return an answer instead of Moment's;
+        # after_send may raise (Moment carried the request out, its answer is lost)
         self.before_send: Any = None
+        self.after_send: Any = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
@@ -44,8 +47,14 @@ class InFlight(httpx.BaseTransport):
             self.requests.append(f"{request.method} {request.url.path}")
         try:
             if self.before_send:
-                self.before_send(request)
-            return self._inner.handle_request(request)
+                instead = self.before_send(request)
+                if isinstance(instead, httpx.Response):
+                    return instead
+            response = self._inner.handle_request(request)
+            if self.after_send:
+                response.read()
+                self.after_send(request)
+            return response
         finally:
             with self._lock:
                 self.now -= 1
@@ -328,3 +337,306 @@ def test_the_handler_runs_a_push_within_the_lambda_context(
     )
     assert report["results"] == {"created": 1}
     assert PushResult.CREATED.value in report["results"]
+
+
+# --- Open intents: every push that may have reached Moment explains its balance until one is booked ---
+
+
+def answer_lost_for(method: str) -> Any:
+    """Moment carries the request out; its answer never arrives (on every attempt)."""
+
+    def lose(request: httpx.Request) -> None:
+        if request.method == method:
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    return lose
+
+
+def answered_503_for(method: str) -> Any:
+    def fail(request: httpx.Request) -> httpx.Response | None:
+        if request.method != method:
+            return None
+        return httpx.Response(503, json={"title": "Service Unavailable"})
+
+    return fail
+
+
+def never_sent_for(method: str) -> Any:
+    def refuse(request: httpx.Request) -> None:
+        if request.method == method:
+            raise httpx.ConnectError("connection refused", request=request)
+
+    return refuse
+
+
+def test_a_lost_answer_then_a_failed_patch_leave_the_balance_explained_and_the_next_run_syncs(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    from moment_sync.ledger.sync import sync_state
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 1000)
+    assert run(pusher) == {"created": 1}
+    # GIVEN a PATCH of 1200 that reaches Moment with its answer lost on every attempt
+    charge(harness, customer, "inv-2", 200)
+    transport.after_send = answer_lost_for("PATCH")
+    assert run(pusher) == {"failed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1200
+    # AND then a PATCH of 1230 that really fails (503 on every attempt: Moment keeps 1200)
+    transport.after_send = None
+    transport.before_send = answered_503_for("PATCH")
+    charge(harness, customer, "inv-3", 30)
+    clock[0] += 7200
+    assert run(pusher) == {"failed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1200
+    assert [intent["balance"] for intent in harness.head(customer)["push_intents"]] == [1200, 1230]
+    # WHEN Moment is healthy again
+    transport.before_send = None
+    clock[0] += 7200
+    # THEN Moment's 1200 is explained by the older open intent: pushed, booked, synced
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1230
+    head = harness.head(customer)
+    assert sync_state(head) == "synced"
+    assert "push_intents" not in head and head["pushed_balance"] == 1230
+
+
+def test_a_patch_that_never_left_drops_its_intent(
+    harness: LedgerHarness, pusher: BalancePusher, transport: InFlight
+) -> None:
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 1000)
+    run(pusher)
+    charge(harness, customer, "inv-2", 200)
+    transport.before_send = never_sent_for("PATCH")
+    assert run(pusher) == {"failed": 1}
+    head = harness.head(customer)
+    # nothing reached Moment: it explains nothing, so it must not widen what counts as explained
+    assert head.get("push_intents", []) == [] and "push_intent" not in head
+    assert head["push_attempts"] == 1
+
+
+def test_past_the_open_intents_cap_the_balance_is_deferred_until_moment_shows_the_ledgers_balance(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    from moment_sync.ledger.sync import sync_state
+    from moment_sync.push_plan import MAX_OPEN_INTENTS
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-0", 1000)
+    run(pusher)
+    # GIVEN MAX_OPEN_INTENTS pushes in a row whose answers were all lost
+    transport.after_send = answer_lost_for("PATCH")
+    for number in range(1, MAX_OPEN_INTENTS + 1):
+        charge(harness, customer, f"inv-{number}", 1)
+        clock[0] += 7200
+        assert run(pusher) == {"failed": 1}
+    transport.after_send = None
+    assert len(harness.head(customer)["push_intents"]) == MAX_OPEN_INTENTS
+    # WHEN the ledger changes again
+    charge(harness, customer, "inv-last", 1)
+    clock[0] += 7200
+    # THEN no further PATCH is sent: the balance shows `deferred` at once (its alarm: DriftDetected)
+    transport.requests.clear()
+    assert run(pusher) == {"deferred": 1}
+    assert not [request for request in transport.requests if request.startswith("PATCH")]
+    assert sync_state(harness.head(customer)) == "deferred"
+    # AND the documented way out: Moment is put to the ledger's balance, and the next run books it
+    moment_id = harness.head(customer)["moment_id"]
+    pusher.moment.set_customer_balance(moment_id, harness.head(customer)["balance"], "ZAR")
+    assert run(pusher) == {"in_sync": 1}
+    head = harness.head(customer)
+    assert sync_state(head) == "synced" and "push_intents" not in head
+
+
+def test_a_create_whose_answer_was_lost_is_explained_by_its_intent_not_by_anything(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    sandbox.configure(applies_payments=True)
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 2000)
+    # GIVEN a create that reached Moment (with 2000) and whose answer was lost on every attempt
+    transport.after_send = answer_lost_for("POST")
+    assert run(pusher) == {"failed": 1}
+    transport.after_send = None
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 2000
+    assert [intent["balance"] for intent in harness.head(customer)["push_intents"]] == [2000]
+    # AND the customer pays R5 at Moment, whose webhook the ledger has not seen yet
+    sandbox.pay(customer="UCR1", amount=500)
+    clock[0] += 7200
+    # WHEN the next run finds the object Moment made and links it
+    # THEN 1500 is not explained by the create's 2000: deferred, the payment is not erased
+    assert run(pusher) == {"deferred": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1500
+    # AND once the webhook is reconciled, the push converges
+    moment_id = harness.head(customer)["moment_id"]
+    harness.receive("msg_1", payment("ob_1", 500, customer_id=moment_id))
+    harness.invoke(harness.next_batch())
+    assert run(pusher) == {"in_sync": 1}
+    assert harness.head(customer)["balance"] == on_moment(sandbox, "customer", "UCR1")["balance"] == 1500
+
+
+# --- Any fault while pushing one balance is that balance's failed push ---------------------------------
+
+
+@pytest.mark.parametrize("fault", ["booking refused", "intent throttled"])
+def test_a_fault_inside_one_push_counts_as_a_failed_push_with_backoff(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
+    fault: str,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from moment_sync.adapters.ledger_table import TransientLedgerError
+
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 100)
+    other = harness.open_customer("OTHER1")
+    charge(harness, other, "inv-2", 100)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        if args and args[0] == customer:
+            if fault == "booking refused":
+                raise ClientError({"Error": {"Code": "ValidationException", "Message": "boom"}}, "UpdateItem")
+            raise TransientLedgerError("ThrottlingException")
+        return real(*args, **kwargs)
+
+    name = "record_push" if fault == "booking refused" else "record_intent"
+    real = getattr(harness.ledger, name)
+    monkeypatch.setattr(harness.ledger, name, broken)
+    # WHEN the push of UCR1 fails in the ledger
+    assert run(pusher) == {"created": 1, "failed": 1}
+    # THEN it is counted on that balance like a Moment failure: attempts, backoff, the error
+    head = harness.head(customer)
+    assert head["push_attempts"] == 1 and head["next_push_at"]
+    expected = "ClientError" if fault == "booking refused" else "TransientLedgerError"
+    assert expected in head["last_push_error"]
+    assert run(pusher) == {}  # backing off
+    monkeypatch.undo()
+    clock[0] += 7200
+    # the booking's create reached Moment (its intent explains it); the throttled intent sent nothing
+    assert run(pusher) == ({"in_sync": 1} if fault == "booking refused" else {"created": 1})
+
+
+# --- However many payments pile up between two pushes, every write stays within DynamoDB's limits ------
+
+
+def reconcile_payments(harness: LedgerHarness, moment_id: str, amounts: list[int], prefix: str) -> None:
+    for number, amount in enumerate(amounts):
+        body = payment(f"ob_{prefix}{number}", amount, customer_id=moment_id)
+        harness.receive(f"msg_{prefix}{number}", body)
+    assert harness.invoke(harness.next_batch()) == []
+
+
+def test_hundreds_of_payments_reconciled_between_two_pushes_book(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, transport: InFlight
+) -> None:
+    """Issue 11, item 4: past ~198 payments the booking's REMOVE payments_list[0..n] passed DynamoDB's
+    4 KB expression limit (enforced on every test client): Moment was PATCHed, then the booking failed."""
+    sandbox.configure(applies_payments=False)  # Moment keeps the balance pushed: M = P
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 10_000_000)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN 220 payments (past the old limit, ~198) Moment took and the ledger reconciled since the push
+    amounts = [1000 + number for number in range(220)]
+    reconcile_payments(harness, moment_id, amounts, "p")
+    charge(harness, customer, "inv-2", 5)
+    # WHEN the pusher runs
+    assert run(pusher) == {"pushed": 1}
+    # THEN it booked: synced, nothing left of the payments behind the push
+    head = harness.head(customer)
+    assert "push_shard" not in head and "payments_list" not in head and head["payments_since_push"] == 0
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"] == 10_000_005 - sum(amounts)
+
+
+def test_thousands_of_payments_book_even_when_a_payment_comes_during_the_push(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, transport: InFlight
+) -> None:
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 10**10)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN the head as 3,000 reconciled payments leave it (written at once: 3,000 reconciler
+    # transactions would take minutes here, and moto answers slowly with a large head), and Moment
+    # lowered by all but R7 of them
+    amounts = [100 * (1 + number % 997) for number in range(3_000)]
+    harness.dynamodb.update_item(
+        TableName=harness.ledger_name,
+        Key={"pk": {"S": "CUSTOMER#UCR1"}, "sk": {"S": "HEAD"}},
+        UpdateExpression="SET payments_list = :paid, push_shard = :shard, pending_since = :now "
+        "ADD balance :lowered, version :count, payments_since_push :total",
+        ExpressionAttributeValues={
+            ":paid": {"L": [{"N": str(amount)} for amount in amounts]},
+            ":shard": {"S": customer.push_shard},
+            ":now": {"S": "2026-09-21T00:00:00.000Z"},
+            ":lowered": {"N": str(-sum(amounts))},
+            ":count": {"N": str(len(amounts))},
+            ":total": {"N": str(sum(amounts))},
+        },
+    )
+    pusher.moment.set_customer_balance(moment_id, 10**10 - sum(amounts) + 700, "ZAR")
+    charge(harness, customer, "inv-2", 5)
+
+    # AND one more payment reconciled while the PATCH is in flight (the booking must keep it)
+    def pay_while_patching(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            transport.before_send = None
+            reconcile_payments(harness, moment_id, [333], "late")
+
+    transport.before_send = pay_while_patching
+    # WHEN the pusher runs
+    assert run(pusher) == {"pushed": 1}
+    # THEN the push is booked with constant-size writes (a watermark, then the list compacted): only
+    # the late payment is left for the next one
+    head = harness.head(customer)
+    assert head["pushed_balance"] == 10**10 - sum(amounts) + 5
+    assert head["payments_list"] == [333] and "payments_pushed" not in head
+    assert head["payments_since_push"] == 333
+    assert "push_shard" in head  # the late payment is still to push
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == harness.head(customer)["balance"]
+    assert "push_shard" not in harness.head(customer)
+
+
+def test_payments_past_the_heads_list_cap_are_merged_and_still_explain_moment(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moment_sync.adapters import ledger_table
+
+    monkeypatch.setattr(ledger_table, "PAYMENTS_LISTED_MAX", 3)
+    sandbox.configure(applies_payments=True)
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 100_000)
+    run(pusher)
+    moment_id = harness.head(customer)["moment_id"]
+    # GIVEN five payments since the last push, with room for three in the head's list
+    amounts = [1000, 2000, 3000, 4000, 5000]
+    for amount in amounts:
+        sandbox.pay(customer="UCR1", amount=amount)
+    reconcile_payments(harness, moment_id, amounts, "p")
+    head = harness.head(customer)
+    # THEN the last two are kept as one sum (the head never grows past its cap)
+    assert head["payments_list"] == [1000, 2000, 3000]
+    assert (head["payments_merged"], head["payments_merged_count"]) == (9000, 2)
+    assert head["balance"] == 100_000 - sum(amounts)
+    # AND Moment (lowered by all five) is explained: the push goes through and books
+    charge(harness, customer, "inv-2", 5)
+    assert run(pusher) == {"pushed": 1}
+    head = harness.head(customer)
+    assert "payments_merged" not in head and "payments_list" not in head and "push_shard" not in head
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"]

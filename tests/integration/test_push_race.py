@@ -19,6 +19,7 @@ import pytest
 
 from moment_sync.ledger.model import BalanceRef, Entry, EntryKind
 from moment_sync.moment_client import MomentCustomer
+from moment_sync.moment_errors import MomentUnavailable
 from moment_sync.pusher import BalancePusher
 from support.ledger import LedgerHarness, payment
 
@@ -40,6 +41,7 @@ class ScriptedMoment:
     hooks: dict[str, Callable[[], None]] = field(default_factory=dict)
     patches: list[int] = field(default_factory=list)
     payments_applied: int = 0
+    failing_patches: int = 0  # the next PATCHes answered 503 without being carried out
     # PATCHes that replaced a balance Moment had lowered by a payment with one that does not include it
     erasures: int = 0
 
@@ -52,6 +54,9 @@ class ScriptedMoment:
         return answer
 
     def set_customer_balance(self, moment_id: str, balance: int, currency: str) -> MomentCustomer:
+        if self.failing_patches:
+            self.failing_patches -= 1
+            raise MomentUnavailable(method="PATCH", path=f"/billing/customers/{moment_id}", status=503)
         if self.lowers_on_payment and self.payments_applied == 1 and balance == OPENING + CHARGE:
             self.erasures += 1
         self.balance = balance
@@ -156,3 +161,60 @@ def _entry(harness: LedgerHarness, balance: BalanceRef, kind: EntryKind, amount:
 def test_the_scenarios_cover_every_position_and_both_behaviours() -> None:
     assert len(SCENARIOS) == 2 * 3 * 10
     assert {paid for _, paid, _, _ in SCENARIOS} == set(STEPS[:4])
+
+
+MOMENTS = ("before_second_run", "after_second_run", "quiet")
+TWO_RUN_SCENARIOS = [
+    (lowers, paid_at, delivered_at)
+    for lowers in (True, False)
+    for paid_at, delivered_at in itertools.combinations_with_replacement(MOMENTS, 2)
+]
+
+
+@pytest.mark.parametrize(("lowers", "paid_at", "delivered_at"), TWO_RUN_SCENARIOS)
+def test_a_lost_answer_then_a_failed_patch_converge_whenever_the_payment_comes(
+    shared: LedgerHarness, lowers: bool, paid_at: str, delivered_at: str
+) -> None:
+    """Issue 11, item 2: a PATCH that reached Moment with its answer lost, then a run whose PATCH
+    really failed (503). With one remembered intent Moment's balance was explained by neither, and the
+    balance stayed deferred for good; every open intent now explains it, wherever the payment falls."""
+    harness = shared
+    number = TWO_RUN_SCENARIOS.index((lowers, paid_at, delivered_at))
+    ref, moment_id = f"TWO{number}", f"bcus_two{number}"
+    customer = harness.open_customer(ref, moment_id=moment_id)
+    moment = ScriptedMoment(balance=OPENING, lowers_on_payment=lowers)
+    pusher = BalancePusher(ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=1)  # type: ignore[arg-type]
+    _entry(harness, customer, EntryKind.BALANCE_SET, OPENING, "opening")
+    pusher.push_one(customer)
+
+    def at(step: str) -> None:
+        if paid_at == step:
+            moment.apply_payment(PAID)
+        if delivered_at == step:
+            harness.receive(f"msg_two{number}", payment(f"ob_two{number}", PAID, customer_id=moment_id))
+            assert harness.invoke(harness.next_batch()) == []
+
+    # GIVEN a PATCH Moment carried out whose answer was lost (the run stopped: nothing booked)
+    _entry(harness, customer, EntryKind.CHARGE, CHARGE, "inv-1")
+    moment.hooks = {"after_patch": lambda: (_ for _ in ()).throw(KilledRun("answer lost"))}
+    with contextlib.suppress(KilledRun):
+        pusher.push_one(customer)
+    moment.hooks = {}
+    assert moment.balance == OPENING + CHARGE
+    # AND a later run whose PATCH really failed
+    _entry(harness, customer, EntryKind.CHARGE, LATER, "inv-2")
+    at("before_second_run")
+    moment.failing_patches = 1
+    pusher.push_one(customer)
+    moment.failing_patches = 0
+    at("after_second_run")
+    at("quiet")
+    # WHEN the pusher runs again (ignoring the backoff)
+    for _ in range(3):
+        pusher.push_one(customer)
+    # THEN Moment shows the ledger's balance, with the payment applied exactly once, and nothing erased
+    head = harness.head(customer)
+    assert head["balance"] == OPENING + CHARGE + LATER - PAID
+    assert moment.balance == head["balance"], moment.patches
+    assert "push_shard" not in head and "push_intents" not in head
+    assert moment.erasures == 0

@@ -854,3 +854,38 @@ def test_a_transport_and_a_client_together_are_refused(moment: respx.MockRouter)
     transport = httpx.MockTransport(moment.handler)
     with pytest.raises(ValueError, match="not both"):
         MomentClient(TEST_KEY, environment="dev", transport=transport, http_client=httpx.Client())
+
+
+# --- Whether a failed request may have reached Moment (the pusher keeps or drops its intent) --------------
+
+
+@pytest.mark.parametrize(
+    ("answers", "may_have_reached"),
+    [
+        # nothing left the machine: no connection, every time
+        ([httpx.ConnectError("refused")] * 4, False),
+        ([httpx.ConnectTimeout("timed out")] * 4, False),
+        # Moment refused it outright
+        ([problem(400, "Bad Request", "no")], False),
+        ([httpx.Response(429)] * 4, False),
+        ([httpx.ConnectError("refused"), problem(422, "Unprocessable", "no")], False),
+        # sent, answer lost or late: Moment may have applied it
+        ([httpx.ReadTimeout("timed out")] * 4, True),
+        ([httpx.RemoteProtocolError("dropped")] * 4, True),
+        ([httpx.ConnectError("no"), httpx.ReadTimeout("late")] + [httpx.ConnectError("no")] * 2, True),
+        # a 5xx may come after the change was made
+        ([httpx.Response(503)] * 4, True),
+        # an earlier attempt may have been applied even though the last one was refused
+        ([httpx.ReadTimeout("timed out"), problem(409, "Conflict", "stale")], True),
+    ],
+)
+def test_a_failed_patch_says_whether_it_may_have_reached_moment(
+    client: MomentClient, moment: respx.MockRouter, answers: list[Any], may_have_reached: bool
+) -> None:
+    # GIVEN Moment answers (or fails to answer) a balance PATCH this way on every attempt
+    moment.patch(f"/billing/customers/{REFERENCE}").mock(side_effect=answers)
+    # WHEN the balance is set
+    with pytest.raises(MomentApiError) as failure:
+        client.set_customer_balance(REFERENCE, 1000, "ZAR")
+    # THEN the error says whether Moment may have carried it out
+    assert failure.value.may_have_reached is may_have_reached

@@ -393,6 +393,15 @@ def _worth_retrying(response: httpx.Response) -> bool:
     return (status == 429 or status >= 500) and not _is_replayed(response)
 
 
+# Failures before any byte of the request left: Moment cannot have carried it out.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def _may_apply(response: httpx.Response) -> bool:
+    """A 5xx may come after Moment applied the request; a 4xx (429 included) is a refusal."""
+    return response.status_code >= 500
+
+
 def _error_class(status: int) -> type[MomentApiError]:
     if status == 404:
         return MomentNotFound
@@ -653,10 +662,10 @@ class MomentClient:
     # One request, with retries ------------------------------------------------------------------------
 
     def _call(self, request: _Request, read: Callable[[Mapping[str, Any]], _T]) -> _Reply[_T]:
-        response, attempts = self._send(request)
+        response, attempts, reached = self._send(request)
         replayed = _is_replayed(response)
         if not response.is_success:
-            raise self._status_error(request, response, attempts, replayed)
+            raise self._status_error(request, response, attempts, replayed, reached or _may_apply(response))
         try:
             value = read(_json_object(response.content))
         except _ShapeInvalid as invalid:
@@ -670,22 +679,31 @@ class MomentClient:
             ) from None
         return _Reply(value, replayed)
 
-    def _send(self, request: _Request) -> tuple[httpx.Response, int]:
-        """Send until Moment gives an answer a later attempt would not change; return it and the attempts."""
+    def _send(self, request: _Request) -> tuple[httpx.Response, int, bool]:
+        """Send until Moment gives an answer a later attempt would not change; return it, the attempts,
+        and whether an earlier attempt may have been carried out by Moment (its answer was lost)."""
         last_attempt = self._retry.max_attempts
+        reached = False
         for attempt in range(1, last_attempt + 1):
             try:
                 response = self._attempt(request, attempt)
             except httpx.TransportError as failure:
+                reached = reached or not isinstance(failure, _NEVER_SENT)
                 if attempt == last_attempt:
                     reason = f"{type(failure).__name__}: {failure}"
                     raise self._error(
-                        MomentUnavailable, request, status=None, reason=reason, attempts=attempt
+                        MomentUnavailable,
+                        request,
+                        status=None,
+                        reason=reason,
+                        attempts=attempt,
+                        may_have_reached=reached,
                     ) from failure
                 self._pause(request, attempt, retry_after=None)
                 continue
             if attempt == last_attempt or not _worth_retrying(response):
-                return response, attempt
+                return response, attempt, reached
+            reached = reached or _may_apply(response)
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"), self._clock())
             self._pause(request, attempt, retry_after)
         raise AssertionError("RetryPolicy.max_attempts is at least 1")  # pragma: no cover
@@ -752,7 +770,7 @@ class MomentClient:
     # Errors ------------------------------------------------------------------------------------------
 
     def _status_error(
-        self, request: _Request, response: httpx.Response, attempts: int, replayed: bool
+        self, request: _Request, response: httpx.Response, attempts: int, replayed: bool, reached: bool
     ) -> MomentApiError:
         try:
             problem = ProblemDetails.from_document(json.loads(response.content))
@@ -766,6 +784,7 @@ class MomentClient:
             reason=response.reason_phrase,
             replayed=replayed,
             attempts=attempts,
+            may_have_reached=reached,
         )
 
     def _error(
@@ -778,6 +797,7 @@ class MomentClient:
         attempts: int,
         problem: ProblemDetails | None = None,
         replayed: bool = False,
+        may_have_reached: bool = True,
     ) -> MomentApiError:
         if problem is not None:
             # Moment may echo what it was sent (e.g. "invalid key sk_…"): nothing of the key leaves here.
@@ -791,6 +811,7 @@ class MomentClient:
             replayed=replayed,
             idempotency_key=request.idempotency_key,
             attempts=attempts,
+            may_have_reached=may_have_reached,
         )
 
     def _redact(self, text: str) -> str:

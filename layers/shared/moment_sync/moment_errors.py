@@ -85,7 +85,10 @@ class MomentNotOurs(MomentError):
 class MomentApiError(MomentError):
     """A request to Moment failed. `replayed` is True when Moment replayed a stored response for this
     idempotency key: the same key will keep returning it for 24 hours, so look the object up by its
-    reference and, if it does not exist, create it under a new key generation."""
+    reference and, if it does not exist, create it under a new key generation. `may_have_reached` is
+    False only when no attempt can have been carried out by Moment: each failed before the request was
+    sent (no connection) or was refused by Moment (a 4xx, including 429); a timeout or a lost
+    connection after sending, or a 5xx, may have been applied."""
 
     def __init__(
         self,
@@ -98,7 +101,9 @@ class MomentApiError(MomentError):
         replayed: bool = False,
         idempotency_key: str | None = None,
         attempts: int = 1,
+        may_have_reached: bool = True,
     ) -> None:
+        self.may_have_reached = may_have_reached
         self.method = method
         self.path = path
         self.status = status

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,9 +25,17 @@ from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
 from moment_sync.moment_client import CreateOutcome, MomentClient, NewAccount, NewCustomer
-from moment_sync.moment_errors import MomentError, MomentNotOurs
+from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
 from moment_sync.observability import MetricUnit, logger, metrics
-from moment_sync.push_plan import AlreadyEqual, Defer, Push, PushSnapshot, plan_push
+from moment_sync.push_plan import (
+    AlreadyEqual,
+    Defer,
+    Intent,
+    Push,
+    PushSnapshot,
+    may_send,
+    plan_push,
+)
 
 # A push of one balance makes at most a few Moment calls, each with bounded retries.
 SECONDS_RESERVED_PER_PUSH = 15.0
@@ -96,10 +105,11 @@ class BalancePusher:
     def _collect(done: set[Future[PushResult]], report: PushReport) -> None:
         for future in done:
             error = future.exception()
-            if error is not None:  # push_one handles Moment's failures; this is a ledger fault
-                logger.error("push of one balance failed in the ledger", exc_info=error)
+            if error is not None:  # push_one books every failure; this one could not even be booked
+                logger.error("push of one balance failed and could not be recorded", exc_info=error)
                 report.errors.append(f"{type(error).__name__}: {error}")
                 report.add(PushResult.FAILED)
+                _count("PushFailed")
             else:
                 report.add(future.result())
 
@@ -124,7 +134,9 @@ class BalancePusher:
             return self._push_existing(balance, head, log)
         except (MomentNotOurs, MappingConflict) as error:
             return self._conflict(balance, head, str(error), log)
-        except MomentError as error:
+        except Exception as error:  # any other fault of one push is that balance's failed push
+            if not isinstance(error, MomentError):
+                logger.exception("push of one balance failed", extra=log)
             return self._failed(balance, head, error, log)
 
     def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> PushResult:
@@ -148,35 +160,72 @@ class BalancePusher:
             self.ledger.flag_push_waiting(balance, None)
         decision = plan_push(_snapshot(head), current.balance)
         if isinstance(decision, Defer):
-            deferrals = self.ledger.record_deferral(balance, head, decision.moment_balance, self.now())
-            logger.warning("push deferred", extra={**log, "reason": decision.reason, "deferrals": deferrals})
-            _count("PushDeferred")
-            if deferrals == DEFERRALS_BEFORE_ALERT:
-                _count("DriftDetected")
-            return PushResult.DEFERRED
+            return self._defer(balance, head, decision, log)
         if isinstance(decision, AlreadyEqual):
             self._book(balance, head, current.balance, log, PushResult.IN_SYNC)
             return PushResult.IN_SYNC
         assert isinstance(decision, Push)  # noqa: S101 -- the three decisions are exhaustive
         currency = head["currency"]
-        self.ledger.record_intent(balance, head, decision.balance)
-        if balance.kind is BalanceKind.ACCOUNT:
-            pushed = self.moment.set_account_balance(moment_id, decision.balance, currency).balance
-        else:
-            pushed = self.moment.set_customer_balance(moment_id, decision.balance, currency).balance
+        intent = self.ledger.record_intent(balance, head, decision.balance)
+        with self._dropped_if_never_sent(balance, head, intent):
+            if balance.kind is BalanceKind.ACCOUNT:
+                pushed = self.moment.set_account_balance(moment_id, decision.balance, currency).balance
+            else:
+                pushed = self.moment.set_customer_balance(moment_id, decision.balance, currency).balance
         logger.info("balance pushed", extra={**log, "balance": decision.balance, "was": current.balance})
         return self._book(balance, head, pushed, log, PushResult.PUSHED)
 
+    def _defer(
+        self, balance: BalanceRef, head: dict[str, Any], decision: Defer, log: dict[str, Any]
+    ) -> PushResult:
+        # Too many open intents is not a missing webhook: the balance shows `deferred` at once.
+        at_least = DEFERRALS_BEFORE_ALERT if decision.too_many_intents else 1
+        deferrals = self.ledger.record_deferral(
+            balance, head, decision.moment_balance, self.now(), at_least=at_least
+        )
+        logger.warning("push deferred", extra={**log, "reason": decision.reason, "deferrals": deferrals})
+        _count("PushDeferred")
+        if deferrals >= DEFERRALS_BEFORE_ALERT > int(head.get("defer_count", 0)):
+            _count("DriftDetected")
+        return PushResult.DEFERRED
+
+    @contextmanager
+    def _dropped_if_never_sent(
+        self, balance: BalanceRef, head: dict[str, Any], intent: int
+    ) -> Iterator[None]:
+        """An intent stays open unless the request certainly never reached Moment (it failed before it
+        was sent, or Moment refused it) or a create found another's object: a lost answer, a timeout
+        or a 5xx may have been applied."""
+        try:
+            yield
+        except MomentNotOurs:
+            # Moment already held another object under the reference: this create made nothing.
+            self.ledger.drop_intent(balance, head, intent)
+            raise
+        except MomentApiError as error:
+            if not error.may_have_reached:
+                self.ledger.drop_intent(balance, head, intent)
+            raise
+
     def _create_on_moment(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult | None:
         """Create the object on Moment with the ledger's balance; None when an existing one was adopted
-        (then its balance is Moment's, and the normal push follows)."""
-        if balance.kind is BalanceKind.CUSTOMER:
-            moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
-        else:
-            moment_id, moment_balance, outcome, ours = self._create_account(balance, head)
+        (then its balance is Moment's, and the normal push follows). The create is an intent like a
+        PATCH: if its answer is lost, the balance it was created with explains Moment's on the next run."""
+        sending = may_send(_snapshot(head), None, Push(int(head["balance"])))
+        if isinstance(sending, Defer):
+            return self._defer(balance, head, sending, {"reference": balance.ref})
+        intent = self.ledger.record_intent(balance, head, int(head["balance"]))
+        with self._dropped_if_never_sent(balance, head, intent):
+            if balance.kind is BalanceKind.CUSTOMER:
+                moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
+            else:
+                moment_id, moment_balance, outcome, ours = self._create_account(balance, head)
         if head.get("push_conflict"):
             self.ledger.clear_conflict(balance)  # resolved at Moment: the object is ours after all
         if outcome is CreateOutcome.ADOPTED:
+            # This run's create made nothing (Moment had the object already): its intent explains
+            # nothing. An earlier run's create whose answer was lost stays open and explains it.
+            self.ledger.drop_intent(balance, head, intent)
             logger.info("adopted the object Moment already had", extra={"reference": balance.ref})
             # Linking re-drove the payments naming the object: compare with the ledger as it is now.
             current = self.ledger.get_head(balance) or head
@@ -358,13 +407,14 @@ class BalancePusher:
         return result
 
     def _failed(
-        self, balance: BalanceRef, head: dict[str, Any], error: MomentError, log: dict[str, Any]
+        self, balance: BalanceRef, head: dict[str, Any], error: Exception, log: dict[str, Any]
     ) -> PushResult:
         attempts = int(head.get("push_attempts", 0)) + 1
         delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1)) * (
             0.5 + self.jitter() / 2
         )
-        attempts = self.ledger.record_failure(balance, str(error), self.now(), self.now() + delay)
+        reason = str(error) if isinstance(error, MomentError) else f"{type(error).__name__}: {error}"
+        attempts = self.ledger.record_failure(balance, reason, self.now(), self.now() + delay)
         logger.warning("push failed", extra={**log, "error": str(error), "attempts": attempts})
         _count("PushFailed")
         if attempts == ATTEMPTS_BEFORE_FAILING:
@@ -387,11 +437,19 @@ def _ours(document: Any) -> bool:
 
 
 def _snapshot(head: dict[str, Any]) -> PushSnapshot:
+    # The list's first `payments_pushed` entries are behind the last booked push (a watermark).
+    behind = int(head.get("payments_pushed", 0))
+    intents = [
+        Intent(int(item["balance"]), int(item["listed"]) - behind, int(item.get("merged", 0)))
+        for item in head.get("push_intents", [])
+    ]
+    if head.get("push_intent") is not None:  # a head written before intents were a list
+        intents.append(Intent(int(head["push_intent"]), int(head.get("push_intent_payments", 0))))
     return PushSnapshot(
         balance=int(head["balance"]),
         version=int(head["version"]),
         pushed_balance=head.get("pushed_balance"),
-        payments=tuple(int(amount) for amount in head.get("payments_list", [])),
-        intent=head.get("push_intent"),
-        intent_payments=int(head.get("push_intent_payments", 0)),
+        payments=tuple(int(amount) for amount in head.get("payments_list", [])[behind:]),
+        merged=int(head.get("payments_merged", 0)),
+        intents=tuple(intents),
     )

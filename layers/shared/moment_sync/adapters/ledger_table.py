@@ -324,56 +324,44 @@ class LedgerTable:
             entry_id=entry.entry_id,
             balance_key=balance.partition_key,
         )
-        items = [
-            {
-                "Put": {
-                    "TableName": self.table_name,
-                    "Item": entry_item(balance, entry, currency, webhook_id),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": head_key(balance),
-                    "UpdateExpression": "ADD balance :delta, version :one, payments_since_push :paid "
-                    "SET push_shard = if_not_exists(push_shard, :shard), "
-                    "pending_since = if_not_exists(pending_since, :now), updated_at = :now, "
-                    # each amount on its own: the pusher explains Moment's balance by any subset of them
-                    "payments_list = list_append(if_not_exists(payments_list, :none), :paid_list)",
-                    "ConditionExpression": "attribute_exists(version) AND currency = :currency",
-                    "ExpressionAttributeValues": to_values(
-                        {
-                            ":delta": entry.amount,
-                            ":one": 1,
-                            ":paid": -entry.amount,
-                            ":paid_list": [-entry.amount],
-                            ":none": [],
-                            ":shard": balance.push_shard,
-                            ":now": iso_time(now),
-                            ":currency": currency,
-                        }
-                    ),
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
-            {"Update": event_update},
-            # Invariant 2 ledger-wide: the entry above is keyed per balance, this guard per application.
-            {
-                "Put": {
-                    "TableName": self.table_name,
-                    "Item": application_item(balance, entry, currency, webhook_id),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
-        ]
-        try:
-            self._client.transact_write_items(TransactItems=items)
-        except ClientError as error:
-            return self._explain_refused_payment(error, balance, entry, currency)
-        return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id)
+        listed = True
+        while True:
+            items = [
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": entry_item(balance, entry, currency, webhook_id),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": head_key(balance),
+                        **_payment_head_update(entry.amount, currency, balance.push_shard, now, listed),
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+                {"Update": event_update},
+                # Invariant 2 ledger-wide: the entry above is keyed per balance, this guard per application.
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": application_item(balance, entry, currency, webhook_id),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+            ]
+            try:
+                self._client.transact_write_items(TransactItems=items)
+            except ClientError as error:
+                if listed and _payments_list_full(error, currency):
+                    listed = False  # the head's list is at its cap: merge this payment instead
+                    continue
+                return self._explain_refused_payment(error, balance, entry, currency)
+            return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id)
 
     def _explain_refused_payment(
         self, error: ClientError, balance: BalanceRef, entry: Entry, currency: str
@@ -569,9 +557,11 @@ class LedgerTable:
     def record_push(
         self, balance: BalanceRef, read: dict[str, Any], moment_balance: int | None, now: float
     ) -> bool:
-        """After Moment took (or already had) the balance read: P := what Moment shows, R := R - the R
-        read, attempts and deferrals reset; the pending marker goes only if no change came since.
-        Conditional on the push state read, so two pushers could never both book one push."""
+        """After Moment took (or already had) the balance read: P := what Moment shows, the payments
+        this push read are behind it, every open intent is superseded, attempts and deferrals reset;
+        the pending marker goes only if no change came since. Conditional on the push state read, so
+        two pushers could never both book one push. Every expression is the same size however many
+        payments or intents there are (DynamoDB's 4 KB / 300-operator limits)."""
         values: dict[str, Any] = {
             ":used": -int(read.get("payments_since_push", 0)),
             ":version": read["version"],
@@ -583,17 +573,16 @@ class LedgerTable:
             values[":moment"] = moment_balance
             sets.append("pushed_balance = :moment")
         condition, condition_values = _push_state_condition(read)
-        # The amounts this push read are behind it; the reconciler only appends, so they are the first ones.
-        seen = [f"payments_list[{index}]" for index in range(len(read.get("payments_list", [])))]
-        update = (
-            f"SET {', '.join(sets)} ADD payments_since_push :used "
-            "REMOVE last_push_error, next_push_at, defer_count, deferred_since, "
-            + ", ".join(["push_intent", "push_intent_payments", *seen])
+        removed = "REMOVE last_push_error, next_push_at, defer_count, deferred_since, " + ", ".join(
+            ["push_intents", *_LEGACY_INTENT]
         )
+        # Nothing came since the read: every listed and merged payment is behind this push.
         try:
             self._update_head(
                 balance,
-                update + ", push_shard, pending_since",
+                f"SET {', '.join(sets)} ADD payments_since_push :used {removed}, "
+                "payments_list, payments_pushed, payments_merged, payments_merged_count, "
+                "push_shard, pending_since",
                 condition + " AND version = :version",
                 {**values, **condition_values},
             )
@@ -601,38 +590,92 @@ class LedgerTable:
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
-        # The balance moved while we pushed: book the push, keep it pending for the next run.
+        # The balance moved while we pushed: book the push, keep it pending for the next run. The
+        # reconciler only appends, so the payments read are the first `payments_pushed` of the list
+        # (a watermark: one SET however long the list) and `payments_merged_read` of the merged sum.
+        listed, merged, merged_count = _payments_read(read)
+        values.update({":listed": listed, ":merged": -merged, ":merged_count": -merged_count})
         try:
-            self._update_head(balance, update, condition, {**values, **condition_values})
+            response = self._update_head(
+                balance,
+                f"SET {', '.join(sets)}, payments_pushed = :listed ADD payments_since_push :used, "
+                f"payments_merged :merged, payments_merged_count :merged_count {removed}",
+                condition,
+                {**values, **condition_values},
+                return_values="ALL_NEW",
+            )
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise
+        self._compact_payments(balance, from_item(response.get("Attributes", {})))
         return True
 
-    def record_intent(self, balance: BalanceRef, read: dict[str, Any], target: int) -> None:
-        """Before a PATCH: remember what is about to be sent, so a run that stops before booking it
-        leaves the next run able to explain Moment's balance."""
+    def _compact_payments(self, balance: BalanceRef, head: dict[str, Any]) -> None:
+        """Drop the payments behind the watermark, if no payment comes meanwhile (best effort: the
+        watermark already says which ones count, this only keeps the list short)."""
+        pushed = int(head.get("payments_pushed", 0))
+        if not pushed or "version" not in head:
+            return
+        try:
+            self._update_head(
+                balance,
+                "SET payments_list = :rest REMOVE payments_pushed",
+                "version = :version AND payments_pushed = :pushed",
+                {
+                    ":rest": list(head.get("payments_list", []))[pushed:],
+                    ":version": head["version"],
+                    ":pushed": pushed,
+                },
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+
+    def record_intent(self, balance: BalanceRef, read: dict[str, Any], target: int) -> int:
+        """Before a PATCH or a create: remember what is about to be sent, so whatever becomes of its
+        answer (lost, timed out, 5xx, the run stopped) the next run can explain Moment's balance.
+        Appended to the open intents (a booked push clears them all); returns its index."""
+        condition, condition_values = _push_state_condition(read)
+        open_intents = len(read.get("push_intents", []))
+        listed, merged, _count = _payments_read(read)
+        self._update_head(
+            balance,
+            "SET push_intents = list_append(if_not_exists(push_intents, :none), :intent)",
+            condition + " AND " + _open_intents_condition(open_intents),
+            {
+                ":intent": [{"balance": target, "listed": listed, "merged": merged}],
+                ":none": [],
+                ":open": open_intents,
+                **condition_values,
+            },
+        )
+        return open_intents
+
+    def drop_intent(self, balance: BalanceRef, read: dict[str, Any], index: int) -> None:
+        """The request never reached Moment (it failed before it was sent, or Moment refused it): it
+        explains nothing, so it must not widen what counts as explained."""
         condition, condition_values = _push_state_condition(read)
         self._update_head(
             balance,
-            "SET push_intent = :target, push_intent_payments = :payments",
-            condition,
-            {":target": target, ":payments": len(read.get("payments_list", [])), **condition_values},
+            f"REMOVE push_intents[{int(index)}]",
+            condition + " AND size(push_intents) = :open",
+            {":open": index + 1, **condition_values},
         )
 
     def record_deferral(
-        self, balance: BalanceRef, read: dict[str, Any], moment_balance: int, now: float
+        self, balance: BalanceRef, read: dict[str, Any], moment_balance: int, now: float, *, at_least: int = 1
     ) -> int:
-        """Count one more deferral; returns how many in a row."""
+        """Count one more deferral (or jump to `at_least` in a row); returns how many in a row."""
         condition, condition_values = _push_state_condition(read)
+        step = max(1, at_least - int(read.get("defer_count", 0)))
         response = self._update_head(
             balance,
-            "ADD defer_count :one SET deferred_since = if_not_exists(deferred_since, :now), "
+            "ADD defer_count :step SET deferred_since = if_not_exists(deferred_since, :now), "
             "last_moment_balance = :moment",
             condition,
-            {":one": 1, ":now": iso_time(now), ":moment": moment_balance, **condition_values},
-            return_values=True,
+            {":step": step, ":now": iso_time(now), ":moment": moment_balance, **condition_values},
+            return_values="UPDATED_NEW",
         )
         return int(from_item(response.get("Attributes", {})).get("defer_count", 1))
 
@@ -643,7 +686,7 @@ class LedgerTable:
             "ADD push_attempts :one SET last_push_error = :error, next_push_at = :retry",
             "attribute_exists(push_shard)",
             {":one": 1, ":error": error[:500], ":retry": iso_time(retry_at)},
-            return_values=True,
+            return_values="UPDATED_NEW",
         )
         return int(from_item(response.get("Attributes", {})).get("push_attempts", 1))
 
@@ -653,7 +696,7 @@ class LedgerTable:
         update: str,
         condition: str,
         values: dict[str, Any],
-        return_values: bool = False,
+        return_values: str | None = None,
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "TableName": self.table_name,
@@ -663,7 +706,7 @@ class LedgerTable:
             "ExpressionAttributeValues": to_values(values),
         }
         if return_values:
-            request["ReturnValues"] = "UPDATED_NEW"
+            request["ReturnValues"] = return_values
         response: dict[str, Any] = self._client.update_item(**request)
         return response
 
@@ -805,6 +848,76 @@ class LedgerTable:
         for page in paginator.paginate(TableName=self.table_name, ConsistentRead=True):
             for item in page.get("Items", []):
                 yield from_item(item)
+
+
+# The head lists each payment reconciled since the last booked push (the pusher explains Moment's
+# balance by any subset of them) up to this many; past it they are merged into one sum, which only
+# narrows what counts as explained. 10,000 amounts of at most 99,999,999 are at most ~60 KB of the
+# head's 400 KB.
+PAYMENTS_LISTED_MAX = 10_000
+# Heads written before push intents were a list kept one intent in these two attributes.
+_LEGACY_INTENT = ("push_intent", "push_intent_payments")
+
+
+def _payment_head_update(amount: int, currency: str, shard: str, now: float, listed: bool) -> dict[str, Any]:
+    """The head's part of applying a payment: the balance, the pending marker, and the payment kept
+    for the pusher: appended to the list while it is under its cap, else added to the merged sum."""
+    values: dict[str, Any] = {
+        ":delta": amount,
+        ":one": 1,
+        ":paid": -amount,
+        ":shard": shard,
+        ":now": iso_time(now),
+        ":currency": currency,
+    }
+    update = (
+        "ADD balance :delta, version :one, payments_since_push :paid{merged} "
+        "SET push_shard = if_not_exists(push_shard, :shard), "
+        "pending_since = if_not_exists(pending_since, :now), updated_at = :now{listed}"
+    )
+    condition = "attribute_exists(version) AND currency = :currency"
+    if listed:
+        update = update.format(
+            merged="",
+            listed=", payments_list = list_append(if_not_exists(payments_list, :none), :paid_list)",
+        )
+        condition += " AND (attribute_not_exists(payments_list) OR size(payments_list) < :listed_max)"
+        values.update({":paid_list": [-amount], ":none": [], ":listed_max": PAYMENTS_LISTED_MAX})
+    else:
+        update = update.format(merged=", payments_merged :paid, payments_merged_count :one", listed="")
+    return {
+        "UpdateExpression": update,
+        "ConditionExpression": condition,
+        "ExpressionAttributeValues": to_values(values),
+    }
+
+
+def _payments_list_full(error: ClientError, currency: str) -> bool:
+    """The payment was refused only because the head's list is at its cap."""
+    reasons = error.response.get("CancellationReasons") or []
+    if len(reasons) < 2 or reasons[1].get("Code") != "ConditionalCheckFailed":
+        return False
+    head = from_item(reasons[1].get("Item") or {})
+    return (
+        "version" in head
+        and head.get("currency") == currency
+        and len(head.get("payments_list", [])) >= PAYMENTS_LISTED_MAX
+    )
+
+
+def _payments_read(read: dict[str, Any]) -> tuple[int, int, int]:
+    """How many listed payments (from the start of the list), and what merged sum and count, a read saw."""
+    return (
+        len(read.get("payments_list", [])),
+        int(read.get("payments_merged", 0)),
+        int(read.get("payments_merged_count", 0)),
+    )
+
+
+def _open_intents_condition(open_intents: int) -> str:
+    if open_intents == 0:
+        return "(attribute_not_exists(push_intents) OR size(push_intents) = :open)"
+    return "size(push_intents) = :open"
 
 
 def _applied_as(guard: dict[str, Any]) -> AppliedApplication:
