@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
-
 from simulation.runner import run_seed
 
 # Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
@@ -18,11 +16,6 @@ STEPS = int(os.environ.get("SIM_TEST_STEPS") or 30)
 EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 4)
 
 
-@pytest.mark.xfail(
-    reason="finds the money-path defects of issue 11 (items 1-8) in today's code; strict, so this "
-    "marker must go once their fixes are merged and the run passes",
-    strict=True,
-)
 def test_the_simulation_keeps_every_invariant() -> None:
     failures = []
     for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
@@ -44,11 +37,6 @@ def test_a_seed_replays_the_same_steps() -> None:
     assert first.failure == again.failure
 
 
-@pytest.mark.xfail(
-    reason="issue 11 item 2 (one remembered push intent): today's pusher leaves the balance deferred "
-    "for good; strict, so this marker must go once the fix is merged",
-    strict=True,
-)
 def test_a_lost_patch_answer_then_a_refused_patch_ends_synced() -> None:
     """The sequence of the issue's item 2, played on the simulation's world step by step: the checks
     that run once quiet must see every balance synced and Moment agreeing."""
