@@ -432,6 +432,7 @@ def test_the_first_push_after_a_link_waits_while_unmatched_payments_name_it(
     moment: MomentClient,
     monkeypatch: pytest.MonkeyPatch,
     counted: dict[str, Any],
+    clock: list[float],
 ) -> None:
     # GIVEN Moment's customer was paid R20; its webhook parked unmatched before the id was linked
     existing = moment.create_customer(NewCustomer("LATE4", balance=5000, currency="ZAR"))
@@ -453,10 +454,16 @@ def test_the_first_push_after_a_link_waits_while_unmatched_payments_name_it(
     assert sync_state(head) == "pending" and head["defer_count"] == 1
     assert count(counted, "PushWaitingForPayments") == 1
     assert on_moment(sandbox, "customer", "LATE4")["balance"] == 3000  # the payment is not erased
-    # THEN once the payment can be applied, the next run applies it and pushes the ledger's balance
+    # THEN once the payment can be applied, the next run applies it; the object is the merchant's own
+    # with another balance, so it is held for an operator like any adoption (the bulk policy)
     monkeypatch.undo()
-    assert run(pusher) == {"pushed": 1}
+    assert run(pusher) == {"conflict": 1}
     assert harness.event("msg_late")["status"] == "applied"
+    assert on_moment(sandbox, "customer", "LATE4")["balance"] == 3000
+    # AND once the operator says the ledger wins, its balance is pushed
+    assert cli(harness, moment, "adopt", "customer", "LATE4", "--ledger-wins")[0] == 0
+    clock[0] += 7200
+    assert run(pusher) == {"pushed": 1}
     assert on_moment(sandbox, "customer", "LATE4")["balance"] == harness.head(customer)["balance"] == 3100
     assert "push_waiting" not in harness.head(customer)
 
@@ -508,3 +515,39 @@ def test_a_grouping_customer_linked_to_the_wrong_moment_customer_is_unlinked_wit
     mine = on_moment(sandbox, "customer", "HOUSE7")
     assert on_moment(sandbox, "account", "WATER7-L")["customer_id"] == mine["id"]
     assert on_moment(sandbox, "account", "WATER7-L")["balance"] == 250
+
+
+def test_a_link_made_by_the_redrive_is_held_like_the_pushers_own_adoption(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    moment: MomentClient,
+    clock: list[float],
+) -> None:
+    """The bulk adoption policy does not depend on which scheduled function runs first: a merchant's
+    own object that the re-drive links (its customer paid before the pusher's first run) is held for
+    an operator too, not overwritten by the first push."""
+    from moment_sync.adapters.moment_directory import MomentClientDirectory
+    from moment_sync.redrive import redrive_stuck
+
+    sandbox.configure(applies_payments=True)
+    moment.create_customer(NewCustomer("MIG1", balance=999, currency="ZAR"))
+    customer = harness.open_customer("MIG1")
+    charge(harness, customer, "c-MIG1", 2000)
+    paid_at_moment(sandbox, harness, "msg_pay1", customer="MIG1", amount=100)
+    assert harness.event("msg_pay1")["reason"] == "unmatched"
+    # WHEN the scheduled re-drive runs before the pusher: it links MIG1 from Moment's record
+    clock[0] += 700
+    redrive_stuck(
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=MomentClientDirectory(lambda: moment),
+        now=harness.clock,
+        grace_seconds=0,
+        back_off=False,
+    )
+    assert harness.event("msg_pay1")["status"] == "applied"
+    # THEN the pusher holds the merchant's object, as its own adoption does
+    assert run(pusher) == {"conflict": 1}
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 899
+    assert sync_state(harness.head(customer)) == "conflict"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,9 @@ from local_stack.lambda_context import LocalLambdaContext
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from moment_sandbox import MomentSandbox, SandboxSettings
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
-from moment_sync.moment_client import MomentClient, RetryPolicy
+from moment_sync.ledger.sync import sync_state
+from moment_sync.moment_client import MomentClient, NewCustomer, RetryPolicy
+from moment_sync.push_plan import MAX_OPEN_INTENTS
 from moment_sync.pusher import BalancePusher, PushResult
 from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
@@ -640,3 +643,91 @@ def test_payments_past_the_heads_list_cap_are_merged_and_still_explain_moment(
     head = harness.head(customer)
     assert "payments_merged" not in head and "payments_list" not in head and "push_shard" not in head
     assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"]
+
+
+# --- an operator's unlink forgets the open intents sent to the wrong object (found by a probe) ----------
+
+
+@pytest.fixture
+def linking_pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
+    """With the events table, as the function has it: links re-drive, the first push waits."""
+    return BalancePusher(
+        ledger=harness.ledger,
+        moment=moment,
+        now=harness.clock,
+        concurrency=2,
+        jitter=lambda: 0.5,
+        events=harness.events,
+    )
+
+
+def operator(harness: LedgerHarness, moment: MomentClient, *argv: str) -> int:
+    from moment_sync.cli import main
+
+    tables = ["--events-table", harness.events_name, "--ledger-table", harness.ledger_name]
+    return main([*tables, *argv], out=io.StringIO(), err=io.StringIO(), moment=moment)
+
+
+def held_then_ledger_wins(
+    harness: LedgerHarness, pusher: BalancePusher, moment: MomentClient, ref: str, clock: list[float]
+) -> None:
+    """The wrong object, linked and never pushed, is held; an operator (wrongly) says the ledger wins."""
+    assert run(pusher) == {"conflict": 1}
+    assert operator(harness, moment, "adopt", "customer", ref, "--ledger-wins") == 0
+    clock[0] += 7200
+
+
+def test_unlink_forgets_the_wrong_objects_open_intents_so_ledger_wins_is_pushed(
+    harness: LedgerHarness,
+    linking_pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    moment: MomentClient,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    # GIVEN a customer linked to another customer's Moment object, and its real one made by the merchant
+    other = moment.create_customer(NewCustomer("SOMEONE-ELSE", balance=10, currency="ZAR"))
+    moment.create_customer(NewCustomer("UCR7", balance=250, currency="ZAR"))
+    customer = harness.open_customer("UCR7", moment_id=other.id)
+    charge(harness, customer, "c-1", 400)
+    held_then_ledger_wins(harness, linking_pusher, moment, "UCR7", clock)
+    # AND a PATCH to the wrong object whose answer was lost: an open intent of 400
+    transport.after_send = answer_lost_for("PATCH")
+    assert run(linking_pusher) == {"failed": 1}
+    transport.after_send = None
+    assert [intent["balance"] for intent in harness.head(customer)["push_intents"]] == [400]
+    # WHEN the operator unlinks, the next run holds the adopted object, and the operator says ledger wins
+    assert operator(harness, moment, "unlink", "customer", "UCR7") == 0
+    assert "push_intents" not in harness.head(customer)
+    clock[0] += 7200
+    assert run(linking_pusher) == {"conflict": 1}
+    assert operator(harness, moment, "adopt", "customer", "UCR7", "--ledger-wins") == 0
+    clock[0] += 7200
+    # THEN the ledger's balance is pushed: no intent sent to the wrong object explains anything now
+    assert run(linking_pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "UCR7")["balance"] == 400
+
+
+def test_unlink_after_the_open_intents_cap_lets_the_right_object_be_created(
+    harness: LedgerHarness,
+    linking_pusher: BalancePusher,
+    moment: MomentClient,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    other = moment.create_customer(NewCustomer("SOMEONE-ELSE", balance=10, currency="ZAR"))
+    customer = harness.open_customer("UCR8", moment_id=other.id)
+    charge(harness, customer, "c-0", 400)
+    held_then_ledger_wins(harness, linking_pusher, moment, "UCR8", clock)
+    transport.after_send = answer_lost_for("PATCH")
+    for number in range(1, MAX_OPEN_INTENTS + 1):
+        charge(harness, customer, f"c-{number}", 1)
+        clock[0] += 7200
+        assert run(linking_pusher) == {"failed": 1}
+    transport.after_send = None
+    assert operator(harness, moment, "unlink", "customer", "UCR8") == 0
+    for _ in range(2):
+        clock[0] += 7200
+        run(linking_pusher)
+    head = harness.head(customer)
+    assert head.get("moment_id") and sync_state(head) == "synced"

@@ -208,3 +208,15 @@ def test_an_event_stored_by_an_earlier_version_settles_with_or_without_its_body(
     assert harness.head(house)["balance"] == -700
     assert {entry["entry_id"] for entry in harness.entries(house)} == {"payment:ob_6", "payment:ob_7"}
     harness.assert_balances_equal_their_entries()
+
+
+def test_forget_a_customer_with_more_linked_ids_than_an_in_takes(harness: LedgerHarness) -> None:
+    """DynamoDB's IN takes at most 100 operands: a property manager with 100 linked units (101 ids)
+    is still erased, in one scan matched here."""
+    harness.open_customer("ESTATE1", moment_id="bcus_estate1", balance_model="accounts")
+    for number in range(100):
+        harness.open_account(f"UNIT{number}", "ESTATE1", moment_id=f"bacc_unit{number}")
+    harness.receive("msg_1", payment("ob_1", 500, customer_id="bcus_estate1", account_id="bacc_unit7"))
+    harness.receive("msg_other", payment("ob_2", 500, customer_id="bcus_someone_else"))
+    erasure = forget_customer(harness.ledger, harness.events, "ESTATE1", harness.clock())
+    assert erasure.webhook_bodies_erased == ["msg_1"]

@@ -95,7 +95,7 @@ def link(
     if balance.kind is BalanceKind.ACCOUNT:
         _link_owner(ledger, moment, head["customer_ref"], found.customer_id, events, out)
     _link(ledger, balance, moment_id)
-    ledger.clear_conflict(balance)
+    ledger.clear_conflict(balance, adoption_decision=LEDGER_WINS)  # an operator's link is a choice
     _report_redrive(moment_id, events, ledger, out)
     print(
         f"linked {balance} to {moment_id}; its conflict is cleared and the next push run retries it", file=out

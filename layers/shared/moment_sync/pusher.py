@@ -156,6 +156,15 @@ class BalancePusher:
             head, waiting = self._settle_unmatched(balance, head, moment_id)
             if waiting:
                 return self._wait_for_payments(balance, head, current.balance, waiting, log)
+            if (
+                current.balance != int(head["balance"])
+                and not head.get("push_intents")
+                and "adoption_decision" not in head
+                and not _ours(current.raw)
+            ):
+                # Linked without the pusher's adoption (the re-drive, an operator): the same hold.
+                self._hold_adoption(balance, moment_id, current.balance, head)
+                return PushResult.CONFLICT
         if head.get("push_waiting"):
             self.ledger.flag_push_waiting(balance, None)
         decision = plan_push(_snapshot(head), current.balance)

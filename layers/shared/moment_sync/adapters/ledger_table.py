@@ -276,7 +276,8 @@ class LedgerTable:
                 "TableName": self.table_name,
                 "Key": head_key(balance),
                 "UpdateExpression": "REMOVE moment_id, pushed_balance, pushed_version, "
-                "push_intent, push_intent_payments, payments_list, defer_count, "
+                "push_intent, push_intent_payments, push_intents, payments_list, payments_pushed, "
+                "payments_merged, payments_merged_count, defer_count, "
                 "deferred_since, last_moment_balance, next_push_at, adoption_decision, "
                 + _CONFLICT_FIELDS
                 + " SET payments_since_push = :zero, push_attempts = :zero, "
