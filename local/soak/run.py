@@ -360,7 +360,8 @@ def _settle(stack: RunningStack) -> None:
         ]
         if not backing_off:
             return
-        time.sleep(min(max(_seconds_until(when) for when in backing_off), 5.0) + 0.1)
+        # A retry that came due between the push run and this scan is already in the past.
+        time.sleep(max(0.0, min(max(_seconds_until(when) for when in backing_off), 5.0)) + 0.1)
     raise RuntimeError(f"the re-drive and the pusher still had work after {SETTLE_SECONDS} s of quiet")
 
 
