@@ -1,6 +1,7 @@
 """Least privilege, checked on what CloudFormation will really create: template.yaml translated by
 samtranslator. Each function's role grants exactly the actions below, never `*` actions, and never
-`*` resources (each names the table, index, stream, queue, secret or log group it needs)."""
+`*` resources (each names the table, index, stream, queue, secret or log group it needs). With the
+optional DataKmsKeyArn every role may also use that key, and only that key; without it, no KMS at all."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from translate_template import translate  # noqa: E402
+from translate_template import resolve_conditions, translate  # noqa: E402
 
 LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 LEDGER_WRITES = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
@@ -37,22 +38,37 @@ EXPECTED_ACTIONS = {
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
     "DailyReconcileFunction": LOGS | MOMENT_KEY | {"dynamodb:Scan", "dynamodb:GetItem"},
 }
+# What AWS documents a caller needs on the customer-managed key of a DynamoDB table (and its stream)
+# or of a Secrets Manager secret. GenerateDataKey* is AWS's own spelling, the one `*` allowed.
+DATA_KEY = {"kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"}
+A_KEY_ARN = "arn:aws:kms:af-south-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# Deployed without the parameter (the default), and with it.
+DEPLOYMENTS = {"no-data-key": {}, "data-key": {"DataKmsKeyArn": A_KEY_ARN}}
 
 
 @cache
-def resources() -> dict[str, Any]:
-    translated: dict[str, Any] = translate()["Resources"]
-    return translated
+def translated() -> dict[str, Any]:
+    return translate()
 
 
-def role_of(function: str) -> dict[str, Any]:
-    role = resources()[function]["Properties"]["Role"]
+@cache
+def _resources(deployment: str) -> dict[str, Any]:
+    resolved: dict[str, Any] = resolve_conditions(translated(), DEPLOYMENTS[deployment])["Resources"]
+    return resolved
+
+
+def resources(deployment: str = "no-data-key") -> dict[str, Any]:
+    return _resources(deployment)
+
+
+def role_of(function: str, deployment: str = "no-data-key") -> dict[str, Any]:
+    role = resources(deployment)[function]["Properties"]["Role"]
     assert isinstance(role, dict) and "Fn::GetAtt" in role, f"{function} has no role of the template's"
-    return resources()[role["Fn::GetAtt"][0]]
+    return resources(deployment)[role["Fn::GetAtt"][0]]
 
 
-def statements(function: str) -> list[dict[str, Any]]:
-    role = role_of(function)["Properties"]
+def statements(function: str, deployment: str = "no-data-key") -> list[dict[str, Any]]:
+    role = role_of(function, deployment)["Properties"]
     assert not role.get("ManagedPolicyArns"), f"{function}: managed policies grant more than it needs"
     found: list[dict[str, Any]] = []
     for policy in role.get("Policies", []):
@@ -71,11 +87,52 @@ def test_each_function_is_granted_exactly_what_it_uses(function: str) -> None:
 
 
 @pytest.mark.parametrize("function", sorted(EXPECTED_ACTIONS))
-def test_no_wildcard_actions_or_resources(function: str) -> None:
-    for statement in statements(function):
+def test_with_a_data_key_each_function_may_use_that_key_and_nothing_more(function: str) -> None:
+    # Every function reads or writes a table (or the stream) under the key, so each needs it.
+    granted = statements(function, "data-key")
+    kms = [statement for statement in granted if "kms:" in str(statement["Action"])]
+    assert len(kms) == 1, (function, kms)
+    assert set(as_list(kms[0]["Action"])) == DATA_KEY
+    assert kms[0]["Resource"] == {"Ref": "DataKmsKeyArn"}
+    assert "Condition" not in kms[0]
+    others = {
+        action for statement in granted if statement is not kms[0] for action in as_list(statement["Action"])
+    }
+    assert others == EXPECTED_ACTIONS[function]
+
+
+def test_without_a_data_key_no_role_has_any_kms_action() -> None:
+    for name, resource in resources().items():
+        if resource["Type"] == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                assert "kms:" not in str(policy["PolicyDocument"]), name
+
+
+def test_the_data_key_grant_is_there_only_when_the_parameter_is_set() -> None:
+    # The unresolved template: the grant is one Fn::If on HasDataKmsKey, whose other branch is nothing.
+    condition = translated()["Conditions"]["HasDataKmsKey"]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "DataKmsKeyArn"}, ""]}]}
+    assert translated()["Parameters"]["DataKmsKeyArn"]["Default"] == ""
+    for function in EXPECTED_ACTIONS:
+        role = translated()["Resources"][f"{function}Role"]["Properties"]
+        conditional = [
+            statement
+            for policy in role["Policies"]
+            for statement in policy["PolicyDocument"]["Statement"]
+            if "Fn::If" in statement
+        ]
+        assert len(conditional) == 1, function
+        name, _grant, otherwise = conditional[0]["Fn::If"]
+        assert (name, otherwise) == ("HasDataKmsKey", {"Ref": "AWS::NoValue"}), function
+
+
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+@pytest.mark.parametrize("function", sorted(EXPECTED_ACTIONS))
+def test_no_wildcard_actions_or_resources(function: str, deployment: str) -> None:
+    for statement in statements(function, deployment):
         assert statement["Effect"] == "Allow"
         for action in as_list(statement["Action"]):
-            assert "*" not in action, (function, action)
+            assert "*" not in action or action == "kms:GenerateDataKey*", (function, action)
         for resource in as_list(statement["Resource"]):
             assert resource != "*", (function, statement)
             assert isinstance(resource, dict), f"{function}: {resource!r} is not derived from a resource"
