@@ -551,3 +551,53 @@ def test_a_link_made_by_the_redrive_is_held_like_the_pushers_own_adoption(
     assert run(pusher) == {"conflict": 1}
     assert on_moment(sandbox, "customer", "MIG1")["balance"] == 899
     assert sync_state(harness.head(customer)) == "conflict"
+
+
+def test_an_object_the_redrive_links_with_nothing_charged_is_compared_not_left_synced(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    moment: MomentClient,
+    clock: list[float],
+) -> None:
+    """Found by the simulation: a customer Moment already had (R10), opened in the ledger with nothing
+    charged, linked by the re-drive from a payment naming it that then applied nothing (its
+    application id was already applied elsewhere). Nothing had made the balance pending, so no push
+    run ever compared it with Moment: `synced`, Moment R10, the ledger 0. The link now makes a
+    never-pushed balance pending, and the pusher holds the differing object for an operator."""
+    from moment_sync.adapters.moment_directory import MomentClientDirectory
+    from moment_sync.redrive import redrive_stuck
+    from support.ledger import payment
+
+    existing = moment.create_customer(NewCustomer("C4", balance=1000, currency="ZAR"))
+    customer = harness.open_customer("C4")
+    harness.open_customer("C5", moment_id="bcus_c5")
+    harness.receive("msg_c5", payment("ob_x", 100, customer_id="bcus_c5"))
+    harness.receive("msg_c4", payment("ob_x", 100, customer_id=existing.id))
+    harness.invoke(harness.next_batch())
+    assert harness.event("msg_c4")["reason"] == "unmatched"
+    clock[0] += 700
+    redrive_stuck(
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=MomentClientDirectory(lambda: moment),
+        now=harness.clock,
+        grace_seconds=0,
+        back_off=False,
+    )
+    assert harness.event("msg_c4")["reason"] == "application_conflict"
+    assert harness.head(customer)["moment_id"] == existing.id
+    assert sync_state(harness.head(customer)) == "pending"
+    assert run(pusher)["conflict"] == 1  # C4 (C5's made-up Moment id fails on its own)
+    assert sync_state(harness.head(customer)) == "conflict"
+
+
+def test_an_event_parked_again_for_another_reason_leaves_the_unmatched_index(harness: LedgerHarness) -> None:
+    """Parked `unmatched`, then (once its id was linked) parked for another reason: it must leave the
+    `UnmatchedByMomentId` index, or a first push to that object would wait for it for ever."""
+    from moment_sync.reconciliation import ParkReason
+
+    harness.receive("msg_1", b'{"type": "obligation.amount_applied"}')
+    harness.events.park("msg_1", ParkReason.UNMATCHED, "no customer", NOW, moment_id="bcus_9")
+    assert list(harness.events.unmatched_naming("bcus_9")) == ["msg_1"]
+    harness.events.park("msg_1", ParkReason.APPLICATION_CONFLICT, "applied elsewhere", NOW + 1)
+    assert list(harness.events.unmatched_naming("bcus_9")) == []

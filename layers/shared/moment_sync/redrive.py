@@ -165,7 +165,7 @@ def _redrive_one(
             event = events.restate_summary(webhook_id, restated) or event
     linked = None
     if unmatched and directory is not None:
-        linked = _link_from_moment(event, ledger=ledger, directory=directory, report=report)
+        linked = _link_from_moment(event, ledger=ledger, directory=directory, report=report, now=now)
     report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
     if linked is not None:
         redrive_linked(linked, events=events, ledger=ledger, now=now, report=report)
@@ -209,8 +209,19 @@ def _owned_as_in_ledger(
     return bool(customer_id == linked) if linked else customer_reference == head.get("customer_ref")
 
 
+def _pending_at(head: dict[str, Any], now: Callable[[], float]) -> float | None:
+    """A tracked balance never pushed is made pending by its link, so the pusher compares it with
+    Moment (and holds an object whose balance differs for an operator)."""
+    return now() if "version" in head and "pushed_version" not in head else None
+
+
 def _link_from_moment(
-    event: dict[str, Any], *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+    event: dict[str, Any],
+    *,
+    ledger: LedgerTable,
+    directory: MomentDirectory,
+    report: RedriveReport,
+    now: Callable[[], float],
 ) -> str | None:
     """Link the Moment id an unmatched payment names when Moment says whose it is; the id, if linked."""
     decision = decide(envelope_of(event))
@@ -236,7 +247,7 @@ def _link_from_moment(
         )
         return None
     try:
-        ledger.link_moment_id(balance, decision.moment_id)
+        ledger.link_moment_id(balance, decision.moment_id, pending_at=_pending_at(head, now))
     except MappingConflict:
         logger.warning(
             "Moment's reference is linked to another Moment id; left for an operator",

@@ -218,8 +218,19 @@ class LedgerTable:
         self._links[moment_id] = (balance, time.monotonic() + LINK_CACHE_SECONDS)
         return balance
 
-    def link_moment_id(self, balance: BalanceRef, moment_id: str) -> None:
-        """Record that Moment knows `balance` as `moment_id`; linking the same pair again is a no-op."""
+    def link_moment_id(self, balance: BalanceRef, moment_id: str, *, pending_at: float | None = None) -> None:
+        """Record that Moment knows `balance` as `moment_id`; linking the same pair again is a no-op.
+        With `pending_at` (a tracked balance never pushed), the balance is also made pending: the
+        pusher must look at an object linked from outside its own create, or nothing ever compares
+        Moment's balance with the ledger's (a balance with no change since would stay `synced`)."""
+        head_update = "SET moment_id = :id"
+        head_values: dict[str, Any] = {":id": moment_id}
+        if pending_at is not None:
+            head_update += (
+                ", push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)"
+            )
+            head_values |= {":shard": balance.push_shard, ":now": iso_time(pending_at)}
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -240,10 +251,10 @@ class LedgerTable:
                         "Update": {
                             "TableName": self.table_name,
                             "Key": head_key(balance),
-                            "UpdateExpression": "SET moment_id = :id",
+                            "UpdateExpression": head_update,
                             "ConditionExpression": "attribute_exists(pk) AND "
                             "(attribute_not_exists(moment_id) OR moment_id = :id)",
-                            "ExpressionAttributeValues": {":id": {"S": moment_id}},
+                            "ExpressionAttributeValues": to_values(head_values),
                         }
                     },
                 ]

@@ -183,7 +183,9 @@ class WebhookEventsTable:
             sets += " ADD redrive_attempts :one"
             values[":one"] = {"N": "1"}
         else:
-            removals = " REMOVE unfinished_shard"
+            # Out of both unfinished indexes: an event once parked unmatched and now parked for another
+            # reason (an application conflict, say) must not hold a first push waiting for ever.
+            removals = " REMOVE unfinished_shard, unmatched_moment_id"
         update["UpdateExpression"] = sets + removals
         return self._update_if_open(update)
 
