@@ -154,6 +154,8 @@ def _moment_agrees(world: World, ledger: list[dict[str, Any]], heads: dict[str, 
         if balance_pk is None:
             found = world.moment.find(payment.kind, payment.moment_id) or {}
             expected = f"{payment.kind.upper()}#{found.get('external_reference')}"
+            if payment.kind == "account" and not _owned_by_ledger_customer(world, found, heads.get(expected)):
+                continue  # another customer's account with our reference: never ours to apply
             if expected in tracked:
                 problems.append(
                     f"invariant 4: payment {payment.application_id} to {payment.moment_id} never reached "
@@ -188,3 +190,10 @@ def _nothing_stuck(world: World, heads: dict[str, dict[str, Any]]) -> list[str]:
         alarm = f"; {metric} counted {world.metrics.get(metric, 0)}" if metric else ""
         problems.append(f"invariant 6: {pk} is stuck {state!r} after the system went quiet{alarm}: {detail}")
     return problems
+
+
+def _owned_by_ledger_customer(world: World, account: dict[str, Any], head: dict[str, Any] | None) -> bool:
+    """Moment's account is held under the Moment customer whose reference is the ledger account's
+    customer (Moment keeps references unique per customer, so another customer's A2 is not ours)."""
+    owner = world.moment.find("customer", str(account.get("customer_id"))) or {}
+    return head is not None and owner.get("external_reference") == head.get("customer_ref")

@@ -101,6 +101,12 @@ class Simulation(RuleBasedStateMachine):
         self._step(f"charge({path}, {-amount if credit else amount})")
         self.world.charge(path, -amount if credit else amount, storage_plan(crash, None))
 
+    # The merchant's charges are the everyday traffic: drawn twice as often, so pushes carry something
+    # under every Moment mood (a lost answer, then a refused write, needs a change before each).
+    @rule(pick=st.integers(0, 50), amount=st.sampled_from(AMOUNTS), credit=st.booleans(), crash=crashes)
+    def charge_again(self, pick: int, amount: int, credit: bool, crash: int | None) -> None:
+        self.charge(pick, amount, credit, crash)
+
     @rule(pick=st.integers(0, 50), value=st.sampled_from(BALANCE_SETS), crash=crashes)
     def set_balance(self, pick: int, value: int, crash: int | None) -> None:
         path = self._balance_path(pick)
