@@ -206,6 +206,7 @@ class World:
             now=self.clock,
             concurrency=1,
             jitter=self.random.random,
+            events=self.events,  # as deployed (runtime.balance_pusher): a link re-drives, a first push waits
         )
         self.receiver = ReceiverDependencies(
             keys=lambda: [key_bytes(TEST_SECRET)],
