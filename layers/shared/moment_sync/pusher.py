@@ -200,19 +200,20 @@ class BalancePusher:
 
     @contextmanager
     def _dropped_if_never_sent(
-        self, balance: BalanceRef, head: dict[str, Any], intent: int
+        self, balance: BalanceRef, head: dict[str, Any], intent: int | None
     ) -> Iterator[None]:
         """An intent stays open unless the request certainly never reached Moment (it failed before it
         was sent, or Moment refused it) or a create found another's object: a lost answer, a timeout
-        or a 5xx may have been applied."""
+        or a 5xx may have been applied. None: a create sent at the cap, with no intent of its own."""
         try:
             yield
         except MomentNotOurs:
             # Moment already held another object under the reference: this create made nothing.
-            self.ledger.drop_intent(balance, head, intent)
+            if intent is not None:
+                self.ledger.drop_intent(balance, head, intent)
             raise
         except MomentApiError as error:
-            if not error.may_have_reached:
+            if not error.may_have_reached and intent is not None:
                 self.ledger.drop_intent(balance, head, intent)
             raise
 
@@ -220,10 +221,13 @@ class BalancePusher:
         """Create the object on Moment with the ledger's balance; None when an existing one was adopted
         (then its balance is Moment's, and the normal push follows). The create is an intent like a
         PATCH: if its answer is lost, the balance it was created with explains Moment's on the next run."""
-        sending = may_send(_snapshot(head), None, Push(int(head["balance"])))
-        if isinstance(sending, Defer):
-            return self._defer(balance, head, sending, {"reference": balance.ref})
-        intent = self.ledger.record_intent(balance, head, int(head["balance"]))
+        # At the open intents' cap a create is still sent, but not recorded as one more intent: with no
+        # object linked, deferring would never look at Moment again (stuck `deferred` for good after a
+        # long enough outage). A create erases nothing (Moment makes a new object or answers that it has
+        # one, which is then adopted and compared), and an intent left out only narrows what counts as
+        # explained: the next run defers rather than overwrites.
+        at_cap = isinstance(may_send(_snapshot(head), None, Push(int(head["balance"]))), Defer)
+        intent = None if at_cap else self.ledger.record_intent(balance, head, int(head["balance"]))
         with self._dropped_if_never_sent(balance, head, intent):
             if balance.kind is BalanceKind.CUSTOMER:
                 moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
@@ -234,7 +238,8 @@ class BalancePusher:
         if outcome is CreateOutcome.ADOPTED:
             # This run's create made nothing (Moment had the object already): its intent explains
             # nothing. An earlier run's create whose answer was lost stays open and explains it.
-            self.ledger.drop_intent(balance, head, intent)
+            if intent is not None:
+                self.ledger.drop_intent(balance, head, intent)
             logger.info("adopted the object Moment already had", extra={"reference": balance.ref})
             # Linking re-drove the payments naming the object: compare with the ledger as it is now.
             current = self.ledger.get_head(balance) or head
