@@ -327,7 +327,8 @@ class Simulation(RuleBasedStateMachine):
         body = json.dumps(event).encode()
         self.world.bodies[payment.application_id] = body
         self._deliver([self.world.new_message(body)])
-        self.world.poll_stream()
+        for _ in range(2):  # read, then sent after the batching window: the payment parks `unmatched`
+            self.world.poll_stream()
         self.world.api("PUT", f"/customers/{ref}", {"currency": "ZAR", "name": f"Customer {ref}"})
         self.world.charge(f"/customers/{ref}", balance)
         self.world.push_when_due()

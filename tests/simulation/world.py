@@ -369,7 +369,8 @@ class World:
         records up to the failure queue; their events stay `received` for the re-drive."""
         self._reconciler_fails = True
         try:
-            self.poll_stream()
+            for _ in range(2):  # a record read by one poll is sent after the batching window, by the next
+                self.poll_stream()
         finally:
             self._reconciler_fails = False
 
