@@ -20,6 +20,8 @@ from translate_template import resolve_conditions, translate  # noqa: E402
 LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 LEDGER_WRITES = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 MOMENT_KEY = {"secretsmanager:GetSecretValue"}
+# Lambda sends a scheduled function's failed run to its on-failure queue with the function's role.
+FAILED_RUNS = {"sqs:SendMessage"}
 EXPECTED_ACTIONS = {
     "WebhookReceiverFunction": LOGS | {"dynamodb:PutItem", "secretsmanager:GetSecretValue"},
     "ReconcilerFunction": LOGS
@@ -33,10 +35,10 @@ EXPECTED_ACTIONS = {
         "dynamodb:UpdateItem",
         "sqs:SendMessage",
     },
-    "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
-    "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
+    "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
+    "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
-    "DailyReconcileFunction": LOGS | MOMENT_KEY | {"dynamodb:Scan", "dynamodb:GetItem"},
+    "DailyReconcileFunction": LOGS | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Scan", "dynamodb:GetItem"},
 }
 # What AWS documents a caller needs on the customer-managed key of a DynamoDB table (and its stream)
 # or of a Secrets Manager secret. GenerateDataKey* is AWS's own spelling, the one `*` allowed.

@@ -29,6 +29,11 @@ from moment_sync.signature import (
 from moment_sync.webhook_store import ReceivedWebhook, StorageUnavailable, WebhookStore
 
 SECONDS_PER_DAY = 86_400
+# The body is stored in the webhook's DynamoDB item, which holds at most 400 KB (409,600 bytes) in
+# all. The rest of the item at its largest is under 7 KB (255-byte webhook id and summary values,
+# then the reconciler's status, reason, detail and entry id: docs/webhooks.md adds it up); 16 KiB
+# is left for it. A larger body would pass the size check and then fail the write on every retry.
+MAX_STORABLE_BODY_BYTES = 393_216
 
 
 class SigningKeysUnavailable(Exception):
@@ -44,6 +49,13 @@ class ReceiverSettings:
     tolerance_seconds: int = 180
     max_body_bytes: int = 64 * 1024
     retention_days: int = 400
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_body_bytes <= MAX_STORABLE_BODY_BYTES:
+            raise ValueError(
+                f"WEBHOOK_MAX_BODY_BYTES must be 1 to {MAX_STORABLE_BODY_BYTES}: a larger body does not fit "
+                f"the webhook's DynamoDB item (400 KB with its other attributes); got {self.max_body_bytes}"
+            )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> ReceiverSettings:

@@ -735,6 +735,9 @@ class LedgerTable:
             "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
             "ScanIndexForward": False,
             "Limit": limit,
+            # As consistent as the head read beside it: an entry already in the balance is listed.
+            # A local index allows it (a global one would refuse the request).
+            "ConsistentRead": True,
         }
         if cursor:
             request["ExclusiveStartKey"] = cursor
