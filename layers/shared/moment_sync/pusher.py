@@ -39,6 +39,8 @@ from moment_sync.push_plan import (
 
 # A push of one balance makes at most a few Moment calls, each with bounded retries.
 SECONDS_RESERVED_PER_PUSH = 15.0
+# The lease a push run holds (leases.py); a fanned-out pusher would hold one per shard.
+PUSHER_LEASE = "pusher"
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 3600.0
 # Written on every object the pusher creates, so an adoption can tell its own lost create from an

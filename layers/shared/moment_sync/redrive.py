@@ -31,6 +31,8 @@ from moment_sync.reconciler import Reconciled, reconcile_event
 from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
 
 MAX_BACKOFF_SECONDS = 6 * 3600
+# The lease a scheduled re-drive run holds (leases.py): runs never overlap.
+REDRIVE_LEASE = "redrive"
 
 
 class MomentDirectory(Protocol):
