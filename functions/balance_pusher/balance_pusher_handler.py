@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from moment_sync.leases import Leases, exclusive_run
-from moment_sync.observability import logger, metrics
+from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.pusher import PUSHER_LEASE, BalancePusher
 from moment_sync.runtime import balance_pusher
 
@@ -31,10 +31,10 @@ def lambda_handler(
         PUSHER_LEASE,
         now=pusher.now,
         time_left=time_left,
-        skipped_metric="PushRunSkipped",
         invocation_id=context.aws_request_id,
     ) as lease:
         if lease is None:
+            metrics.add_metric(name="PushRunSkipped", unit=MetricUnit.Count, value=1)
             return {"skipped": "another push run holds the lease"}
         report = pusher.push_pending(time_left=time_left)
     logger.info("push run finished", extra=asdict(report))

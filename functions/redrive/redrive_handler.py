@@ -9,9 +9,14 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from moment_sync.leases import Leases, exclusive_run
-from moment_sync.observability import logger, metrics
-from moment_sync.redrive import REDRIVE_LEASE, redrive_stuck
-from moment_sync.runtime import LedgerDependencies, ledger_dependencies, moment_directory
+from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.redrive import LOOKUPS_PER_EVENT, REDRIVE_LEASE, redrive_stuck
+from moment_sync.runtime import (
+    LedgerDependencies,
+    ledger_dependencies,
+    moment_directory,
+    moment_worst_call_seconds,
+)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -32,10 +37,10 @@ def lambda_handler(
         REDRIVE_LEASE,
         now=dependencies.clock,
         time_left=time_left,
-        skipped_metric="RedriveRunSkipped",
         invocation_id=context.aws_request_id,
     ) as lease:
         if lease is None:
+            metrics.add_metric(name="RedriveRunSkipped", unit=MetricUnit.Count, value=1)
             return {"skipped": "another re-drive run holds the lease"}
         report = redrive_stuck(
             events=dependencies.events,
@@ -45,6 +50,8 @@ def lambda_handler(
             grace_seconds=int(os.environ.get("REDRIVE_GRACE_SECONDS", "600")),
             time_left=time_left,
             back_off=event.get("ignore_backoff") is not True,
+            # An unmatched event's questions to Moment are asked only with time for their worst case.
+            lookup_seconds=LOOKUPS_PER_EVENT * moment_worst_call_seconds(),
         )
     logger.info("re-drive finished", extra=asdict(report))
     return asdict(report)

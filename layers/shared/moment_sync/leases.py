@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.observability import logger
 
 # Added to the function's own remaining time: the lease outlives the run however it ends (a Lambda
 # timeout included), with room for clock skew between two execution environments.
@@ -66,19 +66,17 @@ def exclusive_run(
     *,
     now: Callable[[], float],
     time_left: Callable[[], float],
-    skipped_metric: str,
     invocation_id: str | None = None,
 ) -> Iterator[HeldLease | None]:
-    """Hold `name` for this run: yields the lease, or None when another run holds it (then counts
-    `skipped_metric` and the caller does nothing, emitting none of its per-run heartbeats, so a lease
-    that never frees shows as the function not running)."""
+    """Hold `name` for this run: yields the lease, or None when another run holds it. Then the caller
+    counts its own `…RunSkipped` metric and does nothing else, emitting none of its per-run heartbeats,
+    so a lease that never frees shows as the function not running."""
     started = now()
     held = leases.acquire(
         name, new_holder(invocation_id), now=started, expires_at=started + time_left() + LEASE_MARGIN_SECONDS
     )
     if held is None:
         logger.info("another run holds the lease: nothing to do", extra={"lease": name})
-        metrics.add_metric(name=skipped_metric, unit=MetricUnit.Count, value=1)
         yield None
         return
     try:

@@ -864,6 +864,24 @@ class LedgerTable:
             for item in page.get("Items", []):
                 yield from_item(item)
 
+    def linked_balances_page(
+        self, start: dict[str, Any] | None, limit: int
+    ) -> tuple[list[tuple[BalanceRef, dict[str, Any]]], dict[str, Any] | None]:
+        """One page of the LinkedBalances index: each balance with its index key (a cursor that
+        continues just after it), and where the next page starts (None after the last page)."""
+        request: dict[str, Any] = {"TableName": self.table_name, "IndexName": LINKED_INDEX, "Limit": limit}
+        if start:
+            request["ExclusiveStartKey"] = start
+        response = self._client.scan(**request)
+        found = [
+            (
+                BalanceRef.from_partition_key(item["pk"]["S"]),
+                {name: item[name] for name in ("pk", "sk", "moment_id")},
+            )
+            for item in response.get("Items", [])
+        ]
+        return found, response.get("LastEvaluatedKey")
+
     def leases(self) -> DynamoLeases:
         """The scheduled runs' leases live in this table (pk `LEASE#<name>`; adapters/lease.py)."""
         from moment_sync.adapters.lease import DynamoLeases  # noqa: PLC0415 -- only the scheduled runs
