@@ -131,11 +131,18 @@ def moment_directory() -> MomentDirectory | None:
 
 
 def balance_pusher() -> BalancePusher:
+    from moment_sync.adapters.dynamo_retry import ConflictRetryingClient  # noqa: PLC0415
+    from moment_sync.adapters.ledger_table import LedgerTable  # noqa: PLC0415
     from moment_sync.pusher import BalancePusher  # noqa: PLC0415
 
     dependencies = ledger_dependencies()
+    # The pusher's writes meet the reconciler's transactions on the same heads: a conflict is tried
+    # again here (botocore does not), and only what still conflicts is a failed push.
+    ledger = LedgerTable(
+        ConflictRetryingClient(aws_client("dynamodb")), os.environ["LEDGER_TABLE"], dependencies.events
+    )
     return BalancePusher(
-        ledger=dependencies.ledger,
+        ledger=ledger,
         moment=moment_client(),
         now=dependencies.clock,
         concurrency=int(os.environ.get("PUSH_CONCURRENCY", "8")),
