@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import balance_pusher_handler
+import daily_reconcile_handler
 import redrive_handler
 from integration.test_balance_pusher import InFlight, charge
 from local_stack.lambda_context import LocalLambdaContext
@@ -24,6 +25,7 @@ from moment_sync.leases import LEASE_MARGIN_SECONDS
 from moment_sync.ledger.model import BalanceKind
 from moment_sync.moment_client import MomentClient, RetryPolicy
 from moment_sync.pusher import PUSHER_LEASE, BalancePusher
+from moment_sync.reconcile_report import DAILY_CHECK_LEASE, DailyCheck
 from moment_sync.redrive import REDRIVE_LEASE
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness, payment
@@ -255,3 +257,39 @@ def test_a_second_redrive_run_while_the_first_asks_moment_does_nothing(
     assert first["outcomes"] == {"applied": 1}
     assert harness.ledger.resolve_moment_id("bcus_new") is not None  # linked from Moment's record
     assert "holder" not in (leases.current(REDRIVE_LEASE) or {})
+
+
+# --- the daily check, invoked twice at once ------------------------------------------------------------
+
+
+def test_a_second_daily_check_while_the_first_is_inside_a_moment_call_does_nothing(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    transport: InFlight,
+    leases: DynamoLeases,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for number in range(3):
+        charge(harness, harness.open_customer(f"UCR{number}"), f"inv-{number}", 100)
+    assert push_run(pusher)["results"] == {"created": 3}  # linked to Moment
+    check = DailyCheck(harness.ledger, pusher.moment, now=harness.clock, sleep=lambda _: None)
+    context = LocalLambdaContext("daily", timeout_seconds=timeout_of("DailyReconcileFunction"))
+    second: list[dict[str, Any]] = []
+    once = threading.Lock()
+    before = len(transport.requests)
+
+    def second_run_starts(request: httpx.Request) -> None:
+        if once.acquire(blocking=False):
+            second.append(daily_reconcile_handler.lambda_handler({}, context, check))
+
+    transport.before_send = second_run_starts
+    capsys.readouterr()
+    first = daily_reconcile_handler.lambda_handler({}, context, check)
+    assert second == [{"skipped": "another run of the daily check holds the lease"}]
+    assert len(transport.requests) - before == 3  # the first's three GETs, none by the second
+    skipped_blob, first_blob = counted(capsys.readouterr().out)
+    assert "ReconcileRunSkipped" in metric_names(skipped_blob)
+    assert "ReconcileChecked" not in metric_names(skipped_blob)  # DailyReconcileNotRunning still sees it
+    assert "ReconcileChecked" in metric_names(first_blob)
+    assert (first["checked"], first["pass_completed"]) == (3, True)
+    assert "holder" not in (leases.current(DAILY_CHECK_LEASE) or {})
