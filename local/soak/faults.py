@@ -181,12 +181,17 @@ class FunctionFaults:
         def invoke(event: dict[str, Any], context: Any) -> Any:
             if not self._draw(self.rates.pusher_cut_off, PUSHER_CUT_OFF):
                 return handler(event, context)
-            from moment_sync.pusher import SECONDS_RESERVED_PER_PUSH  # noqa: PLC0415 -- the functions' import
+            from moment_sync.moment_client import worst_call_seconds  # noqa: PLC0415 -- the functions' import
+            from moment_sync.pusher import BOOKING_SECONDS, CALLS_PER_PUSH  # noqa: PLC0415
+            from soak.run import MOMENT_READ_TIMEOUT_SECONDS  # noqa: PLC0415 -- run imports this module
 
+            # What the pusher keeps in reserve with the soak's read timeout (pusher.seconds_per_push).
+            worst = worst_call_seconds(read_timeout_seconds=float(MOMENT_READ_TIMEOUT_SECONDS))
+            reserve = CALLS_PER_PUSH * worst + BOOKING_SECONDS
             with self._lock:
                 spare = self._random.uniform(0.02, 0.6)
             # Left with a little more than the pusher keeps in reserve: it starts a push or two, then stops.
-            short = LocalLambdaContext(function_name, timeout_seconds=SECONDS_RESERVED_PER_PUSH + spare)
+            short = LocalLambdaContext(function_name, timeout_seconds=reserve + spare)
             report = handler(event, short)
             if isinstance(report, dict) and report.get("not_reached"):
                 self._count(PUSHER_CUT_OFF)

@@ -17,7 +17,7 @@ from moment_sync.forget import forget_customer
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.moment_client import MomentClient
 from moment_sync.pusher import BalancePusher
-from moment_sync.reconcile_report import compare
+from moment_sync.reconcile_report import DailyCheck, compare
 from support.ledger import LedgerHarness, payment
 
 
@@ -96,9 +96,11 @@ def test_the_daily_handler_counts_unexplained_differences_in_its_metric(
 ) -> None:
     pushed_ledger(harness, moment)
     harness.open_customer("GHOST1", moment_id="bcus_ghostghostghost00001")
-    comparisons = compare(harness.ledger, moment, sleep=no_sleep)
-    result = daily_reconcile_handler.lambda_handler({}, LocalLambdaContext("daily"), comparisons)
-    assert result == {"checked": 3, "unexplained": 1}
+    check = DailyCheck(harness.ledger, moment, now=harness.clock, sleep=no_sleep)
+    result = daily_reconcile_handler.lambda_handler(
+        {}, LocalLambdaContext("daily", timeout_seconds=900), check
+    )
+    assert (result["checked"], result["unexplained"], result["pass_completed"]) == (3, 1, True)
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     [metrics] = [blob for blob in emf if "ReconcileDifferences" in blob]
     assert (metrics["ReconcileDifferences"], metrics["ReconcileChecked"]) == ([1.0], [3.0])

@@ -12,6 +12,7 @@ pushed (balance_pusher does).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from moment_sync.moment_errors import (
     MomentKeyRefused,
     MomentNotFound,
     MomentNotOurs,
+    MomentOutOfTime,
     MomentRateLimited,
     MomentRequestRejected,
     MomentResponseInvalid,
@@ -365,6 +367,23 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY_POLICY: Final = RetryPolicy()
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 3.0
+DEFAULT_READ_TIMEOUT_SECONDS: Final = 10.0
+
+
+def worst_call_seconds(
+    *,
+    connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS,
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+) -> float:
+    """The longest one call (one request with its retries) can take: every attempt connecting and
+    reading to its timeouts, and a full pause (the cap: a Retry-After is capped there too) between
+    attempts. At the defaults 4 x (3 + 10) + 3 x 8 = 76 s. Not counted: the write and pool timeouts
+    (a body of a few hundred bytes is written at once; the pool's 100 connections exceed any
+    concurrency here), and a response trickled a byte per read timeout (Moment's are one small JSON)."""
+    per_attempt = connect_timeout_seconds + read_timeout_seconds
+    return retry.max_attempts * per_attempt + (retry.max_attempts - 1) * retry.max_delay_seconds
 
 
 def _retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -465,8 +484,8 @@ class MomentClient:
         *,
         environment: str,
         base_url: str = DEFAULT_BASE_URL,
-        connect_timeout_seconds: float = 3.0,
-        read_timeout_seconds: float = 10.0,
+        connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
         max_key_generations: int = 3,
         http_client: httpx.Client | None = None,
@@ -492,6 +511,27 @@ class MomentClient:
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
+        self._attempt_seconds = connect_timeout_seconds + read_timeout_seconds
+        self._worst_call_seconds = worst_call_seconds(
+            connect_timeout_seconds=connect_timeout_seconds,
+            read_timeout_seconds=read_timeout_seconds,
+            retry=retry,
+        )
+        self._time_left: Callable[[], float] | None = None
+
+    @property
+    def worst_call_seconds(self) -> float:
+        """The longest one call of this client can take (`worst_call_seconds`)."""
+        return self._worst_call_seconds
+
+    def within(self, time_left: Callable[[], float], *, keep_seconds: float = 0.0) -> MomentClient:
+        """This client, on the same connections, for one run: it starts no attempt, nor a pause before
+        one, that could outlast `time_left() - keep_seconds`, and raises MomentOutOfTime instead, so
+        a run is never killed by Lambda's timeout inside a Moment call (however many calls a push makes)."""
+        bounded = copy.copy(self)
+        bounded._owns_http_client = False
+        bounded._time_left = lambda: time_left() - keep_seconds
+        return bounded
 
     def __repr__(self) -> str:
         return (
@@ -685,6 +725,7 @@ class MomentClient:
         last_attempt = self._retry.max_attempts
         reached = False
         for attempt in range(1, last_attempt + 1):
+            self._check_time(request, attempt, 0.0, reached)
             try:
                 response = self._attempt(request, attempt)
             except httpx.TransportError as failure:
@@ -699,13 +740,13 @@ class MomentClient:
                         attempts=attempt,
                         may_have_reached=reached,
                     ) from failure
-                self._pause(request, attempt, retry_after=None)
+                self._pause(request, attempt, retry_after=None, reached=reached)
                 continue
             if attempt == last_attempt or not _worth_retrying(response):
                 return response, attempt, reached
             reached = reached or _may_apply(response)
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"), self._clock())
-            self._pause(request, attempt, retry_after)
+            self._pause(request, attempt, retry_after, reached=reached)
         raise AssertionError("RetryPolicy.max_attempts is at least 1")  # pragma: no cover
 
     def _attempt(self, request: _Request, attempt: int) -> httpx.Response:
@@ -752,8 +793,22 @@ class MomentClient:
             headers["Idempotency-Key"] = request.idempotency_key
         return headers
 
-    def _pause(self, request: _Request, attempt: int, retry_after: float | None) -> None:
+    def _check_time(self, request: _Request, attempt: int, pause: float, reached: bool) -> None:
+        """Within a run's budget (`within`): the pause and the whole next attempt must fit."""
+        if self._time_left is None or self._time_left() >= pause + self._attempt_seconds:
+            return
+        raise self._error(
+            MomentOutOfTime,
+            request,
+            status=None,
+            reason="the run's time budget ends before another attempt could",
+            attempts=attempt - 1,
+            may_have_reached=reached,
+        )
+
+    def _pause(self, request: _Request, attempt: int, retry_after: float | None, *, reached: bool) -> None:
         delay = self._retry.delay_seconds(attempt, retry_after, self._jitter())
+        self._check_time(request, attempt + 1, delay, reached)
         logger.info(
             "moment request will be retried",
             extra={

@@ -8,7 +8,8 @@
         │   ├── MomentNotFound       404
         │   └── MomentConflict       409: the object exists already, or the idempotency key was reused
         ├── MomentUnavailable        5xx or a network error, still failing after the retries
-        │   └── MomentRateLimited    429, still throttled after the retries
+        │   ├── MomentRateLimited    429, still throttled after the retries
+        │   └── MomentOutOfTime      the run's time budget would end before the next attempt could
         └── MomentResponseInvalid    Moment answered, but not with what its documentation promises
 
 Every message is one line and never contains the API key: the client redacts it before it gets here.
@@ -152,6 +153,11 @@ class MomentUnavailable(MomentApiError):
 
 class MomentRateLimited(MomentUnavailable):
     """429 that outlasted the retries (and any Retry-After Moment sent)."""
+
+
+class MomentOutOfTime(MomentUnavailable):
+    """The run's time budget would end before the next attempt (or the pause before it) could: that
+    attempt was not sent. Earlier attempts of the same call may have reached Moment (`may_have_reached`)."""
 
 
 class MomentResponseInvalid(MomentApiError):

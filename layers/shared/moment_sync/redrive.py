@@ -31,6 +31,15 @@ from moment_sync.reconciler import Reconciled, reconcile_event
 from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
 
 MAX_BACKOFF_SECONDS = 6 * 3600
+# The lease a scheduled re-drive run holds (leases.py): runs never overlap.
+REDRIVE_LEASE = "redrive"
+# Moment calls for one unmatched event at worst: the object by its id, and for an account its
+# customer's (account_owner: the account, then the customer).
+LOOKUPS_PER_EVENT = 3
+
+
+class _OutOfTime(Exception):
+    """Not enough of the run's time left for an unmatched event's questions to Moment."""
 
 
 class MomentDirectory(Protocol):
@@ -69,6 +78,7 @@ def redrive_stuck(
     grace_seconds: int,
     time_left: Callable[[], float] = lambda: float("inf"),
     back_off: bool = True,
+    lookup_seconds: float = 0.0,
 ) -> RedriveReport:
     """Every event received more than `grace_seconds` ago that is still unfinished (with `back_off`,
     an unmatched one only when its next try is due)."""
@@ -80,6 +90,7 @@ def redrive_stuck(
         now=now,
         time_left=time_left,
         backoff_from_seconds=grace_seconds if back_off else None,
+        lookup_seconds=lookup_seconds,
     )
 
 
@@ -102,9 +113,12 @@ def redrive(
     time_left: Callable[[], float] = lambda: float("inf"),
     min_seconds_left: float = 5.0,
     backoff_from_seconds: float | None = None,
+    lookup_seconds: float = 0.0,
 ) -> RedriveReport:
     """Reconcile the given events again (final ones are left alone); stop before the time runs out.
-    With `backoff_from_seconds`, an unmatched event is left alone until `unmatched_retry_due`."""
+    With `backoff_from_seconds`, an unmatched event is left alone until `unmatched_retry_due`.
+    `lookup_seconds` is the worst case of an unmatched event's questions to Moment (LOOKUPS_PER_EVENT
+    calls): one is asked only while that much time is left, besides `min_seconds_left` for the ledger."""
     report = RedriveReport()
     for webhook_id in webhook_ids:
         if time_left() < min_seconds_left:
@@ -120,7 +134,11 @@ def redrive(
                 now=now,
                 backoff_from_seconds=backoff_from_seconds,
                 report=report,
+                moment_time=lambda: time_left() >= lookup_seconds + min_seconds_left,
             )
+        except _OutOfTime:
+            report.stopped_early = True
+            break
         except Exception as error:
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
@@ -141,6 +159,7 @@ def _redrive_one(
     now: Callable[[], float],
     backoff_from_seconds: float | None,
     report: RedriveReport,
+    moment_time: Callable[[], bool] = lambda: True,
 ) -> None:
     event = events.get(webhook_id)
     if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
@@ -153,6 +172,8 @@ def _redrive_one(
     ):
         report.not_due += 1
         return
+    if unmatched and directory is not None and not moment_time():
+        raise _OutOfTime  # left unexamined for the next run, which starts with it
     report.examined += 1
     if event.get("status") == EventStatus.RECEIVED:
         report.found_received += 1

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -28,6 +28,9 @@ from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.reconciliation import EventStatus
+
+if TYPE_CHECKING:
+    from moment_sync.adapters.lease import DynamoLeases
 
 HEAD = "HEAD"
 ENTRY_PREFIX = "ENTRY#"
@@ -863,6 +866,30 @@ class LedgerTable:
         for page in paginator.paginate(TableName=self.table_name, ConsistentRead=True):
             for item in page.get("Items", []):
                 yield from_item(item)
+
+    def linked_balances_page(
+        self, start: dict[str, Any] | None, limit: int
+    ) -> tuple[list[tuple[BalanceRef, dict[str, Any]]], dict[str, Any] | None]:
+        """One page of the LinkedBalances index: each balance with its index key (a cursor that
+        continues just after it), and where the next page starts (None after the last page)."""
+        request: dict[str, Any] = {"TableName": self.table_name, "IndexName": LINKED_INDEX, "Limit": limit}
+        if start:
+            request["ExclusiveStartKey"] = start
+        response = self._client.scan(**request)
+        found = [
+            (
+                BalanceRef.from_partition_key(item["pk"]["S"]),
+                {name: item[name] for name in ("pk", "sk", "moment_id")},
+            )
+            for item in response.get("Items", [])
+        ]
+        return found, response.get("LastEvaluatedKey")
+
+    def leases(self) -> DynamoLeases:
+        """The scheduled runs' leases live in this table (pk `LEASE#<name>`; adapters/lease.py)."""
+        from moment_sync.adapters.lease import DynamoLeases  # noqa: PLC0415 -- only the scheduled runs
+
+        return DynamoLeases(self._client, self.table_name)
 
 
 # The head lists each payment reconciled since the last booked push (the pusher explains Moment's
