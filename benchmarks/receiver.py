@@ -104,6 +104,10 @@ def _cold_subjects(scratch: Path, handler: tuple[Path, str], *, bytecode: bool) 
     )
     baseline_task.mkdir()
     shutil.copy2(BASELINE_SOURCE, baseline_task)
+    peer_tasks = {peer: scratch / f"{peer}{suffix}" for peer in PEERS}
+    for peer, task_dir in peer_tasks.items():
+        task_dir.mkdir()
+        shutil.copy2(Path(__file__).with_name(f"{peer}.py"), task_dir)
     function_dir, module = handler
     real_path: tuple[Path, ...] = (function_dir, LAYER_DIR)
     if not bytecode:
@@ -139,10 +143,28 @@ def _cold_subjects(scratch: Path, handler: tuple[Path, str], *, bytecode: bool) 
             write_bytecode=bytecode,
         ),
         measure.ColdSubject(name=BOTO3, module="boto3", pythonpath=(), ready=("boto3:client=dynamodb",)),
+        # The peers create their client at import, as the baseline does; no first call here.
+        *(
+            measure.ColdSubject(name=peer, module=peer, pythonpath=(task_dir,), write_bytecode=bytecode)
+            for peer, task_dir in peer_tasks.items()
+        ),
     ]
 
 
 _spread = measure.spread
+
+
+def _grouped_ratio(ours: list[float], theirs: list[float], groups: int) -> tuple[float, list[float]]:
+    """Samples taken in rounds, cut into `groups` runs of consecutive rounds: the median over runs of
+    the ratio of each run's medians, and those ratios."""
+    size = max(1, len(ours) // groups)
+    ratios = [
+        measure.median(ours[start : start + size]) / measure.median(theirs[start : start + size])
+        for start in range(0, size * groups, size)
+    ]
+    return measure.median(ratios), ratios
+
+
 _cross_checks = measure.cross_checks
 
 
@@ -151,8 +173,8 @@ def _cold_rows(
 ) -> list[Row]:
     starts = context.iterations(full=15, quick=5)
     context.progress(f"receiver: cold starts, {starts} per subject, interleaved")
-    real, baseline, boto3_alone = _cold_subjects(scratch, handler, bytecode=True)
-    samples = measure.cold_start(context.python, [real, baseline, boto3_alone], starts, environment)
+    real, baseline, boto3_alone, *peers = _cold_subjects(scratch, handler, bytecode=True)
+    samples = measure.cold_start(context.python, [real, baseline, boto3_alone, *peers], starts, environment)
     breakdown = (
         measure.ImportBreakdown([], {})  # one -X importtime start: not in a quick run
         if context.quick
@@ -161,7 +183,7 @@ def _cold_rows(
         )
     )
     no_pyc_starts = context.iterations(full=7, quick=3)
-    real_no_pyc, baseline_no_pyc, _ = _cold_subjects(scratch, handler, bytecode=False)
+    real_no_pyc, baseline_no_pyc, *_ = _cold_subjects(scratch, handler, bytecode=False)
     as_built = _as_built_subject(context, scratch, real)
     context.progress(
         f"receiver: cold starts without .pyc{' and as sam build ships it' if as_built else ''}, "
@@ -192,7 +214,28 @@ def _cold_rows(
         f"fastest start vs fastest start {checks['min_ratio']:.2f}x, "
         f"CPU time {checks['cpu_time_ratio']:.2f}x"
     )
+    groups = 5 if starts >= 5 else 1
+    cpu_gate, cpu_ratios = _grouped_ratio(ours.through(1, cpu=True), theirs.cpu_import_ms, groups)
+    gate_label = f"CPU, median of {groups} runs"
+    peer_rows = [
+        Row(
+            area=AREA,
+            name=f"receiver.{short}.cold_start",
+            title=f"cold start (import + the first DynamoDB client), against {label}",
+            measured=start_ms,
+            baseline=measure.median(samples[peer].import_ms),
+            unit="ms",
+            measured_label="as receiver.cold_start",
+            baseline_label=f"import benchmarks/{peer}.py (boto3, its libraries, and its client)",
+            gate=_grouped_ratio(ours.through(1, cpu=True), samples[peer].cpu_import_ms, groups)[0],
+            gate_label=gate_label,
+            notes=[how, f"modules loaded: receiver {ours.modules}, peer {samples[peer].modules}"],
+            details={"peer_ms": _spread(samples[peer].import_ms)},
+        )
+        for peer, (short, label) in PEERS.items()
+    ]
     return [
+        *peer_rows,
         Row(
             area=AREA,
             name="receiver.cold_start",
@@ -204,9 +247,13 @@ def _cold_rows(
             "(boto3 import + client)",
             baseline_label="import baseline_receiver (imports boto3, creates its client at import)",
             goal=WITHIN_1_3,
+            gate=cpu_gate,
+            gate_label=gate_label,
             notes=[
                 how,
                 noise,
+                f"the gate: the starts in {groups} runs of {starts // groups} rounds each, the CPU-time "
+                f"ratio of each run's medians: {', '.join(f'{ratio:.2f}' for ratio in cpu_ratios)}",
                 "fairness: the receiver imports boto3 and creates its client lazily, on the first call; "
                 "the baseline at import. Both are counted here, import + first client, for both sides",
                 f"receiver: import alone {measure.median(ours.import_ms):.1f} ms (no boto3 yet), "
@@ -816,7 +863,7 @@ def _storage_rows(context: Context, environment: dict[str, str], handler: tuple[
         "DynamoDB's size rules (attribute names + values; binary by raw bytes), 1 write unit per KB "
         "rounded up; the WebhookEvents table is on-demand, so these are write request units"
     )
-    return [
+    rows = [
         Row(
             area=AREA,
             name="receiver.dynamodb_requests_new",
@@ -892,6 +939,65 @@ def _storage_rows(context: Context, environment: dict[str, str], handler: tuple[
             ],
         ),
     ]
+    for peer, (short, label) in PEERS.items():
+        theirs = found[peer]
+        described = f"benchmarks/{peer}.py ({label}) against moto, counted the same way"
+        rows += [
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.dynamodb_requests_new",
+                title=f"DynamoDB requests per new webhook, against {label}",
+                measured=len(ours["new_requests"]),
+                baseline=len(theirs["new_requests"]),
+                unit="requests",
+                measured_label=f"{ours['new_requests']}",
+                baseline_label=f"{described}: {theirs['new_requests']}",
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.dynamodb_requests_duplicate",
+                title=f"DynamoDB requests per redelivered webhook, against {label}",
+                measured=len(ours["duplicate_requests"]),
+                baseline=len(theirs["duplicate_requests"]),
+                unit="requests",
+                measured_label=f"{ours['duplicate_requests']}",
+                baseline_label=f"{described}: {theirs['duplicate_requests']}",
+                notes=[
+                    f"a forged delivery: {len(theirs['forged_requests'])} requests (signature checked first)"
+                ],
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.write_units_new",
+                title=f"write units per new webhook, against {label}",
+                measured=ours["new_units"],
+                baseline=theirs["new_units"],
+                unit="write units",
+                measured_label="table + the Unfinished index entry (the re-drive's way to what the stream "
+                "did not finish)",
+                baseline_label=f"{described}; stored item {theirs['item_bytes']} bytes"
+                + (
+                    f" (INPROGRESS record {theirs['in_progress_item_bytes']} bytes, then the update that "
+                    "saves the result)"
+                    if "in_progress_item_bytes" in theirs
+                    else ""
+                ),
+                notes=[units_how],
+                details={peer: theirs},
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.write_units_duplicate",
+                title=f"write units per redelivered webhook, against {label}",
+                measured=ours["duplicate_units"],
+                baseline=theirs["duplicate_units"],
+                unit="write units",
+                measured_label="the failed conditional put",
+                baseline_label=described,
+                notes=[units_how],
+            ),
+        ]
+    return rows
 
 
 def storage_child(params: dict[str, Any]) -> dict[str, Any]:
@@ -966,6 +1072,75 @@ def storage_child(params: dict[str, Any]) -> dict[str, Any]:
             duplicate=lambda: baseline_receiver.lambda_handler(fresh, None),
             forged=lambda: baseline_receiver.lambda_handler(forged, None),
         )
+        results.update(_count_peers(client, template, body, key, forged))
+    return results
+
+
+def _count_peers(
+    client: Any, template: dict[str, Any], body: bytes, key: bytes, forged: dict[str, Any]
+) -> dict[str, Any]:
+    """Each peer against moto: requests per new, redelivered and forged webhook, and write units."""
+    from benchmarks.dynamodb_units import item_size, write_units  # noqa: PLC0415
+    from benchmarks.fake_aws import BenchLambdaContext, signed_event  # noqa: PLC0415
+    from local_stack.template import create_table  # noqa: PLC0415
+
+    now = int(time.time())
+    webhook_id = template["headers"]["webhook-id"]
+    fresh = signed_event(template, body, webhook_id=webhook_id, timestamp=now, key=key)
+    # standardwebhooks checks the timestamp against the wall clock: Moment's retry, re-signed a minute on.
+    again = signed_event(template, body, webhook_id=webhook_id, timestamp=now + 60, key=key)
+    forged = dict(forged, headers={**forged["headers"], "webhook-timestamp": str(now)})
+    results: dict[str, Any] = {}
+
+    create_table(client, "WebhookEventsTable", "PeerWebhookEvents")
+    from benchmarks import peer_conditional_put_receiver as put_peer  # noqa: PLC0415
+
+    put_peer.TABLE_NAME = "PeerWebhookEvents"
+    results[PEER_PUT] = _count_and_size(
+        put_peer.dynamodb,
+        "PeerWebhookEvents",
+        new=lambda: put_peer.lambda_handler(fresh, BenchLambdaContext(PEER_PUT, 1)),
+        duplicate=lambda: put_peer.lambda_handler(again, BenchLambdaContext(PEER_PUT, 2)),
+        forged=lambda: put_peer.lambda_handler(forged, BenchLambdaContext(PEER_PUT, 3)),
+    )
+
+    # Powertools' idempotency table, as its documentation has it: key `id`, TTL on `expiration`.
+    client.create_table(
+        TableName="IdempotencyRecords",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    from benchmarks import peer_powertools_receiver as powertools_peer  # noqa: PLC0415
+
+    requests: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
+        requests.append(model.name)
+        sent.append(json.loads(params.get("body") or b"{}"))
+
+    powertools_peer.dynamodb.meta.events.register("before-call.dynamodb.*", seen)
+    counted: dict[str, Any] = {}
+    for name, event, expected in (("new", fresh, 200), ("duplicate", again, 200), ("forged", forged, 401)):
+        requests.clear()
+        answer = powertools_peer.lambda_handler(event, BenchLambdaContext(PEER_POWERTOOLS, 1))
+        if answer["statusCode"] != expected:
+            raise RuntimeError(f"{PEER_POWERTOOLS} {name}: expected {expected}, got {answer}")
+        counted[f"{name}_requests"] = list(requests)
+    powertools_peer.dynamodb.meta.events.unregister("before-call.dynamodb.*", seen)
+    [stored] = client.scan(TableName="IdempotencyRecords")["Items"]
+    put_size = item_size(sent[0]["Item"])  # the INPROGRESS record
+    stored_size = item_size(stored)  # after the UpdateItem that saved the result
+    results[PEER_POWERTOOLS] = {
+        **counted,
+        "item_bytes": stored_size,
+        "in_progress_item_bytes": put_size,
+        # The put, then the update (the larger of the item before and after it); no index.
+        "new_units": write_units(put_size) + write_units(max(put_size, stored_size)),
+        "duplicate_units": write_units(max(stored_size, item_size(sent[2]["Item"]))),
+        "index_units": {},
+    }
     return results
 
 
