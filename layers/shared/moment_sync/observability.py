@@ -73,10 +73,11 @@ class Invocation:
                 "Metrics": [{"Name": metric, "Unit": "Count"}],
             }
         ]
-        line: dict[str, Any] = {}
+        # The EMF block first, as Powertools writes it: readers that find EMF by the line's start still do.
+        line: dict[str, Any] = {"_aws": {"Timestamp": int(now * 1000), "CloudWatchMetrics": directives}}
         if logger.log_level <= logging.INFO:
             caller = sys._getframe(1)  # the caller's name and line, as logging finds them
-            line = {
+            line |= {
                 "level": "INFO",
                 "location": f"{caller.f_code.co_name}:{caller.f_lineno}",  # as Powertools writes it
                 "message": message,
@@ -99,7 +100,6 @@ class Invocation:
             )
             line["function_name"] = self.context.function_name
             line["ColdStart"] = [1.0]
-        line["_aws"] = {"Timestamp": int(now * 1000), "CloudWatchMetrics": directives}
         stream = sys.stdout
         stream.write(json.dumps(line, separators=(",", ":"), default=str) + "\n")
         stream.flush()
