@@ -27,6 +27,8 @@ metrics = Metrics()
 __all__ = ["Invocation", "MetricUnit", "logger", "metrics"]
 
 _cold_start = [True]  # per execution environment, for the handlers that use Invocation
+# Built once: json.dumps with options would build an encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class Invocation:
@@ -101,7 +103,7 @@ class Invocation:
             line["function_name"] = self.context.function_name
             line["ColdStart"] = [1.0]
         stream = sys.stdout
-        stream.write(json.dumps(line, separators=(",", ":"), default=str) + "\n")
+        stream.write(_encode(line) + "\n")
         stream.flush()
 
     def _context_keys(self) -> dict[str, Any]:
