@@ -42,6 +42,8 @@ DYNAMIC_NAMES: dict[str, Callable[[], set[str]]] = {
 }
 # Helpers that forward their first argument to add_metric: their callers' arguments are the names.
 WRAPPERS = {"_count"}
+# Methods that write one log line with an EMF block counting their second argument (observability.py).
+LINE_WITH_METRIC = {"log_with_metric"}
 # The values each extra dimension the code adds can take.
 DIMENSION_VALUES = {"Reason": {rejection.value for rejection in Rejection}}
 
@@ -82,6 +84,10 @@ def _metric_name_argument(call: ast.Call) -> ast.expr | None:
         return named[0] if named else (call.args[0] if call.args else None)
     if isinstance(function, ast.Name) and function.id in WRAPPERS:
         return call.args[0] if call.args else None
+    if isinstance(function, ast.Attribute) and function.attr in LINE_WITH_METRIC:
+        # Invocation.log_with_metric(message, metric, ...): one log line with the metric's EMF inside.
+        named = [keyword.value for keyword in call.keywords if keyword.arg == "metric"]
+        return named[0] if named else (call.args[1] if len(call.args) > 1 else None)
     return None
 
 

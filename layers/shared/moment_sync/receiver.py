@@ -18,7 +18,7 @@ from typing import Any
 
 from moment_sync.envelope import read_envelope
 from moment_sync.http_responses import json_response, problem_response
-from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.observability import Invocation, MetricUnit, logger, metrics
 from moment_sync.signature import (
     Rejection,
     WebhookRejected,
@@ -98,11 +98,16 @@ def receive_webhook(
     store: WebhookStore,
     settings: ReceiverSettings,
     now: Callable[[], float] = time.time,
+    invocation: Invocation | None = None,
 ) -> dict[str, Any]:
-    """Answer one delivery as an API Gateway (payload 2.0) response."""
+    """Answer one delivery as an API Gateway (payload 2.0) response. An accepted webhook is one log
+    line with its metric inside (`invocation`: the Lambda context it names); anything else is logged
+    and counted through Powertools, which the handler flushes (`Invocation.finish`)."""
+    invocation = invocation or Invocation()
     try:
-        return _receive(request, keys=keys, store=store, settings=settings, now=now)
+        return _receive(request, keys=keys, store=store, settings=settings, now=now, invocation=invocation)
     except WebhookRejected as rejected:
+        invocation.through_powertools()
         logger.warning("webhook rejected", extra={"reason": rejected.reason.value, "detail": rejected.detail})
         metrics.add_dimension(name="Reason", value=rejected.reason.value)
         metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)
@@ -113,10 +118,12 @@ def receive_webhook(
             rejected.detail,
         )
     except SigningKeysUnavailable as error:
+        invocation.through_powertools()
         logger.error("signing secrets unavailable", extra={"error": str(error)})
         metrics.add_metric(name="WebhookSigningSecretsUnavailable", unit=MetricUnit.Count, value=1)
         return _retry_later("signing-secrets-unavailable", "The signing secrets could not be read.")
     except StorageUnavailable as error:
+        invocation.through_powertools()
         logger.error("webhook not stored", extra={"error": str(error)})
         metrics.add_metric(name="WebhookStorageFailed", unit=MetricUnit.Count, value=1)
         return _retry_later("storage-unavailable", "The webhook could not be stored durably.")
@@ -129,10 +136,11 @@ def _receive(
     store: WebhookStore,
     settings: ReceiverSettings,
     now: Callable[[], float],
+    invocation: Invocation,
 ) -> dict[str, Any]:
     body = _body_bytes(request, settings.max_body_bytes)
     signed = parse_signed_headers(request.headers)
-    logger.set_correlation_id(signed.webhook_id)
+    invocation.correlate(signed.webhook_id)
     received_at = now()
     check_timestamp(signed.timestamp, now=received_at, tolerance_seconds=settings.tolerance_seconds)
     verify_signature(signed, body, keys())
@@ -155,10 +163,13 @@ def _receive(
         "payment_id": envelope.summary.get("payment_id"),
     }
     if result.created:
-        logger.info("webhook accepted", extra={**log_fields, "envelope_problem": envelope.problem})
-        metrics.add_metric(name="WebhookAccepted", unit=MetricUnit.Count, value=1)
+        # The path every new webhook takes: one line, the WebhookAccepted count inside it.
+        invocation.log_with_metric(
+            "webhook accepted", "WebhookAccepted", **log_fields, envelope_problem=envelope.problem
+        )
         return json_response(200, {"status": "accepted", "webhook_id": signed.webhook_id})
 
+    invocation.through_powertools()
     metrics.add_metric(name="WebhookDuplicate", unit=MetricUnit.Count, value=1)
     if result.stored_body is not None and result.stored_body != body:
         # Same id, other content: Moment should never do this. Keep the first body, say so loudly.
