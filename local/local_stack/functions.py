@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,9 +168,10 @@ class LocalFunctions:
                 )
         return self
 
-    def warm(self) -> None:
-        """One worker of every function started, all at once, before the first invocation: Lambda's cold
-        start happens here rather than inside a caller's timeout (the first webhook, the first push)."""
+    def warm(self, logical_ids: Iterable[str]) -> None:
+        """One worker of each of `logical_ids` started, all at once, before their first invocation: the
+        cold start happens here rather than inside an HTTP caller's timeout (the first webhook). The
+        other functions' first workers start at their first invocation, as on Lambda."""
         failures: list[BaseException] = []
 
         def start(pool: WorkerPool) -> None:
@@ -179,7 +180,8 @@ class LocalFunctions:
             except BaseException as error:
                 failures.append(error)
 
-        threads = [threading.Thread(target=start, args=(pool,), daemon=True) for pool in self._pools.values()]
+        pools = [self._pools[logical_id] for logical_id in logical_ids if logical_id in self._pools]
+        threads = [threading.Thread(target=start, args=(pool,), daemon=True) for pool in pools]
         for thread in threads:
             thread.start()
         for thread in threads:

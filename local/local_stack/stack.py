@@ -295,7 +295,7 @@ def running_stack(
             on_report=_reports_to(settings),
         )
         functions.load()  # in_process: imports the handlers; otherwise a pool of workers per function
-        functions.warm()  # one worker of each started (more start when invocations overlap)
+        functions.warm(HTTP_FUNCTIONS)  # the API's first callers do not wait for a cold start
         from moment_sync import runtime  # noqa: PLC0415 -- imported by the handlers just now
 
         runtime.reset()

@@ -31,6 +31,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -43,6 +44,10 @@ PRELOAD = [
     "aws_lambda_powertools",
     "aws_lambda_powertools.logging",
     "aws_lambda_powertools.metrics",
+    "aws_lambda_powertools.event_handler.api_gateway",
+    "concurrent.futures",
+    "multiprocessing.managers",
+    "local_stack.worker_preload",  # boto3's default session, warmed
 ]
 # Lambda gives a function's initialisation 10 s; a loaded 2-core machine gets more before it is an error.
 INIT_TIMEOUT_SECONDS = 60.0
@@ -171,6 +176,20 @@ class WorkerPool:
             self._changed.notify()
 
 
+_preparation_data = spawn.get_preparation_data
+_starting = threading.Lock()
+
+
+def _without_main(name: str) -> dict[str, Any]:
+    """multiprocessing's preparation of a child, less the caller's main module: a worker needs only
+    `worker_main`, and running the main module again in every worker (a script's, the demo's) would
+    import the whole local stack each time."""
+    data: dict[str, Any] = _preparation_data(name)
+    data.pop("init_main_from_path", None)
+    data.pop("init_main_from_name", None)
+    return data
+
+
 def start_fork_server() -> None:
     """Start the fork server (it imports PRELOAD once) if it is not running yet."""
     from multiprocessing import forkserver  # noqa: PLC0415
@@ -192,7 +211,12 @@ class _Worker:
             name=f"{spec.logical_id}-{number}",
             daemon=True,
         )
-        process.start()
+        with _starting:
+            spawn.get_preparation_data = _without_main
+            try:
+                process.start()
+            finally:
+                spawn.get_preparation_data = _preparation_data
         child_end.close()
         worker = cls(process, parent_end)
         if not parent_end.poll(INIT_TIMEOUT_SECONDS):
