@@ -21,8 +21,9 @@ from typing import Any
 
 from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
 from local_stack.stack import PUSHER, RECONCILER, LocalSettings, RunningStack, running_stack
+from local_stack.workers import WorkerPlugin
 from moment_sandbox import SandboxSettings
-from soak.faults import KINDS, FaultRates, FunctionFaults
+from soak.faults import KINDS, FaultRates, InjectedFaults
 from soak.traffic import Deliveries, Delivery, Merchant, Moment, Sent, event_body, made_up_signature
 from soak.verdict import Verdict, judge
 from soak.workload import (
@@ -84,7 +85,13 @@ class SoakResult:
         )
 
 
-def stack_settings(settings: SoakSettings) -> LocalSettings:
+def stack_settings(settings: SoakSettings, faults: InjectedFaults | None = None) -> LocalSettings:
+    """The soak's local stack; with `faults`, every worker injects the soak's faults and reports them."""
+    plugins = (
+        (WorkerPlugin("soak.faults:in_worker", (settings.seed, settings.rates)),)
+        if faults is not None
+        else ()
+    )
     return LocalSettings(
         api_port=0,
         sandbox_port=0,
@@ -96,6 +103,8 @@ def stack_settings(settings: SoakSettings) -> LocalSettings:
         # The functions give up on a Moment answer after 1 s, so an injected timeout costs 1 s, not 10.
         parameter_overrides={"MomentReadTimeoutSeconds": MOMENT_READ_TIMEOUT_SECONDS},
         sandbox=SandboxSettings(applies_payments=settings.applies_payments, seed=settings.seed),
+        worker_plugins=plugins,
+        on_worker_report=faults.receive if faults is not None else None,
     )
 
 
@@ -110,9 +119,11 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
     sent = Sent()
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    with running_stack(stack_settings(settings)) as stack:
+    state: dict[str, Any] = {}
+    faults = InjectedFaults(state)
+    with running_stack(stack_settings(settings, faults)) as stack:
         stack.sandbox.configure(webhook_url=None)  # the soak delivers Moment's webhooks itself
-        faults = _inject(stack, settings)
+        stack.functions.state = state  # what the workers' faults read before each invocation
         moment = Moment(stack.sandbox_url)
         try:
             merchant = Merchant(stack.api_url, sent)
@@ -146,17 +157,6 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
         finally:
             moment.close()
     return SoakResult(settings, workload, sent, verdict, injected, seconds)
-
-
-def _inject(stack: RunningStack, settings: SoakSettings) -> FunctionFaults:
-    from moment_sync import runtime  # noqa: PLC0415 -- as the functions import it, inside the stack
-
-    faults = FunctionFaults(settings.seed, settings.rates)
-    faults.attach_to_dynamodb(runtime.aws_client("dynamodb"))  # the client every function uses
-    handlers = stack.functions.handlers
-    handlers[RECONCILER] = faults.crashing_reconciler(handlers[RECONCILER])
-    handlers[PUSHER] = faults.budget_cut_pusher(handlers[PUSHER], PUSHER)
-    return faults
 
 
 def _moment_faults(moment: Moment) -> dict[str, int]:

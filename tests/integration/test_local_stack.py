@@ -135,8 +135,9 @@ def test_a_payment_moment_applies_during_a_push_is_restored_by_the_next_push() -
 
 
 def test_an_object_adopted_after_a_failed_booking_keeps_the_payments_moment_applied() -> None:
+    # In this process (one invocation at a time): the test hooks the functions' own DynamoDB client.
     with (
-        running_stack(quick_settings()) as stack,
+        running_stack(quick_settings(in_process=True)) as stack,
         httpx.Client(base_url=stack.api_url, trust_env=False) as api,
     ):
         from moment_sync import runtime
@@ -297,7 +298,8 @@ def test_records_older_than_the_maximum_age_go_to_the_failure_destination_unsent
 
 
 def test_a_record_that_keeps_failing_ends_in_the_failure_queue_and_the_redrive_applies_it() -> None:
-    settings = quick_settings(parameter_overrides={"ReconcilerMaximumRetryAttempts": "2"})
+    # In this process (one invocation at a time): the test hooks the functions' own DynamoDB client.
+    settings = quick_settings(parameter_overrides={"ReconcilerMaximumRetryAttempts": "2"}, in_process=True)
     with (
         running_stack(settings) as stack,
         httpx.Client(base_url=stack.api_url, trust_env=False) as api,
