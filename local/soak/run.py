@@ -143,6 +143,9 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
                 seed=settings.seed,
             )
             _traffic(stack, workload, moment, merchant, sent, settings, say)
+            # The functions run at once, so the deliveries outrun the stream's one shard: the backlog
+            # is reconciled under the same faults before they stop.
+            _drain(stack)
             seconds["traffic"] = time.monotonic() - started - sum(seconds.values())
 
             faults.stop()
@@ -340,8 +343,7 @@ def _settle(stack: RunningStack) -> None:
     """Every delivery made and the stream drained; then the re-drive and the pusher run, as their
     schedules would, until neither has anything left to do. A balance still pending but backing off
     (its last push failed, or was deferred) is waited for, as the next scheduled run would be."""
-    if not stack.wait_until_quiet(120):
-        raise RuntimeError("the stream never drained")
+    _drain(stack)
     stack.scheduler.stop()  # from here the soak runs the schedules itself, so nothing moves while it looks
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
@@ -363,6 +365,17 @@ def _settle(stack: RunningStack) -> None:
         # A retry that came due between the push run and this scan is already in the past.
         time.sleep(max(0.0, min(max(_seconds_until(when) for when in backing_off), 5.0)) + 0.1)
     raise RuntimeError(f"the re-drive and the pusher still had work after {SETTLE_SECONDS} s of quiet")
+
+
+def _drain(stack: RunningStack, window: float = 120.0) -> None:
+    """Until every delivery is made and the stream is drained. With the functions running at once, the
+    traffic outruns the stream's one shard and the backlog is reconciled here: wait as long as
+    records keep being sent to the reconciler, and give up only after `window` seconds without any."""
+    sent = -1
+    while not stack.wait_until_quiet(window):
+        if stack.stream.stats.records_sent == sent:
+            raise RuntimeError("the stream never drained")
+        sent = stack.stream.stats.records_sent
 
 
 def _seconds_until(iso: Any) -> float:
