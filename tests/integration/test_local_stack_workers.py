@@ -114,22 +114,25 @@ def test_a_timed_out_invocation_is_reported_as_lambda_reports_it(tmp_path: Path)
 def test_a_scheduled_run_killed_at_its_timeout_is_retried_as_an_asynchronous_invocation(
     tmp_path: Path,
 ) -> None:
+    # The daily check: the template gives it MaximumRetryAttempts 2 (the pusher and the re-drive have 0:
+    # their next scheduled run is the retry).
+    daily = "DailyReconcileFunction"
     settings = quick_settings(
-        redrive_interval_seconds=60.0,
-        function_timeouts={"RedriveFunction": 5.0},
+        function_timeouts={daily: 5.0},
         async_retry_delays_seconds=(0.2, 0.2),
-        worker_plugins=(slow_first(tmp_path, ("RedriveFunction",), slow=2),),
+        worker_plugins=(slow_first(tmp_path, (daily,), slow=2),),
     )
     with running_stack(settings) as stack:
-        stack.scheduler._jobs["RedriveFunction"].next_at = time.monotonic()  # the schedule fires now
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and stack.scheduler.status()["RedriveFunction"]["runs"] < 3:
+        job = stack.scheduler._jobs[daily]  # on demand locally: give it a (daily) schedule firing now
+        job.interval_seconds, job.next_at = 86400.0, time.monotonic()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and stack.scheduler.status()[daily]["runs"] < 3:
             time.sleep(0.1)
         status = stack.status()
     # The scheduled run and its first retry killed; the second retry (Lambda's last) ran.
-    assert status["timed_out"] == {"RedriveFunction": 2}, status
-    assert status["schedules"]["RedriveFunction"]["async_retries"] == 2
-    assert status["function_errors"] == {"RedriveFunction": 2}
+    assert status["timed_out"] == {daily: 2}, status
+    assert status["schedules"][daily]["async_retries"] == 2
+    assert status["function_errors"] == {daily: 2}
 
 
 def test_lambda_retries_a_failed_asynchronous_invocation_at_most_its_maximum_retry_attempts() -> None:
