@@ -337,6 +337,50 @@ class Simulation(RuleBasedStateMachine):
             self.world.adopt("customer", ref, moment_wins)
             self.world.push_when_due()
 
+    @rule(
+        pick=st.integers(0, 50),
+        other=st.integers(1, 50),
+        amount=st.sampled_from(AMOUNTS),
+        another_amount=st.booleans(),
+    )
+    def moment_sends_one_application_id_for_two_balances(
+        self, pick: int, other: int, amount: int, another_amount: bool
+    ) -> None:
+        """Moment takes a payment on a linked object and its webhook is reconciled; then a webhook with
+        the same application id names another linked balance (and maybe another amount). One
+        application changes at most one balance, once (issue 11, item 7): the second is never applied."""
+        linked = self._linked_objects()
+        if len(linked) < 2:
+            return
+        first = pick % len(linked)
+        kind, moment_id, _balance_pk, _owner = linked[first]
+        second_kind, second_id, _second_pk, _second_owner = linked[(first + other) % len(linked)]
+        if second_id == moment_id:
+            return
+        self._step(
+            f"moment_sends_one_application_id_for_two_balances({kind} {moment_id}, {second_kind} "
+            f"{second_id}, {amount}, another_amount={another_amount})"
+        )
+        payment, event = self.world.moment.pay(kind, moment_id, amount)
+        body = json.dumps(event).encode()
+        self.world.bodies[payment.application_id] = body
+        self._deliver([self.world.new_message(body)])
+        for _ in range(2):  # read, then sent after the batching window
+            self.world.poll_stream()
+        target = self.world.moment.find(second_kind, second_id) or {}
+        data = {**event["data"], "customer_id": target.get("customer_id", second_id)}
+        data.pop("account_id", None)
+        if second_kind == "account":
+            data["account_id"] = second_id
+        else:
+            data["customer_id"] = second_id
+        if another_amount:
+            data["amount"] += 500
+        again = {**event, "id": f"{event['id']}-elsewhere", "data": data}
+        self._deliver([self.world.new_message(json.dumps(again).encode())])
+        for _ in range(2):
+            self.world.poll_stream()
+
     @precondition(lambda self: bool(self.world.outbox))
     @rule(pick=st.integers(0, 10_000), fault=st.sampled_from(("throttle", "crash before", "crash after")))
     def deliver_a_webhook_while_storage_fails(self, pick: int, fault: str) -> None:
