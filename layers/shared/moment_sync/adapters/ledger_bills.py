@@ -19,14 +19,14 @@ from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.bills import (
     BILL_PUSH_SHARD_PREFIX,
-    BillEntryKind,
+    BillEntry,
     BillRef,
     BillStatus,
     is_bill_key,
     listing_order,
     status_for,
 )
-from moment_sync.ledger.model import PUSH_SHARDS, Entry
+from moment_sync.ledger.model import PUSH_SHARDS
 from moment_sync.reconciliation import EventStatus
 
 BILLS_BY_OWNER_INDEX = "BillsByOwner"
@@ -66,7 +66,7 @@ def bill_head_key(bill: BillRef) -> dict[str, Any]:
     return {"pk": {"S": bill.partition_key}, "sk": {"S": _HEAD}}
 
 
-def bill_entry_item(bill: BillRef, entry: Entry, currency: str, webhook_id: str | None) -> dict[str, Any]:
+def bill_entry_item(bill: BillRef, entry: BillEntry, currency: str, webhook_id: str | None) -> dict[str, Any]:
     return to_item(
         {
             "pk": bill.partition_key,
@@ -81,10 +81,6 @@ def bill_entry_item(bill: BillRef, entry: Entry, currency: str, webhook_id: str 
             "webhook_id": webhook_id,
         }
     )
-
-
-def _bill_entry_id(kind: BillEntryKind, source_id: str) -> str:
-    return f"{kind.value}:{source_id}"
 
 
 class LedgerBills:
@@ -104,21 +100,37 @@ class LedgerBills:
         item = response.get("Item")
         return from_item(item) if item else None
 
+    def get_bill_entry(self, bill: BillRef, entry_id: str) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": bill.partition_key}, "sk": {"S": _ENTRY_PREFIX + entry_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
+
     def bills_of(
         self,
         owner_pk: str,
         *,
-        open_only: bool = False,
+        status: str | None = None,
         limit: int = 50,
         cursor: dict[str, Any] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """An owner's bills from the BillsByOwner index: open ones first, soonest due first."""
+        """An owner's bills from the BillsByOwner index: open ones first, soonest due first. Unpaid
+        ones are a key condition; paid or voided (both closed) a filter on the closed ones, so a page
+        may hold fewer than `limit` and still have a next one."""
         condition = "bill_owner = :owner"
         values: dict[str, Any] = {":owner": {"S": owner_pk}}
-        if open_only:
-            condition += " AND begins_with(bill_order, :open)"
-            values[":open"] = {"S": "0#"}
-        request: dict[str, Any] = {
+        request: dict[str, Any] = {}
+        if status is not None:
+            condition += " AND begins_with(bill_order, :order)"
+            values[":order"] = {"S": ("0#" if status == BillStatus.UNPAID else "1#")}
+        if status in (BillStatus.PAID, BillStatus.VOIDED):
+            request["FilterExpression"] = "#status = :status"
+            request["ExpressionAttributeNames"] = {"#status": "status"}
+            values[":status"] = {"S": status}
+        request |= {
             "TableName": self.table_name,
             "IndexName": BILLS_BY_OWNER_INDEX,
             "KeyConditionExpression": condition,
@@ -186,7 +198,7 @@ class LedgerBills:
         return True
 
     def add_outside_payment(
-        self, bill: BillRef, read: dict[str, Any], entry: Entry, request_hash: str
+        self, bill: BillRef, read: dict[str, Any], entry: BillEntry, request_hash: str
     ) -> BillWriteResult:
         """A payment taken outside Moment: its entry and the head (outside_paid, amount_paid, status;
         pending, since Moment must hear of it), only at the version read and only if not voided."""
@@ -200,7 +212,8 @@ class LedgerBills:
             "Key": bill_head_key(bill),
             "UpdateExpression": "ADD outside_paid :amount, amount_paid :amount, version :one "
             "SET #status = :status, bill_order = :order, updated_at = :now, "
-            "push_shard = if_not_exists(push_shard, :shard), pending_since = if_not_exists(pending_since, :now)",
+            "push_shard = if_not_exists(push_shard, :shard), "
+            "pending_since = if_not_exists(pending_since, :now)",
             "ConditionExpression": "version = :version AND attribute_not_exists(void_requested_at)",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": to_values(
@@ -259,7 +272,7 @@ class LedgerBills:
         return bill
 
     def apply_bill_payment(
-        self, bill: BillRef, entry: Entry, currency: str, webhook_id: str, now: float
+        self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str, now: float
     ) -> BillWriteResult:
         """In one transaction: the entry (keyed by the application id), the bill's amount_paid and
         status, the event's status `applied`, and the ledger-wide application guard. A Moment payment
@@ -311,7 +324,8 @@ class LedgerBills:
                         "Key": bill_head_key(bill),
                         "UpdateExpression": "ADD amount_paid_moment :amount, amount_paid :amount, "
                         "version :one SET #status = :status, bill_order = :order, updated_at = :now",
-                        "ConditionExpression": "version = :version AND attribute_not_exists(void_requested_at)",
+                        "ConditionExpression": "version = :version "
+                        "AND attribute_not_exists(void_requested_at)",
                         "ExpressionAttributeNames": {"#status": "status"},
                         "ExpressionAttributeValues": to_values(
                             {
@@ -384,7 +398,8 @@ class LedgerBills:
         """Moment knows `bill` as `moment_id` (a create or an adoption, or the re-drive's link): the
         link item and the head in one transaction; linking the same pair again is a no-op.
         MappingConflict (from ledger_table) if either is already linked to something else."""
-        from moment_sync.adapters.ledger_table import MappingConflict, _transient_or
+        # ledger_table imports this module: its errors are imported when first needed.
+        from moment_sync.adapters.ledger_table import MappingConflict, _transient_or  # noqa: PLC0415
 
         try:
             self._client.transact_write_items(
@@ -435,7 +450,9 @@ class LedgerBills:
             ConditionExpression=condition,
             ExpressionAttributeValues=to_values(
                 {
-                    ":intent": [{"amount_paid": amount_paid, "outside_paid": int(read.get("outside_paid", 0))}],
+                    ":intent": [
+                        {"amount_paid": amount_paid, "outside_paid": int(read.get("outside_paid", 0))}
+                    ],
                     ":none": [],
                     **values,
                 }
@@ -481,7 +498,10 @@ class LedgerBills:
         )
         if voided_at_moment:
             sets += ", voided_at_moment = if_not_exists(voided_at_moment, :now)"
-        removed = "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, push_conflict"
+        removed = (
+            "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
+            "blocked_since, push_conflict"
+        )
         for update, extra_condition in (
             (f"{sets} {removed}, push_shard, pending_since", " AND version = :version"),
             (f"{sets} {removed}", ""),

@@ -728,7 +728,7 @@ class LedgerTable(LedgerBills):
     # --- reads ------------------------------------------------------------------------------
 
     def entries(
-        self, balance: BalanceRef, limit: int = 50, cursor: dict[str, Any] | None = None
+        self, balance: BalanceRef | BillRef, limit: int = 50, cursor: dict[str, Any] | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Entries newest first, `limit` at a time; the second value pages on."""
         request: dict[str, Any] = {

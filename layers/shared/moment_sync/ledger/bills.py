@@ -26,6 +26,8 @@ OPEN_ORDER, CLOSED_ORDER = "0", "1"
 NO_DUE_DATE: Final = "9999-12-31"
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 DESCRIPTION_MAX = 500
+# Open PATCH intents a bill may carry (as for balances): past it the pusher sends nothing more.
+MAX_OPEN_BILL_INTENTS = 5
 
 
 class BillStatus(StrEnum):
@@ -64,6 +66,22 @@ class BillRef:
 
     def __str__(self) -> str:
         return f"bill {self.ref}"
+
+
+@dataclass(frozen=True, slots=True)
+class BillEntry:
+    """One payment on one bill, keyed by its source (a Moment application id, or the merchant's
+    payment id) so a repeat is refused. `amount` is positive: what it raised amount_paid by."""
+
+    kind: BillEntryKind
+    amount: int
+    source_id: str
+    source: dict[str, str]
+    created_at: str
+
+    @property
+    def entry_id(self) -> str:
+        return f"{self.kind.value}:{self.source_id}"
 
 
 def is_bill_key(partition_key: str) -> bool:
