@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from moment_sync.ledger.bills import BillRef
+from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness
 from support.ledger_api import LedgerApi
-from moment_sync.runtime import LedgerDependencies
 from support.webhooks import NOW
 
 
