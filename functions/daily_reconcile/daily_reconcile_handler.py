@@ -1,12 +1,14 @@
-"""On a schedule: continue the pass that compares every balance linked to Moment with Moment's own
-(rate-limited, within this run's time budget; the cursor lives in the `daily-check` lease), count the
-unexplained differences in `ReconcileDifferences`, which an alarm watches, and `ReconcilePassCompleted`
-when the pass ends. One run at a time: a run that finds the lease held does nothing."""
+"""On a schedule: continue the pass that compares every balance and bill linked to Moment with
+Moment's own (rate-limited, within this run's time budget; the cursor lives in the `daily-check`
+lease), count the unexplained differences in `ReconcileDifferences`, which an alarm watches, and
+`ReconcilePassCompleted` when the pass ends. One run at a time: a run that finds the lease held does
+nothing."""
 
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from moment_sync.bill_report import BillComparison
 from moment_sync.leases import Leases, exclusive_run
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconcile_report import DAILY_CHECK_LEASE, DailyCheck
@@ -38,6 +40,21 @@ def lambda_handler(
             return {"skipped": "another run of the daily check holds the lease"}
         run = check.run(lease, time_left)
     for comparison in run.unexplained:
+        if isinstance(comparison, BillComparison):
+            logger.warning(
+                "ledger and Moment disagree on a bill",
+                extra={
+                    "reference": comparison.bill.ref,
+                    "balance_kind": "bill",
+                    "ledger_amount_paid": comparison.ledger_paid,
+                    "moment_amount_paid": comparison.moment_paid,
+                    "ledger_status": comparison.ledger_status,
+                    "moment_status": comparison.moment_status,
+                    "sync": comparison.sync,
+                    "note": comparison.note,
+                },
+            )
+            continue
         logger.warning(
             "ledger and Moment disagree",
             extra={

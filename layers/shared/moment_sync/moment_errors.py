@@ -3,6 +3,7 @@
     MomentError                      anything the client raises
     ├── MomentKeyRefused             the API key does not suit this environment (at construction)
     ├── MomentNotOurs                Moment's object under this reference is not the ledger's to adopt
+    │   └── MomentBillDiffers        our bill's reference, another owner, amount or currency
     └── MomentApiError               a request failed; carries method, path, status, problem details
         ├── MomentRequestRejected    a 4xx Moment will refuse again if asked again (never retried)
         │   ├── MomentNotFound       404
@@ -81,6 +82,11 @@ class MomentNotOurs(MomentError):
     """Moment holds an object under the ledger's reference that is not the ledger's: its
     external_reference differs (the reference was read as another object's Moment id), or an account
     belongs to another customer. Adopting it would push a balance onto someone else's object."""
+
+
+class MomentBillDiffers(MomentNotOurs):
+    """Moment holds a bill under the ledger's reference whose owner, amount_due or currency differ from
+    the ledger's bill: adopting it would record the ledger's payments against another debt."""
 
 
 class MomentApiError(MomentError):

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable
+from moment_sync.bill_report import BillComparison, compare_bill
 from moment_sync.leases import HeldLease
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import sync_state
 from moment_sync.moment_client import MomentClient
@@ -111,20 +113,20 @@ SAVE_SECONDS = 5.0
 class CheckRun:
     """What one run of the scheduled check did."""
 
-    comparisons: list[Comparison] = field(default_factory=list)
+    comparisons: list[Comparison | BillComparison] = field(default_factory=list)
     pass_started: bool = False
     pass_completed: bool = False
     stopped_early: bool = False  # the time budget ran out: the next run continues from the cursor
     not_due: bool = False  # the last pass completed less than `pass_every_seconds` ago
 
     @property
-    def unexplained(self) -> list[Comparison]:
+    def unexplained(self) -> list[Comparison | BillComparison]:
         return [comparison for comparison in self.comparisons if not comparison.explained]
 
 
 @dataclass
 class DailyCheck:
-    """Compares every linked balance with Moment's, at most `calls_per_second`, in one pass that runs
+    """Compares every linked balance and bill with Moment's, at most `calls_per_second`, in one pass that runs
     continue across (the cursor lives in the lease's state); a new pass starts `pass_every_seconds`
     after the last one started. Each balance is checked only while the run has time for the worst
     case of its one Moment call (the client's worst_call_seconds), the pause and saving the cursor."""
@@ -167,7 +169,11 @@ class DailyCheck:
                     # Paced, not paused: Moment's own latency counts toward the interval.
                     self.sleep(max(0.0, last_call + self.pause - self.now()))
                 last_call = self.now()
-                comparison = _compare_one(self.ledger, self.moment, balance)
+                comparison: Comparison | BillComparison | None = (
+                    compare_bill(self.ledger, self.moment, balance)
+                    if isinstance(balance, BillRef)
+                    else _compare_one(self.ledger, self.moment, balance)
+                )
                 state["cursor"] = key
                 if comparison is not None:
                     run.comparisons.append(comparison)
