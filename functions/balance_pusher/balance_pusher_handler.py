@@ -1,10 +1,12 @@
-"""On a schedule: push balances whose version is ahead of Moment's, within this run's time budget."""
+"""On a schedule: push balances whose version is ahead of Moment's, then bills, within this run's time
+budget (bills get what the balances left: a bill's owner is created at Moment by the balance push)."""
 
 from dataclasses import asdict
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from moment_sync.bill_pusher import BillPusher
 from moment_sync.observability import logger, metrics
 from moment_sync.pusher import BalancePusher
 from moment_sync.runtime import balance_pusher
@@ -13,9 +15,22 @@ from moment_sync.runtime import balance_pusher
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(
-    event: dict[str, Any], context: LambdaContext, pusher: BalancePusher | None = None
+    event: dict[str, Any],
+    context: LambdaContext,
+    pusher: BalancePusher | None = None,
+    bills: BillPusher | None = None,
 ) -> dict[str, Any]:
     pusher = pusher or balance_pusher()
-    report = pusher.push_pending(time_left=lambda: context.get_remaining_time_in_millis() / 1000)
-    logger.info("push run finished", extra=asdict(report))
-    return asdict(report)
+    # The same ledger, Moment client and concurrency as the balances'.
+    bills = bills or BillPusher(
+        ledger=pusher.ledger, moment=pusher.moment, now=pusher.now, concurrency=pusher.concurrency
+    )
+
+    def time_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000
+
+    report = pusher.push_pending(time_left=time_left)
+    bill_report = bills.push_pending(time_left=time_left)
+    result = {**asdict(report), "bills": asdict(bill_report)}
+    logger.info("push run finished", extra=result)
+    return result
