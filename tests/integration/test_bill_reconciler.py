@@ -4,13 +4,14 @@ a voided bill, an unknown bill id linked later, overpayment (docs/ledger.md#bill
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.bills import BillRef
-from moment_sync.redrive import redrive_linked
+from moment_sync.redrive import redrive, redrive_linked
 from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
 
@@ -156,3 +157,72 @@ def test_a_bill_payment_in_another_currency_is_parked(harness: LedgerHarness) ->
     event = deliver(harness, "msg_1", payment("ob_1", 300, bill_id="bill_1", currency="USD"))
     assert (event["status"], event["reason"]) == ("parked", "currency_mismatch")
     assert bill_head(harness, bill)["amount_paid"] == 0
+
+
+@dataclass
+class MomentBillSeen:
+    external_reference: str
+    currency: str = "ZAR"
+    amount_due: int = 1000
+    customer_id: str | None = "bcus_1"
+    account_id: str | None = None
+
+
+class FakeBillDirectory:
+    """Moment's answer to GET /billing/bills/{id} (only bill ids are asked here)."""
+
+    def __init__(self, bills: dict[str, MomentBillSeen]) -> None:
+        self.bills = bills
+        self.asked: list[str] = []
+
+    def external_reference(self, kind: Any, moment_id: str) -> str | None:
+        raise AssertionError("a bill id is never looked up as a customer or an account")
+
+    def account_owner(self, account_id: str) -> tuple[str, str | None]:
+        raise AssertionError("not for bills")
+
+    def bill(self, bill_id: str) -> MomentBillSeen | None:
+        self.asked.append(bill_id)
+        return self.bills.get(bill_id)
+
+
+def test_the_redrive_links_an_unmatched_bill_id_from_moments_own_record(harness: LedgerHarness) -> None:
+    bill = raise_bill(harness, moment_id=None)
+    deliver(harness, "msg_1", payment("ob_1", 300, bill_id="bill_9"))
+    deliver(harness, "msg_2", payment("ob_2", 200, bill_id="bill_9"))
+    directory = FakeBillDirectory({"bill_9": MomentBillSeen("FEE")})
+    report = redrive(
+        ["msg_1"], events=harness.events, ledger=harness.ledger, directory=directory, now=harness.clock
+    )
+    assert report.linked == ["bill_9 -> bill FEE"]
+    # The other payment naming it is re-driven at once, through the UnmatchedByMomentId index.
+    assert (harness.event("msg_1")["status"], harness.event("msg_2")["status"]) == ("applied", "applied")
+    head = bill_head(harness, bill)
+    assert (head["moment_id"], head["amount_paid"]) == ("bill_9", 500)
+    assert directory.asked == ["bill_9"]
+
+
+@pytest.mark.parametrize(
+    "seen",
+    [
+        MomentBillSeen("FEE", amount_due=999),
+        MomentBillSeen("FEE", currency="USD"),
+        MomentBillSeen("FEE", customer_id="bcus_someone_else"),
+        MomentBillSeen("NOT-IN-LEDGER"),
+    ],
+    ids=["amount", "currency", "owner", "unknown-reference"],
+)
+def test_the_redrive_never_links_a_bill_that_is_not_the_ledgers(
+    harness: LedgerHarness, seen: MomentBillSeen
+) -> None:
+    bill = raise_bill(harness, moment_id=None)
+    deliver(harness, "msg_1", payment("ob_1", 300, bill_id="bill_9"))
+    report = redrive(
+        ["msg_1"],
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=FakeBillDirectory({"bill_9": seen}),
+        now=harness.clock,
+    )
+    assert report.linked == [] and report.outcomes == {"parked:unmatched": 1}
+    assert "moment_id" not in bill_head(harness, bill)

@@ -68,6 +68,12 @@ COMMANDS: dict[str, Case] = {
     "unlink": Case(("unlink", "customer", "UCR1"), 0, r"unlinked customer UCR1 from bcus_1"),
     "link": Case(("link", "customer", "UCR1", "bcus_1"), 1, r"^$"),  # already linked: refused, one line
     "adopt": Case(("adopt", "--all-held", "--ledger-wins"), 0, r"no balance is held after an adoption"),
+    "bill": Case(
+        ("bill", "put", "FEE", "--customer", "UCR1", "--currency", "ZAR", "--amount-due", "90000"),
+        0,
+        r"created: bill FEE\n(.*\n)*status\s+unpaid",
+    ),
+    "bills": Case(("bills", "--customer", "UCR1"), 0, r"customer UCR1: 0 bills"),
 }
 LOG_LINE = re.compile(r'"level"|service_undefined|"timestamp"')
 PYTHON_REPR = re.compile(r"\{'|\['|\bNone\b|\bTrue\b|\bFalse\b")

@@ -20,15 +20,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
 from moment_sync.envelope import read_envelope
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciler import Reconciled, reconcile_event
-from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
+from moment_sync.reconciliation import (
+    BillPaymentApplication,
+    EventStatus,
+    ParkReason,
+    PaymentApplication,
+    decide,
+)
 
 MAX_BACKOFF_SECONDS = 6 * 3600
 
@@ -41,6 +48,23 @@ class MomentDirectory(Protocol):
     def account_owner(self, account_id: str) -> tuple[str, str | None]:
         """The Moment id of the account's customer, and that customer's external_reference."""
         ...
+
+
+class MomentBillRecord(Protocol):
+    """What the re-drive needs of Moment's bill (moment_client.MomentBill has it)."""
+
+    external_reference: str
+    currency: str
+    amount_due: int
+    customer_id: str | None
+    account_id: str | None
+
+
+@runtime_checkable
+class BillDirectory(Protocol):
+    """Moment's own record of a bill id (GET /billing/bills/{id}), None if Moment has no such bill."""
+
+    def bill(self, bill_id: str) -> MomentBillRecord | None: ...
 
 
 @dataclass
@@ -225,6 +249,8 @@ def _link_from_moment(
 ) -> str | None:
     """Link the Moment id an unmatched payment names when Moment says whose it is; the id, if linked."""
     decision = decide(envelope_of(event))
+    if isinstance(decision, BillPaymentApplication):
+        return _link_bill_from_moment(decision.bill_id, ledger=ledger, directory=directory, report=report)
     if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
         return None
     reference = directory.external_reference(decision.target_kind, decision.moment_id)
@@ -260,3 +286,39 @@ def _link_from_moment(
         extra={"moment_id": decision.moment_id, "reference": reference},
     )
     return decision.moment_id
+
+
+def _link_bill_from_moment(
+    bill_id: str, *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+) -> str | None:
+    """Link an unmatched bill id when Moment's bill is the ledger's own: the same reference, currency
+    and amount_due, on the owner the ledger links (when it links one). Anything else is left for an
+    operator: linking another bill would apply its payments here."""
+    if not isinstance(directory, BillDirectory) or ledger.resolve_bill_id(bill_id):
+        return None
+    record = directory.bill(bill_id)
+    if record is None:
+        return None
+    bill = BillRef(record.external_reference)
+    head = ledger.get_bill(bill)
+    fields = {"moment_id": bill_id, "reference": record.external_reference}
+    if head is None:
+        logger.info("Moment knows this bill, but the ledger has no such reference", extra=fields)
+        return None
+    owner = ledger.get_head(BalanceRef(BalanceKind(str(head["owner_kind"])), str(head["owner_ref"]))) or {}
+    moment_owner = record.account_id if head["owner_kind"] == BalanceKind.ACCOUNT else record.customer_id
+    if (record.currency, record.amount_due) != (head.get("currency"), head.get("amount_due")) or (
+        owner.get("moment_id") and owner.get("moment_id") != moment_owner
+    ):
+        logger.warning(
+            "Moment's bill with this reference is not the ledger's; left for an operator", extra=fields
+        )
+        return None
+    try:
+        ledger.link_bill(bill, bill_id)
+    except MappingConflict:
+        logger.warning("the bill is linked to another Moment id; left for an operator", extra=fields)
+        return None
+    report.linked.append(f"{bill_id} -> {bill}")
+    logger.info("linked a Moment bill id from Moment's own record", extra=fields)
+    return bill_id
