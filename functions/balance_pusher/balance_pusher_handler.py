@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from moment_sync.bill_pusher import BillPusher
+from moment_sync.bill_pusher import BillPusher, BillPushResult
 from moment_sync.observability import logger, metrics
 from moment_sync.pusher import BalancePusher
 from moment_sync.runtime import balance_pusher
@@ -31,6 +31,10 @@ def lambda_handler(
 
     report = pusher.push_pending(time_left=time_left)
     bill_report = bills.push_pending(time_left=time_left)
+    if bill_report.results.get(BillPushResult.WAITING.value):
+        # Bills whose owners Moment lacked asked for them: create those owners, then those bills, now.
+        report = pusher.push_pending(time_left=time_left)
+        bill_report = bills.push_pending(time_left=time_left)
     result = {**asdict(report), "bills": asdict(bill_report)}
     logger.info("push run finished", extra=result)
     return result

@@ -166,30 +166,38 @@ def test_a_bill_on_an_account_is_created_on_that_account(
     assert on_moment(sandbox, "FEE-kid")["account_id"] == account["id"]
 
 
-def test_a_bill_whose_owner_moment_lacks_asks_for_the_owner_and_waits_for_it(
+def test_a_bill_whose_owner_moment_lacks_asks_for_the_owner_and_the_run_creates_both(
     harness: LedgerHarness,
     bill_pusher: BillPusher,
     pusher: BalancePusher,
     sandbox: MomentSandbox,
-    clock: list[float],
 ) -> None:
     # GIVEN a member on the bill model: no charges, so never pending, not on Moment
     member = harness.open_customer("UCR1")
     assert pusher.push_pending(time_left=lambda: 300).results == {}
     bill = raise_bill(harness)
-    # WHEN the bills are pushed: the owner is not at Moment yet, so the bill waits (a failed push,
-    # backed off) and asks the balance pusher for its owner
-    assert run(bill_pusher) == {"failed": 1}
-    assert "not at Moment yet" in head(harness, bill)["last_push_error"]
-    assert sandbox.state()["bills"] == []
+    # WHEN the bills alone are pushed: the bill waits (no backoff) and asks for its owner
+    assert run(bill_pusher) == {"waiting": 1}
     assert "push_shard" in harness.head(member)
-    # THEN the next scheduled run pushes the balances first (the owner), then the bills
-    clock[0] += 3600
+    assert "next_push_at" not in head(harness, bill)
+    assert sandbox.state()["bills"] == []
+    # THEN the scheduled run creates the owner, then the bill
     report = balance_pusher_handler.lambda_handler(
         {}, LocalLambdaContext("pusher", timeout_seconds=240), pusher, bill_pusher
     )
     assert (report["results"], report["bills"]["results"]) == ({"created": 1}, {"created": 1})
-    assert sandbox.state()["customers"][0]["external_reference"] == "UCR1"
+    assert on_moment(sandbox)["customer_id"] == sandbox.state()["customers"][0]["id"]
+
+
+def test_one_scheduled_run_creates_a_new_member_on_the_bill_model_and_the_bill(
+    harness: LedgerHarness, bill_pusher: BillPusher, pusher: BalancePusher, sandbox: MomentSandbox
+) -> None:
+    harness.open_customer("UCR1")
+    raise_bill(harness)
+    report = balance_pusher_handler.lambda_handler(
+        {}, LocalLambdaContext("pusher", timeout_seconds=240), pusher, bill_pusher
+    )
+    assert (report["results"], report["bills"]["results"]) == ({"created": 1}, {"created": 1})
     assert on_moment(sandbox)["customer_id"] == sandbox.state()["customers"][0]["id"]
 
 

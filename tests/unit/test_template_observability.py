@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from local_stack.template import load_template
-from moment_sync.ledger.model import CURRENCIES
 from moment_sync.bill_pusher import BillPushResult
+from moment_sync.ledger.model import CURRENCIES
 from moment_sync.pusher import PushResult
 from moment_sync.reconciliation import ParkReason
 from moment_sync.signature import Rejection

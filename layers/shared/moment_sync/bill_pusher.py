@@ -60,10 +60,16 @@ class BillPushResult(StrEnum):
     SKIPPED = "skipped"  # no longer pending, or its state changed under us
     CONFLICT = "conflict"
     BLOCKED = "blocked"
+    WAITING = "waiting"  # for its owner, which the balance pusher is now asked to create first
 
 
 class OwnerNotAtMoment(MomentError):
-    """The bill's customer or account is not linked to Moment yet: the balance pusher creates it first."""
+    """The bill's customer or account is not linked to Moment yet: the balance pusher creates it first.
+    `asked`: the owner is pending for the balance pusher (then the bill waits without a backoff)."""
+
+    def __init__(self, message: str, *, asked: bool) -> None:
+        super().__init__(message)
+        self.asked = asked
 
 
 class MomentLacksBill(MomentError):
@@ -140,6 +146,12 @@ class BillPusher:
             return BillPushResult.CREATED if created and result in settled else result
         except (MomentNotOurs, MappingConflict) as error:
             return self._conflict(bill, head, str(error), log)
+        except OwnerNotAtMoment as waiting:
+            if not waiting.asked:  # an owner the balance pusher will not create: a failure, shown
+                return self._failed(bill, head, waiting, log)
+            # Not counted as a failure: the owner's own push shows if it is stuck (failing, conflict).
+            logger.info("bill waits for its owner to be created at Moment", extra=log)
+            return BillPushResult.WAITING
         except Exception as error:  # any other fault of one push is that bill's failed push
             if not isinstance(error, MomentError):
                 logger.exception("push of one bill failed", extra=log)
@@ -174,10 +186,11 @@ class BillPusher:
         owner_head = self.ledger.get_head(owner) or {}
         owner_id = owner_head.get("moment_id")
         if not owner_id:
-            # One with no charges was never pending: ask the balance pusher for it (next run).
-            self.ledger.request_first_push(owner, self.now())
+            # One with no charges was never pending: ask the balance pusher for it.
+            asked = self.ledger.request_first_push(owner, self.now()) or "push_shard" in owner_head
             raise OwnerNotAtMoment(
-                f"{owner} is not at Moment yet: the bill waits for the balance pusher to create it"
+                f"{owner} is not at Moment yet: the bill waits for the balance pusher to create it",
+                asked=asked,
             )
         on_account = owner.kind is BalanceKind.ACCOUNT
         return NewBill(
