@@ -186,11 +186,12 @@ def test_parked_lists_by_reason_and_redrives_after_the_fix(harness: LedgerHarnes
     harness.receive("msg_bill", payment("ob_8", 100, customer_id="bcus_late", bill_id="bill_1"))
     harness.invoke(harness.next_batch())
     code, text = run_cli(harness, "parked")
-    assert code == 0 and "unmatched" in text and "unsupported" in text and text.strip().endswith("2 events")
+    assert code == 0 and "unmatched" in text and text.strip().endswith("2 events")
+    assert "no bill in the ledger is linked to bill_1" in text  # a bill payment waits for its bill
     late = harness.open_customer("LATE1")
     harness.ledger.link_moment_id(late, "bcus_late")
     code, text = run_cli(harness, "--json", "parked", "--reason", "unmatched", "--redrive")
-    assert code == 0 and json.loads(text)["redrive"]["outcomes"] == {"applied": 1}
+    assert code == 0 and json.loads(text)["redrive"]["outcomes"] == {"applied": 1, "parked:unmatched": 1}
     assert harness.head(late)["balance"] == -250
 
 

@@ -562,7 +562,10 @@ def _reconcile_report(
             }
             for c in comparisons
         ]
-        _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
+        if only is not None:
+            _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
+        else:  # one document: the bills are added to it below
+            arguments.report_document = {"balances": rows, "unexplained": len(unexplained)}
     else:
         table = [
             [
@@ -580,6 +583,13 @@ def _reconcile_report(
                 ["kind", "reference", "ledger", "moment", "sync", "note"], table, out, right=frozenset({2, 3})
             )
         print(f"reconcile-report: {len(comparisons)} balances, {len(unexplained)} unexplained", file=out)
+    if only is None:  # the whole ledger: its bills too, in the same document (docs/ledger.md#bills)
+        bills = cli_bills.compare_bills_for_report(arguments, ledger, _moment_client(arguments))
+        if arguments.json:
+            _print(arguments.report_document, True, out)
+        else:
+            cli_bills.show_bill_comparisons(bills, out)
+        return EXIT_FAILED if unexplained or any(not bill.explained for bill in bills) else EXIT_OK
     return EXIT_FAILED if unexplained else EXIT_OK
 
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from moment_sync import cli_shell
 from moment_sync.adapters.ledger_table import LedgerTable
@@ -18,6 +18,9 @@ from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger import bill_service, requests
 from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
+
+if TYPE_CHECKING:  # bill_report loads the Moment client (httpx): only reconcile-report needs it
+    from moment_sync.bill_report import BillComparison
 
 Handler = Callable[[argparse.Namespace, WebhookEventsTable, LedgerTable, TextIO], int]
 
@@ -179,6 +182,67 @@ def _show(view: dict[str, Any], as_json: bool, out: TextIO) -> None:
             out,
             right=frozenset({2}),
         )
+
+
+def compare_bills_for_report(
+    arguments: argparse.Namespace, ledger: LedgerTable, moment: Any
+) -> list[BillComparison]:
+    """`reconcile-report`'s second half: every linked bill against Moment's, with progress on stderr."""
+    from moment_sync.bill_report import compare_bills  # noqa: PLC0415 -- loads httpx only when used
+
+    progress = cli_shell.Progress("reconcile-report", arguments.err)
+    comparisons = compare_bills(
+        ledger,
+        moment,
+        calls_per_second=arguments.calls_per_second,
+        on_each=lambda done: progress.update(done, what="bills compared"),
+    )
+    progress.finish()
+    if arguments.json:
+        rows = [
+            {
+                "ref": c.bill.ref,
+                "ledger_amount_paid": c.ledger_paid,
+                "moment_amount_paid": c.moment_paid,
+                "ledger_status": c.ledger_status,
+                "moment_status": c.moment_status,
+                "sync": c.sync,
+                "explained": c.explained,
+                "note": c.note,
+            }
+            for c in comparisons
+        ]
+        document = getattr(arguments, "report_document", {})
+        arguments.report_document = document | {
+            "bills": rows,
+            "unexplained_bills": sum(not c.explained for c in comparisons),
+        }
+    return comparisons
+
+
+def show_bill_comparisons(comparisons: list[BillComparison], out: TextIO) -> None:
+    """A table and a line, only when the ledger links any bill (a ledger of balances reads as before)."""
+    if not comparisons:
+        return
+    cli_shell.table(
+        ["bill", "ledger paid", "moment paid", "ledger", "moment", "sync", "note"],
+        [
+            [
+                c.bill.ref,
+                c.ledger_paid,
+                c.moment_paid,
+                c.ledger_status,
+                c.moment_status,
+                c.sync,
+                c.note + ("" if c.explained else "  <-- unexplained"),
+            ]
+            for c in comparisons
+        ],
+        out,
+        right=frozenset({1, 2}),
+    )
+    unexplained = sum(not c.explained for c in comparisons)
+    print(f"reconcile-report: {len(comparisons)} bills, {unexplained} unexplained", file=out)
 
 
 HANDLERS: dict[str, Handler] = {"bill": _bill, "bills": _bills}
