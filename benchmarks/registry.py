@@ -29,6 +29,7 @@ AREAS: dict[str, str] = {
     "receiver": "benchmarks.receiver",
     "reconciler": "benchmarks.reconciler",
     "pusher": "benchmarks.pusher",
+    "bills": "benchmarks.bills",
     "cold_imports": "benchmarks.cold_imports",
     "sizes": "benchmarks.sizes",
     "simulation": "benchmarks.simulation",

@@ -31,6 +31,7 @@ from soak.workload import (
     Forged,
     OtherEvent,
     Pay,
+    PayBill,
     PayStranger,
     Stale,
     WebhookStep,
@@ -122,12 +123,14 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
     state: dict[str, Any] = {}
     faults = InjectedFaults(state)
     with running_stack(stack_settings(settings, faults)) as stack:
-        stack.sandbox.configure(webhook_url=None)  # the soak delivers Moment's webhooks itself
+        # The soak delivers Moment's webhooks itself. Bills are never settled in a soak, and Moment's
+        # payment rules allow overpayment, so whatever reaches a bill is Moment's to take.
+        stack.sandbox.configure(webhook_url=None, bill_overpayment_allowed=True)
         stack.functions.state = state  # what the workers' faults read before each invocation
         moment = Moment(stack.sandbox_url)
         try:
             merchant = Merchant(stack.api_url, sent)
-            merchant.open_books(books.customers, books.opened, workload.opening_charges)
+            merchant.open_books(books.customers, books.opened, workload.opening_charges, books.bills)
             _wait_until_on_moment(
                 moment, {(b.kind, b.ref) for b in books.opened}, timeout=60 + len(books.opened)
             )
@@ -199,7 +202,7 @@ class _Traffic:
         self.made_up = 0
 
     def deliver(self, step: WebhookStep) -> None:
-        if isinstance(step, Pay | PayStranger | OtherEvent):
+        if isinstance(step, Pay | PayBill | PayStranger | OtherEvent):
             message = self._first(step)
             self.messages[step.number] = message
             self._send_valid(message.webhook_id, message.body, message.application_id)
@@ -208,7 +211,7 @@ class _Traffic:
         else:
             self._not_from_moment(step)
 
-    def _first(self, step: Pay | PayStranger | OtherEvent) -> _Message:
+    def _first(self, step: Pay | PayBill | PayStranger | OtherEvent) -> _Message:
         if isinstance(step, OtherEvent):
             event = {
                 "id": f"evt_soak_other_{step.number}",
@@ -216,7 +219,16 @@ class _Traffic:
                 "data": {"id": f"bill_{step.number}"},
             }
             return _Message(f"msg_soak_other_{step.number}", event_body(event), None)
-        if isinstance(step, PayStranger):
+        if isinstance(step, PayBill) and step.bill.ref in self.moment.bills_on_moment:
+            payment = self.moment.pay({"bill": step.bill.ref, "amount": step.amount})
+            with self.sent.lock:
+                self.sent.payments[payment["application_id"]] = ("bill", step.bill.ref, step.amount)
+        elif isinstance(step, PayBill):  # not on Moment yet: a balance is paid instead
+            target = step.fallback
+            payment = self.moment.pay({target.kind: target.ref, "amount": step.amount})
+            with self.sent.lock:
+                self.sent.payments[payment["application_id"]] = (target.kind, target.ref, step.amount)
+        elif isinstance(step, PayStranger):
             payment = self.moment.pay(
                 {"unknown_customer_id": f"bcus_soakstranger{step.number:07d}", "amount": step.amount}
             )
@@ -314,7 +326,7 @@ def _traffic(
     next_progress, next_refresh = settings.progress_every, REFRESH_EVERY
     try:
         for step in workload.steps:
-            if isinstance(step, Pay | PayStranger | OtherEvent | Again | Forged | Stale):
+            if isinstance(step, Pay | PayBill | PayStranger | OtherEvent | Again | Forged | Stale):
                 traffic.deliver(step)
             else:
                 merchant.ask(step)
@@ -355,7 +367,8 @@ def _settle(stack: RunningStack) -> None:
         if push.failed:
             raise RuntimeError(f"the pusher failed with every fault off: {push.error}")
         stack.wait_until_quiet(60)
-        if push.response["results"] or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
+        bills = push.response.get("bills", {}).get("results")
+        if push.response["results"] or bills or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
             continue
         backing_off = [
             head.get("next_push_at") for head in _scan(stack, "LedgerTable") if "push_shard" in head

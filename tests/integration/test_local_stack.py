@@ -73,7 +73,7 @@ def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
         result = demo.play(stack, lines.append)
     assert result.ok, "\n".join(lines)
     assert Counter(status.split(":")[0] for status in result.statuses.values()) == {
-        "applied": 4,
+        "applied": 6,  # 4 balance payments, 2 bill payments
         "duplicate": 1,
         "ignored": 1,
         "parked": 2,
@@ -86,6 +86,11 @@ def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
         "UCR2001": None,
         "UCR2001-GYM": 25000,
         "UCR2001-POOL": 0,
+    }
+    # The member on the bill model: the annual fee paid off (Moment 2 payments + cash), the locker voided.
+    assert {row["ref"]: (row["ledger"], row["moment"], row["status"]) for row in result.bill_rows} == {
+        "FEE-UCR3001-2026": (240000, 240000, "paid"),
+        "LOCKER-UCR3001-2026": (0, 0, "voided"),
     }
 
 

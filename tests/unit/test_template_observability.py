@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from local_stack.template import load_template
+from moment_sync.bill_pusher import BillPushResult
 from moment_sync.ledger.model import CURRENCIES
 from moment_sync.pusher import PushResult
 from moment_sync.reconciliation import ParkReason
@@ -38,6 +39,9 @@ DYNAMIC_NAMES: dict[str, Callable[[], set[str]]] = {
     # PushReport keys are PushResult values ("in_sync" -> "BalancesInSync").
     "Balances{result.title().replace('_', '')}": lambda: {
         "Balances" + result.value.title().replace("_", "") for result in PushResult
+    },
+    "Bills{result.title().replace('_', '')}": lambda: {
+        "Bills" + result.value.title().replace("_", "") for result in BillPushResult
     },
 }
 # Helpers that forward their first argument to add_metric: their callers' arguments are the names.

@@ -245,10 +245,12 @@ def idempotency_key(kind: ObjectKind, external_reference: str, generation: int =
     return _key_digest(kind, external_reference, generation)
 
 
-def void_idempotency_key(bill: str) -> str:
+def void_idempotency_key(bill: str, generation: int = 0) -> str:
     """The Idempotency-Key of voiding the bill `bill` (its Moment id or external_reference, as in the path):
-    every attempt and every later run that voids it under the same name sends the same key."""
-    return _key_digest(_BILL_VOID_KEY_KIND, bill, 0)
+    every attempt of one void sends the same key. A void is idempotent at Moment anyway (a voided bill
+    stays voided), so a caller moves to a new generation after a refusal, which Moment would otherwise
+    replay for 24 hours."""
+    return _key_digest(_BILL_VOID_KEY_KIND, bill, generation)
 
 
 def _key_digest(kind: str, name: str, generation: int) -> str:
@@ -804,7 +806,7 @@ class MomentClient:
         reference = bill.external_reference
         result = self._create_or_adopt("bill", reference, bill.to_body(), _bill_from, generation)
         if result.outcome is CreateOutcome.ADOPTED:
-            self._check_bill_terms(bill, result.value)
+            self.check_bill_terms(bill, result.value)
         return result
 
     def get_bill(self, bill_id_or_reference: str) -> MomentBill | None:
@@ -817,24 +819,31 @@ class MomentClient:
             return None
 
     def update_bill_amount_paid(
-        self, bill: str | MomentBill, amount_paid: int, currency: Currency
+        self,
+        bill: str | MomentBill,
+        amount_paid: int,
+        currency: Currency,
+        *,
+        metadata: Mapping[str, str] | None = None,
     ) -> MomentBill:
         """PATCH the bill's cumulative `amount_paid` (0..99,999,999, with its currency): what Moment records
         as paid in all, its own payments included, not a delta. No Idempotency-Key (an absolute set); a
-        failure whose `may_have_reached` is True may have landed. Moment sets `paid` itself."""
+        failure whose `may_have_reached` is True may have landed. Moment sets `paid` itself. `metadata`
+        goes in the same PATCH (Moment merges it), so it lands with the amount or not at all."""
         _check_bill_amount(amount_paid, currency, "amount_paid", minimum=0)
         name = _bill_name(bill)
-        body = {"amount_paid": amount_paid, "currency": currency}
+        body: dict[str, Any] = {"amount_paid": amount_paid, "currency": currency}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
         return self._call(_Request("PATCH", _object_path("bill", name), body), _bill_named(name)).value
 
-    def void_bill(self, bill: str | MomentBill) -> MomentBill:
+    def void_bill(self, bill: str | MomentBill, *, generation: int = 0) -> MomentBill:
         """POST /billing/bills/{bill}/void (permanent), keyed by void_idempotency_key of the name in the
-        path (the Moment id when given a MomentBill). A bill that is voided already is the outcome asked
-        for: when Moment refuses the void, the bill is read, and returned if it is voided."""
+        path (the Moment id when given a MomentBill) and `generation`. A bill that is voided already is
+        the outcome asked for: when Moment refuses the void, the bill is read, and returned if voided."""
         name = _bill_name(bill)
-        request = _Request(
-            "POST", f"{_object_path('bill', name)}/void", idempotency_key=void_idempotency_key(name)
-        )
+        key = void_idempotency_key(name, generation)
+        request = _Request("POST", f"{_object_path('bill', name)}/void", idempotency_key=key)
         try:
             return self._call(request, _bill_named(name)).value
         except MomentRequestRejected as refused:
@@ -845,9 +854,15 @@ class MomentClient:
                 return current
             raise
 
-    def _check_bill_terms(self, bill: NewBill, existing: MomentBill) -> None:
-        """An adopted bill must be this bill: same amount, currency and owner. Anything else is a bill the
-        ledger did not raise (or raised differently), and pushing payments onto it would misstate a debt."""
+    def check_bill_terms(self, bill: NewBill, existing: MomentBill) -> None:
+        """An adopted bill must be this bill: same reference, amount, currency and owner (MomentNotOurs /
+        MomentBillDiffers otherwise). Anything else is a bill the ledger did not raise (or raised
+        differently), and recording payments on it would misstate a debt."""
+        if existing.external_reference != bill.external_reference:
+            raise MomentNotOurs(
+                f"Moment's bill {existing.id} has external_reference {existing.external_reference!r}, "
+                f"not {bill.external_reference!r}: not ours to adopt"
+            )
         differences = []
         if existing.amount_due != bill.amount_due:
             differences.append(f"amount_due {existing.amount_due}, not {bill.amount_due}")

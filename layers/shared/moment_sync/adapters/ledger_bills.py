@@ -249,7 +249,10 @@ class LedgerBills:
                 if head.get("void_requested_at"):
                     return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
                 raise BillTransient(f"{bill} changed while the payment was recorded") from error
-            raise
+            # A conflict or a throttle is worth the caller's retry (503), not a bug (500).
+            from moment_sync.adapters.ledger_table import _transient_or  # noqa: PLC0415 -- a cycle
+
+            raise _transient_or(error) from error
         return BillWriteResult(BillWriteOutcome.APPLIED)
 
     # --- Moment's payments (the reconciler) ---------------------------------------------------

@@ -898,6 +898,25 @@ class LedgerTable(LedgerBills):
 
         return DynamoLeases(self._client, self.table_name)
 
+    def request_first_push(self, balance: BalanceRef, now: float) -> bool:
+        """Make a tracked balance that Moment does not have yet pending, so the balance pusher creates
+        it (a bill's owner with no charges would otherwise never be created: bills wait for it). False
+        when it is linked already, untracked, or gone."""
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=head_key(balance),
+                UpdateExpression="SET push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)",
+                ConditionExpression="attribute_exists(version) AND attribute_not_exists(moment_id)",
+                ExpressionAttributeValues=to_values({":shard": balance.push_shard, ":now": iso_time(now)}),
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
 
 # The head lists each payment reconciled since the last booked push (the pusher explains Moment's
 # balance by any subset of them) up to this many; past it they are merged into one sum, which only
