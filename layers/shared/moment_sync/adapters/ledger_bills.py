@@ -292,6 +292,16 @@ class LedgerBills:
                 return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
             new_paid = int(head.get("amount_paid", 0)) + entry.amount
             status = status_for(int(head["amount_due"]), new_paid, voided=False)
+            # A bill with outside payments was PATCHed with an absolute amount_paid, which may have
+            # overwritten this payment at Moment (it landed between a push's read and its PATCH, its
+            # webhook after the booking): the bill is checked again (a GET; a PATCH only if Moment lacks it).
+            recheck, recheck_values = "", {}
+            if int(head.get("outside_paid", 0)) > 0:
+                recheck = (
+                    ", push_shard = if_not_exists(push_shard, :shard), "
+                    "pending_since = if_not_exists(pending_since, :now)"
+                )
+                recheck_values = {":shard": bill.push_shard}
             event_update = self._events.status_update(
                 webhook_id,
                 EventStatus.APPLIED,
@@ -326,7 +336,8 @@ class LedgerBills:
                         "TableName": self.table_name,
                         "Key": bill_head_key(bill),
                         "UpdateExpression": "ADD amount_paid_moment :amount, amount_paid :amount, "
-                        "version :one SET #status = :status, bill_order = :order, updated_at = :now",
+                        "version :one SET #status = :status, bill_order = :order, updated_at = :now"
+                        + recheck,
                         "ConditionExpression": "version = :version "
                         "AND attribute_not_exists(void_requested_at)",
                         "ExpressionAttributeNames": {"#status": "status"},
@@ -338,6 +349,7 @@ class LedgerBills:
                                 ":order": listing_order(status, head.get("due_date"), bill.ref),
                                 ":now": iso_time(now),
                                 ":version": head["version"],
+                                **recheck_values,
                             }
                         ),
                     }
