@@ -27,7 +27,11 @@ def lambda_handler(
     pusher = pusher or balance_pusher()
     # The same ledger, Moment client and concurrency as the balances'.
     bills = bills or BillPusher(
-        ledger=pusher.ledger, moment=pusher.moment, now=pusher.now, concurrency=pusher.concurrency
+        ledger=pusher.ledger,
+        moment=pusher.moment,
+        now=pusher.now,
+        concurrency=pusher.concurrency,
+        events=pusher.events,
     )
 
     def time_left() -> float:

@@ -8,31 +8,14 @@ import json
 from typing import Any
 
 import httpx
-
-from integration.test_bill_pusher import (  # noqa: F401 -- pytest fixtures, used by name
-    bill_pusher,
-    cash,
-    clock,
-    harness,
-    head,
-    member,
-    moment,
-    on_moment,
-    patches,
-    pay_at_moment,
-    pusher,
-    raise_bill,
-    run,
-    sandbox,
-    transport,
-)
 from integration.test_balance_pusher import InFlight
+from integration.test_bill_pusher import cash, head, on_moment, pay_at_moment, raise_bill, run
+
 from moment_sandbox import MomentSandbox
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.sync import sync_state
 from support.ledger import LedgerHarness
-from support.webhooks import NOW
 
 
 def test_a_moment_payment_overwritten_in_the_push_window_whose_webhook_comes_late_is_put_back(
@@ -69,3 +52,148 @@ def test_a_moment_payment_overwritten_in_the_push_window_whose_webhook_comes_lat
     # THEN Moment counts the customer's payment again (or at least the bill is not "synced" while it does not)
     assert on_moment(sandbox)["amount_paid"] == 37000
     assert sync_state(head(harness, bill)) == "synced"
+
+
+def _deliver(harness: LedgerHarness, webhook_id: str, event: dict[str, Any]) -> None:
+    harness.receive(webhook_id, json.dumps(event).encode())
+    assert harness.invoke(harness.next_batch()) == []
+
+
+def test_one_application_id_for_a_bill_and_then_a_balance_changes_only_the_bill(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str
+) -> None:
+    """Invariant 2 across models: one Moment application id changes at most one bill or balance, once."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    paid = sandbox.pay(bill=bill.ref, amount=5000)
+    _deliver(harness, paid["webhook_id"], paid["event"])
+    balance = harness.open_customer("UCR1")
+    before = harness.head(balance)["balance"]
+    # The same data.id, now naming the customer's balance (no bill_id)
+    forged = json.loads(json.dumps(paid["event"]))
+    forged["id"] = "evt_probe2samebalance000"
+    forged["data"].pop("bill_id")
+    forged["data"]["customer_id"] = member
+    _deliver(harness, "msg_probe2samebalance00000", forged)
+    assert harness.head(balance)["balance"] == before
+    assert head(harness, bill)["amount_paid"] == 5000
+    event = harness.event("msg_probe2samebalance00000")
+    assert (event["status"], event.get("reason")) == ("parked", "application_conflict")
+
+
+def test_one_application_id_for_a_balance_and_then_a_bill_changes_only_the_balance(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    balance = harness.open_customer("UCR1")
+    paid = sandbox.pay(customer="UCR1", amount=5000)
+    _deliver(harness, paid["webhook_id"], paid["event"])
+    after_first = harness.head(balance)["balance"]
+    forged = json.loads(json.dumps(paid["event"]))
+    forged["id"] = "evt_probe2samebill0000000"
+    forged["data"]["bill_id"] = head(harness, bill)["moment_id"]
+    _deliver(harness, "msg_probe2samebill000000000", forged)
+    assert harness.head(balance)["balance"] == after_first
+    assert head(harness, bill).get("amount_paid", 0) == 0
+    event = harness.event("msg_probe2samebill000000000")
+    assert (event["status"], event.get("reason")) == ("parked", "application_conflict")
+
+
+def test_a_void_while_a_patch_intent_is_open_sends_nothing_twice_and_voids(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """Never applied twice: cash whose PATCH landed with its answer lost, then a void and a Moment payment
+    before the next run: Moment ends voided holding the cash once and its own payment once."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+
+    def lose(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    transport.after_send = lose
+    assert run(bill_pusher) == {"failed": 1}
+    transport.after_send = None
+    pay_at_moment(sandbox, harness, bill, 2000)
+    bill_service.void_bill(harness.ledger, bill.ref, clock[0])
+    clock[0] += 3600
+    assert run(bill_pusher) == {"voided": 1}
+    at_moment = on_moment(sandbox)
+    assert (at_moment["status"], at_moment["amount_paid"]) == ("voided", 32000)
+    stored = head(harness, bill)
+    assert sync_state(stored) == "synced" and "push_intents" not in stored
+
+
+def test_a_void_racing_the_push_between_its_read_and_its_patch_keeps_every_payment(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """The merchant voids while the pusher's PATCH is in flight and a Moment payment lands in the window."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    late: list[dict[str, Any]] = []
+
+    def race(request: httpx.Request) -> None:
+        if request.method == "PATCH" and not late:
+            late.append(sandbox.pay(bill=bill.ref, amount=4000))
+            bill_service.void_bill(harness.ledger, bill.ref, clock[0])
+
+    transport.before_send = race
+    run(bill_pusher)
+    transport.before_send = None
+    _deliver(harness, late[0]["webhook_id"], late[0]["event"])  # parked: the bill is voided in the ledger
+    for _ in range(3):
+        clock[0] += 3600
+        run(bill_pusher)
+    at_moment = on_moment(sandbox)
+    # The PATCH overwrote Moment's 4000 and the bill was voided before its webhook: both sides show the
+    # cash alone, and the 4000 Moment took is not lost: parked `bill_voided` (alarmed) for a refund
+    stored = head(harness, bill)
+    assert (at_moment["status"], at_moment["amount_paid"]) == ("voided", 30000)
+    assert (stored["status"], stored["amount_paid"], sync_state(stored)) == ("voided", 30000, "synced")
+    event = harness.event(late[0]["webhook_id"])
+    assert (event["status"], event.get("reason")) == ("parked", "bill_voided")
+
+
+def test_a_bill_payment_before_the_bill_is_linked_is_parked_then_linked_and_applied_once(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """Never silently stuck: the create landed, its answer lost each time; a payment's webhook comes first."""
+    bill = raise_bill(harness)
+
+    def lose(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path == "/billing/bills":
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    transport.after_send = lose
+    assert run(bill_pusher) == {"failed": 1}
+    transport.after_send = None
+    assert "moment_id" not in head(harness, bill)
+    paid = sandbox.pay(bill=bill.ref, amount=6000)
+    _deliver(harness, paid["webhook_id"], paid["event"])
+    assert harness.event(paid["webhook_id"])["status"] in ("parked", "applied")
+    clock[0] += 3600
+    run(bill_pusher)  # adopts Moment's bill (the same reference, owner, amount, currency)
+    assert head(harness, bill)["moment_id"] == on_moment(sandbox)["id"]
+    # THEN linking it re-drove at once the payment parked unmatched that names it (as the balance
+    # pusher's links do), not after the re-drive's backoff: applied, once
+    event = harness.event(paid["webhook_id"])
+    assert event["status"] == "applied", event.get("reason")
+    assert head(harness, bill)["amount_paid"] == 6000

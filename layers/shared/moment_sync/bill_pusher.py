@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.bill_push_plan import (
     BillLedgerView,
     Blocked,
@@ -42,6 +43,7 @@ from moment_sync.pusher import (
     CREATED_BY,
     SECONDS_RESERVED_PER_PUSH,
     _count,
+    _metrics_lock,
 )
 
 # A PATCH, its re-read, and a repair if the re-read shows what the ledger must put back: a few rounds.
@@ -93,6 +95,8 @@ class BillPusher:
     now: Callable[[], float]
     concurrency: int = 8
     jitter: Callable[[], float] = random.random
+    # To re-drive at once the payments parked unmatched that name a bill just linked (None: not done).
+    events: WebhookEventsTable | None = None
 
     def push_pending(self, time_left: Callable[[], float]) -> BillPushReport:
         report = BillPushReport()
@@ -213,6 +217,22 @@ class BillPusher:
                 extra={"bill": bill.ref, "moment_id": moment_id},
             )
             raise
+        self._redrive_linked(moment_id)
+
+    def _redrive_linked(self, moment_id: str) -> None:
+        """A payment whose webhook came before the link (a create whose answer was lost) is parked
+        unmatched: applied now, not after the re-drive's backoff (up to hours)."""
+        if self.events is None:
+            return
+        from moment_sync.redrive import redrive_linked  # noqa: PLC0415 -- only when an id is linked
+
+        with _metrics_lock:  # the reconciler counts metrics; pushes run on worker threads
+            report = redrive_linked(moment_id, events=self.events, ledger=self.ledger, now=self.now)
+        if report.examined:
+            logger.info(
+                "re-drove the payments naming a linked bill",
+                extra={"moment_id": moment_id, "outcomes": report.outcomes, "errors": len(report.errors)},
+            )
 
     # --- pushing -------------------------------------------------------------------------------
 
