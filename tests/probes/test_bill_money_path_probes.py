@@ -197,3 +197,28 @@ def test_a_bill_payment_before_the_bill_is_linked_is_parked_then_linked_and_appl
     event = harness.event(paid["webhook_id"])
     assert event["status"] == "applied", event.get("reason")
     assert head(harness, bill)["amount_paid"] == 6000
+
+
+def test_a_bill_push_sends_no_patch_the_runs_time_budget_cannot_fit(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    """Never killed mid-call: a bill push, like a balance push, uses the run's bounded client
+    (MomentClient.within), so once the run's time cannot fit another attempt nothing more is sent
+    (MomentOutOfTime, before the request: the intent is dropped), instead of a PATCH that Lambda's
+    timeout could kill between its landing and its booking."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    budget = [300.0]
+
+    def time_runs_out(request: httpx.Request) -> None:
+        if request.method == "GET":  # the push's read: after it the run has 5 s, less than one attempt
+            budget[0] = 5.0
+
+    transport.before_send = time_runs_out
+    transport.requests.clear()
+    report = bill_pusher.push_pending(time_left=lambda: budget[0])
+    assert report.results == {"failed": 1}
+    assert [r for r in transport.requests if r.startswith("PATCH")] == []
+    stored = head(harness, bill)
+    assert stored.get("push_intents", []) == [] and "next_push_at" in stored

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -40,8 +40,9 @@ from moment_sync.observability import logger
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
+    BOOKING_SECONDS,
+    CALLS_PER_PUSH,
     CREATED_BY,
-    SECONDS_RESERVED_PER_PUSH,
     _count,
     _metrics_lock,
 )
@@ -98,19 +99,28 @@ class BillPusher:
     # To re-drive at once the payments parked unmatched that name a bill just linked (None: not done).
     events: WebhookEventsTable | None = None
 
+    @property
+    def seconds_per_push(self) -> float:
+        """The time a push is started with: a steady push's worst case at this client's settings."""
+        return CALLS_PER_PUSH * self.moment.worst_call_seconds + BOOKING_SECONDS
+
     def push_pending(self, time_left: Callable[[], float]) -> BillPushReport:
         report = BillPushReport()
         pending = self.ledger.pending_bill_pushes(self.now())
         running: set[Future[BillPushResult]] = set()
+        # As the balances': a client that starts no attempt the run's time cannot fit (a bill push makes
+        # several calls: a create, up to 3 PATCHes each re-read, a void), so a run is never killed inside
+        # a call, between a PATCH and its booking.
+        run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bill-push") as pool:
             for position, (_since, bill) in enumerate(pending):
-                if time_left() < SECONDS_RESERVED_PER_PUSH:
+                if time_left() < self.seconds_per_push:
                     report.not_reached = len(pending) - position
                     break
                 if len(running) >= self.concurrency:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     self._collect(done, report)
-                running.add(pool.submit(self.push_one, bill))
+                running.add(pool.submit(run.push_one, bill))
             self._collect(wait(running).done, report)
         for result, count in report.results.items():
             _count(f"Bills{result.title().replace('_', '')}", count)
