@@ -11,10 +11,13 @@ import httpx
 from integration.test_balance_pusher import InFlight
 from integration.test_bill_pusher import cash, head, on_moment, pay_at_moment, raise_bill, run
 
+import balance_pusher_handler
+from local_stack.lambda_context import LocalLambdaContext
 from moment_sandbox import MomentSandbox
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.sync import sync_state
+from moment_sync.pusher import PUSHER_LEASE, BalancePusher
 from support.ledger import LedgerHarness
 
 
@@ -222,3 +225,33 @@ def test_a_bill_push_sends_no_patch_the_runs_time_budget_cannot_fit(
     assert [r for r in transport.requests if r.startswith("PATCH")] == []
     stored = head(harness, bill)
     assert stored.get("push_intents", []) == [] and "next_push_at" in stored
+
+
+def test_a_lease_left_by_a_killed_push_run_holds_off_bills_until_it_expires_then_the_next_run_pushes(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    clock: list[float],
+) -> None:
+    """Never applied twice, never stuck: a run killed while holding the pusher's lease (inside the bill
+    pusher's second round) keeps every other run out until the lease expires, and no longer."""
+    harness.open_customer("UCR1")  # a member on the bill model, not on Moment yet: a second round
+    bill = raise_bill(harness)
+    cash(harness, bill, "cash-1", 1000)
+    leases = harness.ledger.leases()
+    killed = leases.acquire(PUSHER_LEASE, "killed-run", now=clock[0], expires_at=clock[0] + 270)
+    assert killed is not None
+
+    def scheduled_run() -> dict[str, Any]:
+        context = LocalLambdaContext("pusher", timeout_seconds=240)
+        return balance_pusher_handler.lambda_handler({}, context, pusher, leases, bill_pusher)
+
+    assert scheduled_run() == {"skipped": "another push run holds the lease"}
+    assert sandbox.state()["bills"] == []
+    clock[0] += 271
+    report = scheduled_run()
+    assert (report["results"], report["bills"]["results"]) == ({"created": 1}, {"created": 1})
+    assert on_moment(sandbox)["amount_paid"] == 1000
+    assert sync_state(head(harness, bill)) == "synced"
+    assert leases.current(PUSHER_LEASE).get("holder") is None  # given back
