@@ -10,14 +10,18 @@ from typing import Any
 import httpx
 from integration.test_balance_pusher import InFlight
 from integration.test_bill_pusher import cash, head, on_moment, pay_at_moment, raise_bill, run
+from integration.test_time_budgets import ClockedContext
 
 import balance_pusher_handler
+import daily_reconcile_handler
 from local_stack.lambda_context import LocalLambdaContext
 from moment_sandbox import MomentSandbox
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.sync import sync_state
+from moment_sync.moment_client import MomentClient
 from moment_sync.pusher import PUSHER_LEASE, BalancePusher
+from moment_sync.reconcile_report import DailyCheck
 from support.ledger import LedgerHarness
 
 
@@ -255,3 +259,51 @@ def test_a_lease_left_by_a_killed_push_run_holds_off_bills_until_it_expires_then
     assert on_moment(sandbox)["amount_paid"] == 1000
     assert sync_state(head(harness, bill)) == "synced"
     assert leases.current(PUSHER_LEASE).get("holder") is None  # given back
+
+
+def test_the_daily_checks_pass_meets_bills_and_balances_once_each_across_runs_and_flags_a_bill_drift(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    member: str,
+    moment: MomentClient,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """Never silently stuck: the daily check's resumable pass (its cursor in the lease, across runs)
+    compares every linked balance and bill exactly once, and reports a bill Moment shows otherwise."""
+    for ref in ("UCR2", "UCR3"):
+        harness.ledger.request_first_push(harness.open_customer(ref), clock[0])
+    pusher.push_pending(time_left=lambda: 300)
+    bills = [raise_bill(harness, f"FEE-{year}") for year in (2024, 2025, 2026)]
+    cash(harness, bills[0], "cash-1", 1000)
+    run(bill_pusher)
+    # A payment Moment took whose webhook never came: Moment shows more paid than the ledger, synced
+    sandbox.pay(bill="FEE-2025", amount=500)
+
+    def slow_moment(request: httpx.Request) -> None:
+        clock[0] += 5.0
+
+    transport.before_send = slow_moment
+    check = DailyCheck(
+        harness.ledger,
+        moment,
+        now=harness.clock,
+        sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
+    )
+    transport.requests.clear()
+    results = []
+    for _ in range(6):
+        context = ClockedContext(clock, 45.0)
+        results.append(daily_reconcile_handler.lambda_handler({}, context, check))
+        assert context.ended_in_time()
+        clock[0] += 900
+        if results[-1]["pass_completed"]:
+            break
+    assert results[0]["stopped_early"] and results[-1]["pass_completed"]
+    read = [request for request in transport.requests if request.startswith("GET")]
+    assert len(read) == len(set(read)) == 6  # three customers, three bills: each once
+    assert sum(1 for request in read if "/billing/bills/" in request) == 3
+    assert sum(result["checked"] for result in results) == 6
+    assert sum(result["unexplained"] for result in results) == 1
