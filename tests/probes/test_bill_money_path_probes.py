@@ -307,3 +307,57 @@ def test_the_daily_checks_pass_meets_bills_and_balances_once_each_across_runs_an
     assert sum(1 for request in read if "/billing/bills/" in request) == 3
     assert sum(result["checked"] for result in results) == 6
     assert sum(result["unexplained"] for result in results) == 1
+
+
+def test_a_time_budget_running_out_between_a_bill_patch_and_its_booking_neither_loses_nor_doubles(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """The PATCH lands; the run's time is gone before the re-read (MomentOutOfTime): the intent stays
+    open, the push is failed with its backoff, and the next run books it without sending the cash twice."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    budget = [300.0]
+
+    def time_runs_out(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            budget[0] = 5.0
+
+    transport.before_send = time_runs_out
+    assert bill_pusher.push_pending(time_left=lambda: budget[0]).results == {"failed": 1}
+    transport.before_send = None
+    stored = head(harness, bill)
+    assert len(stored["push_intents"]) == 1 and on_moment(sandbox)["amount_paid"] == 30000
+    cash(harness, bill, "cash-2", 2000)
+    clock[0] += 3600
+    transport.requests.clear()
+    assert run(bill_pusher) == {"pushed": 1}
+    assert on_moment(sandbox)["amount_paid"] == 32000
+    stored = head(harness, bill)
+    assert ("push_intents" not in stored, stored["outside_booked"], sync_state(stored)) == (
+        True,
+        32000,
+        "synced",
+    )
+
+
+def test_one_application_id_again_for_the_same_bill_with_another_amount_is_parked_not_dropped(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str
+) -> None:
+    """Invariant 2: the same data.id with another amount is neither applied nor silently a duplicate."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    paid = sandbox.pay(bill=bill.ref, amount=5000)
+    _deliver(harness, paid["webhook_id"], paid["event"])
+    forged = json.loads(json.dumps(paid["event"]))
+    forged["id"] = "evt_probe2otheramount0000"
+    forged["data"]["amount"] = 6000
+    _deliver(harness, "msg_probe2otheramount000000", forged)
+    assert head(harness, bill)["amount_paid"] == 5000
+    event = harness.event("msg_probe2otheramount000000")
+    assert (event["status"], event.get("reason")) == ("parked", "application_conflict")
