@@ -361,3 +361,42 @@ def test_one_application_id_again_for_the_same_bill_with_another_amount_is_parke
     assert head(harness, bill)["amount_paid"] == 5000
     event = harness.event("msg_probe2otheramount000000")
     assert (event["status"], event.get("reason")) == ("parked", "application_conflict")
+
+
+def test_a_moment_payment_settling_the_bill_inside_the_push_window_ends_blocked_with_nothing_lost(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """Overpayment through a race: cash at the counter and the whole bill paid at Moment while the PATCH is
+    in flight. Moment refuses a PATCH of a paid bill; the ledger keeps the excess visible and the bill
+    shows `blocked` (alarmed) for an operator to refund, never a silent `synced` nor a lost payment."""
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    late: list[dict[str, Any]] = []
+
+    def settle_first(request: httpx.Request) -> None:
+        if request.method == "PATCH" and not late:
+            late.append(sandbox.pay(bill=bill.ref, amount=120000))
+
+    transport.before_send = settle_first
+    run(bill_pusher)
+    transport.before_send = None
+    _deliver(harness, late[0]["webhook_id"], late[0]["event"])
+    for _ in range(2):
+        clock[0] += 7200
+        run(bill_pusher)
+    at_moment = on_moment(sandbox)
+    assert (at_moment["status"], at_moment["amount_paid"]) == ("paid", 120000)
+    stored = head(harness, bill)
+    assert (stored["amount_paid"], stored["amount_paid_moment"], stored["outside_paid"]) == (
+        150000,
+        120000,
+        30000,
+    )
+    assert bill_service.read_bill(harness.ledger, bill)["amount_overpaid"] == 30000
+    assert sync_state(stored) == "blocked" and stored.get("push_blocked")
