@@ -279,7 +279,7 @@ class LedgerBills:
     ) -> BillWriteResult:
         """In one transaction: the entry (keyed by the application id), the bill's amount_paid and
         status, the event's status `applied`, and the ledger-wide application guard. A Moment payment
-        alone never makes the bill pending: Moment counted it itself."""
+        alone makes the bill pending only when it has outside payments (a PATCH may have overwritten it)."""
         if self._events is None:
             raise RuntimeError("apply_bill_payment needs the events table")
         for _ in range(_HEAD_RETRIES):
