@@ -367,6 +367,11 @@ def _settle(stack: RunningStack) -> None:
         if push.failed:
             raise RuntimeError(f"the pusher failed with every fault off: {push.error}")
         stack.wait_until_quiet(60)
+        if "skipped" in push.response or "skipped" in redrive.response:
+            # A run the faults cut short left its lease behind (its release throttled, or the
+            # run killed): it frees at its expiry, as on AWS.
+            time.sleep(1.0)
+            continue
         bills = push.response.get("bills", {}).get("results")
         if push.response["results"] or bills or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
             continue

@@ -211,6 +211,8 @@ def _bills(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, Any
         theirs = at_moment.get(str(head["ref"]))
         ours = (paid, head.get("status") == "voided")
         shown = (int(theirs["amount_paid"]), theirs["status"] == "voided") if theirs else None
+        if theirs is None and ours[1] and not head.get("moment_id"):
+            continue  # voided before Moment ever had it: never created there, by design
         if shown != ours:
             disagree.append(f"{pk}: ledger paid {ours[0]} voided {ours[1]}, Moment {shown}")
     voided = {str(head["ref"]) for head in ledger if head["sk"] == "HEAD" and head.get("status") == "voided"}
