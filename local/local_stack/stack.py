@@ -23,6 +23,7 @@ from typing import Any, TextIO, TypeVar
 
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
+from local_stack.event_pipe import LocalEventsOut, start_events_out
 from local_stack.event_source import MappingSettings, StreamEventSource
 from local_stack.functions import Invocation, LocalFunctions, function_environment, http_routes, iam_routes
 from local_stack.moto_server import SerialMotoServer
@@ -113,6 +114,7 @@ class RunningStack:
     functions: LocalFunctions
     stream: StreamEventSource
     scheduler: Scheduler
+    events: LocalEventsOut | None = None  # the event bus and its pipes (docs/events.md)
 
     @property
     def api_url(self) -> str:
@@ -254,6 +256,11 @@ def running_stack(
         for part in (api, sandbox, stream, scheduler):
             part.start()
             started.append(part)
+        stack.events = start_events_out(
+            intrinsics, names, moto.endpoint, region=REGION, account=ACCOUNT, notify=say
+        )
+        started.append(stack.events)
+        api.routes = [*api.routes, *stack.events.bus.routes()]
         yield stack
     finally:
         for part in reversed(started):

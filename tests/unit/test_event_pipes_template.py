@@ -76,7 +76,10 @@ def test_the_pipe_role_reads_only_the_two_streams_puts_only_on_the_bus_and_sends
         for action in as_list(statement["Action"])
         for resource in as_list(statement["Resource"])
     }
-    streams = [{"Fn::GetAtt": ["LedgerTable", "StreamArn"]}, {"Fn::GetAtt": ["WebhookEventsTable", "StreamArn"]}]
+    streams = [
+        {"Fn::GetAtt": ["LedgerTable", "StreamArn"]},
+        {"Fn::GetAtt": ["WebhookEventsTable", "StreamArn"]},
+    ]
     expected = {
         (action, json.dumps(stream, sort_keys=True))
         for action in (
@@ -134,7 +137,9 @@ def test_each_transformation_is_an_allow_list_with_no_personal_field(name: str) 
         assert not any(path.endswith("." + field) or f".{field}." in path for field in PERSONAL), path
         assert "*" not in path and "source.M.reason" not in path, path  # an adjustment's reason is free text
     # Every field the transformation names is required by the filter, so none is ever missing.
-    filters = [json.loads(entry["Pattern"]) for entry in properties["SourceParameters"]["FilterCriteria"]["Filters"]]
+    filters = [
+        json.loads(entry["Pattern"]) for entry in properties["SourceParameters"]["FilterCriteria"]["Filters"]
+    ]
     for pattern in filters:
         for path in paths:
             node: Any = pattern

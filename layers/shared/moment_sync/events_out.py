@@ -52,7 +52,7 @@ def entry_event(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "balance_kind": balance_kind.lower(),
         "balance_ref": balance_ref,
         "entry_id": entry["entry_id"],
-        "amount": int(entry["amount"]),
+        "amount": str(int(entry["amount"])),  # a stream carries numbers as text
         "currency": entry["currency"],
     }
     if kind is EntryKind.PAYMENT:
