@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from local_stack.api_gateway import Route
 
@@ -109,7 +110,11 @@ class LocalEventBus:
 
     def routes(self) -> list[Route]:
         def read(event: dict[str, Any]) -> dict[str, Any]:
-            query = event.get("queryStringParameters") or {}
+            # API Gateway decodes the query string; the local front passes it as sent.
+            query = {
+                name: unquote_plus(value)
+                for name, value in (event.get("queryStringParameters") or {}).items()
+            }
             since = query.get("since")
             if since is not None:
                 try:

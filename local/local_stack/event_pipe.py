@@ -387,3 +387,21 @@ def start_events_out(
 
     pipes = {logical_id: make(logical_id).start() for logical_id in pipe_logical_ids()}
     return LocalEventsOut(bus, pipes, queue_url, checkpoints, make)
+
+
+def show_events(events_out: LocalEventsOut, say: Notify) -> None:
+    """The events the bus carried, by detail-type (the end of `make demo`)."""
+    events_out.wait_until_idle(timeout=10)
+    published = events_out.bus.events()
+    counts: dict[str, int] = {}
+    for event in published:
+        counts[event["detail-type"]] = counts.get(event["detail-type"], 0) + 1
+    say(f"\nEvents on the bus {events_out.bus.name} (GET /_local/events)")
+    for detail_type, count in sorted(counts.items()):
+        say(f"   {detail_type:<20} {count}")
+    payments = [event["detail"] for event in published if event["detail-type"] == "Payment Applied"]
+    for detail in payments:
+        say(
+            f"   Payment Applied: {detail['balance_kind']} {detail['balance_ref']} {detail['amount']} "
+            f"{detail['currency']} (application {detail['application_id']})"
+        )

@@ -93,5 +93,5 @@ def parking_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         "webhook_id": event["webhook_id"],
         "reason": event["reason"],
         "reason_detail": str(event.get("reason_detail", "")),
-        "occurred_at": event["resolved_at"],
+        "occurred_at": event.get("parked_at", event["resolved_at"]),
     }
