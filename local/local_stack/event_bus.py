@@ -128,7 +128,19 @@ class LocalEventBus:
                 "body": json.dumps({"bus": self.name, "events": found}),
             }
 
-        return [Route("GET", "/_local/events", "local", read)]
+        def put(event: dict[str, Any]) -> dict[str, Any]:
+            """PutEvents' shape, for `moment-sync --local republish-events`."""
+            try:
+                entries = json.loads(event.get("body") or "{}")["Entries"]
+                published = self.put_events(entries)
+            except BusUnavailable:
+                failed = [{"ErrorCode": "InternalFailure"} for _ in entries]
+                return _json(200, {"FailedEntryCount": len(entries), "Entries": failed})
+            except (ValueError, KeyError, TypeError) as error:
+                return _problem(400, f"expected {{'Entries': [1 to 10 PutEvents entries]}}: {error}")
+            return _json(200, {"FailedEntryCount": 0, "Entries": [{"EventId": e["id"]} for e in published]})
+
+        return [Route("GET", "/_local/events", "local", read), Route("POST", "/_local/events", "local", put)]
 
     def _forward_all(self) -> None:
         import httpx  # noqa: PLC0415 -- only when forwarding
@@ -169,6 +181,10 @@ def _parse_time(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError("a time zone is required")
     return parsed
+
+
+def _json(status: int, body: Any) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
 
 
 def _problem(status: int, detail: str) -> dict[str, Any]:

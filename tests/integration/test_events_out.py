@@ -11,6 +11,7 @@ tables' streams into the local bus, which keeps them at GET /_local/events and f
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -274,3 +275,43 @@ def test_a_bus_that_keeps_refusing_sends_the_batch_positions_to_the_dead_letter_
     [event] = wait_for(stack, 1, **{"detail-type": "Charge Posted"})
     assert event["detail"]["source_id"] == "after-1"
     assert Path(ROOT / "schemas").is_dir()
+
+
+def test_republishing_puts_the_same_events_again_except_an_erased_customers(stack: RunningStack) -> None:
+    from moment_sync.cli import main  # imported after the stack set the environment
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    for ref in ("UCR9101", "UCR9102"):
+        response = httpx.put(
+            f"{stack.api_url}/customers/{ref}",
+            json={"currency": "ZAR", "name": f"Member {ref}", "email": f"{ref.lower()}@example.com"},
+            timeout=30,
+        )
+        assert response.status_code in {200, 201}, response.text
+        _charge(stack, ref, f"rp-{ref}", 2500)
+    first = wait_for(stack, 2, **{"detail-type": "Charge Posted"})
+    assert len(first) == 2
+    environment = {
+        "LOCAL_AWS_PORT": stack.aws_endpoint.rsplit(":", 1)[1],
+        "LOCAL_API_PORT": stack.api_url.rsplit(":", 1)[1],
+    }
+    saved = dict(os.environ)
+    os.environ.update(environment)
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["--local", "forget", "UCR9101"], out=out, err=err) == 0, err.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--local", "--json", "republish-events", "--since", started], out=out, err=err)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert code == 0, err.getvalue()
+    report = json.loads(out.getvalue())
+    assert report["found"] == {"Charge Posted": 1}
+    assert (report["published"], report["refused"], report["skipped_erased_customers"]) == (1, 0, 1)
+    again = wait_for(stack, 3, **{"detail-type": "Charge Posted"})
+    assert len(again) == 3
+    [republished] = again[2:]
+    [original] = [event for event in first if event["detail"]["balance_ref"] == "UCR9102"]
+    assert republished["detail"] == original["detail"]  # the same event_id: consumers drop it
+    assert republished["id"] != original["id"]
