@@ -594,20 +594,25 @@ class LedgerTable:
             ["push_intents", *_LEGACY_INTENT]
         )
         # Nothing came since the read: every listed and merged payment is behind this push.
-        announce, announce_condition, announce_values = _synced_transition(balance, read, now)
+        # (It also announces -> synced: the head leaves the pusher's list, so no later look would.)
+        booked = sets, condition, condition_values
+        synced_sets, synced_condition, synced_values = _synced_transition(balance, read, now)
+        sets, condition = [*sets, *synced_sets], condition + synced_condition
+        condition_values = {**condition_values, **synced_values}
         try:
             self._update_head(
                 balance,
-                f"SET {', '.join([*sets, *announce])} ADD payments_since_push :used{announce_condition[0]} "
-                f"{removed}, payments_list, payments_pushed, payments_merged, payments_merged_count, "
+                f"SET {', '.join(sets)} ADD payments_since_push :used {removed}, "
+                "payments_list, payments_pushed, payments_merged, payments_merged_count, "
                 "push_shard, pending_since",
-                condition + " AND version = :version" + announce_condition[1],
-                {**values, **condition_values, **announce_values},
+                condition + " AND version = :version",
+                {**values, **condition_values},
             )
             return True
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
+        sets, condition, condition_values = booked
         # The balance moved while we pushed: book the push, keep it pending for the next run. The
         # reconciler only appends, so the payments read are the first `payments_pushed` of the list
         # (a watermark: one SET however long the list) and `payments_merged_read` of the merged sum.
@@ -1000,12 +1005,12 @@ def _duplicate_or_conflict(
 
 def _synced_transition(
     balance: BalanceRef, read: dict[str, Any], now: float
-) -> tuple[list[str], tuple[str, str], dict[str, Any]]:
-    """The parts of a booked push that announce `-> synced` in the same write (the head leaves the
-    pusher's list with it, so no later look would): SET clauses, (ADD clause, condition), values."""
+) -> tuple[list[str], str, dict[str, Any]]:
+    """What a booked push adds to announce `-> synced` in its own write (docs/events.md): SET
+    clauses, a condition (the transitions still as read), values."""
     old = str(read.get("sync_state", "synced"))
     if old == "synced" or "version" not in read:
-        return [], ("", ""), {}
+        return [], "", {}
     count = int(read.get("sync_transitions", 0))
     transition = {
         "id": f"{balance.partition_key}|sync|{count + 1}",
@@ -1016,12 +1021,12 @@ def _synced_transition(
     condition = (
         " AND attribute_not_exists(sync_transitions)" if count == 0 else " AND sync_transitions = :read_count"
     )
-    values: dict[str, Any] = {":synced": "synced", ":transition": transition, ":one_transition": 1}
+    values: dict[str, Any] = {":synced": "synced", ":transition": transition, ":transitions": count + 1}
     if count:
         values[":read_count"] = count
     return (
-        ["sync_state = :synced", "sync_transition = :transition"],
-        (", sync_transitions :one_transition", condition),
+        ["sync_state = :synced", "sync_transition = :transition", "sync_transitions = :transitions"],
+        condition,
         values,
     )
 
