@@ -52,10 +52,15 @@ class LocalEventBus:
         self._failures_left = 0
         self._say: Notify = notify or (lambda _line: None)
         self.targets = targets
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
         self.forward_failures = 0
         self._outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._forwarder = threading.Thread(target=self._forward_all, name="event-bus-forwarder", daemon=True)
         self._forwarder.start()
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback` with every event published from now on (in the publishing thread)."""
+        self._subscribers.append(callback)
 
     def fail_next(self, calls: int) -> None:
         with self._lock:
@@ -88,6 +93,8 @@ class LocalEventBus:
                 published.append(event)
         for event in published:
             self._say(_line(event))
+            for callback in self._subscribers:
+                callback(event)
             if self.targets:
                 self._outbox.put(event)
         return published
