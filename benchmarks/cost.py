@@ -36,6 +36,8 @@ PRICES = {
     "dynamodb_per_million_write_request_units": 0.625,  # on-demand, Standard table class
     "dynamodb_per_million_read_request_units": 0.125,
     "logs_ingestion_per_gb": 0.50,  # CloudWatch Logs, Standard log class; GB = 2**30 bytes
+    "secrets_manager_per_10000_calls": 0.05,
+    "secrets_manager_per_secret_month": 0.40,
 }
 PRICES_AS_OF = (
     "AWS list prices for us-east-1 (af-south-1's are higher and not used), as published after DynamoDB's "
@@ -53,7 +55,16 @@ ASSUMPTIONS = {
     # Lambda's START, END and REPORT lines (text format) per invocation, estimated.
     "platform_log_bytes_per_invocation": 260,
     "records_per_reconciler_invocation": 1,
+    # Secrets Manager is paid per month, not per webhook: spread over this many webhooks a month.
+    "webhooks_per_month": 1_000_000,
+    # Receiver environments kept warm all month, each reading the signing secret once a minute
+    # (SigningSecretsCacheSeconds 60): 43,200 calls a month each.
+    "warm_receiver_environments": 1,
+    # The Moment API key (MOMENT_API_KEY_MAX_AGE_SECONDS 300): read about once per run by the pusher and
+    # the re-drive (every 5 minutes each: 8,640 runs a month each) and the daily check (30).
+    "moment_key_reads_per_month": 2 * 8_640 + 30,
 }
+SECONDS_PER_MONTH = 30 * 86_400
 
 NEEDED = {
     "receiver": ("receiver.warm_median", "receiver.write_units_new"),
@@ -69,11 +80,35 @@ class Webhook:
     lambda_: float
     dynamodb: float
     logs: float
+    secrets_manager: float
     explained: dict[str, str]
 
     @property
     def total(self) -> float:
-        return self.api_gateway + self.lambda_ + self.dynamodb + self.logs
+        return self.api_gateway + self.lambda_ + self.dynamodb + self.logs + self.secrets_manager
+
+
+def _secrets_manager() -> tuple[float, str]:
+    """Per webhook: the month's Secrets Manager bill (calls and secrets stored) over the month's webhooks."""
+    from local_stack.template import load_template  # noqa: PLC0415
+
+    secrets = sum(
+        resource["Type"] == "AWS::SecretsManager::Secret"
+        for resource in load_template()["Resources"].values()
+    )
+    signing_reads = SECONDS_PER_MONTH // 60 * ASSUMPTIONS["warm_receiver_environments"]
+    calls = signing_reads + ASSUMPTIONS["moment_key_reads_per_month"]
+    calls_usd = calls / 10_000 * PRICES["secrets_manager_per_10000_calls"]
+    stored_usd = secrets * PRICES["secrets_manager_per_secret_month"]
+    month = ASSUMPTIONS["webhooks_per_month"]
+    return (calls_usd + stored_usd) / month, (
+        f"a month's bill over {month:,} webhooks: the signing secret read once a minute by "
+        f"{ASSUMPTIONS['warm_receiver_environments']} warm receiver environment(s), {signing_reads:,} calls; "
+        f"the Moment API key, {ASSUMPTIONS['moment_key_reads_per_month']:,} calls (pusher and re-drive "
+        f"every 5 minutes, the daily check); {calls:,} calls at $0.05 per 10,000 = ${calls_usd:.3f}, plus "
+        f"{secrets} secrets at $0.40 a month = ${stored_usd:.2f}: ${calls_usd + stored_usd:.3f} a month, "
+        "whatever the traffic (at 10 million webhooks a month, a tenth of this per million)"
+    )
 
 
 def _billed_ms(cpu_us: float, round_trip_ms: float, memory_mb: int) -> int:
@@ -135,6 +170,12 @@ def run(context: Context) -> list[Row]:
         ("lambda", "Lambda (requests and duration)", system.lambda_, baseline.lambda_),
         ("dynamodb", "DynamoDB (on-demand write request units)", system.dynamodb, baseline.dynamodb),
         ("logs", "CloudWatch Logs ingestion", system.logs, baseline.logs),
+        (
+            "secrets_manager",
+            "Secrets Manager (calls and secrets, a month over its webhooks)",
+            system.secrets_manager,
+            0.0,
+        ),
     )
     result = [
         Row(
@@ -154,20 +195,20 @@ def run(context: Context) -> list[Row]:
         Row(
             area=AREA,
             name="cost.total",
-            title="cost per million webhooks, modelled: API Gateway + Lambda + DynamoDB + logs",
+            title="cost per million webhooks, modelled: API Gateway, Lambda, DynamoDB, logs, Secrets Manager",
             measured=system.total * per_million,
             baseline=baseline.total * per_million,
             unit="USD",
-            measured_label="the receiver and the reconciler, per new payment webhook: "
+            measured_label="the receiver and the reconciler, per new payment webhook, and the month's "
+            "Secrets Manager bill spread over its webhooks: "
             + ", ".join(f"{key} ${value * per_million:.3f}" for key, _, value, _ in items),
             baseline_label="baseline_receiver, one PutItem, no reconciler: "
             + ", ".join(f"{key} ${value * per_million:.3f}" for key, _, _, value in items),
             notes=[
                 *common,
                 "left out: DynamoDB storage and point-in-time recovery (per GB-month, not per webhook), "
-                "Secrets Manager (GetSecretValue once a minute per warm receiver environment, $0.05 per "
-                "10,000: about $0.43 a month per environment, whatever the traffic), CloudWatch custom "
-                "metrics (per metric-month), init durations of cold starts, the pusher (at most one push "
+                "CloudWatch custom metrics (per metric-month), init durations of cold starts, the pusher "
+                "(at most one push "
                 "per balance per schedule tick, however many payments), and stream reads (free to Lambda)",
                 "redeliveries of the same webhook cost one more API Gateway request, receiver invocation and "
                 "write unit each (receiver.write_units_duplicate); they never reach the reconciler",
@@ -180,10 +221,12 @@ def run(context: Context) -> list[Row]:
 
 def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
     warm = rows["receiver.warm_median"]
+    receiver_cpu = warm.details.get("receiver_cpu_us", warm.measured)
     receiver_units = rows["receiver.write_units_new"].measured
     reconciler_units = rows["reconciler.write_units_applied"].measured
     reconciler_cpu = rows["reconciler.cpu_per_invocation_single"].measured
-    receiver_ms = _billed_ms(warm.measured, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
+    receiver_ms = _billed_ms(receiver_cpu, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
+    secrets_usd, secrets_explained = _secrets_manager()
     reconciler_ms = _billed_ms(reconciler_cpu, ASSUMPTIONS["transactwriteitems_round_trip_ms"], memory_mb)
     printed = (
         warm.details["stdout_per_call"]["webhook_receiver"]["bytes"]
@@ -196,10 +239,12 @@ def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
         lambda_=_lambda_usd(receiver_ms, memory_mb) + _lambda_usd(reconciler_ms, memory_mb),
         dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6,
         logs=_logs_usd(printed),
+        secrets_manager=secrets_usd,
         explained={
+            "secrets_manager": secrets_explained,
             "api_gateway": "1 HTTP API request (POST /webhooks/moment)",
             "lambda": f"2 invocations of {memory_mb} MB: receiver {receiver_ms} ms billed "
-            f"({warm.measured:.0f} µs CPU here x {ASSUMPTIONS['mb_per_vcpu'] / memory_mb:.2f} for a "
+            f"({receiver_cpu:.0f} µs CPU here x {ASSUMPTIONS['mb_per_vcpu'] / memory_mb:.2f} for a "
             f"{memory_mb} MB share of a vCPU + {ASSUMPTIONS['putitem_round_trip_ms']:g} ms PutItem round "
             f"trip), reconciler {reconciler_ms} ms ({reconciler_cpu:.0f} µs x the same + "
             f"{ASSUMPTIONS['transactwriteitems_round_trip_ms']:g} ms transaction round trip)",
@@ -221,8 +266,9 @@ def _reconciler_printed(rows: dict[str, Row]) -> float:
 
 def _baseline(rows: dict[str, Row], memory_mb: int) -> Webhook:
     warm = rows["receiver.warm_median"]
+    baseline_cpu = warm.details.get("baseline_cpu_us", warm.baseline)
     units = rows["receiver.write_units_new"].baseline
-    billed = _billed_ms(warm.baseline, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
+    billed = _billed_ms(baseline_cpu, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
     printed = (
         warm.details["stdout_per_call"]["baseline_receiver"]["bytes"]
         + ASSUMPTIONS["platform_log_bytes_per_invocation"]
@@ -232,9 +278,11 @@ def _baseline(rows: dict[str, Row], memory_mb: int) -> Webhook:
         lambda_=_lambda_usd(billed, memory_mb),
         dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6,
         logs=_logs_usd(printed),
+        secrets_manager=0.0,
         explained={
+            "secrets_manager": "none: its key comes from an environment variable",
             "api_gateway": "1 HTTP API request",
-            "lambda": f"1 invocation of {memory_mb} MB: {billed} ms billed ({warm.baseline:.0f} µs CPU here, "
+            "lambda": f"1 invocation of {memory_mb} MB: {billed} ms billed ({baseline_cpu:.0f} µs CPU here, "
             "scaled the same, + the same PutItem round trip)",
             "dynamodb": f"{units:g} write request unit (its 3-attribute item, no index)",
             "logs": f"{printed:,.0f} bytes: Lambda's START/END/REPORT only (it prints nothing)",

@@ -48,8 +48,14 @@ def _answer(request: Any, status: int, document: dict[str, Any], content_type: s
     return AWSResponse(request.url, status, headers, _RawBody(body))
 
 
+# Powertools' idempotency record put: a record that exists and has not expired makes it fail. Records
+# here never expire within a run (the peer keeps them 3 days), so an existing key is enough.
+_POWERTOOLS_PUT = "attribute_not_exists(#id) OR #expiry < :now OR ("
+
+
 class InMemoryDynamoDB:
-    """PutItem with `attribute_not_exists(<key>)`, the one call the receivers make; nothing else."""
+    """PutItem with `attribute_not_exists(<key>)` (or Powertools' idempotency condition), and
+    UpdateItem with a plain `SET`: the calls the receivers and their peers make; nothing else."""
 
     def __init__(self, key: str = "webhook_id") -> None:
         self.key = key
@@ -62,6 +68,9 @@ class InMemoryDynamoDB:
 
     def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
         operation = event_name.rsplit(".", 1)[-1]
+        if operation == "UpdateItem":
+            self.requests += 1
+            return self._update(request, json.loads(request.body))
         if operation != "PutItem":
             raise NotImplementedError(f"the in-memory DynamoDB does not do {operation}")
         self.requests += 1
@@ -69,7 +78,12 @@ class InMemoryDynamoDB:
         item = call["Item"]
         key = item[self.key]["S"]
         condition = call.get("ConditionExpression")
-        if condition not in {None, f"attribute_not_exists({self.key})"}:
+        powertools = (
+            condition is not None
+            and condition.startswith(_POWERTOOLS_PUT)
+            and call["ExpressionAttributeNames"]["#id"] == self.key
+        )
+        if condition not in {None, f"attribute_not_exists({self.key})"} and not powertools:
             raise NotImplementedError(f"the in-memory DynamoDB does not evaluate {condition!r}")
         if condition and key in self.items:
             error: dict[str, Any] = {
@@ -80,6 +94,17 @@ class InMemoryDynamoDB:
                 error["Item"] = self.items[key]
             return _answer(request, 400, error, _JSON_1_0)
         self.items[key] = item  # as sent: binary values stay base64, as DynamoDB returns them
+        return _answer(request, 200, {}, _JSON_1_0)
+
+    def _update(self, request: Any, call: dict[str, Any]) -> AWSResponse:
+        expression = call["UpdateExpression"]
+        if not expression.startswith("SET ") or call.get("ConditionExpression"):
+            raise NotImplementedError(f"the in-memory DynamoDB does not do {expression!r}")
+        names, values = call.get("ExpressionAttributeNames", {}), call["ExpressionAttributeValues"]
+        item = self.items.setdefault(call["Key"][self.key]["S"], dict(call["Key"]))
+        for assignment in expression.removeprefix("SET ").split(","):
+            name, _, value = (part.strip() for part in assignment.partition("="))
+            item[names.get(name, name)] = values[value]
         return _answer(request, 200, {}, _JSON_1_0)
 
 

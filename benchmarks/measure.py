@@ -156,6 +156,83 @@ def run_call(
         return json.loads(result_path.read_text())
 
 
+_SERVE_CHILD = (
+    "import importlib, json, os, sys\n"
+    "module, _, function = sys.argv[1].partition(':')\n"
+    "params = json.loads(open(sys.argv[2]).read())\n"
+    "reply = os.fdopen(int(sys.argv[4]), 'w')\n"
+    "step = getattr(importlib.import_module(module), function)(params)\n"
+    "reply.write('ready\\n'); reply.flush()\n"
+    "for line in sys.stdin:\n"
+    "    answer = step(json.loads(line))\n"
+    "    if answer is not None:\n"
+    "        open(sys.argv[3], 'w').write(json.dumps(answer)); break\n"
+    "    reply.write('ok\\n'); reply.flush()\n"
+)
+
+
+class Server:
+    """A fresh interpreter running `module:function(params)`, which returns a `step(command)`; each
+    command is run when sent, so several servers can take turns in small batches (both sides of a
+    comparison then share whatever the machine does meanwhile). A step returning a value ends it."""
+
+    def __init__(
+        self,
+        python: str,
+        target: str,
+        params: Mapping[str, Any],
+        *,
+        environment: Mapping[str, str],
+        pythonpath: Sequence[Path],
+    ) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="bench-serve-")
+        scratch = Path(self._scratch.name)
+        Path(scratch, "params.json").write_text(json.dumps(params))
+        self._result = Path(scratch, "result.json")
+        self._stderr = Path(scratch, "stderr.txt").open("w+")  # noqa: SIM115 -- closed in finish()
+        read, write = os.pipe()
+        child_env = dict(environment, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
+        self.target = target
+        self._process = subprocess.Popen(  # noqa: S603 -- our interpreter, our code
+            [python, "-c", _SERVE_CHILD, target, str(scratch / "params.json"), str(self._result), str(write)],
+            env=child_env,
+            cwd=scratch,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            text=True,
+            pass_fds=(write,),
+        )
+        os.close(write)
+        self._replies = os.fdopen(read)
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        if self._replies.readline().strip() != word:
+            self._process.wait(timeout=30)
+            self._stderr.seek(0)
+            raise RuntimeError(f"{self.target} failed in its child process:\n{self._stderr.read()[-4000:]}")
+
+    def send(self, command: Mapping[str, Any]) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        self._expect("ok")
+
+    def finish(self, command: Mapping[str, Any]) -> Any:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.close()
+        if self._process.wait(timeout=120) != 0 or not self._result.exists():
+            self._stderr.seek(0)
+            raise RuntimeError(f"{self.target} failed in its child process:\n{self._stderr.read()[-4000:]}")
+        answer = json.loads(self._result.read_text())
+        self._replies.close()
+        self._stderr.close()
+        self._scratch.cleanup()
+        return answer
+
+
 @dataclass(frozen=True)
 class ColdSubject:
     """One thing whose cold start is measured: what a fresh Lambda execution environment imports and builds.

@@ -52,7 +52,7 @@ def run(context: Context) -> list[Row]:
     code_dir = ROOT / resource_properties(FUNCTION)["CodeUri"]
     module = resource_properties(FUNCTION)["Handler"].rpartition(".")[0]
     balances = context.iterations(full=128, quick=64)
-    rounds = context.iterations(full=3, quick=1)
+    rounds = context.iterations(full=5, quick=1)  # the goal is judged on the median of 5 runs
     context.progress(
         f"pusher: {FIRST_PUSHES} first pushes, then {balances} customers pushed once on moto and {rounds} "
         f"timed runs on a snapshot, concurrency {concurrency}, the sandbox answering after {LATENCY_MS} ms"

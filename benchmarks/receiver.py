@@ -104,6 +104,10 @@ def _cold_subjects(scratch: Path, handler: tuple[Path, str], *, bytecode: bool) 
     )
     baseline_task.mkdir()
     shutil.copy2(BASELINE_SOURCE, baseline_task)
+    peer_tasks = {peer: scratch / f"{peer}{suffix}" for peer in PEERS}
+    for peer, task_dir in peer_tasks.items():
+        task_dir.mkdir()
+        shutil.copy2(Path(__file__).with_name(f"{peer}.py"), task_dir)
     function_dir, module = handler
     real_path: tuple[Path, ...] = (function_dir, LAYER_DIR)
     if not bytecode:
@@ -139,10 +143,28 @@ def _cold_subjects(scratch: Path, handler: tuple[Path, str], *, bytecode: bool) 
             write_bytecode=bytecode,
         ),
         measure.ColdSubject(name=BOTO3, module="boto3", pythonpath=(), ready=("boto3:client=dynamodb",)),
+        # The peers create their client at import, as the baseline does; no first call here.
+        *(
+            measure.ColdSubject(name=peer, module=peer, pythonpath=(task_dir,), write_bytecode=bytecode)
+            for peer, task_dir in peer_tasks.items()
+        ),
     ]
 
 
 _spread = measure.spread
+
+
+def _grouped_ratio(ours: list[float], theirs: list[float], groups: int) -> tuple[float, list[float]]:
+    """Samples taken in rounds, cut into `groups` runs of consecutive rounds: the median over runs of
+    the ratio of each run's medians, and those ratios."""
+    size = max(1, len(ours) // groups)
+    ratios = [
+        measure.median(ours[start : start + size]) / measure.median(theirs[start : start + size])
+        for start in range(0, size * groups, size)
+    ]
+    return measure.median(ratios), ratios
+
+
 _cross_checks = measure.cross_checks
 
 
@@ -151,8 +173,8 @@ def _cold_rows(
 ) -> list[Row]:
     starts = context.iterations(full=15, quick=5)
     context.progress(f"receiver: cold starts, {starts} per subject, interleaved")
-    real, baseline, boto3_alone = _cold_subjects(scratch, handler, bytecode=True)
-    samples = measure.cold_start(context.python, [real, baseline, boto3_alone], starts, environment)
+    real, baseline, boto3_alone, *peers = _cold_subjects(scratch, handler, bytecode=True)
+    samples = measure.cold_start(context.python, [real, baseline, boto3_alone, *peers], starts, environment)
     breakdown = (
         measure.ImportBreakdown([], {})  # one -X importtime start: not in a quick run
         if context.quick
@@ -161,7 +183,7 @@ def _cold_rows(
         )
     )
     no_pyc_starts = context.iterations(full=7, quick=3)
-    real_no_pyc, baseline_no_pyc, _ = _cold_subjects(scratch, handler, bytecode=False)
+    real_no_pyc, baseline_no_pyc, *_ = _cold_subjects(scratch, handler, bytecode=False)
     as_built = _as_built_subject(context, scratch, real)
     context.progress(
         f"receiver: cold starts without .pyc{' and as sam build ships it' if as_built else ''}, "
@@ -192,6 +214,26 @@ def _cold_rows(
         f"fastest start vs fastest start {checks['min_ratio']:.2f}x, "
         f"CPU time {checks['cpu_time_ratio']:.2f}x"
     )
+    groups = 5 if starts >= 5 else 1
+    cpu_gate, cpu_ratios = _grouped_ratio(ours.through(1, cpu=True), theirs.cpu_import_ms, groups)
+    gate_label = f"CPU, median of {groups} runs"
+    peer_rows = [
+        Row(
+            area=AREA,
+            name=f"receiver.{short}.cold_start",
+            title=f"cold start (import + the first DynamoDB client), against {label}",
+            measured=start_ms,
+            baseline=measure.median(samples[peer].import_ms),
+            unit="ms",
+            measured_label="as receiver.cold_start",
+            baseline_label=f"import benchmarks/{peer}.py (boto3, its libraries, and its client)",
+            gate=_grouped_ratio(ours.through(1, cpu=True), samples[peer].cpu_import_ms, groups)[0],
+            gate_label=gate_label,
+            notes=[how, f"modules loaded: receiver {ours.modules}, peer {samples[peer].modules}"],
+            details={"peer_ms": _spread(samples[peer].import_ms)},
+        )
+        for peer, (short, label) in PEERS.items()
+    ]
     return [
         Row(
             area=AREA,
@@ -204,9 +246,13 @@ def _cold_rows(
             "(boto3 import + client)",
             baseline_label="import baseline_receiver (imports boto3, creates its client at import)",
             goal=WITHIN_1_3,
+            gate=cpu_gate,
+            gate_label=gate_label,
             notes=[
                 how,
                 noise,
+                f"the gate: the starts in {groups} runs of {starts // groups} rounds each, the CPU-time "
+                f"ratio of each run's medians: {', '.join(f'{ratio:.2f}' for ratio in cpu_ratios)}",
                 "fairness: the receiver imports boto3 and creates its client lazily, on the first call; "
                 "the baseline at import. Both are counted here, import + first client, for both sides",
                 f"receiver: import alone {measure.median(ours.import_ms):.1f} ms (no boto3 yet), "
@@ -315,6 +361,7 @@ def _cold_rows(
             },
         ),
         *([_as_built_row(no_pyc, no_pyc_starts)] if as_built else []),
+        *peer_rows,
     ]
 
 
@@ -373,95 +420,155 @@ def _as_built_row(no_pyc: dict[str, measure.ColdSamples], starts: int) -> Row:
 # -- warm invocations -------------------------------------------------------------------------------
 
 
-def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Path, str]) -> list[Row]:
-    calls = context.iterations(full=3000, quick=900)
-    duplicates = context.iterations(full=900, quick=300)
-    warmup = context.iterations(full=300, quick=100)
-    # A B B A A B: each side runs three times, each time in a fresh interpreter, so drift on the
-    # machine and one process's luck (memory layout, hash seed) fall on both sides alike. Quick: A B.
-    order = (REAL, BASELINE) if context.quick else (REAL, BASELINE, BASELINE, REAL, REAL, BASELINE)
-    children = len(order) // 2
-    context.progress(f"receiver: warm invocations, {calls} new + {duplicates} duplicates per side")
-    results: dict[str, dict[str, list[float]]] = {
-        side: {"new_us": [], "duplicate_us": []} for side in (REAL, BASELINE)
-    }
-    output: dict[str, dict[str, float]] = {}
-    per_process: dict[str, list[float]] = {}
-    for side in order:
-        params = {
-            "side": side,
-            "calls": calls // children,
-            "duplicates": duplicates // children,
-            "warmup": warmup,
-            "secret": environment["BASELINE_WEBHOOK_SECRETS"],
-            "handler_module": handler[1],
-        }
-        pythonpath = (handler[0], LAYER_DIR, ROOT) if side == REAL else (ROOT,)
-        answer = measure.run_call(
-            context.python,
-            "benchmarks.receiver:warm_child",
-            params,
-            environment=environment,
-            pythonpath=pythonpath,
-        )
-        results[side]["new_us"] += answer["new_us"]
-        results[side]["duplicate_us"] += answer["duplicate_us"]
-        per_process.setdefault(side, []).append(round(measure.median(answer["new_us"]), 1))
-        output[side] = answer["stdout"]
+# The peers: what a merchant would write instead, measured in the same run, each in its own interpreter.
+PEER_POWERTOOLS = "peer_powertools_receiver"
+PEER_PUT = "peer_conditional_put_receiver"
+PEERS = {
+    PEER_POWERTOOLS: ("vs_powertools", "Powertools idempotent_function (DynamoDB) + standardwebhooks"),
+    PEER_PUT: ("vs_conditional_put", "standardwebhooks + one conditional PutItem"),
+}
+WARM_SIDES = (REAL, BASELINE, PEER_POWERTOOLS, PEER_PUT)
+# What each side answers to a redelivery (Powertools returns the saved result of the first call).
+DUPLICATE_STATUS = {
+    REAL: "duplicate",
+    BASELINE: "duplicate",
+    PEER_POWERTOOLS: "accepted",
+    PEER_PUT: "duplicate",
+}
+BATCH = 50  # calls per turn: every side takes a turn of this many before any takes the next
+WITHIN_1_25 = Goal.at_most(1.25)
 
-    ours, theirs = results[REAL], results[BASELINE]
-    new_ours, new_theirs = measure.median(ours["new_us"]), measure.median(theirs["new_us"])
+
+def _warm_pythonpath(side: str, handler: tuple[Path, str]) -> tuple[Path, ...]:
+    return (handler[0], LAYER_DIR, ROOT) if side == REAL else (ROOT,)
+
+
+def warm_runs(
+    context: Context, environment: dict[str, str], handler: tuple[Path, str], *, runs: int, calls: int
+) -> list[dict[str, dict[str, Any]]]:
+    """`runs` runs; in each, one fresh interpreter per side, all alive at once, taking turns of BATCH
+    calls (the order rotating every turn), so each side meets the same load on the machine."""
+    duplicates, warmup = max(BATCH, calls // 3 // BATCH * BATCH), context.iterations(full=300, quick=100)
+    results = []
+    for number in range(runs):
+        sides = [*WARM_SIDES[number % 4 :], *WARM_SIDES[: number % 4]]
+        servers = {
+            side: measure.Server(
+                context.python,
+                "benchmarks.receiver:warm_server",
+                {
+                    "side": side,
+                    "warmup": warmup,
+                    "secret": environment["BASELINE_WEBHOOK_SECRETS"],
+                    "handler_module": handler[1],
+                },
+                environment=environment,
+                pythonpath=_warm_pythonpath(side, handler),
+            )
+            for side in sides
+        }
+        for operation, total in (("new", calls), ("duplicate", duplicates)):
+            for turn in range(total // BATCH):
+                shift = turn % len(sides)
+                for side in [*sides[shift:], *sides[:shift]]:
+                    servers[side].send({"op": operation, "count": BATCH})
+        results.append({side: server.finish({"op": "finish"}) for side, server in servers.items()})
+    return results
+
+
+def _per_run_ratio(
+    runs: list[dict[str, dict[str, Any]]], ours: str, theirs: str, samples: str
+) -> list[float]:
+    return [measure.median(run[ours][samples]) / measure.median(run[theirs][samples]) for run in runs]
+
+
+def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Path, str]) -> list[Row]:
+    runs = context.iterations(full=5, quick=3)
+    calls = context.iterations(full=500, quick=200)
+    context.progress(
+        f"receiver: warm invocations, {runs} runs of {calls} new webhooks per side "
+        f"(receiver, baseline, {len(PEERS)} peers), taking turns of {BATCH}"
+    )
+    measured = warm_runs(context, environment, handler, runs=runs, calls=calls)
+
+    def pooled(side: str, samples: str) -> list[float]:
+        return [value for run in measured for value in run[side][samples]]
+
+    def gate(theirs: str, samples: str = "new_cpu_us") -> tuple[float, list[float]]:
+        ratios = _per_run_ratio(measured, REAL, theirs, samples)
+        return measure.median(ratios), ratios
+
+    output = measured[-1]
     backend = (
         "backend: in-memory DynamoDB (and Secrets Manager) at botocore's before-send hook, so "
         "botocore still validates, serialises, signs and parses each call; not moto (its emulation "
         "would dominate), not the Stubber (it skips serialisation, signing and parsing)"
     )
     setup = (
-        f"{calls} new webhooks per side (fresh webhook-id each, same sample body, signed beforehand), "
-        f"after {warmup} untimed warm-up calls; {children} fresh interpreter(s) per side, run A B B A A B "
-        "(a quick run: A B); "
-        "secrets cached (the receiver's SecretsManagerSigningKeys with a warm Powertools cache, "
-        "the baseline's key decoded at import); the handler as deployed: lambda_handler(event, context)"
+        f"{runs} runs; in each, {calls} new webhooks per side (fresh webhook-id each, same sample body, "
+        f"signed beforehand) after {measured and output[REAL]['warmup']} untimed warm-up calls, one fresh "
+        f"interpreter per side, all four alive at once and taking turns of {BATCH} calls (order rotating), "
+        "so every side meets the same load; secrets cached (the receiver's SecretsManagerSigningKeys, the "
+        "others' key decoded at import); the handler as deployed: lambda_handler(event, context)"
     )
     sink = (
-        "stdout (the receiver's JSON logs and EMF metrics) goes to /dev/null, line-buffered so each line "
-        "is written as it is logged, for both sides; Powertools at INFO, as deployed. Per call the receiver "
-        f"printed {output[REAL]['bytes']:.0f} bytes in {output[REAL]['lines']:.0f} lines, the baseline "
-        f"{output[BASELINE]['bytes']:.0f}"
+        "stdout (the receiver's JSON log line with its EMF block) goes to /dev/null, line-buffered so each "
+        "line is written as it is logged, as on Lambda. Per call the receiver printed "
+        f"{output[REAL]['stdout']['bytes']:.0f} bytes in {output[REAL]['stdout']['lines']:.0f} line(s), "
+        "the baseline and the peers "
+        + ", ".join(f"{output[side]['stdout']['bytes']:.0f}" for side in (BASELINE, *PEERS))
     )
-    difference = (
-        f"absolute difference {new_ours - new_theirs:.0f} µs per call, CPU only: neither figure includes "
-        "the DynamoDB round trip, which adds the same to both sides on AWS"
+    cpu_gate, cpu_ratios = gate(BASELINE)
+    wall_gate, wall_ratios = gate(BASELINE, "new_us")
+    ours, theirs = pooled(REAL, "new_us"), pooled(BASELINE, "new_us")
+    runs_text = (
+        f"CPU-time ratio per run {', '.join(f'{ratio:.2f}' for ratio in cpu_ratios)} "
+        f"(median {cpu_gate:.2f}x, spread {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}); "
+        "wall-time ratio per run "
+        f"{', '.join(f'{ratio:.2f}' for ratio in wall_ratios)} (median {wall_gate:.2f}x)"
     )
-    spread = (
-        "median per interpreter: receiver "
-        + ", ".join(f"{value:.0f}" for value in per_process[REAL])
-        + " µs; baseline "
-        + ", ".join(f"{value:.0f}" for value in per_process[BASELINE])
-        + " µs"
-    )
+    gate_label = f"CPU, median of {runs} runs"
     details = {
-        "calls": calls,
-        "duplicates": duplicates,
-        "warmup": warmup,
-        "stdout_per_call": output,
-        "median_per_process_us": per_process,
+        "runs": runs,
+        "calls_per_run": calls,
+        "batch": BATCH,
+        "cpu_ratio_per_run": [round(ratio, 4) for ratio in cpu_ratios],
+        "wall_ratio_per_run": [round(ratio, 4) for ratio in wall_ratios],
+        "stdout_per_call": {side: output[side]["stdout"] for side in WARM_SIDES},
+        "cpu_median_per_run_us": {
+            side: [round(measure.median(run[side]["new_cpu_us"]), 1) for run in measured]
+            for side in WARM_SIDES
+        },
     }
-    return [
+    rows = [
         Row(
             area=AREA,
             name="receiver.warm_median",
             title="warm invocation, new webhook: median",
-            measured=new_ours,
-            baseline=new_theirs,
+            measured=measure.median(ours),
+            baseline=measure.median(theirs),
             unit="µs",
-            measured_label=f"{handler[1]}.lambda_handler (Powertools Logger and Metrics, adapters)",
+            measured_label=f"{handler[1]}.lambda_handler (one JSON log line with its EMF block, adapters)",
             baseline_label="baseline_receiver.lambda_handler",
-            goal=WITHIN_1_3,
-            notes=[setup, backend, sink, difference, spread],
+            goal=WITHIN_1_25,
+            gate=cpu_gate,
+            gate_label=gate_label,
+            notes=[
+                setup,
+                backend,
+                sink,
+                runs_text,
+                f"CPU time per call (median of the pooled samples): receiver "
+                f"{measure.median(pooled(REAL, 'new_cpu_us')):.0f} µs, baseline "
+                f"{measure.median(pooled(BASELINE, 'new_cpu_us')):.0f} µs; neither includes the DynamoDB "
+                "round trip, which adds the same to both on AWS",
+            ],
             details={
-                "receiver_us": _spread(ours["new_us"]),
-                "baseline_us": _spread(theirs["new_us"]),
+                "receiver_us": _spread(ours),
+                "baseline_us": _spread(theirs),
+                # What the cost model bills: CPU time per call, not wall time on a shared machine.
+                "receiver_cpu_us": measure.median(pooled(REAL, "new_cpu_us")),
+                "baseline_cpu_us": measure.median(pooled(BASELINE, "new_cpu_us")),
                 **details,
             },
         ),
@@ -469,35 +576,185 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
             area=AREA,
             name="receiver.warm_p95",
             title="warm invocation, new webhook: 95th percentile",
-            measured=measure.percentile(ours["new_us"], 0.95),
-            baseline=measure.percentile(theirs["new_us"], 0.95),
+            measured=measure.percentile(ours, 0.95),
+            baseline=measure.percentile(theirs, 0.95),
             unit="µs",
             measured_label=f"{handler[1]}.lambda_handler",
             baseline_label="baseline_receiver.lambda_handler",
             notes=[
-                "same calls as receiver.warm_median; nearest-rank p95. The tail moves with whatever else "
-                "the machine runs (garbage collection, other processes), so read it across runs"
+                "same calls as receiver.warm_median, pooled over its runs; nearest-rank p95. The tail moves "
+                "with whatever else the machine runs (garbage collection, other processes)"
             ],
         ),
         Row(
             area=AREA,
             name="receiver.warm_duplicate_median",
             title="warm invocation, redelivered webhook (conditional put fails): median",
-            measured=measure.median(ours["duplicate_us"]),
-            baseline=measure.median(theirs["duplicate_us"]),
+            measured=measure.median(pooled(REAL, "duplicate_us")),
+            baseline=measure.median(pooled(BASELINE, "duplicate_us")),
             unit="µs",
             measured_label=f"{handler[1]}.lambda_handler (ALL_OLD item back, body compared)",
             baseline_label="baseline_receiver.lambda_handler",
+            gate=gate(BASELINE, "duplicate_cpu_us")[0],
+            gate_label=gate_label,
             notes=[
-                f"{duplicates} redeliveries per side of webhooks already stored; the failed condition "
-                "comes back as a ClientError that botocore parses (with the stored item, for the receiver)"
+                "redeliveries of webhooks stored earlier in the same run, taking turns as above; the failed "
+                "condition comes back as a ClientError that botocore parses (with the stored item, for the "
+                "receiver), and the receiver logs and counts it through Powertools"
             ],
             details={
-                "receiver_us": _spread(ours["duplicate_us"]),
-                "baseline_us": _spread(theirs["duplicate_us"]),
+                "receiver_us": _spread(pooled(REAL, "duplicate_us")),
+                "baseline_us": _spread(pooled(BASELINE, "duplicate_us")),
             },
         ),
     ]
+    for peer, (short, label) in PEERS.items():
+        peer_gate, peer_ratios = gate(peer)
+        rows += [
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.warm_median",
+                title=f"warm invocation, new webhook, against a peer: {label}",
+                measured=measure.median(ours),
+                baseline=measure.median(pooled(peer, "new_us")),
+                unit="µs",
+                measured_label=f"{handler[1]}.lambda_handler",
+                baseline_label=f"benchmarks/{peer}.py: {label}",
+                gate=peer_gate,
+                gate_label=gate_label,
+                notes=[
+                    "the same runs and turns as receiver.warm_median; the ratio is the project's to the "
+                    "peer's",
+                    f"CPU-time ratio per run {', '.join(f'{ratio:.2f}' for ratio in peer_ratios)}",
+                ],
+                details={"peer_us": _spread(pooled(peer, "new_us"))},
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.warm_p95",
+                title=f"warm invocation, new webhook, 95th percentile, against {label}",
+                measured=measure.percentile(ours, 0.95),
+                baseline=measure.percentile(pooled(peer, "new_us"), 0.95),
+                unit="µs",
+                measured_label=f"{handler[1]}.lambda_handler",
+                baseline_label=f"benchmarks/{peer}.py",
+                notes=["the same calls, nearest-rank p95"],
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.warm_duplicate_median",
+                title=f"warm invocation, redelivered webhook, against {label}",
+                measured=measure.median(pooled(REAL, "duplicate_us")),
+                baseline=measure.median(pooled(peer, "duplicate_us")),
+                unit="µs",
+                measured_label=f"{handler[1]}.lambda_handler",
+                baseline_label=f"benchmarks/{peer}.py",
+                gate=gate(peer, "duplicate_cpu_us")[0],
+                gate_label=gate_label,
+            ),
+        ]
+    return rows
+
+
+def warm_server(params: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """Run in a fresh interpreter (measure.Server): one side's handler, warmed up, then timed turn by turn."""
+    from benchmarks.fake_aws import BenchLambdaContext, signed_event, signing_key  # noqa: PLC0415
+
+    side = params["side"]
+    handler, dynamodb = _warm_handler(params)
+    template = json.loads(SAMPLE_EVENT.read_text())
+    body = template["body"].encode()
+    key = signing_key(params["secret"])
+    made = [0]
+
+    def batch(count: int) -> tuple[list[dict[str, Any]], list[BenchLambdaContext]]:
+        # Same length of webhook-id on every side; every id new, so every call is a new write. Signed
+        # now, not at start-up: on a loaded machine a run can outlast the 180 s timestamp window.
+        first, made[0] = made[0], made[0] + count
+        now = int(time.time())
+        events = [
+            signed_event(template, body, webhook_id=f"msg_bench_{n:09d}", timestamp=now, key=key)
+            for n in range(first, made[0])
+        ]
+        return events, [BenchLambdaContext(side, n) for n in range(first, made[0])]
+
+    _timed(handler, *batch(params["warmup"]), expect="accepted")
+    samples: dict[str, list[float]] = {
+        "new_us": [],
+        "new_cpu_us": [],
+        "duplicate_us": [],
+        "duplicate_cpu_us": [],
+    }
+    stored: list[tuple[dict[str, Any], BenchLambdaContext]] = []
+    counts = {"new": params["warmup"], "duplicate": 0}
+
+    def step(command: dict[str, Any]) -> dict[str, Any] | None:
+        operation = command["op"]
+        if operation == "new":
+            events, contexts = batch(command["count"])
+            samples["new_us"] += _timed(
+                handler, events, contexts, expect="accepted", cpu=samples["new_cpu_us"]
+            )
+            stored.extend(zip(events, contexts, strict=True))
+            counts["new"] += len(events)
+            return None
+        if operation == "duplicate":
+            again = stored[counts["duplicate"] : counts["duplicate"] + command["count"]]
+            counts["duplicate"] += len(again)
+            # Moment signs every retry afresh.
+            now = int(time.time())
+            resent = [
+                signed_event(
+                    template, body, webhook_id=event["headers"]["webhook-id"], timestamp=now, key=key
+                )
+                for event, _ in again
+            ]
+            samples["duplicate_us"] += _timed(
+                handler,
+                resent,
+                [context for _, context in again],
+                expect=DUPLICATE_STATUS[side],
+                cpu=samples["duplicate_cpu_us"],
+            )
+            return None
+        # Each new webhook one request (two for Powertools: the record, then its result), each redelivery one.
+        per_new = 2 if side == PEER_POWERTOOLS else 1
+        expected = counts["new"] * per_new + counts["duplicate"]
+        if dynamodb.requests != expected or len(dynamodb.items) != counts["new"]:
+            raise RuntimeError(f"{side}: {dynamodb.requests} DynamoDB requests, {expected} expected")
+        with measure.captured_stdout() as written:
+            _timed(handler, *batch(50), expect="accepted")
+        return {
+            **samples,
+            "warmup": params["warmup"],
+            "stdout": {"bytes": len(written) / 50, "lines": written.count(b"\n") / 50},
+        }
+
+    return step
+
+
+def _warm_handler(params: dict[str, Any]) -> tuple[Callable[[Any, Any], Any], Any]:
+    """The side's handler wired to an in-memory DynamoDB (and, for the receiver, Secrets Manager)."""
+    from benchmarks.fake_aws import InMemoryDynamoDB, InMemorySecretsManager  # noqa: PLC0415
+
+    side = params["side"]
+    # Lambda writes each line as it comes; a pipe or /dev/null would otherwise buffer whole blocks.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    dynamodb = InMemoryDynamoDB(key="id" if side == PEER_POWERTOOLS else "webhook_id")
+    if side == REAL:
+        receiver = importlib.import_module(params["handler_module"])
+        from moment_sync import runtime  # noqa: PLC0415
+
+        runtime.receiver_dependencies()
+        dynamodb.attach(runtime.aws_client("dynamodb").meta.events)
+        secrets = InMemorySecretsManager(
+            os.environ["WEBHOOK_SIGNING_SECRET_ARN"], json.dumps([params["secret"]])
+        )
+        secrets.attach(runtime.aws_client("secretsmanager").meta.events)
+        return receiver.lambda_handler, dynamodb
+    module = importlib.import_module(f"benchmarks.{side}")
+    dynamodb.attach(module.dynamodb.meta.events)
+    return module.lambda_handler, dynamodb
 
 
 def warm_child(params: dict[str, Any]) -> dict[str, Any]:
@@ -548,7 +805,16 @@ def warm_child(params: dict[str, Any]) -> dict[str, Any]:
 
     _timed(handler, *batch("w", params["warmup"]), expect="accepted")
     new_events, contexts = batch("n", params["calls"])
-    new_us = _timed(handler, new_events, contexts, expect="accepted")
+    if params.get("profile"):
+        # cProfile of the timed loop instead of timings (docs/performance.md: where the time goes).
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiler.runcall(_timed, handler, new_events, contexts, expect="accepted")
+        profiler.dump_stats(params["profile"])
+        return {}
+    new_cpu_us: list[float] = []
+    new_us = _timed(handler, new_events, contexts, expect="accepted", cpu=new_cpu_us)
     duplicate_events = new_events[: params["duplicates"]]
     duplicate_us = _timed(handler, duplicate_events, contexts[: len(duplicate_events)], expect="duplicate")
     expected_requests = params["warmup"] + params["calls"] + params["duplicates"]
@@ -559,25 +825,36 @@ def warm_child(params: dict[str, Any]) -> dict[str, Any]:
         _timed(handler, *batch("o", 50), expect="accepted")
     return {
         "new_us": new_us,
+        "new_cpu_us": new_cpu_us,
         "duplicate_us": duplicate_us,
         "stdout": {"bytes": len(written) / 50, "lines": written.count(b"\n") / 50},
     }
 
 
 def _timed(
-    handler: Callable[[Any, Any], Any], events: Sequence[Any], contexts: Sequence[Any], *, expect: str
+    handler: Callable[[Any, Any], Any],
+    events: Sequence[Any],
+    contexts: Sequence[Any],
+    *,
+    expect: str,
+    cpu: list[float] | None = None,
 ) -> list[float]:
-    clock = time.perf_counter_ns
+    """Wall time of each call in µs; with `cpu`, each call's CPU time (this thread's) appended to it."""
+    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
     samples: list[float] = []
+    cpu_samples: list[float] = []
     answers = []
     gc.collect()
     for event, context in zip(events, contexts, strict=True):
-        started = clock()
+        started, cpu_started = clock(), cpu_clock()
         answers.append(handler(event, context))
+        cpu_samples.append((cpu_clock() - cpu_started) / 1000)
         samples.append((clock() - started) / 1000)
     for answer in answers:
         if answer["statusCode"] != 200 or json.loads(answer["body"])["status"] != expect:
             raise RuntimeError(f"expected {expect}, got {answer}")
+    if cpu is not None:
+        cpu += cpu_samples
     return samples
 
 
@@ -602,7 +879,7 @@ def _storage_rows(context: Context, environment: dict[str, str], handler: tuple[
         "DynamoDB's size rules (attribute names + values; binary by raw bytes), 1 write unit per KB "
         "rounded up; the WebhookEvents table is on-demand, so these are write request units"
     )
-    return [
+    rows = [
         Row(
             area=AREA,
             name="receiver.dynamodb_requests_new",
@@ -678,6 +955,65 @@ def _storage_rows(context: Context, environment: dict[str, str], handler: tuple[
             ],
         ),
     ]
+    for peer, (short, label) in PEERS.items():
+        theirs = found[peer]
+        described = f"benchmarks/{peer}.py ({label}) against moto, counted the same way"
+        rows += [
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.dynamodb_requests_new",
+                title=f"DynamoDB requests per new webhook, against {label}",
+                measured=len(ours["new_requests"]),
+                baseline=len(theirs["new_requests"]),
+                unit="requests",
+                measured_label=f"{ours['new_requests']}",
+                baseline_label=f"{described}: {theirs['new_requests']}",
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.dynamodb_requests_duplicate",
+                title=f"DynamoDB requests per redelivered webhook, against {label}",
+                measured=len(ours["duplicate_requests"]),
+                baseline=len(theirs["duplicate_requests"]),
+                unit="requests",
+                measured_label=f"{ours['duplicate_requests']}",
+                baseline_label=f"{described}: {theirs['duplicate_requests']}",
+                notes=[
+                    f"a forged delivery: {len(theirs['forged_requests'])} requests (signature checked first)"
+                ],
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.write_units_new",
+                title=f"write units per new webhook, against {label}",
+                measured=ours["new_units"],
+                baseline=theirs["new_units"],
+                unit="write units",
+                measured_label="table + the Unfinished index entry (the re-drive's way to what the stream "
+                "did not finish)",
+                baseline_label=f"{described}; stored item {theirs['item_bytes']} bytes"
+                + (
+                    f" (INPROGRESS record {theirs['in_progress_item_bytes']} bytes, then the update that "
+                    "saves the result)"
+                    if "in_progress_item_bytes" in theirs
+                    else ""
+                ),
+                notes=[units_how],
+                details={peer: theirs},
+            ),
+            Row(
+                area=AREA,
+                name=f"receiver.{short}.write_units_duplicate",
+                title=f"write units per redelivered webhook, against {label}",
+                measured=ours["duplicate_units"],
+                baseline=theirs["duplicate_units"],
+                unit="write units",
+                measured_label="the failed conditional put",
+                baseline_label=described,
+                notes=[units_how],
+            ),
+        ]
+    return rows
 
 
 def storage_child(params: dict[str, Any]) -> dict[str, Any]:
@@ -752,6 +1088,75 @@ def storage_child(params: dict[str, Any]) -> dict[str, Any]:
             duplicate=lambda: baseline_receiver.lambda_handler(fresh, None),
             forged=lambda: baseline_receiver.lambda_handler(forged, None),
         )
+        results.update(_count_peers(client, template, body, key, forged))
+    return results
+
+
+def _count_peers(
+    client: Any, template: dict[str, Any], body: bytes, key: bytes, forged: dict[str, Any]
+) -> dict[str, Any]:
+    """Each peer against moto: requests per new, redelivered and forged webhook, and write units."""
+    from benchmarks.dynamodb_units import item_size, write_units  # noqa: PLC0415
+    from benchmarks.fake_aws import BenchLambdaContext, signed_event  # noqa: PLC0415
+    from local_stack.template import create_table  # noqa: PLC0415
+
+    now = int(time.time())
+    webhook_id = template["headers"]["webhook-id"]
+    fresh = signed_event(template, body, webhook_id=webhook_id, timestamp=now, key=key)
+    # standardwebhooks checks the timestamp against the wall clock: Moment's retry, re-signed a minute on.
+    again = signed_event(template, body, webhook_id=webhook_id, timestamp=now + 60, key=key)
+    forged = dict(forged, headers={**forged["headers"], "webhook-timestamp": str(now)})
+    results: dict[str, Any] = {}
+
+    create_table(client, "WebhookEventsTable", "PeerWebhookEvents")
+    from benchmarks import peer_conditional_put_receiver as put_peer  # noqa: PLC0415
+
+    put_peer.TABLE_NAME = "PeerWebhookEvents"
+    results[PEER_PUT] = _count_and_size(
+        put_peer.dynamodb,
+        "PeerWebhookEvents",
+        new=lambda: put_peer.lambda_handler(fresh, BenchLambdaContext(PEER_PUT, 1)),
+        duplicate=lambda: put_peer.lambda_handler(again, BenchLambdaContext(PEER_PUT, 2)),
+        forged=lambda: put_peer.lambda_handler(forged, BenchLambdaContext(PEER_PUT, 3)),
+    )
+
+    # Powertools' idempotency table, as its documentation has it: key `id`, TTL on `expiration`.
+    client.create_table(
+        TableName="IdempotencyRecords",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    from benchmarks import peer_powertools_receiver as powertools_peer  # noqa: PLC0415
+
+    requests: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
+        requests.append(model.name)
+        sent.append(json.loads(params.get("body") or b"{}"))
+
+    powertools_peer.dynamodb.meta.events.register("before-call.dynamodb.*", seen)
+    counted: dict[str, Any] = {}
+    for name, event, expected in (("new", fresh, 200), ("duplicate", again, 200), ("forged", forged, 401)):
+        requests.clear()
+        answer = powertools_peer.lambda_handler(event, BenchLambdaContext(PEER_POWERTOOLS, 1))
+        if answer["statusCode"] != expected:
+            raise RuntimeError(f"{PEER_POWERTOOLS} {name}: expected {expected}, got {answer}")
+        counted[f"{name}_requests"] = list(requests)
+    powertools_peer.dynamodb.meta.events.unregister("before-call.dynamodb.*", seen)
+    [stored] = client.scan(TableName="IdempotencyRecords")["Items"]
+    put_size = item_size(sent[0]["Item"])  # the INPROGRESS record
+    stored_size = item_size(stored)  # after the UpdateItem that saved the result
+    results[PEER_POWERTOOLS] = {
+        **counted,
+        "item_bytes": stored_size,
+        "in_progress_item_bytes": put_size,
+        # The put, then the update (the larger of the item before and after it); no index.
+        "new_units": write_units(put_size) + write_units(max(put_size, stored_size)),
+        "duplicate_units": write_units(max(stored_size, item_size(sent[2]["Item"]))),
+        "index_units": {},
+    }
     return results
 
 

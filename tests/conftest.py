@@ -14,6 +14,7 @@ from moto import mock_aws
 from local_stack import moto_speedups
 from local_stack.made_up_values import LOCAL_AWS_ACCESS_KEY_ID, LOCAL_AWS_SECRET_ACCESS_KEY
 from local_stack.template import create_table
+from local_stack.workers import DEFAULT_PLUGINS, WorkerPlugin
 from support import dynamodb_limits
 
 # The local stack's moto copies only what a transaction touches; every test sees the same moto, in
@@ -21,6 +22,10 @@ from support import dynamodb_limits
 moto_speedups.install()
 # Every DynamoDB client refuses what DynamoDB refuses (moto does not): see support/dynamodb_limits.py.
 dynamodb_limits.install()
+# The local stack's functions run in worker processes of their own: the limits go there too.
+DEFAULT_PLUGINS.append(
+    (WorkerPlugin("support.dynamodb_limits:in_worker"), dynamodb_limits.receive_from_worker)
+)
 
 # Set before any client exists: moto needs these, and nothing must ever reach a real account.
 os.environ.update(

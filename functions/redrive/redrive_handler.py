@@ -1,5 +1,6 @@
 """On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched).
-Invoked with `{"ignore_backoff": true}` (an operator), it tries every unmatched event now."""
+Invoked with `{"ignore_backoff": true}` (an operator), it tries every unmatched event now. One run at a
+time: a run that finds the `redrive` lease held does nothing."""
 
 import os
 from dataclasses import asdict
@@ -7,25 +8,50 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from moment_sync.observability import logger, metrics
-from moment_sync.redrive import redrive_stuck
-from moment_sync.runtime import LedgerDependencies, ledger_dependencies, moment_directory
+from moment_sync.leases import Leases, exclusive_run
+from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.redrive import LOOKUPS_PER_EVENT, REDRIVE_LEASE, redrive_stuck
+from moment_sync.runtime import (
+    LedgerDependencies,
+    ledger_dependencies,
+    moment_directory,
+    moment_worst_call_seconds,
+)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(
-    event: dict[str, Any], context: LambdaContext, dependencies: LedgerDependencies | None = None
+    event: dict[str, Any],
+    context: LambdaContext,
+    dependencies: LedgerDependencies | None = None,
+    leases: Leases | None = None,
 ) -> dict[str, Any]:
     dependencies = dependencies or ledger_dependencies()
-    report = redrive_stuck(
-        events=dependencies.events,
-        ledger=dependencies.ledger,
-        directory=moment_directory(),
+
+    def time_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000
+
+    with exclusive_run(
+        leases or dependencies.ledger.leases(),
+        REDRIVE_LEASE,
         now=dependencies.clock,
-        grace_seconds=int(os.environ.get("REDRIVE_GRACE_SECONDS", "600")),
-        time_left=lambda: context.get_remaining_time_in_millis() / 1000,
-        back_off=event.get("ignore_backoff") is not True,
-    )
+        time_left=time_left,
+        invocation_id=context.aws_request_id,
+    ) as lease:
+        if lease is None:
+            metrics.add_metric(name="RedriveRunSkipped", unit=MetricUnit.Count, value=1)
+            return {"skipped": "another re-drive run holds the lease"}
+        report = redrive_stuck(
+            events=dependencies.events,
+            ledger=dependencies.ledger,
+            directory=moment_directory(),
+            now=dependencies.clock,
+            grace_seconds=int(os.environ.get("REDRIVE_GRACE_SECONDS", "600")),
+            time_left=time_left,
+            back_off=event.get("ignore_backoff") is not True,
+            # An unmatched event's questions to Moment are asked only with time for their worst case.
+            lookup_seconds=LOOKUPS_PER_EVENT * moment_worst_call_seconds(),
+        )
     logger.info("re-drive finished", extra=asdict(report))
     return asdict(report)

@@ -1,10 +1,11 @@
 """A local front for the HTTP API: real HTTP in, API Gateway payload 2.0 events to the same handlers.
 
 It does what API Gateway does for an HTTP API with a Lambda proxy integration: lower-cases header
-names and joins repeated headers with commas, base64-encodes a body that is not UTF-8 text, passes
-path parameters, and turns the handler's response back into HTTP; a request no route takes, whatever
-its method, is a 404. Routes the template puts behind `AWS_IAM` are open locally unless `sigv4` is set
-(LOCAL_REQUIRE_SIGV4=1): then their signatures are checked as API Gateway checks them (sigv4_check).
+names and joins repeated headers (and repeated query parameters) with commas, base64-encodes a body
+that is not UTF-8 text, passes path parameters, and turns the handler's response back into HTTP; a
+request no route takes, whatever its method, is a 404. Routes the template puts behind `AWS_IAM` are
+open locally unless `sigv4` is set (LOCAL_REQUIRE_SIGV4=1): then their signatures are checked as
+API Gateway checks them (sigv4_check).
 """
 
 from __future__ import annotations
@@ -90,12 +91,26 @@ def build_event(
     if body:
         event["body"] = text
     if query:
-        event["queryStringParameters"] = dict(
-            part.split("=", 1) if "=" in part else (part, "") for part in query.split("&") if part
-        )
+        event["queryStringParameters"] = query_string_parameters(query)
     if path_parameters:
         event["pathParameters"] = path_parameters
     return event
+
+
+def query_string_parameters(query: str) -> dict[str, str]:
+    """An HTTP API's `queryStringParameters` (payload format 2.0): a parameter sent more than once
+    reaches the function once, its values joined with commas in the order sent ("Duplicate query
+    strings are combined with commas", API Gateway Developer Guide, "Create AWS Lambda proxy
+    integrations for HTTP APIs", payload format version 2.0). A REST API's format 1.0 would keep
+    only the last value here and all of them in `multiValueQueryStringParameters`; the template's
+    API is an HTTP API (AWS::Serverless::HttpApi), so this is 2.0."""
+    parameters: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, value = part.split("=", 1) if "=" in part else (part, "")
+        parameters[name] = f"{parameters[name]},{value}" if name in parameters else value
+    return parameters
 
 
 class SignatureCheck(Protocol):

@@ -5,8 +5,10 @@ month at a gym: members on the customer-balance model and a family with two acco
 ledger, balances pushed to Moment, payments at Moment (some delivered twice, one sent again under a
 new message id), a forged webhook, a payment for a customer the merchant never opened, an event that
 is not a payment, an authentic body that is not JSON, reconciliation from the stream, a new charge,
-the next push and a re-drive. It prints what happens as it happens and exits 0 only if the ledger and
-Moment agree on every balance and every event ended as expected.
+the next push and a re-drive; then a member on the bill model (an annual fee raised as a bill, part
+paid at Moment, cash at the counter, paid off; a second bill voided). It prints what happens as it
+happens and exits 0 only if the ledger and Moment agree on every balance and every bill and every
+event ended as expected.
 
 Moment's documentation leaves open whether Moment lowers a balance itself when it applies a payment,
 so the demo plays the month both ways, unless SANDBOX_APPLIES_PAYMENTS says which.
@@ -64,6 +66,10 @@ ACCOUNTS = (
 )
 LATE_CHARGE = ("customer", "UCR1001", "C-1001-SMOOTHIE", 6500, "Smoothie bar")
 UNKNOWN_CUSTOMER = "bcus_NotOneOfTheMerchants01"
+# A member on the bill model: no running balance, discrete bills.
+BILL_MEMBER = ("UCR3001", "Lerato Mokoena")
+ANNUAL_FEE = ("FEE-UCR3001-2026", 240000, "2026-07-31", "Annual membership 2026")
+LOCKER = ("LOCKER-UCR3001-2026", 15000, "2026-07-31", "Locker hire 2026")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class DemoResult:
     statuses: dict[str, str] = field(default_factory=dict)  # webhook id -> status[:reason]
     expected: dict[str, str] = field(default_factory=dict)
     forged_ids: list[str] = field(default_factory=list)
+    bill_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
         self.ok = False
@@ -128,7 +135,9 @@ def play(stack: RunningStack, say: Say, verbose: bool = True) -> DemoResult:
         _push(api, step, None)
         _show_moment(moment, step)
         _redrive(api, step)
+        _bill_member(api, moment, step, result)
         _check(stack, ledger, moment, result)
+        _check_bills(api, moment, result)
     _report(result, step if verbose else say)
     if stack.events is not None:  # what the merchant's other systems were told (docs/events.md)
         show_events(stack.events, step if verbose else say)
@@ -160,7 +169,11 @@ def _push(api: httpx.Client, step: Say, title: str | None) -> dict[str, Any]:
     response.raise_for_status()
     report: dict[str, Any] = response.json()["result"]
     results = ", ".join(f"{name} {count}" for name, count in sorted(report["results"].items()))
-    step(f"   push run: {results or 'nothing pending'}")
+    bills = ", ".join(
+        f"{name} {count}" for name, count in sorted(report.get("bills", {}).get("results", {}).items())
+    )
+    done = "; ".join(part for part in (results, f"bills: {bills}" if bills else "") if part)
+    step(f"   push run: {done or 'nothing pending'}")
     return report
 
 
@@ -288,6 +301,61 @@ def _redrive(api: httpx.Client, step: Say) -> None:
         step(f"   (Moment does not know {UNKNOWN_CUSTOMER} either: it stays parked for an operator)")
 
 
+def _bill_member(api: httpx.Client, moment: httpx.Client, step: Say, result: DemoResult) -> None:
+    ref, name = BILL_MEMBER
+    fee, fee_due, fee_date, fee_text = ANNUAL_FEE
+    locker, locker_due, locker_date, locker_text = LOCKER
+    step(f"\n7. A member on the bill model: {name} ({ref}), two bills (PUT /bills/{{ref}})")
+    _ledger_call(api.put(f"/customers/{ref}", json={"currency": "ZAR", "name": name}))
+    for bill, due, date, text in (
+        (fee, fee_due, fee_date, fee_text),
+        (locker, locker_due, locker_date, locker_text),
+    ):
+        body = {"customer": ref, "currency": "ZAR", "amount_due": due, "due_date": date, "description": text}
+        _ledger_call(api.put(f"/bills/{bill}", json=body))
+        step(f"   {bill}: {text}, {rand(due)} due {date}")
+    _push(api, step, None)
+    _show_bills(moment, step)
+    step(f"   {name} pays {rand(100000)} of it at Moment (the webhook names the bill_id)")
+    paid = _pay(moment, {"bill": fee, "amount": 100000})
+    result.expected[paid["webhook_id"]] = "applied"
+    _wait(api, step, "the webhook, reconciled to the bill")
+    step(f"   She pays {rand(60000)} in cash at the front desk (POST /bills/{fee}/payments)")
+    _ledger_call(
+        api.post(
+            f"/bills/{fee}/payments", json={"id": "CASH-3001-01", "amount": 60000, "description": "Cash"}
+        )
+    )
+    step(f"   The locker is cancelled: the merchant voids {locker} (POST /bills/{locker}/void)")
+    _ledger_call(api.post(f"/bills/{locker}/void"))
+    _push(api, step, None)
+    _show_bills(moment, step)
+    step(f"   She pays the remaining {rand(80000)} at Moment")
+    paid = _pay(moment, {"bill": fee, "amount": 80000})
+    result.expected[paid["webhook_id"]] = "applied"
+    _wait(api, step, "the webhook")
+    _push(api, step, None)  # a Moment payment alone sends nothing: nothing pending
+    _show_bills(moment, step)
+
+
+def _ledger_call(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code not in (200, 201):
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+        )
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _show_bills(moment: httpx.Client, step: Say) -> None:
+    bills = moment.get("/_sandbox/state").json()["bills"]
+    shown = [
+        f"{b['external_reference']} {b['status']} {rand(b['amount_paid'])} of {rand(b['amount_due'])}"
+        for b in bills
+    ]
+    step(f"   Moment's bills: {', '.join(shown) or 'none'}")
+
+
 # --- checking and reporting -----------------------------------------------------------------------
 
 
@@ -325,6 +393,36 @@ def _check(stack: RunningStack, ledger: LedgerAccess, moment: httpx.Client, resu
     _check_events(stack, result)
 
 
+def _check_bills(api: httpx.Client, moment: httpx.Client, result: DemoResult) -> None:
+    at_moment = {item["external_reference"]: item for item in moment.get("/_sandbox/state").json()["bills"]}
+    for ref, expected in ((ANNUAL_FEE[0], "paid"), (LOCKER[0], "voided")):
+        view = _ledger_call(api.get(f"/bills/{ref}"))
+        theirs = at_moment.get(ref)
+        row = {
+            "ref": ref,
+            "due": view["amount_due"],
+            "ledger": view["amount_paid"],
+            "moment": theirs["amount_paid"] if theirs else None,
+            "status": view["status"],
+            "moment_status": theirs["status"] if theirs else None,
+            "entries": len(view["entries"]),
+            "sync": view["sync"]["state"],
+        }
+        result.bill_rows.append(row)
+        if theirs is None:
+            result.fail(f"bill {ref} was never created on Moment")
+            continue
+        if (row["ledger"], row["status"]) != (row["moment"], row["moment_status"]):
+            result.fail(
+                f"bill {ref}: the ledger says {row['status']} {rand(row['ledger'])}, "
+                f"Moment {row['moment_status']} {rand(row['moment'])}"
+            )
+        if row["status"] != expected or row["sync"] != "synced":
+            result.fail(f"bill {ref}: {row['status']} and {row['sync']}, expected {expected} and synced")
+        if row["ledger"] != sum(entry["amount"] for entry in view["entries"]):
+            result.fail(f"bill {ref}: amount_paid {row['ledger']} is not the sum of its payments")
+
+
 def _check_events(stack: RunningStack, result: DemoResult) -> None:
     for item in stack.client("dynamodb").scan(TableName=stack.names["WebhookEventsTable"])["Items"]:
         status = item["status"]["S"] + (f":{item['reason']['S']}" if "reason" in item else "")
@@ -351,6 +449,13 @@ def _report(result: DemoResult, say: Say) -> None:
             f"   {label:<24} {ledger:>12} {rand(row['moment']):>12} {row['entries']:>8}  "
             f"{row['sync'] if row['ledger'] is not None else '-'}"
         )
+    if result.bill_rows:
+        say(f"   {'bill':<24} {'due':>12} {'paid':>12} {'Moment':>12} {'entries':>8}  status, sync")
+    for row in result.bill_rows:
+        say(
+            f"   {row['ref']:<24} {rand(row['due']):>12} {rand(row['ledger']):>12} {rand(row['moment']):>12} "
+            f"{row['entries']:>8}  {row['status']}, {row['sync']}"
+        )
     counts = Counter(result.statuses.values())
     say("   events: " + ", ".join(f"{status} {count}" for status, count in sorted(counts.items())))
     say(f"   forged webhooks stored: {sum(1 for w in result.forged_ids if w in result.statuses)}")
@@ -359,8 +464,8 @@ def _report(result: DemoResult, say: Say) -> None:
     if result.ok:
         balances = sum(1 for row in result.rows if row["ledger"] is not None)
         say(
-            f"   OK: the ledger and Moment agree on all {balances} balances, and all "
-            f"{len(result.statuses)} events ended as expected"
+            f"   OK: the ledger and Moment agree on all {balances} balances and "
+            f"{len(result.bill_rows)} bills, and all {len(result.statuses)} events ended as expected"
         )
 
 

@@ -11,14 +11,19 @@ following the AWS Lambda documentation for DynamoDB streams:
 - ReportBatchItemFailures: the response's `batchItemFailures`. None or empty: the batch succeeded.
   Otherwise the lowest failed sequence number is the checkpoint, and the batch is retried from it
   (the records before it are done). An item without an `itemIdentifier`, or one that names no record
-  of the batch, fails the whole batch.
-- A function error (the handler raised) fails the whole batch. With BisectBatchOnFunctionError, a
-  failed batch of more than one record is split in two halves, retried separately, first half first;
-  a partial failure is split at the returned sequence number instead, which is the retry above.
-- MaximumRetryAttempts: each retry of a batch, or of a part of it, counts one attempt (halves inherit
-  the count of the batch they came from). When the attempts are spent, or a record is older than
-  MaximumRecordAgeInSeconds, Lambda skips those records and sends the batch's metadata (not the
-  records) to the OnFailure destination (`DDBStreamBatchInfo`), then carries on with the shard.
+  of the batch, makes the response malformed: a complete failure of the batch, retried whole and
+  never bisected (bisection is for function errors only).
+- A function error (the handler raised, or it was killed at its timeout) fails the whole batch. With
+  BisectBatchOnFunctionError, a failed batch of more than one record is split in two halves, retried
+  separately, first half first; a partial failure is split at the returned sequence number instead,
+  which is the retry above.
+- MaximumRetryAttempts: each retry of the same records counts one attempt: a whole batch again, or
+  its records from a partial failure's checkpoint. Splitting a batch on a function error does not
+  count toward the quota ("Using AWS Lambda with Amazon DynamoDB", error handling): both halves keep
+  the count of the batch they came from, so a record that always fails is isolated and retried its
+  full quota without its neighbours being given up with it. When the attempts are spent, or a record
+  is older than MaximumRecordAgeInSeconds, Lambda skips those records and sends the batch's metadata
+  (not the records) to the OnFailure destination (`DDBStreamBatchInfo`), then carries on.
 
 Retries here wait `retry_delay_seconds`, doubling, at most `max_retry_delay_seconds` (Lambda's own
 backoff is not documented).
@@ -104,7 +109,7 @@ class _Pending:
 
 @dataclass
 class _Outcome:
-    kind: str  # "ok", "partial" or "failed"
+    kind: str  # "ok", "partial", "failed" (a function error) or "malformed" (an unusable response)
     failed_from: int = 0  # "partial": the index of the lowest failed record
     function_error: str | None = None
 
@@ -215,19 +220,21 @@ class StreamEventSource:
             outcome = self._invoke(records)
             if outcome.kind == "ok":
                 continue
+            if outcome.kind == "failed" and self.settings.bisect_on_function_error and len(records) > 1:
+                # A split is not a retry: both halves keep the count of the batch they came from.
+                self.stats.bisections += 1
+                self._stop.wait(min(self.max_retry_delay_seconds, self.retry_delay_seconds * 2**retries))
+                half = len(records) // 2
+                work.appendleft((records[half:], retries))
+                work.appendleft((records[:half], retries))
+                continue
             failed = records[outcome.failed_from :] if outcome.kind == "partial" else records
             if 0 <= self.settings.maximum_retry_attempts <= retries:
                 self._discard(shard_id, failed, "RetryAttemptsExhausted", retries + 1, outcome.function_error)
                 continue
             self.stats.retries += 1
             self._stop.wait(min(self.max_retry_delay_seconds, self.retry_delay_seconds * 2**retries))
-            if outcome.kind == "failed" and self.settings.bisect_on_function_error and len(records) > 1:
-                self.stats.bisections += 1
-                half = len(records) // 2
-                work.appendleft((records[half:], retries + 1))
-                work.appendleft((records[:half], retries + 1))
-            else:
-                work.appendleft((failed, retries + 1))
+            work.appendleft((failed, retries + 1))
 
     def _invoke(self, records: list[dict[str, Any]]) -> _Outcome:
         self.stats.invocations += 1
@@ -252,7 +259,7 @@ class StreamEventSource:
         ]
         if not all(identifier in sequence_numbers for identifier in identifiers):
             self.notify(f"reconciler: unusable batchItemFailures {identifiers!r}: the whole batch is retried")
-            return _Outcome("failed")
+            return _Outcome("malformed")
         lowest = min(sequence_numbers.index(identifier) for identifier in identifiers)
         self.stats.batch_item_failures += len(identifiers)
         self.notify(

@@ -2,9 +2,15 @@
 touches (`moto_speedups`).
 
 moto's backend is not thread-safe: a transaction is a sequence of reads and writes with no lock, so a
-PutItem served on another thread in between would see (or be undone with) half a transaction.
-DynamoDB itself never shows one, so the local stack serves moto's requests one at a time: clients
-still interleave between requests, which is where the races this project cares about live.
+PutItem served on another thread in between would see (or be undone with) half a transaction, and a
+Query or a stream read iterating a table's dict while another thread inserts fails ("dictionary
+changed size during iteration"). DynamoDB itself never shows either. So the server is threaded
+(werkzeug's threaded server: every connection, from every function's worker process, is accepted and
+read at once) but each request's work in moto's backend runs under one lock, body included; that
+lock is what is safe, and nothing finer is (a read during a transaction's writes sees half of it).
+The requests of different functions, each in its own process, still interleave request by request,
+which is where DynamoDB's races between functions live (two conditional writes to one item, a read
+then a write); the lock is held for the milliseconds moto takes, never across a function's calls.
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """EventBridge Scheduler for the local stack: each scheduled function invoked at its interval, and on
 demand. A function's runs never overlap (both scheduled functions have a reserved concurrency of 1);
 an on-demand run waits for a scheduled one under way, and counts as that interval's run.
+
+A scheduled run is an asynchronous invocation, so when it fails (an error, or killed at its timeout)
+Lambda retries it: up to the function's EventInvokeConfig MaximumRetryAttempts (2 when the template
+sets none), one minute after the first failure and two after the second ("Asynchronous invocation",
+AWS Lambda Developer Guide); `retry_delays_seconds` shortens the waits locally. An on-demand run is a
+synchronous invocation: its caller gets the error, and nothing retries it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ class Job:
     run: Callable[[dict[str, str]], Invocation]  # environment overrides -> the invocation
     interval_seconds: float | None  # None: on demand only
     report: Callable[[Invocation], str | None] = lambda _invocation: None  # a terminal line, if notable
+    maximum_retry_attempts: int = 2  # of a failed scheduled (asynchronous) run
+    retry_delays_seconds: tuple[float, ...] = (60.0, 120.0)
     next_at: float = 0.0
+    retry_at: float | None = None  # a failed scheduled run's retry, when one is due
+    retry_number: int = 0
+    async_retries: int = 0
     runs: int = 0
     last: Invocation | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,6 +79,7 @@ class Scheduler:
             name: {
                 "interval_seconds": job.interval_seconds,
                 "runs": job.runs,
+                "async_retries": job.async_retries,
                 "next_in_seconds": round(max(0.0, job.next_at - now), 1)
                 if job.interval_seconds is not None
                 else None,
@@ -78,5 +90,22 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.wait(0.1):
             for job in list(self._jobs.values()):
+                if job.retry_at is not None and time.monotonic() >= job.retry_at:
+                    job.retry_at = None
+                    job.async_retries += 1
+                    self._run_scheduled(job, job.retry_number)
                 if job.interval_seconds is not None and time.monotonic() >= job.next_at:
-                    self.run_now(job.name)
+                    self._run_scheduled(job, 0)
+
+    def _run_scheduled(self, job: Job, retry: int) -> None:
+        """An asynchronous invocation (`retry` of them already made for this event), retried on failure."""
+        invocation = self.run_now(job.name)
+        if not invocation.failed or retry >= job.maximum_retry_attempts:
+            return
+        delays = job.retry_delays_seconds or (0.0,)
+        delay = delays[min(retry, len(delays) - 1)]
+        job.retry_number, job.retry_at = retry + 1, time.monotonic() + delay
+        self._notify(
+            f"{job.name}: Lambda retries the failed scheduled run in {delay:g} s "
+            f"(retry {retry + 1} of {job.maximum_retry_attempts})"
+        )

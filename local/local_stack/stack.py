@@ -1,7 +1,7 @@
 """The whole system on one machine: moto's server on loopback with every resource made from
 template.yaml, the Moment sandbox, an HTTP front for the HTTP API's routes, the reconciler's stream
-event source, and a scheduler for the pusher and the re-drive. The handlers run unchanged, in this
-process, each with the environment template.yaml gives its function.
+event source, and a scheduler for the pusher and the re-drive. The handlers run unchanged, each
+function in worker processes of its own (`workers.py`) with the environment template.yaml gives it.
 
 boto3 in this process reaches moto through AWS_ENDPOINT_URL; the Moment client reaches the sandbox
 through MOMENT_BASE_URL; the sandbox delivers its webhooks to the HTTP front.
@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,12 +27,20 @@ from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
 from local_stack.event_pipe import LocalEventsOut, start_events_out
 from local_stack.event_source import MappingSettings, StreamEventSource
-from local_stack.functions import Invocation, LocalFunctions, function_environment, http_routes, iam_routes
+from local_stack.functions import (
+    DEFAULT_CONCURRENCY,
+    Invocation,
+    LocalFunctions,
+    function_environment,
+    http_routes,
+    iam_routes,
+)
 from local_stack.moto_server import SerialMotoServer
 from local_stack.scheduler import SCHEDULED_EVENT, Job, Scheduler
 from local_stack.sigv4_check import SigV4Check
 from local_stack.streams import StreamReader
 from local_stack.template import ROOT, Intrinsics, create_table, function_logical_ids, resource_properties
+from local_stack.workers import DEFAULT_PLUGINS, WorkerPlugin, start_fork_server
 from moment_sandbox import MomentSandbox, SandboxSettings
 
 REGION = "af-south-1"
@@ -75,6 +85,16 @@ class LocalSettings:
     stream_retry_delay_seconds: float = 0.1
     stream_batching_window_seconds: float | None = None  # None: the template's (1 s)
     require_sigv4: bool = False  # LOCAL_REQUIRE_SIGV4: check the ledger API's signatures as AWS would
+    # Workers per function (LOCAL_FUNCTION_CONCURRENCY), fewer where the template reserves fewer.
+    function_concurrency: int = DEFAULT_CONCURRENCY
+    function_timeouts: dict[str, float] = field(default_factory=dict)  # shorter Timeouts, by logical id
+    # Lambda's retries of a failed asynchronous (scheduled) invocation: 1 min, then 2 min on AWS.
+    async_retry_delays_seconds: tuple[float, ...] = (60.0, 120.0)
+    worker_plugins: tuple[WorkerPlugin, ...] = ()  # code run inside every worker (the soak's faults)
+    on_worker_report: Callable[[str, dict[str, Any]], None] | None = None  # what the plugins report
+    # The old way: every function in this process, one invocation at a time, no timeout enforced. Only
+    # for tests that reach into a function's own process (hooks on its boto3 client).
+    in_process: bool = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
@@ -96,7 +116,19 @@ class LocalSettings:
             parameter_overrides=overrides,
             sandbox=SandboxSettings.from_environment(environ),
             require_sigv4=environ.get("LOCAL_REQUIRE_SIGV4", "").lower() in {"1", "true", "yes", "on"},
+            function_concurrency=_positive(
+                "LOCAL_FUNCTION_CONCURRENCY", environ.get("LOCAL_FUNCTION_CONCURRENCY", "")
+            )
+            or DEFAULT_CONCURRENCY,
         )
+
+
+def _positive(name: str, value: str) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _interval(value: str) -> float | None:
@@ -173,6 +205,8 @@ class RunningStack:
             "aws_endpoint": self.aws_endpoint,
             "invocations": dict(self.functions.counts),
             "function_errors": dict(self.functions.errors),
+            "timed_out": dict(self.functions.timed_out),
+            "workers": self.functions.workers(),
             "stream": vars(self.stream.stats),
             "schedules": self.scheduler.status(),
         }
@@ -190,6 +224,9 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     }
 
 
+_function_output: list[Path] = []  # function_output_to's file, which the workers append to
+
+
 @contextmanager
 def function_output_to(path: Path) -> Iterator[TextIO]:
     """Send what the functions print (JSON logs, EMF metrics) to a file, as Lambda sends it to
@@ -197,12 +234,31 @@ def function_output_to(path: Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     terminal = sys.stdout
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    with path.open("w", encoding="utf-8") as log_file:
+    path.write_text("", encoding="utf-8")
+    # Appending, as the workers do, so that no writer overwrites another's lines.
+    with path.open("a", encoding="utf-8", buffering=1) as log_file:
         sys.stdout = log_file
+        _function_output.append(path)
         try:
             yield terminal
         finally:
+            _function_output.remove(path)
             sys.stdout = terminal
+
+
+def _before_moto(settings: LocalSettings) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    if not settings.in_process:  # the fork server's imports overlap moto's start
+        threading.Thread(target=start_fork_server, daemon=True).start()
+
+
+def _start_events_out(
+    stack: RunningStack, intrinsics: Intrinsics, names: dict[str, str], endpoint: str, say: Notify
+) -> LocalEventsOut:
+    """The event pipes read the tables' streams from moto's server, as the workers write them."""
+    stack.events = start_events_out(intrinsics, names, endpoint, region=REGION, account=ACCOUNT, notify=say)
+    stack.api.routes = [*stack.api.routes, *stack.events.bus.routes()]
+    return stack.events
 
 
 @contextmanager
@@ -215,11 +271,13 @@ def running_stack(
     binds to the stdout of the moment it is created."""
     settings = settings or LocalSettings()
     say: Notify = notify or (lambda _line: None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    _before_moto(settings)
     moto = SerialMotoServer(settings.host, settings.aws_port)
     moto.start()
     saved = dict(os.environ)
     started: list[Any] = []
+    functions: LocalFunctions | None = None
+    scratch_log = None if _function_output else _scratch_log()
     try:
         moto.reset()  # moto keeps resources per process: start from nothing
         os.environ.update(aws_environment(moto.endpoint))
@@ -244,8 +302,15 @@ def running_stack(
         functions = LocalFunctions(
             _environments(settings, intrinsics, moto.endpoint),
             names={logical_id: logical_id for logical_id in function_logical_ids()},
+            concurrency=_concurrency(settings),
+            timeouts=dict(settings.function_timeouts),
+            in_process=settings.in_process,
+            output_path=str(_function_output[-1] if _function_output else scratch_log),
+            plugins=(*(plugin for plugin, _ in DEFAULT_PLUGINS), *settings.worker_plugins),
+            on_report=_reports_to(settings),
         )
-        functions.load()  # imports the handlers, each under its function's environment
+        functions.load()  # in_process: imports the handlers; otherwise a pool of workers per function
+        functions.warm(HTTP_FUNCTIONS)  # the API's first callers do not wait for a cold start
         from moment_sync import runtime  # noqa: PLC0415 -- imported by the handlers just now
 
         runtime.reset()
@@ -256,11 +321,7 @@ def running_stack(
         for part in (api, sandbox, stream, scheduler):
             part.start()
             started.append(part)
-        stack.events = start_events_out(
-            intrinsics, names, moto.endpoint, region=REGION, account=ACCOUNT, notify=say
-        )
-        started.append(stack.events)
-        api.routes = [*api.routes, *stack.events.bus.routes()]
+        started.append(_start_events_out(stack, intrinsics, names, moto.endpoint, say))
         yield stack
     finally:
         for part in reversed(started):
@@ -268,6 +329,7 @@ def running_stack(
                 part.stop()
             except Exception as error:
                 say(f"stopping {type(part).__name__} failed: {error}")
+        _close(functions, scratch_log)
         os.environ.clear()
         os.environ.update(saved)
         try:
@@ -280,6 +342,41 @@ def running_stack(
 
 
 T = TypeVar("T")
+
+
+def _close(functions: LocalFunctions | None, scratch_log: Path | None) -> None:
+    if functions is not None:
+        functions.close()  # every worker stopped
+    if scratch_log is not None:
+        scratch_log.unlink(missing_ok=True)
+
+
+def _scratch_log() -> Path:
+    """Where the workers write when no function log was asked for (`function_output_to`)."""
+    handle, name = tempfile.mkstemp(prefix="local-stack-functions-", suffix=".jsonl")
+    os.close(handle)
+    return Path(name)
+
+
+def _concurrency(settings: LocalSettings) -> dict[str, int]:
+    from local_stack.functions import template_concurrency  # noqa: PLC0415
+
+    return {
+        logical_id: template_concurrency(logical_id, settings.function_concurrency)
+        for logical_id in function_logical_ids()
+    }
+
+
+def _reports_to(settings: LocalSettings) -> Callable[[str, dict[str, Any]], None]:
+    receivers = [receive for _, receive in DEFAULT_PLUGINS]
+    if settings.on_worker_report is not None:
+        receivers.append(settings.on_worker_report)
+
+    def receive(logical_id: str, report: dict[str, Any]) -> None:
+        for receiver in receivers:
+            receiver(logical_id, report)
+
+    return receive
 
 
 def _listening(what: str, make: Callable[[], T], port: int) -> T:
@@ -549,12 +646,15 @@ def _scheduler(settings: LocalSettings, functions: LocalFunctions, say: Notify) 
         def run(overrides: dict[str, str], logical_id: str = logical_id) -> Invocation:
             return functions.invoke(logical_id, dict(SCHEDULED_EVENT), overrides)
 
+        invoke_config = resource_properties(logical_id).get("EventInvokeConfig") or {}
         scheduler.add(
             Job(
                 logical_id,
                 run,
                 intervals.get(logical_id),
                 report=reports.get(logical_id, partial(_other_line, logical_id)),
+                maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", 2)),
+                retry_delays_seconds=settings.async_retry_delays_seconds,
             )
         )
     return scheduler

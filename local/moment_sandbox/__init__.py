@@ -12,7 +12,8 @@ Modules, each owning one thing:
 - `billing_api.py`: the `/billing/…` routes, and the order of Moment's checks on them;
 - `control.py`: the `/_sandbox/…` routes (payments, state, reset, faults, settings, wait);
 - `moment.py`: `FakeMoment`, the parts wired together: payments end to end, state, reset, runtime settings;
-- `store.py`: customers and accounts, and the rules that need them;
+- `store.py`: customers, accounts and bills, and the rules that need them;
+- `bills.py`: a bill's status and shape, and what a PATCH, a void and a payment do to it;
 - `validation.py`: the field rules of a request body;
 - `idempotency.py`: `Idempotency-Key` storage and replay;
 - `payments.py`: the payment control request and the `obligation.amount_applied` event;

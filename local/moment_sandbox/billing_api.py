@@ -1,4 +1,5 @@
-"""Moment's Billing API routes: `/billing/customers` and `/billing/accounts`, create, read and PATCH.
+"""Moment's Billing API routes: `/billing/customers`, `/billing/accounts` and `/billing/bills`, create,
+read and PATCH, and `POST /billing/bills/{bill}/void`.
 
 Owns the order in which a request meets Moment's rules: injected latency and faults first (so a
 429/500 changes nothing and spends no idempotency key), then the Bearer key (401), the route
@@ -17,14 +18,15 @@ from urllib.parse import unquote
 
 from moment_sandbox import validation
 from moment_sandbox.idempotency import key_of
-from moment_sandbox.messages import Problem, Request, Response, json_object, json_response, not_found
+from moment_sandbox.messages import Problem, Request, Response, invalid, json_object, json_response, not_found
 from moment_sandbox.moment import FakeMoment
 
-COLLECTION = re.compile(r"/billing/(customers|accounts)")
-ITEM = re.compile(r"/billing/(customers|accounts)/([^/]+)")
+COLLECTION = re.compile(r"/billing/(customers|accounts|bills)")
+ITEM = re.compile(r"/billing/(customers|accounts|bills)/([^/]+)")
+VOID = re.compile(r"/billing/bills/([^/]+)/void")
 
 Answer = Callable[[], Response]
-Routes = dict[str, dict[str, Callable[..., Response]]]  # method -> "customers"/"accounts" -> handler
+Routes = dict[str, dict[str, Callable[..., Response]]]  # method -> "customers"/"accounts"/… -> handler
 
 
 class BillingApi:
@@ -32,12 +34,21 @@ class BillingApi:
         self._moment = moment
         self._store = moment.store
         self._collection_routes: Routes = {
-            "POST": {"customers": self._create_customer, "accounts": self._create_account},
+            "POST": {
+                "customers": self._create_customer,
+                "accounts": self._create_account,
+                "bills": self._create_bill,
+            },
         }
         self._item_routes: Routes = {
-            "GET": {"customers": self._get_customer, "accounts": self._get_account},
-            "PATCH": {"customers": self._update_customer, "accounts": self._update_account},
+            "GET": {"customers": self._get_customer, "accounts": self._get_account, "bills": self._get_bill},
+            "PATCH": {
+                "customers": self._update_customer,
+                "accounts": self._update_account,
+                "bills": self._update_bill,
+            },
         }
+        self._void_routes: Routes = {"POST": {"bills": self._void_bill}}
 
     def handle(self, request: Request) -> Response:
         self._moment.faults.delay()
@@ -71,6 +82,8 @@ class BillingApi:
             return partial(_pick(self._collection_routes, request, collection[1]), request)
         if item := ITEM.fullmatch(request.path):
             return partial(_pick(self._item_routes, request, item[1]), request, unquote(item[2]))
+        if void := VOID.fullmatch(request.path):
+            return partial(_pick(self._void_routes, request, "bills"), request, unquote(void[1]))
         raise not_found(f"no route for {request.method} {request.path}")
 
     def _create_customer(self, request: Request) -> Response:
@@ -94,6 +107,23 @@ class BillingApi:
     def _update_account(self, request: Request, key: str) -> Response:
         fields = validation.account_update(json_object(request.body))
         return json_response(200, self._store.update_account(key, fields))
+
+    def _create_bill(self, request: Request) -> Response:
+        fields, owner = validation.bill_create(json_object(request.body))
+        return json_response(201, self._store.create_bill(fields, owner, self._moment.settings.bill_rules))
+
+    def _get_bill(self, _request: Request, key: str) -> Response:
+        return json_response(200, self._store.bill(key, self._moment.settings.bill_rules))
+
+    def _update_bill(self, request: Request, key: str) -> Response:
+        fields = validation.bill_update(json_object(request.body))
+        return json_response(200, self._store.update_bill(key, fields, self._moment.settings.bill_rules))
+
+    def _void_bill(self, request: Request, key: str) -> Response:
+        # No body is documented; an empty object is tolerated, anything in it is not.
+        if request.body.strip() and json_object(request.body):
+            raise invalid("the void takes no body")
+        return json_response(200, self._store.void_bill(key, self._moment.settings.bill_rules))
 
 
 def _pick(routes: Routes, request: Request, collection: str) -> Callable[..., Response]:

@@ -3,10 +3,10 @@
 | Route | What it does |
 |---|---|
 | `POST /_sandbox/payments` | A payment at Moment and its signed webhook (201; the body: `payments.py`) |
-| `GET /_sandbox/state` | `{"customers", "accounts", "deliveries"}`, objects in Moment's own shape |
-| `POST /_sandbox/reset` | Forget customers, accounts, idempotency keys, deliveries (not settings, faults) |
+| `GET /_sandbox/state` | `{"customers", "accounts", "bills", "deliveries"}`, objects in Moment's own shape |
+| `POST /_sandbox/reset` | Forget every object, idempotency key and delivery (not settings, faults) |
 | `GET`/`POST /_sandbox/faults` | Fault settings (`faults.py`); `seed` restarts draws; GET adds `injected` |
-| `GET`/`POST /_sandbox/settings` | `webhook_url`, `webhook_secrets`, `applies_payments` |
+| `GET`/`POST /_sandbox/settings` | `webhook_url`, `webhook_secrets`, `applies_payments`, the bill rules |
 | `POST /_sandbox/wait` | Wait (`{"timeout_seconds": 10}`) until every webhook is delivered or given up |
 
 A POST changes only the fields it sends and answers with the result, like a GET.
@@ -113,6 +113,12 @@ def settings_json(settings: SandboxSettings) -> dict[str, Any]:
         "webhook_max_attempts": settings.webhook_max_attempts,
         "webhook_base_delay_seconds": settings.webhook_base_delay_seconds,
         "webhook_timeout_seconds": settings.webhook_timeout_seconds,
+        "bill_parent_ids": settings.bill_parent_ids,
+        "bill_underpayment_allowed": settings.bill_underpayment_allowed,
+        "bill_overpayment_allowed": settings.bill_overpayment_allowed,
+        "bill_overpaid_patch": settings.bill_overpaid_patch,
+        "paid_bill_patch": settings.paid_bill_patch,
+        "refuse_void_with_payments": settings.refuse_void_with_payments,
     }
 
 
@@ -125,6 +131,16 @@ def _runtime_settings(body: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(secrets, list) or not all(isinstance(secret, str) for secret in secrets):
             raise invalid("webhook_secrets must be a list of whsec_… strings")
         changes["webhook_secrets"] = tuple(secrets)
-    if "applies_payments" in changes and not isinstance(changes["applies_payments"], bool):
-        raise invalid("applies_payments must be true or false")
+    for name in _FLAGS:
+        if name in changes and not isinstance(changes[name], bool):
+            raise invalid(f"{name} must be true or false")
     return changes
+
+
+_FLAGS = (
+    "applies_payments",
+    "bill_parent_ids",
+    "bill_underpayment_allowed",
+    "bill_overpayment_allowed",
+    "refuse_void_with_payments",
+)

@@ -23,7 +23,19 @@ from moment_sandbox.store import BillingStore, PaymentTarget
 from moment_sandbox.webhooks import WebhookSender
 
 # What `configure` may change while the sandbox runs; the rest is fixed when it is made.
-RUNTIME_SETTINGS = frozenset({"webhook_url", "webhook_secrets", "applies_payments"})
+RUNTIME_SETTINGS = frozenset(
+    {
+        "webhook_url",
+        "webhook_secrets",
+        "applies_payments",
+        "bill_parent_ids",
+        "bill_underpayment_allowed",
+        "bill_overpayment_allowed",
+        "bill_overpaid_patch",
+        "paid_bill_patch",
+        "refuse_void_with_payments",
+    }
+)
 
 
 class FakeMoment:
@@ -49,7 +61,7 @@ class FakeMoment:
             return replace(self._settings, faults=self.faults.faults, seed=self.faults.seed)
 
     def configure(self, **changes: Any) -> SandboxSettings:
-        """Change `webhook_url`, `webhook_secrets` or `applies_payments`; ValueError if not allowed."""
+        """Change any of RUNTIME_SETTINGS (`applies_payments`, the bill rules…); ValueError if not allowed."""
         fixed = sorted(set(changes) - RUNTIME_SETTINGS)
         if fixed:
             raise ValueError(f"{fixed[0]} cannot change while the sandbox runs")
@@ -63,8 +75,9 @@ class FakeMoment:
     def pay(self, order: PaymentOrder) -> dict[str, Any]:
         """Apply a payment as Moment does, then send its `obligation.amount_applied` webhook."""
         settings = self.settings
-        target = self._apply(order, settings.applies_payments)
-        event = amount_applied_event(target, order, datetime.fromtimestamp(self._clock(), UTC))
+        target = self._apply(order, settings)
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        event = amount_applied_event(target, order, now, settings.bill_parent_ids)
         webhook_id = self.webhooks.send(
             event, settings.webhook_url, settings.webhook_secrets, order.duplicates
         )
@@ -80,15 +93,17 @@ class FakeMoment:
             "currency": target.currency,
             "balance": target.balance,
             "balance_lowered": _lowers_balance(order, target, settings.applies_payments),
+            "bill_id": target.bill_id,
+            "bill": target.bill,
             "event": event,
             "deliveries": self.webhooks.deliveries(webhook_id),
         }
 
     def state(self) -> dict[str, Any]:
-        return {**self.store.snapshot(), "deliveries": self.webhooks.deliveries()}
+        return {**self.store.snapshot(self.settings.bill_rules), "deliveries": self.webhooks.deliveries()}
 
     def reset(self) -> None:
-        """Forget customers, accounts, idempotency keys and delivery records; keep settings and faults."""
+        """Forget customers, accounts, bills, idempotency keys and deliveries; keep settings and faults."""
         self.store.reset()
         self.idempotency.reset()
         self.webhooks.forget()
@@ -99,12 +114,14 @@ class FakeMoment:
     def close(self) -> None:
         self.webhooks.close()
 
-    def _apply(self, order: PaymentOrder, lower_balance: bool) -> PaymentTarget:
+    def _apply(self, order: PaymentOrder, settings: SandboxSettings) -> PaymentTarget:
+        if isinstance(order.target, str) and order.kind == "bill":
+            return self.store.pay_bill(order.target, order.amount, settings.bill_rules)
         if isinstance(order.target, str):
-            return self.store.apply_payment(order.kind, order.target, order.amount, lower_balance)
-        for moment_id in (order.target.customer_id, order.target.account_id):
+            return self.store.apply_payment(order.kind, order.target, order.amount, settings.applies_payments)
+        for moment_id in (order.target.customer_id, order.target.account_id, order.target.bill_id):
             if moment_id is not None and self.store.knows(moment_id):
-                raise conflict(f"the sandbox knows {moment_id}: pay it as customer or account instead")
+                raise conflict(f"the sandbox knows {moment_id}: pay it as customer, account or bill instead")
         return order.target
 
 

@@ -102,7 +102,7 @@ class MomentSandbox:
         return faults
 
     def configure(self, **changes: Any) -> SandboxSettings:
-        """Change `webhook_url`, `webhook_secrets` or `applies_payments` while running."""
+        """Change `webhook_url`, `webhook_secrets`, `applies_payments` or a bill rule while running."""
         return self.moment.configure(**changes)
 
     def wait_for_deliveries(self, timeout: float | None = 10.0) -> bool:

@@ -17,11 +17,21 @@
 | `faults.timeout_rate` | `SANDBOX_TIMEOUT_RATE` | 0.0 (carried out, answered `timeout_ms` late) |
 | `faults.timeout_ms` | `SANDBOX_TIMEOUT_MS` | 11000 (past the Moment client's 10 s read timeout) |
 | `seed` | `SANDBOX_SEED` | 0 (the fault draws' seed) |
+| `bill_parent_ids` | `SANDBOX_BILL_PARENT_IDS` | true: a bill's webhook names its parent ids (3) |
+| `bill_underpayment_allowed` | `SANDBOX_BILL_UNDERPAYMENT_ALLOWED` | true: a bill may be paid in parts |
+| `bill_overpayment_allowed` | `SANDBOX_BILL_OVERPAYMENT_ALLOWED` | false (a bill's `payment_rules`) |
+| `bill_overpaid_patch` | `SANDBOX_BILL_OVERPAID_PATCH` | `refuse` (422), or `cap`, `accept` (4) |
+| `paid_bill_patch` | `SANDBOX_PAID_BILL_PATCH` | `refuse` (422), or `apply`, `ignore` (5) |
+| `refuse_void_with_payments` | `SANDBOX_REFUSE_VOID_WITH_PAYMENTS` | false: payments do not stop a void |
 
 (1) the local stack's receiver, `http://127.0.0.1:${LOCAL_API_PORT:-3000}/webhooks/moment`; set
 `SANDBOX_WEBHOOK_URL=` (empty) for none. (2) The same variable and default as the local stack's,
 so the receiver accepts what the sandbox signs. Both made-up defaults are in
-`local_stack/made_up_values.py`.
+`local_stack/made_up_values.py`. (3) `customer_id`, and `account_id` on an account's bill, beside
+`bill_id` (Moment does not document whether they come). (4) What a PATCH of `amount_paid` above
+`amount_due` does when overpayment is not allowed: refused, stored as `amount_due`, or stored. (5)
+What a PATCH that changes a `paid` bill's `amount_paid` does: refused, carried out (the status follows),
+or answered 200 with nothing changed. Moment's reference settles neither (4) nor (5).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY, LOCAL_WEBHOOK_SECRET
@@ -39,6 +50,29 @@ from moment_sandbox.webhooks import DeliveryPolicy, signing_key
 DEFAULT_STANDALONE_PORT = 4010
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+# Moment's reference leaves open what these PATCHes do; the pusher never sends them, and a setting
+# picks each behaviour so a test can show it does not matter.
+OverpaidPatch = Literal["refuse", "cap", "accept"]
+PaidBillPatch = Literal["refuse", "apply", "ignore"]
+
+
+@dataclass(frozen=True)
+class BillRules:
+    """How the sandbox treats bills: the settings named `bill_…`, `paid_bill_patch`, `refuse_void_…`."""
+
+    parent_ids: bool = True
+    underpayment_allowed: bool = True
+    overpayment_allowed: bool = False
+    overpaid_patch: OverpaidPatch = "refuse"
+    paid_patch: PaidBillPatch = "refuse"
+    refuse_void_with_payments: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overpaid_patch not in get_args(OverpaidPatch):
+            raise ValueError(f"bill_overpaid_patch must be one of {', '.join(get_args(OverpaidPatch))}")
+        if self.paid_patch not in get_args(PaidBillPatch):
+            raise ValueError(f"paid_bill_patch must be one of {', '.join(get_args(PaidBillPatch))}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +90,15 @@ class SandboxSettings:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     log_requests: bool = False
+    bill_parent_ids: bool = True
+    bill_underpayment_allowed: bool = True
+    bill_overpayment_allowed: bool = False
+    bill_overpaid_patch: OverpaidPatch = "refuse"
+    paid_bill_patch: PaidBillPatch = "refuse"
+    refuse_void_with_payments: bool = False
 
     def __post_init__(self) -> None:
+        _ = self.bill_rules  # checks the bill settings
         check_webhook_url(self.webhook_url)
         check_webhook_secrets(self.webhook_secrets)
         if not self.api_key:
@@ -73,6 +114,17 @@ class SandboxSettings:
             max_attempts=self.webhook_max_attempts,
             base_delay_seconds=self.webhook_base_delay_seconds,
             timeout_seconds=self.webhook_timeout_seconds,
+        )
+
+    @property
+    def bill_rules(self) -> BillRules:
+        return BillRules(
+            parent_ids=self.bill_parent_ids,
+            underpayment_allowed=self.bill_underpayment_allowed,
+            overpayment_allowed=self.bill_overpayment_allowed,
+            overpaid_patch=self.bill_overpaid_patch,
+            paid_patch=self.paid_bill_patch,
+            refuse_void_with_payments=self.refuse_void_with_payments,
         )
 
     @classmethod
@@ -97,6 +149,12 @@ class SandboxSettings:
                 timeout_ms=int(environ.get("SANDBOX_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS))),
             ),
             seed=int(environ.get("SANDBOX_SEED", "0")),
+            bill_parent_ids=_flag(environ, "SANDBOX_BILL_PARENT_IDS", default=True),
+            bill_underpayment_allowed=_flag(environ, "SANDBOX_BILL_UNDERPAYMENT_ALLOWED", default=True),
+            bill_overpayment_allowed=_flag(environ, "SANDBOX_BILL_OVERPAYMENT_ALLOWED", default=False),
+            bill_overpaid_patch=_choice(environ, "SANDBOX_BILL_OVERPAID_PATCH", get_args(OverpaidPatch)),
+            paid_bill_patch=_choice(environ, "SANDBOX_PAID_BILL_PATCH", get_args(PaidBillPatch)),
+            refuse_void_with_payments=_flag(environ, "SANDBOX_REFUSE_VOID_WITH_PAYMENTS", default=False),
         )
 
 
@@ -127,3 +185,11 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if value in TRUE_WORDS | FALSE_WORDS:
         return value in TRUE_WORDS
     raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> Any:
+    """One of `choices` (the first is the default when the variable is unset or empty)."""
+    value = environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value

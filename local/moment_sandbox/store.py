@@ -1,9 +1,11 @@
-"""The sandbox's books: Moment's customers and accounts in memory, behind one lock.
+"""The sandbox's books: Moment's customers, accounts and bills in memory, behind one lock.
 
-Owns the rules that need the stored objects: ids (`bcus_…`, `bacc_…`), unique `external_reference`s
-(customers and accounts each have their own), lookup by Moment id or `external_reference`, the
-composite account create, PATCH semantics (only sent fields change, `balance` is absolute, `metadata`
-merges) and applying a payment to a balance. Objects leave in Moment's own JSON shape.
+Owns the rules that need the stored objects: ids (`bcus_…`, `bacc_…`, `bill_…`), unique
+`external_reference`s (customers, accounts and bills each have their own), lookup by Moment id or
+`external_reference`, the composite creates (customer → account, customer → account → bill, nothing
+made unless all can be), PATCH semantics (only sent fields change, `balance` is absolute, `metadata`
+merges) and applying a payment to a balance or a bill. Objects leave in Moment's own JSON shape; what
+a bill's PATCH, void and payment do is `bills.py`'s.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+from moment_sandbox import bills
+from moment_sandbox.bills import BILL_PREFIX, Bill
 from moment_sandbox.ids import new_id
 from moment_sandbox.messages import Problem, conflict, not_found
-from moment_sandbox.validation import metadata_size
+from moment_sandbox.settings import BillRules
+from moment_sandbox.validation import BillOwner, metadata_size
 
 CUSTOMER_PREFIX = "bcus_"
 ACCOUNT_PREFIX = "bacc_"
@@ -28,7 +33,7 @@ PAYMENT_RULES = {
 }
 DEFAULT_PAYMENT_CURRENCY = "ZAR"
 
-Kind = Literal["customer", "account"]
+Kind = Literal["customer", "account", "bill"]
 
 
 @dataclass
@@ -67,7 +72,8 @@ def _moment_json(record: Customer | Account) -> dict[str, Any]:
     return {**shape, "payment_rules": dict(PAYMENT_RULES), "metadata": metadata}
 
 
-Record = TypeVar("Record", Customer, Account)
+Record = TypeVar("Record", Customer, Account, Bill)
+Balanced = TypeVar("Balanced", Customer, Account)
 
 
 class _Registry(Generic[Record]):
@@ -116,6 +122,8 @@ class PaymentTarget:
     account_id: str | None
     currency: str
     balance: int | None
+    bill_id: str | None = None
+    bill: dict[str, Any] | None = None  # the paid bill afterwards, in Moment's shape
 
 
 class BillingStore:
@@ -123,6 +131,7 @@ class BillingStore:
         self._lock = threading.RLock()
         self._customers: _Registry[Customer] = _Registry("customer")
         self._accounts: _Registry[Account] = _Registry("account")
+        self._bills: _Registry[Bill] = _Registry("bill")
 
     def create_customer(self, fields: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -132,13 +141,61 @@ class BillingStore:
         """`customer` is an id or external_reference to look up, or fields to create it from first."""
         with self._lock:
             self._accounts.require_free_reference(fields["external_reference"])
-            if isinstance(customer, dict):
-                owner = self._add_customer(customer)
+            return self._add_account(fields, customer).to_json()
+
+    def create_bill(self, fields: dict[str, Any], owner: BillOwner, rules: BillRules) -> dict[str, Any]:
+        """A bill on an existing customer or account, or on an account (and customer) made with it."""
+        with self._lock:
+            self._bills.require_free_reference(fields["external_reference"])
+            if owner[0] == "new_account":
+                account_fields, customer = owner[1]
+                self._accounts.require_free_reference(account_fields["external_reference"])
+                if isinstance(customer, dict):
+                    self._customers.require_free_reference(customer["external_reference"])
+                else:
+                    self._customers.get(customer)
+                account = self._add_account(account_fields, customer)
+                customer_id, account_id = account.customer_id, account.id
+            elif owner[0] == "account":
+                account = self._accounts.get(owner[1])
+                customer_id, account_id = account.customer_id, account.id
             else:
-                owner = self._customers.get(customer)
-            account = Account(id=new_id(ACCOUNT_PREFIX), customer_id=owner.id, **fields)
-            self._accounts.add(account)
-            return account.to_json()
+                customer_id, account_id = self._customers.get(owner[1]).id, None
+            bill = Bill(id=new_id(BILL_PREFIX), customer_id=customer_id, account_id=account_id, **fields)
+            self._bills.add(bill)
+            return bill.to_json(rules)
+
+    def bill(self, key: str, rules: BillRules) -> dict[str, Any]:
+        with self._lock:
+            return self._bills.get(key).to_json(rules)
+
+    def update_bill(self, key: str, fields: dict[str, Any], rules: BillRules) -> dict[str, Any]:
+        with self._lock:
+            bill = self._bills.get(key)
+            merged = {**bill.metadata, **fields.get("metadata", {})}
+            metadata_size(merged)
+            bills.update(bill, fields, merged, rules)
+            return bill.to_json(rules)
+
+    def void_bill(self, key: str, rules: BillRules) -> dict[str, Any]:
+        with self._lock:
+            bill = self._bills.get(key)
+            bills.void(bill, rules)
+            return bill.to_json(rules)
+
+    def pay_bill(self, key: str, amount: int, rules: BillRules) -> PaymentTarget:
+        """Moment receiving `amount` against a bill: its amount_paid rises (never a balance)."""
+        with self._lock:
+            bill = self._bills.get(key)
+            bills.pay(bill, amount, rules)
+            return PaymentTarget(
+                customer_id=bill.customer_id,
+                account_id=bill.account_id,
+                currency=bill.currency,
+                balance=None,
+                bill_id=bill.id,
+                bill=bill.to_json(rules),
+            )
 
     def customer(self, key: str) -> dict[str, Any]:
         with self._lock:
@@ -173,19 +230,34 @@ class BillingStore:
 
     def knows(self, moment_id: str) -> bool:
         with self._lock:
-            return moment_id in self._customers.by_id or moment_id in self._accounts.by_id
+            return any(
+                moment_id in registry.by_id for registry in (self._customers, self._accounts, self._bills)
+            )
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+    def snapshot(self, rules: BillRules | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every object in Moment's shape; each bill also says how much of its amount_paid was paid at
+        Moment (`moment_payments`; the rest came by PATCH), which Moment's own shape does not show."""
         with self._lock:
             return {
                 "customers": [customer.to_json() for customer in self._customers.by_id.values()],
                 "accounts": [account.to_json() for account in self._accounts.by_id.values()],
+                "bills": [
+                    {**bill.to_json(rules or BillRules()), "moment_payments": bill.moment_payments}
+                    for bill in self._bills.by_id.values()
+                ],
             }
 
     def reset(self) -> None:
         with self._lock:
             self._customers.clear()
             self._accounts.clear()
+            self._bills.clear()
+
+    def _add_account(self, fields: dict[str, Any], customer: str | dict[str, Any]) -> Account:
+        owner = self._add_customer(customer) if isinstance(customer, dict) else self._customers.get(customer)
+        account = Account(id=new_id(ACCOUNT_PREFIX), customer_id=owner.id, **fields)
+        self._accounts.add(account)
+        return account
 
     def _add_customer(self, fields: dict[str, Any]) -> Customer:
         self._customers.require_free_reference(fields["external_reference"])
@@ -194,7 +266,7 @@ class BillingStore:
         return customer
 
 
-def _update(registry: _Registry[Record], record: Record, fields: dict[str, Any]) -> Record:
+def _update(registry: _Registry[Balanced], record: Balanced, fields: dict[str, Any]) -> Balanced:
     """PATCH: check every rule first, then change only the fields sent."""
     changes = dict(fields)
     reference = changes.pop("external_reference", record.external_reference)

@@ -1,4 +1,4 @@
-"""The field rules of Moment's customers and accounts, as pure functions over a parsed JSON body.
+"""The field rules of Moment's customers, accounts and bills, as pure functions over a parsed JSON body.
 
 Each function returns only the fields the body sent, validated (so a PATCH changes only those), or
 raises a 400 `Problem` that names the offending parameter. Rules that need the stored objects
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from datetime import date
+from typing import Any, Literal
 
 from moment_sandbox.messages import invalid, missing
 
@@ -27,6 +28,29 @@ CUSTOMER_FIELDS = frozenset(
     {"external_reference", "name", "email", "phone", "currency", "balance", "metadata"}
 )
 ACCOUNT_FIELDS = frozenset({"external_reference", "name", "currency", "balance", "metadata"})
+BILL_FIELDS = frozenset(
+    {
+        "external_reference",
+        "currency",
+        "amount_due",
+        "customer",
+        "account",
+        "bill_date",
+        "due_date",
+        "metadata",
+    }
+)
+BILL_UPDATE_FIELDS = frozenset({"currency", "amount_paid", "metadata"})
+MAX_BILL_AMOUNT = 99_999_999
+CUSTOMER_ID_PREFIX = "bcus_"
+ACCOUNT_ID_PREFIX = "bacc_"
+
+# What a bill is raised on: an existing customer or account (by Moment id), or an account to create
+# first (its fields, and its customer as account_create gives it).
+BillOwner = (
+    tuple[Literal["customer", "account"], str]
+    | tuple[Literal["new_account"], tuple[dict[str, Any], str | dict[str, Any]]]
+)
 
 
 def customer_create(body: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -37,12 +61,41 @@ def customer_update(body: Mapping[str, Any]) -> dict[str, Any]:
     return _fields(body, CUSTOMER_FIELDS, required=())
 
 
-def account_create(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | dict[str, Any]]:
+def account_create(body: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], str | dict[str, Any]]:
     """The account's own fields, and its customer: a reference to resolve, or fields to create."""
     if "customer" not in body:
-        raise missing("customer is required: a customer id, external_reference or customer object")
+        raise missing(f"{prefix}customer is required: a customer id, external_reference or customer object")
     own = {name: value for name, value in body.items() if name != "customer"}
-    return _fields(own, ACCOUNT_FIELDS, required=("external_reference",)), _customer(body["customer"])
+    fields = _fields(own, ACCOUNT_FIELDS, required=("external_reference",), prefix=prefix)
+    return fields, _customer(body["customer"], prefix)
+
+
+def bill_create(body: Mapping[str, Any]) -> tuple[dict[str, Any], BillOwner]:
+    """A bill's own fields, and its owner: `customer` (a bcus_ id) or `account` (a bacc_ id, or an
+    account object, with its customer, to create first)."""
+    own = {name: value for name, value in body.items() if name not in ("customer", "account")}
+    fields = _fields(own, BILL_FIELDS, required=("external_reference", "currency", "amount_due"))
+    if ("customer" in body) == ("account" in body):
+        raise (invalid if "customer" in body else missing)(
+            "send the bill's owner once: customer (a bcus_ id) or account (a bacc_ id or an account object)"
+        )
+    if "customer" in body:
+        return fields, ("customer", _moment_id(body["customer"], "customer", CUSTOMER_ID_PREFIX))
+    account = body["account"]
+    if isinstance(account, dict):
+        return fields, ("new_account", account_create(account, prefix="account."))
+    return fields, ("account", _moment_id(account, "account", ACCOUNT_ID_PREFIX))
+
+
+def bill_update(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A bill PATCH: only `currency`, `amount_paid` (with its currency) and `metadata`."""
+    fixed = sorted(set(body) & {"amount_due", "bill_date", "due_date"})
+    if fixed:
+        raise invalid(f"{fixed[0]} cannot change: void the bill and raise a new one")
+    fields = _fields(body, BILL_UPDATE_FIELDS, required=())
+    if "amount_paid" in fields and "currency" not in fields:
+        raise missing("currency is required when amount_paid is sent")
+    return fields
 
 
 def account_update(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,10 +116,33 @@ def metadata_size(metadata: Mapping[str, str], name: str = "metadata") -> None:
         raise invalid(f"{name} may hold at most {MAX_METADATA_KEYS} keys")
 
 
-def _customer(value: Any) -> str | dict[str, Any]:
+def _customer(value: Any, prefix: str = "") -> str | dict[str, Any]:
     if isinstance(value, dict):
-        return customer_create(value, prefix="customer.")
-    return reference(value, "customer")
+        return customer_create(value, prefix=f"{prefix}customer.")
+    return reference(value, f"{prefix}customer")
+
+
+def _moment_id(value: Any, name: str, prefix: str) -> str:
+    text = reference(value, name)
+    if not text.startswith(prefix):
+        raise invalid(f"{name} must be a Moment id starting {prefix}")
+    return text
+
+
+def _bill_amount(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_BILL_AMOUNT:
+        raise invalid(f"{name} must be an integer from {minimum} to {MAX_BILL_AMOUNT} (minor units)")
+    return value
+
+
+def _date(value: Any, name: str) -> str:
+    try:
+        valid = isinstance(value, str) and len(value) == 10 and date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        valid = False
+    if not valid:
+        raise invalid(f"{name} must be a date as YYYY-MM-DD")
+    return str(value)
 
 
 def _fields(
@@ -138,4 +214,8 @@ VALIDATORS: dict[str, Callable[[Any, str], Any]] = {
     "currency": _currency,
     "balance": _balance,
     "metadata": metadata,
+    "amount_due": lambda value, name: _bill_amount(value, name, minimum=1),
+    "amount_paid": lambda value, name: _bill_amount(value, name, minimum=0),
+    "bill_date": _date,
+    "due_date": _date,
 }

@@ -15,6 +15,11 @@
   after a push or two, so the rest of the pending balances wait for the next run.
 
 Moment's 429s, 500s and timeouts are the sandbox's own faults (`moment_sandbox.faults`).
+
+The functions run in worker processes (local_stack.workers), so the faults are injected there: each
+worker makes its own `FunctionFaults` (`in_worker`, a worker plugin, seeded by the soak's seed, the
+function and the worker's number), switched on and off with the stack's `state`, and reports what it
+injected after each invocation; `InjectedFaults` adds the reports up in the soak's process.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class InjectedCrash(BaseException):
 class FunctionFaults:
     """Every fault injected into the functions, from `start()` until `stop()` (the quiet phase)."""
 
-    def __init__(self, seed: int, rates: FaultRates) -> None:
+    def __init__(self, seed: int | str, rates: FaultRates) -> None:
         self.rates = rates
         self.injected: Counter[str] = Counter()
         self._random = random.Random(f"soak-faults:{seed}")  # noqa: S311 -- reproducible test faults
@@ -181,18 +186,82 @@ class FunctionFaults:
         def invoke(event: dict[str, Any], context: Any) -> Any:
             if not self._draw(self.rates.pusher_cut_off, PUSHER_CUT_OFF):
                 return handler(event, context)
-            from moment_sync.pusher import SECONDS_RESERVED_PER_PUSH  # noqa: PLC0415 -- the functions' import
+            from moment_sync.moment_client import worst_call_seconds  # noqa: PLC0415 -- the functions' import
+            from moment_sync.pusher import BOOKING_SECONDS, CALLS_PER_PUSH  # noqa: PLC0415
+            from soak.run import MOMENT_READ_TIMEOUT_SECONDS  # noqa: PLC0415 -- run imports this module
 
+            # What the pusher keeps in reserve with the soak's read timeout (pusher.seconds_per_push).
+            worst = worst_call_seconds(read_timeout_seconds=float(MOMENT_READ_TIMEOUT_SECONDS))
+            reserve = CALLS_PER_PUSH * worst + BOOKING_SECONDS
             with self._lock:
                 spare = self._random.uniform(0.02, 0.6)
             # Left with a little more than the pusher keeps in reserve: it starts a push or two, then stops.
-            short = LocalLambdaContext(function_name, timeout_seconds=SECONDS_RESERVED_PER_PUSH + spare)
+            short = LocalLambdaContext(function_name, timeout_seconds=reserve + spare)
             report = handler(event, short)
             if isinstance(report, dict) and report.get("not_reached"):
                 self._count(PUSHER_CUT_OFF)
             return report
 
         return invoke
+
+
+STATE_KEY = "soak_faults_on"  # in the local stack's `functions.state`: whether the faults are on
+REPORT_KEY = "soak_faults_injected"
+
+
+class _InWorker:
+    """The faults inside one worker process of one function (a local_stack.workers plugin)."""
+
+    def __init__(self, logical_id: str, faults: FunctionFaults) -> None:
+        self.logical_id = logical_id
+        self.faults = faults
+        self._reported: Counter[str] = Counter()
+
+    def wrap(self, handler: Handler) -> Handler:
+        from moment_sync import runtime  # noqa: PLC0415 -- the worker's own, as its handler uses it
+
+        self.faults.attach_to_dynamodb(runtime.aws_client("dynamodb"))  # the client every function uses
+        if self.logical_id == "ReconcilerFunction":
+            return self.faults.crashing_reconciler(handler)
+        if self.logical_id == "BalancePusherFunction":
+            return self.faults.budget_cut_pusher(handler, self.logical_id)
+        return handler
+
+    def before(self, state: dict[str, Any]) -> None:
+        if state.get(STATE_KEY):
+            self.faults.start()
+        else:
+            self.faults.stop()
+
+    def after(self) -> dict[str, Any]:
+        with self.faults._lock:
+            injected = Counter(self.faults.injected)
+        new, self._reported = injected - self._reported, injected
+        return {REPORT_KEY: dict(new)}
+
+
+def in_worker(logical_id: str, number: int, seed: int, rates: FaultRates) -> _InWorker:
+    """The worker plugin's factory: its own stream of draws per function and worker."""
+    return _InWorker(logical_id, FunctionFaults(f"{seed}:{logical_id}:{number}", rates))
+
+
+class InjectedFaults:
+    """In the soak's process: the workers' reports added up, and the switch they read."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.injected: Counter[str] = Counter()
+        self._state = state
+        self._lock = threading.Lock()
+
+    def receive(self, _logical_id: str, report: dict[str, Any]) -> None:
+        with self._lock:
+            self.injected.update(report.get(REPORT_KEY, {}))
+
+    def start(self) -> None:
+        self._state[STATE_KEY] = True
+
+    def stop(self) -> None:
+        self._state[STATE_KEY] = False
 
 
 def _dynamodb_error(request: Any, code: str, message: str, **extra: Any) -> AWSResponse:

@@ -21,8 +21,9 @@ from typing import Any
 
 from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
 from local_stack.stack import PUSHER, RECONCILER, LocalSettings, RunningStack, running_stack
+from local_stack.workers import WorkerPlugin
 from moment_sandbox import SandboxSettings
-from soak.faults import KINDS, FaultRates, FunctionFaults
+from soak.faults import KINDS, FaultRates, InjectedFaults
 from soak.traffic import Deliveries, Delivery, Merchant, Moment, Sent, event_body, made_up_signature
 from soak.verdict import Verdict, judge
 from soak.workload import (
@@ -30,6 +31,7 @@ from soak.workload import (
     Forged,
     OtherEvent,
     Pay,
+    PayBill,
     PayStranger,
     Stale,
     WebhookStep,
@@ -86,7 +88,13 @@ class SoakResult:
         )
 
 
-def stack_settings(settings: SoakSettings) -> LocalSettings:
+def stack_settings(settings: SoakSettings, faults: InjectedFaults | None = None) -> LocalSettings:
+    """The soak's local stack; with `faults`, every worker injects the soak's faults and reports them."""
+    plugins = (
+        (WorkerPlugin("soak.faults:in_worker", (settings.seed, settings.rates)),)
+        if faults is not None
+        else ()
+    )
     return LocalSettings(
         api_port=0,
         sandbox_port=0,
@@ -98,6 +106,8 @@ def stack_settings(settings: SoakSettings) -> LocalSettings:
         # The functions give up on a Moment answer after 1 s, so an injected timeout costs 1 s, not 10.
         parameter_overrides={"MomentReadTimeoutSeconds": MOMENT_READ_TIMEOUT_SECONDS},
         sandbox=SandboxSettings(applies_payments=settings.applies_payments, seed=settings.seed),
+        worker_plugins=plugins,
+        on_worker_report=faults.receive if faults is not None else None,
     )
 
 
@@ -112,9 +122,13 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
     sent = Sent()
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    with running_stack(stack_settings(settings)) as stack:
-        stack.sandbox.configure(webhook_url=None)  # the soak delivers Moment's webhooks itself
-        faults = _inject(stack, settings)
+    state: dict[str, Any] = {}
+    faults = InjectedFaults(state)
+    with running_stack(stack_settings(settings, faults)) as stack:
+        # The soak delivers Moment's webhooks itself. Bills are never settled in a soak, and Moment's
+        # payment rules allow overpayment, so whatever reaches a bill is Moment's to take.
+        stack.sandbox.configure(webhook_url=None, bill_overpayment_allowed=True)
+        stack.functions.state = state  # what the workers' faults read before each invocation
         announced: list[dict[str, Any]] = []  # every Payment Applied the bus carries (docs/events.md)
         if stack.events is not None:
             stack.events.bus.subscribe(
@@ -125,7 +139,7 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
         moment = Moment(stack.sandbox_url)
         try:
             merchant = Merchant(stack.api_url, sent)
-            merchant.open_books(books.customers, books.opened, workload.opening_charges)
+            merchant.open_books(books.customers, books.opened, workload.opening_charges, books.bills)
             _wait_until_on_moment(
                 moment, {(b.kind, b.ref) for b in books.opened}, timeout=60 + len(books.opened)
             )
@@ -141,6 +155,9 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
                 seed=settings.seed,
             )
             _traffic(stack, workload, moment, merchant, sent, settings, say)
+            # The functions run at once, so the deliveries outrun the stream's one shard: the backlog
+            # is reconciled under the same faults before they stop.
+            _drain(stack)
             seconds["traffic"] = time.monotonic() - started - sum(seconds.values())
 
             faults.stop()
@@ -161,17 +178,6 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
         finally:
             moment.close()
     return SoakResult(settings, workload, sent, verdict, injected, seconds)
-
-
-def _inject(stack: RunningStack, settings: SoakSettings) -> FunctionFaults:
-    from moment_sync import runtime  # noqa: PLC0415 -- as the functions import it, inside the stack
-
-    faults = FunctionFaults(settings.seed, settings.rates)
-    faults.attach_to_dynamodb(runtime.aws_client("dynamodb"))  # the client every function uses
-    handlers = stack.functions.handlers
-    handlers[RECONCILER] = faults.crashing_reconciler(handlers[RECONCILER])
-    handlers[PUSHER] = faults.budget_cut_pusher(handlers[PUSHER], PUSHER)
-    return faults
 
 
 def _moment_faults(moment: Moment) -> dict[str, int]:
@@ -211,7 +217,7 @@ class _Traffic:
         self.made_up = 0
 
     def deliver(self, step: WebhookStep) -> None:
-        if isinstance(step, Pay | PayStranger | OtherEvent):
+        if isinstance(step, Pay | PayBill | PayStranger | OtherEvent):
             message = self._first(step)
             self.messages[step.number] = message
             self._send_valid(message.webhook_id, message.body, message.application_id)
@@ -220,7 +226,7 @@ class _Traffic:
         else:
             self._not_from_moment(step)
 
-    def _first(self, step: Pay | PayStranger | OtherEvent) -> _Message:
+    def _first(self, step: Pay | PayBill | PayStranger | OtherEvent) -> _Message:
         if isinstance(step, OtherEvent):
             event = {
                 "id": f"evt_soak_other_{step.number}",
@@ -228,7 +234,16 @@ class _Traffic:
                 "data": {"id": f"bill_{step.number}"},
             }
             return _Message(f"msg_soak_other_{step.number}", event_body(event), None)
-        if isinstance(step, PayStranger):
+        if isinstance(step, PayBill) and step.bill.ref in self.moment.bills_on_moment:
+            payment = self.moment.pay({"bill": step.bill.ref, "amount": step.amount})
+            with self.sent.lock:
+                self.sent.payments[payment["application_id"]] = ("bill", step.bill.ref, step.amount)
+        elif isinstance(step, PayBill):  # not on Moment yet: a balance is paid instead
+            target = step.fallback
+            payment = self.moment.pay({target.kind: target.ref, "amount": step.amount})
+            with self.sent.lock:
+                self.sent.payments[payment["application_id"]] = (target.kind, target.ref, step.amount)
+        elif isinstance(step, PayStranger):
             payment = self.moment.pay(
                 {"unknown_customer_id": f"bcus_soakstranger{step.number:07d}", "amount": step.amount}
             )
@@ -326,7 +341,7 @@ def _traffic(
     next_progress, next_refresh = settings.progress_every, REFRESH_EVERY
     try:
         for step in workload.steps:
-            if isinstance(step, Pay | PayStranger | OtherEvent | Again | Forged | Stale):
+            if isinstance(step, Pay | PayBill | PayStranger | OtherEvent | Again | Forged | Stale):
                 traffic.deliver(step)
             else:
                 merchant.ask(step)
@@ -355,8 +370,7 @@ def _settle(stack: RunningStack) -> None:
     """Every delivery made and the stream drained; then the re-drive and the pusher run, as their
     schedules would, until neither has anything left to do. A balance still pending but backing off
     (its last push failed, or was deferred) is waited for, as the next scheduled run would be."""
-    if not stack.wait_until_quiet(120):
-        raise RuntimeError("the stream never drained")
+    _drain(stack)
     stack.scheduler.stop()  # from here the soak runs the schedules itself, so nothing moves while it looks
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
@@ -368,7 +382,8 @@ def _settle(stack: RunningStack) -> None:
         if push.failed:
             raise RuntimeError(f"the pusher failed with every fault off: {push.error}")
         stack.wait_until_quiet(60)
-        if push.response["results"] or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
+        bills = push.response.get("bills", {}).get("results")
+        if push.response["results"] or bills or set(redrive.response["outcomes"]) - {"parked:unmatched"}:
             continue
         backing_off = [
             head.get("next_push_at") for head in _scan(stack, "LedgerTable") if "push_shard" in head
@@ -378,6 +393,17 @@ def _settle(stack: RunningStack) -> None:
         # A retry that came due between the push run and this scan is already in the past.
         time.sleep(max(0.0, min(max(_seconds_until(when) for when in backing_off), 5.0)) + 0.1)
     raise RuntimeError(f"the re-drive and the pusher still had work after {SETTLE_SECONDS} s of quiet")
+
+
+def _drain(stack: RunningStack, window: float = 120.0) -> None:
+    """Until every delivery is made and the stream is drained. With the functions running at once, the
+    traffic outruns the stream's one shard and the backlog is reconciled here: wait as long as
+    records keep being sent to the reconciler, and give up only after `window` seconds without any."""
+    sent = -1
+    while not stack.wait_until_quiet(window):
+        if stack.stream.stats.records_sent == sent:
+            raise RuntimeError("the stream never drained")
+        sent = stack.stream.stats.records_sent
 
 
 def _seconds_until(iso: Any) -> float:

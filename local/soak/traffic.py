@@ -6,7 +6,8 @@
   started in.
 - `Merchant`: the merchant's own systems calling the ledger API at the same time: charges (some sent
   twice, as a client retries), balance sets (read the version, set, and on 409 read again), new
-  accounts. A 503 (a throttled table) is retried, as a client would.
+  accounts, cash taken for bills (some sent twice; refused once the bill is voided), voids. A 503 (a
+  throttled table) is retried, as a client would.
 
 Both keep what they did in `Sent`, which `verdict` checks the tables against.
 """
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from moment_sandbox.webhooks import signature_header
-from soak.workload import Balance, Charge, MerchantStep, OpenAccount, SetBalance
+from soak.workload import Balance, Bill, BillCash, Charge, MerchantStep, OpenAccount, SetBalance, VoidBill
 
 MAX_DELIVERY_ATTEMPTS = 60  # Moment keeps trying for days; here, well past any injected fault
 MAX_REQUEST_ATTEMPTS = 60
@@ -55,6 +56,9 @@ class Sent:
     )  # (kind, ref) -> charge id -> amount, every charge the ledger API acknowledged
     balance_sets: Counter[tuple[str, str]] = field(default_factory=Counter)  # acknowledged, per balance
     opened: list[Balance] = field(default_factory=list)  # late accounts the ledger API acknowledged
+    # bill ref -> payment id -> amount: every outside payment the ledger API acknowledged
+    outside_payments: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    voided_bills: set[str] = field(default_factory=set)  # voids the ledger API acknowledged
     merchant_failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -161,8 +165,11 @@ class Merchant:
         self._thread.join()
         self._client.close()
 
-    def open_books(self, customers: dict[str, str], balances: list[Balance], charges: list[Charge]) -> None:
-        """Before the traffic, in this thread: every customer, every first account, a charge on each."""
+    def open_books(
+        self, customers: dict[str, str], balances: list[Balance], charges: list[Charge], bills: list[Bill]
+    ) -> None:
+        """Before the traffic, in this thread: every customer, every first account, a charge on each,
+        every bill."""
         for ref, model in customers.items():
             body = {"currency": "ZAR", "name": f"Soak {ref}"}
             if model == "accounts":
@@ -173,6 +180,9 @@ class Merchant:
                 self._open_account(balance)
         for charge in charges:
             self.charge(charge)
+        for bill in bills:
+            body = {"customer": bill.customer_ref, "currency": "ZAR", "amount_due": bill.amount_due}
+            self._request("PUT", f"/bills/{bill.ref}", body)
 
     def _work(self) -> None:
         while (step := self._queue.get()) is not None:
@@ -181,6 +191,12 @@ class Merchant:
                     self.charge(step)
                 elif isinstance(step, SetBalance):
                     self._set_balance(step)
+                elif isinstance(step, BillCash):
+                    self._bill_cash(step)
+                elif isinstance(step, VoidBill):
+                    self._request("POST", f"/bills/{step.bill.ref}/void")
+                    with self._sent.lock:
+                        self._sent.voided_bills.add(step.bill.ref)
                 elif isinstance(step, OpenAccount):
                     self._open_account(step.account)
                     self.charge(Charge(step.account, f"open-{step.account.ref}", step.first_charge, False))
@@ -206,6 +222,21 @@ class Merchant:
                 raise AssertionError(f"a charge sent twice was answered {again.status_code}: {again.text}")
         with self._sent.lock:
             self._sent.charges[(target.kind, target.ref)][charge.charge_id] = charge.amount
+
+    def _bill_cash(self, step: BillCash) -> None:
+        path = f"/bills/{step.bill.ref}/payments"
+        body = {"id": step.payment_id, "amount": step.amount}
+        first = self._request("POST", path, body, accept=(409,))
+        if first.status_code == 409:  # the bill is voided: the counter refuses the cash
+            if step.bill.ref not in self._sent.voided_bills:
+                raise AssertionError(f"cash for {step.bill.ref}, not voided, refused: {first.text}")
+            return
+        if step.sent_twice:
+            again = self._request("POST", path, body)
+            if again.status_code != 200 or again.json() != first.json():
+                raise AssertionError(f"cash sent twice was answered {again.status_code}: {again.text}")
+        with self._sent.lock:
+            self._sent.outside_payments[step.bill.ref][step.payment_id] = step.amount
 
     def _set_balance(self, step: SetBalance) -> None:
         path = f"/{step.target.kind}s/{step.target.ref}"
@@ -249,6 +280,7 @@ class Moment:
     def __init__(self, sandbox_url: str) -> None:
         self._client = httpx.Client(base_url=sandbox_url, timeout=30, trust_env=False)
         self.on_moment: set[tuple[str, str]] = set()
+        self.bills_on_moment: set[str] = set()
 
     def refresh(self) -> dict[str, Any]:
         state: dict[str, Any] = self._client.get("/_sandbox/state").json()
@@ -258,6 +290,7 @@ class Moment:
             for item in state[f"{kind}s"]
             if item.get("external_reference") and item.get("balance") is not None
         }
+        self.bills_on_moment = {item["external_reference"] for item in state.get("bills", [])}
         return state
 
     def pay(self, order: dict[str, Any]) -> dict[str, Any]:

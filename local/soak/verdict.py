@@ -7,7 +7,8 @@ something did.
 - double-applied: a payment with more than one entry, or an entry for a payment no one made (a
   forged or stale webhook that got through), or an entry of a kind nobody asked for;
 - balances agree: every balance is the sum of its entries, none is still waiting to be pushed, and
-  Moment holds the ledger's balance for each;
+  Moment holds the ledger's balance for each; every bill's amount_paid is the sum of its payments,
+  none is still waiting to be pushed, and Moment holds the same amount_paid and status (voided).
 - payments announced: after deduplication by `event_id`, the bus carried exactly one `Payment
   Applied` per payment entry, naming it, and none for anything else (docs/events.md).
 Every other broken rule (a forged webhook stored, an event left unfinished) is a problem too.
@@ -68,6 +69,7 @@ def judge(
     _payments(verdict, ledger, sent)
     _merchant_entries(verdict, ledger, sent)
     _balances(verdict, ledger, moment)
+    _bills(verdict, ledger, moment, sent)
     _statuses(verdict, stored, sent)
     return verdict
 
@@ -106,8 +108,9 @@ def _payments(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent) -> Non
             lost.append(application_id)
         elif len(found) > 1:
             twice.append(f"{application_id} {found}")
-        elif found != [(f"{kind.upper()}#{ref}", -amount)]:
-            wrong.append(f"{application_id}: {found}, expected {kind} {ref} -{amount}")
+        elif found != [(f"{kind.upper()}#{ref}", amount if kind == "bill" else -amount)]:
+            # A payment lowers a balance; it raises a bill's amount_paid.
+            wrong.append(f"{application_id}: {found}, expected {kind} {ref} {amount} paid")
     never_made = sorted(set(entries) - set(sent.payments))
     verdict.lost += len(lost)
     verdict.double_applied += len(twice) + len(never_made)
@@ -123,8 +126,12 @@ def _merchant_entries(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent
     charges: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     balance_sets: Counter[tuple[str, str]] = Counter()
     strange = []
+    outside: dict[str, dict[str, int]] = defaultdict(dict)
     for item in ledger:
         if not item["sk"].startswith("ENTRY#") or item["sk"].startswith("ENTRY#payment:"):
+            continue
+        if item["sk"].startswith("ENTRY#outside_payment:") and item["pk"].startswith("BILL#"):
+            outside[item["pk"].removeprefix("BILL#")][item["sk"].partition(":")[2]] = int(item["amount"])
             continue
         kind, _, ref = item["pk"].partition("#")
         key = (kind.lower(), ref)
@@ -152,8 +159,22 @@ def _merchant_entries(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent
         for (kind, ref), count in balance_sets.items()
         if count > sent.balance_sets[(kind, ref)]
     ]
-    verdict.lost += len(lost)
-    verdict.double_applied += len(unasked) + len(too_many_sets) + len(strange)
+    cash_lost = [
+        f"{ref} {payment_id}"
+        for ref, payments in sent.outside_payments.items()
+        for payment_id, amount in payments.items()
+        if outside.get(ref, {}).get(payment_id) != amount
+    ]
+    cash_unasked = [
+        f"{ref} {payment_id}"
+        for ref, found in outside.items()
+        for payment_id in found
+        if payment_id not in sent.outside_payments.get(ref, {})
+    ]
+    verdict.lost += len(lost) + len(cash_lost)
+    verdict.double_applied += len(unasked) + len(too_many_sets) + len(strange) + len(cash_unasked)
+    verdict.problem("acknowledged outside bill payments missing or of another amount", cash_lost)
+    verdict.problem("outside bill payments nobody acknowledged", cash_unasked)
     verdict.problem("acknowledged charges missing or of another amount", lost)
     verdict.problem("charge entries nobody acknowledged", unasked)
     verdict.problem("more balance-set entries than sets", too_many_sets)
@@ -186,6 +207,34 @@ def _balances(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, 
     verdict.problem("balances that are not the sum of their entries", off_sum)
     verdict.problem("balances still waiting to be pushed", pending)
     verdict.problem("balances Moment holds differently", disagree)
+
+
+def _bills(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, Any], sent: Sent) -> None:
+    """amount_paid = the sum of the bill's payments; once quiet, nothing pending, and Moment holds the
+    same amount_paid (its own payments once, each outside payment once) and the same voided status."""
+    sums: Counter[str] = Counter()
+    for item in ledger:
+        if item["pk"].startswith("BILL#") and item["sk"].startswith("ENTRY#"):
+            sums[item["pk"]] += int(item["amount"])
+    at_moment = {item["external_reference"]: item for item in moment.get("bills", [])}
+    off_sum, pending, disagree = [], [], []
+    for head in (item for item in ledger if item["sk"] == "HEAD" and item["pk"].startswith("BILL#")):
+        pk, paid = head["pk"], int(head.get("amount_paid", 0))
+        if paid != sums[pk]:
+            off_sum.append(f"{pk}: amount_paid {paid}, payments sum to {sums[pk]}")
+        if "push_shard" in head:
+            pending.append(f"{pk} ({head.get('last_push_error') or head.get('push_blocked') or 'pending'})")
+        theirs = at_moment.get(str(head["ref"]))
+        ours = (paid, head.get("status") == "voided")
+        shown = (int(theirs["amount_paid"]), theirs["status"] == "voided") if theirs else None
+        if shown != ours:
+            disagree.append(f"{pk}: ledger paid {ours[0]} voided {ours[1]}, Moment {shown}")
+    voided = {str(head["ref"]) for head in ledger if head["sk"] == "HEAD" and head.get("status") == "voided"}
+    verdict.problem("voids acknowledged and not in the ledger", sorted(sent.voided_bills - voided))
+    verdict.balances_agree = verdict.balances_agree and not (off_sum or pending or disagree)
+    verdict.problem("bills whose amount_paid is not the sum of their payments", off_sum)
+    verdict.problem("bills still waiting to be pushed", pending)
+    verdict.problem("bills Moment holds differently", disagree)
 
 
 def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -> None:

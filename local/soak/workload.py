@@ -1,7 +1,10 @@
 """What the soak does, drawn from its seed before anything runs, so a seed replays the same workload.
 
 The books: customers on the customer-balance model (`S0001`), and customers on the account-balance
-model (`F0001`) with one to three accounts (`F0001-A`), some opened while the traffic runs.
+model (`F0001`) with one to three accounts (`F0001-A`), some opened while the traffic runs; and
+members on the bill model (`M0001`), each with a bill paid at Moment and by cash (`M0001-FEE`, never
+voided) and half of them with a second bill paid only in cash, which the merchant may void
+(`M0001-KIT`).
 
 The traffic is a list of steps in the order they are started. Of the `webhooks` deliveries, about
 60% are first deliveries of a message (nearly all payments; a few for someone the merchant never
@@ -9,7 +12,9 @@ opened, a few of an event type this product ignores), 30% duplicates (the same m
 the same event under a new message id, up to 40 messages later: out of order), 5% forged and 5%
 stale (a replayed message, or a valid signature on a payment never made, outside the ±180 s
 window). Merchant requests (charges, credits, a charge sent twice, balance sets, new accounts) are
-spread among them, about one per four messages.
+spread among them, about one per four messages. About one payment in six is a bill payment at
+Moment (`data.bill_id`); about one merchant request in five is cash taken for a bill (some sent
+twice) and now and then the merchant voids a second bill.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ STRANGER_SHARE = 0.03  # of the first deliveries: a payment for someone the merc
 IGNORED_SHARE = 0.02  # of the first deliveries: an event type this product does not act on
 MERCHANT_REQUESTS_PER_MESSAGE = 0.25
 OUT_OF_ORDER_SPAN = 40  # a duplicate arrives up to this many messages after its original
+BILL_PAYMENT_SHARE = 0.15  # of the payments: to a bill at Moment
+BILL_CASH_SHARE = 0.2  # of the merchant's requests: cash taken for a bill
+BILL_MEMBERS_PER_BALANCES = 6  # one member on the bill model per this many balances
+# Large enough that no bill is settled in a soak: cash on a paid bill would rightly be blocked.
+BILL_AMOUNT_DUE = 90_000_000
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,21 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class Bill:
+    ref: str
+    customer_ref: str
+    amount_due: int
+    paid_at_moment: bool  # Moment's payments go to it (never voided); else cash only, maybe voided
+
+
+@dataclass(frozen=True)
 class Books:
     """Who the merchant has: opened before the traffic (`opened`), or during it (`late`)."""
 
     customers: dict[str, str]  # ref -> balance model ("customer" or "accounts")
     opened: list[Balance]
     late: list[Balance]
+    bills: list[Bill] = field(default_factory=list)  # raised before the traffic
 
 
 # --- steps -------------------------------------------------------------------------------------------
@@ -55,6 +74,17 @@ class Pay:
 
     number: int
     target: Balance
+    fallback: Balance
+    amount: int
+
+
+@dataclass(frozen=True)
+class PayBill:
+    """Message `number`: Moment applies a payment to `bill` (its webhook has `data.bill_id`). If the bill
+    is not on Moment yet, `fallback` (a balance opened before the traffic) is paid."""
+
+    number: int
+    bill: Bill
     fallback: Balance
     amount: int
 
@@ -121,9 +151,24 @@ class OpenAccount:
     first_charge: int
 
 
-Message = Pay | PayStranger | OtherEvent
+@dataclass(frozen=True)
+class BillCash:
+    """Cash at the counter for `bill` (POST /bills/{ref}/payments); refused once the bill is voided."""
+
+    bill: Bill
+    payment_id: str
+    amount: int
+    sent_twice: bool
+
+
+@dataclass(frozen=True)
+class VoidBill:
+    bill: Bill
+
+
+Message = Pay | PayBill | PayStranger | OtherEvent
 WebhookStep = Message | Again | Forged | Stale
-MerchantStep = Charge | SetBalance | OpenAccount
+MerchantStep = Charge | SetBalance | OpenAccount | BillCash | VoidBill
 Step = WebhookStep | MerchantStep
 
 
@@ -180,6 +225,7 @@ def draw_workload(seed: int, webhooks: int, balances: int | None = None) -> Work
             timeline.append((position, OpenAccount(account, rng.randint(1_000, 60_000))))
         else:
             timeline.append((position, _draw_merchant_request(rng, books)))
+    timeline += _draw_voids(rng, books, messages)
     timeline.sort(key=lambda item: item[0])  # stable: an Again never precedes its original
     return Workload(
         seed=seed,
@@ -200,11 +246,27 @@ def draw_workload(seed: int, webhooks: int, balances: int | None = None) -> Work
     )
 
 
+def _draw_voids(rng: random.Random, books: Books, messages: int) -> list[tuple[float, Step]]:
+    """Half the cash-only bills are voided by the merchant at some point of the traffic."""
+    return [
+        (rng.uniform(0, messages), VoidBill(bill))
+        for bill in books.bills
+        if not bill.paid_at_moment and rng.random() < 0.5
+    ]
+
+
 def _draw_books(rng: random.Random, balances: int) -> Books:
     customers: dict[str, str] = {}
     opened: list[Balance] = []
     late: list[Balance] = []
     number = 0
+    bills: list[Bill] = []
+    for member in range(1, max(2, balances // BILL_MEMBERS_PER_BALANCES) + 1):
+        ref = f"M{member:04d}"
+        customers[ref] = "customer"
+        bills.append(Bill(f"{ref}-FEE", ref, BILL_AMOUNT_DUE, paid_at_moment=True))
+        if rng.random() < 0.5:
+            bills.append(Bill(f"{ref}-KIT", ref, BILL_AMOUNT_DUE, paid_at_moment=False))
     while len(opened) + len(late) < balances:
         number += 1
         if rng.random() < 0.6:
@@ -218,7 +280,7 @@ def _draw_books(rng: random.Random, balances: int) -> Books:
             account = Balance("account", f"{ref}-{letter}", ref)
             # A family's first account is opened before the traffic; a later one, now and then, during it.
             (late if letter != "A" and rng.random() < 0.3 else opened).append(account)
-    return Books(customers, opened, late)
+    return Books(customers, opened, late, bills)
 
 
 def _draw_message(rng: random.Random, number: int, books: Books) -> Message:
@@ -227,11 +289,18 @@ def _draw_message(rng: random.Random, number: int, books: Books) -> Message:
         return PayStranger(number, rng.randint(100, 30_000))
     if roll < STRANGER_SHARE + IGNORED_SHARE:
         return OtherEvent(number)
+    payable = [bill for bill in books.bills if bill.paid_at_moment]
+    if payable and rng.random() < BILL_PAYMENT_SHARE:
+        return PayBill(number, rng.choice(payable), rng.choice(books.opened), rng.randint(100, 30_000))
     everyone = books.opened + books.late
     return Pay(number, rng.choice(everyone), rng.choice(books.opened), rng.randint(100, 30_000))
 
 
 def _draw_merchant_request(rng: random.Random, books: Books) -> MerchantStep:
+    if books.bills and rng.random() < BILL_CASH_SHARE:
+        bill = rng.choice(books.bills)
+        payment_id = f"CASH{rng.randrange(10**12):012d}"
+        return BillCash(bill, payment_id, rng.randint(1_000, 60_000), sent_twice=rng.random() < 0.1)
     target = rng.choice(books.opened)
     if rng.random() < 0.2:
         return SetBalance(target, rng.randint(0, 100_000))

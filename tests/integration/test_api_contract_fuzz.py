@@ -30,6 +30,9 @@ PROBLEM_PREFIX = "tag:moment-balance-sync,2026:problem/"
 # an account's and an event's happy path too (any other customer_ref is a 422, any other event a 404).
 EXAMPLE_GROUP_CUSTOMER = "UCR1234567890"
 EXAMPLE_WEBHOOK_ID = "msg_2mXnTestDelivery0001"
+# The bill examples: an account of that customer, and a bill on it.
+EXAMPLE_ACCOUNT = "ACC-2041"
+EXAMPLE_BILL = "FEE-2026-0001"
 
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -67,6 +70,10 @@ def _documented_refusal(case: Case[Any], response: Response) -> bool:
         return True
     if (status, problem) == (422, "customer-not-on-account-model"):
         return True  # a generated customer_ref is rarely a customer on the account-balance model
+    if (status, problem) == (422, "customer-not-on-customer-model"):
+        return True  # a bill on the example customer, which is on the account-balance model
+    if (status, problem) == (422, "bill-amount-out-of-range"):
+        return True  # generated outside payments add up past Moment's bound on one bill
     if (status, problem) == (400, "invalid-cursor"):
         return "cursor" in (case.query or {})  # opaque: only a cursor the API returned is one
     if (status, problem) == (400, "invalid-request") and isinstance(case.body, dict):
@@ -129,6 +136,17 @@ def live_api() -> Iterator[LiveApi]:
             f"/customers/{EXAMPLE_GROUP_CUSTOMER}", json={"currency": "ZAR", "balance_model": "accounts"}
         )
         assert group.status_code == 201, group.text
+        account = {"customer_ref": EXAMPLE_GROUP_CUSTOMER, "currency": "ZAR"}
+        assert client.put(f"/accounts/{EXAMPLE_ACCOUNT}", json=account).status_code == 201
+        bill = {  # the example of PUT /bills/{ref} itself: sent again, it is the same bill (200)
+            "account": EXAMPLE_ACCOUNT,
+            "currency": "ZAR",
+            "amount_due": 250000,
+            "bill_date": "2026-09-01",
+            "due_date": "2026-09-30",
+            "description": "Annual membership 2026/27",
+        }
+        assert client.put(f"/bills/{EXAMPLE_BILL}", json=bill).status_code == 201
         _deliver_the_example_webhook(client)
         session.trust_env = False  # loopback only, whatever proxy the environment names
         yield LiveApi(stack.api_url, session)

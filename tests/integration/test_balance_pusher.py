@@ -255,7 +255,12 @@ def test_the_time_budget_leaves_the_rest_for_the_next_run(
     for number in range(5):
         charge(harness, harness.open_customer(f"UCR{number}"), f"inv-{number}", 100)
     budget = iter([300.0, 300.0, 1.0])
-    report = pusher.push_pending(time_left=lambda: next(budget, 1.0))
+    main = threading.current_thread()
+
+    def time_left() -> float:  # the run's loop sees the budget run out; its pushes' client does not
+        return next(budget, 1.0) if threading.current_thread() is main else 300.0
+
+    report = pusher.push_pending(time_left=time_left)
     assert sum(report.results.values()) == 2
     assert report.not_reached == 3
     assert run(pusher) == {"created": 3}
@@ -458,6 +463,38 @@ def test_past_the_open_intents_cap_the_balance_is_deferred_until_moment_shows_th
     assert run(pusher) == {"in_sync": 1}
     head = harness.head(customer)
     assert sync_state(head) == "synced" and "push_intents" not in head
+
+
+def test_creates_refused_up_to_the_open_intents_cap_do_not_keep_the_balance_from_moment_for_good(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """Found by the simulation: a Moment outage long enough for MAX_OPEN_INTENTS creates in a row, each
+    answered 503, left the balance `deferred` for good. At the cap the pusher sent nothing, not even a
+    create, so it never saw that Moment had no object (or had its own, at the ledger's balance), and
+    the runbook's way out (put Moment's balance to the ledger's) has no object to act on."""
+    from moment_sync.ledger.sync import sync_state
+    from moment_sync.push_plan import MAX_OPEN_INTENTS
+
+    customer = harness.open_customer("OUT1")
+    charge(harness, customer, "inv-0", 1000)
+    # GIVEN MAX_OPEN_INTENTS runs whose creates Moment answered 503 (each may have reached Moment)
+    transport.before_send = answered_503_for("POST")
+    for _ in range(MAX_OPEN_INTENTS):
+        clock[0] += 7200
+        assert run(pusher) == {"failed": 1}
+    assert len(harness.head(customer)["push_intents"]) == MAX_OPEN_INTENTS
+    # WHEN Moment is healthy again
+    transport.before_send = None
+    clock[0] += 7200
+    # THEN the next run creates the customer with the ledger's balance and books it
+    assert run(pusher) == {"created": 1}
+    head = harness.head(customer)
+    assert sync_state(head) == "synced" and "push_intents" not in head
+    assert on_moment(sandbox, "customer", "OUT1")["balance"] == 1000
 
 
 def test_a_create_whose_answer_was_lost_is_explained_by_its_intent_not_by_anything(

@@ -73,6 +73,12 @@ COMMANDS: dict[str, Case] = {
         0,
         r"found 2 event\(s\) from .*: Event Parked 1, Payment Applied 1",
     ),
+    "bill": Case(
+        ("bill", "put", "FEE", "--customer", "UCR1", "--currency", "ZAR", "--amount-due", "90000"),
+        0,
+        r"created: bill FEE\n(.*\n)*status\s+unpaid",
+    ),
+    "bills": Case(("bills", "--customer", "UCR1"), 0, r"customer UCR1: 0 bills"),
 }
 LOG_LINE = re.compile(r'"level"|service_undefined|"timestamp"')
 PYTHON_REPR = re.compile(r"\{'|\['|\bNone\b|\bTrue\b|\bFalse\b")

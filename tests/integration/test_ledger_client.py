@@ -121,6 +121,32 @@ CASES: dict[str, tuple[Callable[[LedgerClient], LedgerAnswer], Callable[[LedgerA
         lambda a: a["balance"] == 0,
     ),
     "getEvent": (lambda c: c.get_event("msg_client_1"), lambda a: a["webhook_id"] == "msg_client_1"),
+    "putBill": (
+        lambda c: c.put_bill(
+            "CL-FEE", customer="CL-1", currency="ZAR", amount_due=90000, due_date="2026-12-31"
+        ),
+        lambda a: a.created and a["status"] == "unpaid" and a["amount_remaining"] == 90000,
+    ),
+    "postBillPayment": (
+        lambda c: c.post_bill_payment("CL-FEE", payment_id="cash-1", amount=40000, description="Cash"),
+        lambda a: a.created and a["id"] == "outside_payment:cash-1",
+    ),
+    "getBill": (lambda c: c.get_bill("CL-FEE"), lambda a: a["amount_paid"] == 40000),
+    "getCustomerBills": (
+        lambda c: c.get_customer_bills("CL-1", status="unpaid"),
+        lambda a: [bill["reference"] for bill in a["bills"]] == ["CL-FEE"],
+    ),
+    "getAccountBills": (
+        lambda c: (
+            c.put_bill("CL-ACC-FEE", account="CL-ACC", currency="ZAR", amount_due=100)
+            and c.get_account_bills("CL-ACC")
+        ),
+        lambda a: [bill["reference"] for bill in a["bills"]] == ["CL-ACC-FEE"],
+    ),
+    "postBillVoid": (
+        lambda c: c.post_bill_void("CL-ACC-FEE"),
+        lambda a: a["status"] == "voided" and a.status == 200,
+    ),
 }
 
 

@@ -73,7 +73,7 @@ def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
         result = demo.play(stack, lines.append)
     assert result.ok, "\n".join(lines)
     assert Counter(status.split(":")[0] for status in result.statuses.values()) == {
-        "applied": 4,
+        "applied": 6,  # 4 balance payments, 2 bill payments
         "duplicate": 1,
         "ignored": 1,
         "parked": 2,
@@ -86,6 +86,11 @@ def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
         "UCR2001": None,
         "UCR2001-GYM": 25000,
         "UCR2001-POOL": 0,
+    }
+    # The member on the bill model: the annual fee paid off (Moment 2 payments + cash), the locker voided.
+    assert {row["ref"]: (row["ledger"], row["moment"], row["status"]) for row in result.bill_rows} == {
+        "FEE-UCR3001-2026": (240000, 240000, "paid"),
+        "LOCKER-UCR3001-2026": (0, 0, "voided"),
     }
 
 
@@ -135,8 +140,9 @@ def test_a_payment_moment_applies_during_a_push_is_restored_by_the_next_push() -
 
 
 def test_an_object_adopted_after_a_failed_booking_keeps_the_payments_moment_applied() -> None:
+    # In this process (one invocation at a time): the test hooks the functions' own DynamoDB client.
     with (
-        running_stack(quick_settings()) as stack,
+        running_stack(quick_settings(in_process=True)) as stack,
         httpx.Client(base_url=stack.api_url, trust_env=False) as api,
     ):
         from moment_sync import runtime
@@ -297,7 +303,8 @@ def test_records_older_than_the_maximum_age_go_to_the_failure_destination_unsent
 
 
 def test_a_record_that_keeps_failing_ends_in_the_failure_queue_and_the_redrive_applies_it() -> None:
-    settings = quick_settings(parameter_overrides={"ReconcilerMaximumRetryAttempts": "2"})
+    # In this process (one invocation at a time): the test hooks the functions' own DynamoDB client.
+    settings = quick_settings(parameter_overrides={"ReconcilerMaximumRetryAttempts": "2"}, in_process=True)
     with (
         running_stack(settings) as stack,
         httpx.Client(base_url=stack.api_url, trust_env=False) as api,

@@ -870,7 +870,12 @@ def test_state_shows_objects_in_moments_shape_and_reset_forgets_them(
     assert state["customers"] == [{**owner, "balance": 1995}]
     assert state["accounts"] == [account]
     assert len(state["deliveries"]) == 1
-    assert moment.post("/_sandbox/reset").json() == {"customers": [], "accounts": [], "deliveries": []}
+    assert moment.post("/_sandbox/reset").json() == {
+        "customers": [],
+        "accounts": [],
+        "bills": [],
+        "deliveries": [],
+    }
     # the idempotency keys are forgotten too
     assert (
         "idempotent-replayed"
@@ -925,3 +930,440 @@ def test_python_m_moment_sandbox_runs_it_standalone() -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert process.returncode == 0
+
+
+# Bills
+
+BILL_ID = re.compile(r"bill_[A-Za-z0-9]{21}")
+BILL_KEYS = {
+    "id",
+    "external_reference",
+    "customer_id",
+    "status",
+    "currency",
+    "amount_due",
+    "amount_paid",
+    "amount_remaining",
+    "bill_date",
+    "due_date",
+    "payment_rules",
+    "metadata",
+}
+
+
+def bill(client: httpx.Client, reference: str = "FEE-2026", **fields: Any) -> dict[str, Any]:
+    body = {"external_reference": reference, "currency": "ZAR", "amount_due": 120000, **fields}
+    response = create(client, "/billing/bills", body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def pay_bill(client: httpx.Client, reference: str, amount: int) -> httpx.Response:
+    return client.post("/_sandbox/payments", json={"bill": reference, "amount": amount})
+
+
+def test_a_bill_on_a_customer_is_created_in_moments_shape_and_found_by_id_or_reference(
+    moment: httpx.Client,
+) -> None:
+    owner = customer(moment, "UCR1001")
+    created = bill(
+        moment,
+        customer=owner["id"],
+        bill_date="2026-01-01",
+        due_date="2026-01-31",
+        metadata={"plan": "annual"},
+    )
+    assert set(created) == BILL_KEYS  # no account_id: it is on the customer
+    assert BILL_ID.fullmatch(created["id"])
+    assert (
+        created["customer_id"],
+        created["status"],
+        created["amount_paid"],
+        created["amount_remaining"],
+    ) == (
+        owner["id"],
+        "unpaid",
+        0,
+        120000,
+    )
+    assert (created["bill_date"], created["due_date"], created["metadata"]) == (
+        "2026-01-01",
+        "2026-01-31",
+        {"plan": "annual"},
+    )
+    assert created["payment_rules"]["overpayment_allowed"] is False
+    assert moment.get(f"/billing/bills/{created['id']}").json() == created
+    assert moment.get("/billing/bills/FEE-2026").json() == created
+    assert_problem(moment.get("/billing/bills/FEE-nobody"), 404, "not-found")
+
+
+def test_a_bill_on_an_account_names_the_account_and_its_customer(moment: httpx.Client) -> None:
+    owner = customer(moment, "UCR1001")
+    account = create(
+        moment, "/billing/accounts", {"customer": "UCR1001", "external_reference": "ACC1"}
+    ).json()
+    created = bill(moment, account=account["id"])
+    assert set(created) == BILL_KEYS | {"account_id"}
+    assert (created["account_id"], created["customer_id"]) == (account["id"], owner["id"])
+
+
+def test_a_composite_bill_create_makes_the_customer_the_account_and_the_bill(
+    moment: httpx.Client, sandbox: MomentSandbox
+) -> None:
+    created = bill(
+        moment,
+        account={
+            "customer": {"external_reference": "UCR2002", "name": "Jane"},
+            "external_reference": "ACC2002",
+        },
+    )
+    state = sandbox.state()
+    [new_customer], [new_account] = state["customers"], state["accounts"]
+    assert (new_customer["external_reference"], new_account["external_reference"]) == ("UCR2002", "ACC2002")
+    assert (created["customer_id"], created["account_id"]) == (new_customer["id"], new_account["id"])
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        {"customer": {"external_reference": "UCR-new"}, "external_reference": "ACC1"},  # account taken
+        {"customer": {"external_reference": "UCR1001"}, "external_reference": "ACC-new"},  # customer taken
+        {"customer": "UCR-nobody", "external_reference": "ACC-new"},  # no such customer
+    ],
+)
+def test_a_composite_bill_that_cannot_be_made_whole_makes_nothing(
+    moment: httpx.Client, sandbox: MomentSandbox, account: dict[str, Any]
+) -> None:
+    customer(moment, "UCR1001")
+    create(moment, "/billing/accounts", {"customer": "UCR1001", "external_reference": "ACC1"})
+    before = sandbox.state()
+    body = {"external_reference": "FEE-1", "currency": "ZAR", "amount_due": 100, "account": account}
+    assert create(moment, "/billing/bills", body).status_code in (404, 409)
+    after = sandbox.state()
+    assert (after["customers"], after["accounts"], after["bills"]) == (
+        before["customers"],
+        before["accounts"],
+        [],
+    )
+
+
+def test_a_bill_reference_is_unique_and_a_replayed_create_makes_one_bill(
+    moment: httpx.Client, sandbox: MomentSandbox
+) -> None:
+    owner = customer(moment, "UCR1001")
+    body = {"external_reference": "FEE-1", "currency": "ZAR", "amount_due": 100, "customer": owner["id"]}
+    first = create(moment, "/billing/bills", body, key="bill-key")
+    again = create(moment, "/billing/bills", body, key="bill-key")
+    assert (first.status_code, again.status_code, again.headers["idempotent-replayed"]) == (201, 201, "true")
+    assert again.json() == first.json()
+    assert_problem(create(moment, "/billing/bills", body), 409, "conflict")
+    assert len(sandbox.state()["bills"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "slug", "named"),
+    [
+        ({"external_reference": None}, 400, "missing-parameter", "external_reference"),
+        ({"currency": None}, 400, "missing-parameter", "currency"),
+        ({"amount_due": None}, 400, "missing-parameter", "amount_due"),
+        ({"customer": None}, 400, "missing-parameter", "customer"),
+        ({"account": "bacc_x"}, 400, "invalid-parameter", "once"),
+        ({"customer": "UCR1001"}, 400, "invalid-parameter", "bcus_"),
+        ({"customer": None, "account": "ACC1"}, 400, "invalid-parameter", "bacc_"),
+        ({"customer": "bcus_nobody"}, 404, "not-found", "bcus_nobody"),
+        ({"customer": None, "account": "bacc_nobody"}, 404, "not-found", "bacc_nobody"),
+        ({"amount_due": 0}, 400, "invalid-parameter", "amount_due"),
+        ({"amount_due": 100_000_000}, 400, "invalid-parameter", "amount_due"),
+        ({"amount_due": 10.5}, 400, "invalid-parameter", "amount_due"),
+        ({"amount_due": "100"}, 400, "invalid-parameter", "amount_due"),
+        ({"amount_due": True}, 400, "invalid-parameter", "amount_due"),
+        ({"currency": "EUR"}, 400, "invalid-parameter", "currency"),
+        ({"due_date": "31/01/2026"}, 400, "invalid-parameter", "due_date"),
+        ({"bill_date": "2026-02-30"}, 400, "invalid-parameter", "bill_date"),
+        ({"external_reference": "FEE 1"}, 400, "invalid-parameter", "external_reference"),
+        ({"status": "paid"}, 400, "invalid-parameter", "status"),
+        ({"amount_paid": 5}, 400, "invalid-parameter", "amount_paid"),
+        ({"metadata": {f"k{i}": "v" for i in range(11)}}, 400, "invalid-parameter", "metadata"),
+        (
+            {"customer": None, "account": {"external_reference": "ACC9"}},
+            400,
+            "missing-parameter",
+            "account.customer",
+        ),
+    ],
+)
+def test_a_bill_moment_would_refuse_is_refused_with_a_problem_naming_the_parameter(
+    moment: httpx.Client,
+    sandbox: MomentSandbox,
+    changes: dict[str, Any],
+    status: int,
+    slug: str,
+    named: str,
+) -> None:
+    owner = customer(moment, "UCR1001")
+    body = {"external_reference": "FEE-1", "currency": "ZAR", "amount_due": 100, "customer": owner["id"]}
+    body.update(changes)
+    body = {name: value for name, value in body.items() if value is not None}
+    problem = assert_problem(create(moment, "/billing/bills", body), status, slug)
+    assert named in problem["detail"]
+    assert sandbox.state()["bills"] == []
+
+
+def test_a_patch_records_outside_payments_cumulatively_and_moment_marks_the_bill_paid(
+    moment: httpx.Client,
+) -> None:
+    created = bill(moment, customer=customer(moment, "UCR1001")["id"], metadata={"a": "1"})
+    part = moment.patch("/billing/bills/FEE-2026", json={"amount_paid": 50000, "currency": "ZAR"})
+    assert part.status_code == 200, part.text
+    assert part.json() == {**created, "amount_paid": 50000, "amount_remaining": 70000}
+    whole = moment.patch(f"/billing/bills/{created['id']}", json={"amount_paid": 120000, "currency": "ZAR"})
+    assert (whole.json()["status"], whole.json()["amount_remaining"]) == ("paid", 0)
+    merged = moment.patch("/billing/bills/FEE-2026", json={"metadata": {"b": "2"}}).json()
+    assert merged["metadata"] == {"a": "1", "b": "2"}
+    assert merged["amount_paid"] == 120000
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "named"),
+    [
+        ({"amount_paid": 100}, 400, "currency is required"),
+        ({"amount_paid": 100, "currency": "USD"}, 422, "in ZAR"),
+        ({"amount_paid": -1, "currency": "ZAR"}, 400, "amount_paid"),
+        ({"amount_paid": 100_000_000, "currency": "ZAR"}, 400, "amount_paid"),
+        ({"amount_paid": 1.5, "currency": "ZAR"}, 400, "amount_paid"),
+        ({"amount_due": 5000}, 400, "void the bill and raise a new one"),
+        ({"due_date": "2026-03-01"}, 400, "void the bill and raise a new one"),
+        ({"external_reference": "FEE-other"}, 400, "external_reference"),
+        ({"status": "paid"}, 400, "status"),
+    ],
+)
+def test_a_bill_patch_accepts_only_amount_paid_with_its_currency_and_metadata(
+    moment: httpx.Client, body: dict[str, Any], status: int, named: str
+) -> None:
+    created = bill(moment, customer=customer(moment, "UCR1001")["id"])
+    problem = assert_problem(moment.patch("/billing/bills/FEE-2026", json=body), status)
+    assert named in problem["detail"]
+    assert moment.get("/billing/bills/FEE-2026").json() == created
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "amount_paid"),
+    [("refuse", 422, 120000), ("apply", 200, 90000), ("ignore", 200, 120000)],
+)
+def test_a_patch_of_a_paid_bill_does_what_the_setting_says(
+    moment: httpx.Client, sandbox: MomentSandbox, behaviour: str, status: int, amount_paid: int
+) -> None:
+    sandbox.configure(paid_bill_patch=behaviour)
+    bill(moment, customer=customer(moment, "UCR1001")["id"])
+    moment.patch("/billing/bills/FEE-2026", json={"amount_paid": 120000, "currency": "ZAR"})
+    answer = moment.patch("/billing/bills/FEE-2026", json={"amount_paid": 90000, "currency": "ZAR"})
+    assert answer.status_code == status
+    after = moment.get("/billing/bills/FEE-2026").json()
+    assert after["amount_paid"] == amount_paid
+    assert after["status"] == ("unpaid" if amount_paid < 120000 else "paid")
+
+
+@pytest.mark.parametrize(
+    ("overpayment_allowed", "behaviour", "status", "amount_paid"),
+    [
+        (False, "refuse", 422, 0),
+        (False, "cap", 200, 120000),
+        (False, "accept", 200, 130000),
+        (True, "refuse", 200, 130000),
+    ],
+)
+def test_a_patch_above_amount_due_does_what_the_payment_rules_and_the_setting_say(
+    moment: httpx.Client,
+    sandbox: MomentSandbox,
+    overpayment_allowed: bool,
+    behaviour: str,
+    status: int,
+    amount_paid: int,
+) -> None:
+    sandbox.configure(bill_overpayment_allowed=overpayment_allowed, bill_overpaid_patch=behaviour)
+    created = bill(moment, customer=customer(moment, "UCR1001")["id"])
+    assert created["payment_rules"]["overpayment_allowed"] is overpayment_allowed
+    answer = moment.patch("/billing/bills/FEE-2026", json={"amount_paid": 130000, "currency": "ZAR"})
+    assert answer.status_code == status
+    after = moment.get("/billing/bills/FEE-2026").json()
+    assert after["amount_paid"] == amount_paid
+    assert after["amount_remaining"] == max(0, 120000 - amount_paid)  # never below 0
+
+
+def test_a_void_is_permanent_keyed_and_leaves_nothing_to_update(moment: httpx.Client) -> None:
+    created = bill(moment, customer=customer(moment, "UCR1001")["id"])
+    assert_problem(moment.post("/billing/bills/FEE-2026/void"), 400, "missing-parameter")  # no key
+    voided = create(moment, "/billing/bills/FEE-2026/void", None, key="void-1")
+    assert voided.status_code == 200, voided.text
+    assert voided.json() == {**created, "status": "voided"}
+    replayed = create(moment, "/billing/bills/FEE-2026/void", None, key="void-1")
+    assert (replayed.status_code, replayed.headers["idempotent-replayed"]) == (200, "true")
+    assert_problem(create(moment, f"/billing/bills/{created['id']}/void", None), 409, "conflict")
+    patched = moment.patch("/billing/bills/FEE-2026", json={"amount_paid": 5, "currency": "ZAR"})
+    assert "voided" in assert_problem(patched, 422, "unprocessable")["detail"]
+    assert moment.get("/billing/bills/FEE-2026").json()["status"] == "voided"
+    assert_problem(create(moment, "/billing/bills/FEE-nobody/void", None), 404, "not-found")
+    assert_problem(moment.get("/billing/bills/FEE-2026/void"), 405, "method-not-allowed")
+
+
+def test_a_void_takes_no_body(moment: httpx.Client) -> None:
+    bill(moment, customer=customer(moment, "UCR1001")["id"])
+    assert_problem(create(moment, "/billing/bills/FEE-2026/void", {"reason": "x"}), 400, "invalid-parameter")
+    assert create(moment, "/billing/bills/FEE-2026/void", {}).status_code == 200
+
+
+@pytest.mark.parametrize(("refuse", "status", "after"), [(False, 200, "voided"), (True, 422, "unpaid")])
+def test_a_bill_with_payments_is_voided_unless_the_setting_refuses_it(
+    moment: httpx.Client, sandbox: MomentSandbox, refuse: bool, status: int, after: str
+) -> None:
+    sandbox.configure(refuse_void_with_payments=refuse)
+    bill(moment, customer=customer(moment, "UCR1001")["id"])
+    assert pay_bill(moment, "FEE-2026", 500).status_code == 201
+    assert create(moment, "/billing/bills/FEE-2026/void", None).status_code == status
+    state = moment.get("/billing/bills/FEE-2026").json()
+    assert (state["status"], state["amount_paid"]) == (after, 500)
+
+
+def test_a_bill_payment_raises_amount_paid_and_sends_a_webhook_with_the_bill_id(
+    moment: httpx.Client, receiver: Receiver, sandbox: MomentSandbox
+) -> None:
+    owner = customer(moment, "UCR1001", currency="ZAR", balance=700)
+    created = bill(moment, customer=owner["id"])
+    # WHEN the customer pays part of the bill at Moment, then the rest
+    first = pay_bill(moment, "FEE-2026", 20000)
+    assert first.status_code == 201, first.text
+    assert (first.json()["bill_id"], first.json()["bill"]["amount_paid"]) == (created["id"], 20000)
+    assert moment.get("/billing/bills/FEE-2026").json()["status"] == "unpaid"
+    pay_bill(moment, created["id"], 100000)
+    # THEN each webhook names the bill (and, by default, its customer), signed as always
+    events = [verified(headers, body) for headers, body in receiver.requests]
+    assert [(e["data"]["bill_id"], e["data"]["customer_id"], e["data"]["amount"]) for e in events] == [
+        (created["id"], owner["id"], 20000),
+        (created["id"], owner["id"], 100000),
+    ]
+    assert "account_id" not in events[0]["data"]
+    # AND Moment settled the bill itself; the customer's balance is untouched by a bill payment
+    settled = moment.get("/billing/bills/FEE-2026").json()
+    assert (settled["status"], settled["amount_paid"], settled["amount_remaining"]) == ("paid", 120000, 0)
+    assert moment.get("/billing/customers/UCR1001").json()["balance"] == 700
+    [in_state] = sandbox.state()["bills"]
+    assert in_state["moment_payments"] == 120000
+
+
+@pytest.mark.parametrize(
+    ("parent_ids", "expected"), [(True, {"bill_id", "account_id", "customer_id"}), (False, {"bill_id"})]
+)
+def test_whether_a_bill_webhook_names_the_parents_is_a_setting(
+    moment: httpx.Client, receiver: Receiver, parent_ids: bool, expected: set[str]
+) -> None:
+    assert (
+        moment.post("/_sandbox/settings", json={"bill_parent_ids": parent_ids}).json()["bill_parent_ids"]
+        is parent_ids
+    )
+    customer(moment, "UCR1001")
+    account = create(
+        moment, "/billing/accounts", {"customer": "UCR1001", "external_reference": "ACC1"}
+    ).json()
+    bill(moment, account=account["id"])
+    pay_bill(moment, "FEE-2026", 100)
+    [(headers, body)] = receiver.requests
+    data = verified(headers, body)["data"]
+    assert set(data) & {"bill_id", "account_id", "customer_id"} == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "amount", "status"),
+    [
+        ({"bill_underpayment_allowed": False}, 100, 422),
+        ({"bill_underpayment_allowed": False}, 120000, 201),
+        ({"bill_overpayment_allowed": False}, 120001, 422),
+        ({"bill_overpayment_allowed": True}, 130000, 201),
+    ],
+)
+def test_a_bill_payment_follows_the_payment_rules(
+    moment: httpx.Client,
+    sandbox: MomentSandbox,
+    receiver: Receiver,
+    settings: dict[str, Any],
+    amount: int,
+    status: int,
+) -> None:
+    sandbox.configure(**settings)
+    bill(moment, customer=customer(moment, "UCR1001")["id"])
+    answer = pay_bill(moment, "FEE-2026", amount)
+    assert answer.status_code == status, answer.text
+    after = moment.get("/billing/bills/FEE-2026").json()
+    assert after["amount_paid"] == (amount if status == 201 else 0)
+    assert after["amount_remaining"] == (max(0, 120000 - amount) if status == 201 else 120000)
+    assert len(receiver.requests) == (1 if status == 201 else 0)
+
+
+def test_a_voided_or_unknown_bill_takes_no_payment(moment: httpx.Client, receiver: Receiver) -> None:
+    bill(moment, customer=customer(moment, "UCR1001")["id"])
+    create(moment, "/billing/bills/FEE-2026/void", None)
+    assert_problem(pay_bill(moment, "FEE-2026", 100), 409, "conflict")
+    assert_problem(pay_bill(moment, "FEE-nobody", 100), 404, "not-found")
+    assert receiver.requests == []
+
+
+def test_a_payment_can_name_a_bill_the_sandbox_does_not_know(
+    moment: httpx.Client, receiver: Receiver
+) -> None:
+    paid = moment.post(
+        "/_sandbox/payments",
+        json={
+            "unknown_bill_id": "bill_NotOurs",
+            "unknown_customer_id": "bcus_NotOurs",
+            "amount": 300,
+            "currency": "USD",
+        },
+    )
+    assert paid.status_code == 201, paid.text
+    [(headers, body)] = receiver.requests
+    data = verified(headers, body)["data"]
+    assert (data["bill_id"], data["customer_id"], data["currency"]) == ("bill_NotOurs", "bcus_NotOurs", "USD")
+    created = bill(moment, customer=customer(moment, "UCR1001")["id"])
+    known = moment.post("/_sandbox/payments", json={"unknown_bill_id": created["id"], "amount": 1})
+    assert_problem(known, 409, "conflict")
+    bad = moment.post("/_sandbox/payments", json={"unknown_bill_id": "bcus_x", "amount": 1})
+    assert "bill_" in assert_problem(bad, 400, "invalid-parameter")["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"bill_overpaid_patch": "sometimes"},
+        {"paid_bill_patch": "maybe"},
+        {"refuse_void_with_payments": "yes"},
+        {"bill_parent_ids": 1},
+    ],
+)
+def test_bad_bill_settings_are_refused(moment: httpx.Client, body: dict[str, Any]) -> None:
+    before = moment.get("/_sandbox/settings").json()
+    assert_problem(moment.post("/_sandbox/settings", json=body), 400, "invalid-parameter")
+    assert moment.get("/_sandbox/settings").json() == before
+
+
+def test_the_environment_sets_the_bill_settings() -> None:
+    settings = SandboxSettings.from_environment(
+        {
+            "SANDBOX_BILL_PARENT_IDS": "off",
+            "SANDBOX_BILL_UNDERPAYMENT_ALLOWED": "false",
+            "SANDBOX_BILL_OVERPAYMENT_ALLOWED": "true",
+            "SANDBOX_BILL_OVERPAID_PATCH": "cap",
+            "SANDBOX_PAID_BILL_PATCH": "ignore",
+            "SANDBOX_REFUSE_VOID_WITH_PAYMENTS": "1",
+        }
+    )
+    rules = settings.bill_rules
+    assert (rules.parent_ids, rules.underpayment_allowed, rules.overpayment_allowed) == (False, False, True)
+    assert (rules.overpaid_patch, rules.paid_patch, rules.refuse_void_with_payments) == (
+        "cap",
+        "ignore",
+        True,
+    )
+    defaults = SandboxSettings.from_environment({}).bill_rules
+    assert (defaults.parent_ids, defaults.overpaid_patch, defaults.paid_patch) == (True, "refuse", "refuse")
+    with pytest.raises(ValueError, match="SANDBOX_PAID_BILL_PATCH"):
+        SandboxSettings.from_environment({"SANDBOX_PAID_BILL_PATCH": "whatever"})

@@ -9,7 +9,6 @@ and read its EMF blobs and log records: the re-drive counts the events it finds 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import pytest
@@ -87,10 +86,10 @@ class AcceptingStore:
         return StoreResult(created=True)
 
 
-def test_the_receiver_logs_the_payment_id_beside_the_webhook_id(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_receiver_logs_the_payment_id_beside_the_webhook_id(capsys: pytest.CaptureFixture[str]) -> None:
     body = payment("ob_1", 15000, customer_id="bcus_1")
     event = webhook_event(body, webhook_id="msg_follow_me")
-    caplog.set_level(logging.INFO)
+    capsys.readouterr()
     response = receive_webhook(
         WebhookRequest(event["headers"], event["body"], bool(event.get("isBase64Encoded"))),
         keys=lambda: [key_bytes(TEST_SECRET)],
@@ -99,6 +98,9 @@ def test_the_receiver_logs_the_payment_id_beside_the_webhook_id(caplog: pytest.L
         now=lambda: NOW,
     )
     assert response["statusCode"] == 200
-    [accepted] = [record for record in caplog.records if record.getMessage() == "webhook accepted"]
-    assert getattr(accepted, "payment_id", None) == "pay_ob_1"
-    assert getattr(accepted, "event_type", None) == "obligation.amount_applied"
+    # The accepted line is written directly (one JSON line with its metric), not through logging.
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [accepted] = [line for line in lines if line.get("message") == "webhook accepted"]
+    assert accepted["payment_id"] == "pay_ob_1"
+    assert accepted["correlation_id"] == "msg_follow_me"
+    assert accepted["event_type"] == "obligation.amount_applied"

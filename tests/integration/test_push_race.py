@@ -45,6 +45,12 @@ class ScriptedMoment:
     # PATCHes that replaced a balance Moment had lowered by a payment with one that does not include it
     erasures: int = 0
 
+    # Answers at once: what a run's time budget is sized by (MomentClient's part of the contract).
+    worst_call_seconds: float = 0.0
+
+    def within(self, time_left: Callable[[], float], *, keep_seconds: float = 0.0) -> ScriptedMoment:
+        return self
+
     def _customer(self, moment_id: str) -> MomentCustomer:
         return MomentCustomer(id=moment_id, external_reference="C", balance=self.balance, currency="ZAR")
 

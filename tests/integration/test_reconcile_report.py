@@ -17,7 +17,7 @@ from moment_sync.forget import forget_customer
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.moment_client import MomentClient
 from moment_sync.pusher import BalancePusher
-from moment_sync.reconcile_report import compare
+from moment_sync.reconcile_report import DailyCheck, compare
 from support.ledger import LedgerHarness, payment
 
 
@@ -96,9 +96,11 @@ def test_the_daily_handler_counts_unexplained_differences_in_its_metric(
 ) -> None:
     pushed_ledger(harness, moment)
     harness.open_customer("GHOST1", moment_id="bcus_ghostghostghost00001")
-    comparisons = compare(harness.ledger, moment, sleep=no_sleep)
-    result = daily_reconcile_handler.lambda_handler({}, LocalLambdaContext("daily"), comparisons)
-    assert result == {"checked": 3, "unexplained": 1}
+    check = DailyCheck(harness.ledger, moment, now=harness.clock, sleep=no_sleep)
+    result = daily_reconcile_handler.lambda_handler(
+        {}, LocalLambdaContext("daily", timeout_seconds=900), check
+    )
+    assert (result["checked"], result["unexplained"], result["pass_completed"]) == (3, 1, True)
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     [metrics] = [blob for blob in emf if "ReconcileDifferences" in blob]
     assert (metrics["ReconcileDifferences"], metrics["ReconcileChecked"]) == ([1.0], [3.0])
@@ -186,11 +188,12 @@ def test_parked_lists_by_reason_and_redrives_after_the_fix(harness: LedgerHarnes
     harness.receive("msg_bill", payment("ob_8", 100, customer_id="bcus_late", bill_id="bill_1"))
     harness.invoke(harness.next_batch())
     code, text = run_cli(harness, "parked")
-    assert code == 0 and "unmatched" in text and "unsupported" in text and text.strip().endswith("2 events")
+    assert code == 0 and "unmatched" in text and text.strip().endswith("2 events")
+    assert "no bill in the ledger is linked to bill_1" in text  # a bill payment waits for its bill
     late = harness.open_customer("LATE1")
     harness.ledger.link_moment_id(late, "bcus_late")
     code, text = run_cli(harness, "--json", "parked", "--reason", "unmatched", "--redrive")
-    assert code == 0 and json.loads(text)["redrive"]["outcomes"] == {"applied": 1}
+    assert code == 0 and json.loads(text)["redrive"]["outcomes"] == {"applied": 1, "parked:unmatched": 1}
     assert harness.head(late)["balance"] == -250
 
 

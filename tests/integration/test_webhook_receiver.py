@@ -404,3 +404,98 @@ def test_arbitrary_headers_and_bodies_get_200_400_401_or_413_and_never_raise(
     event["body"] = base64.b64encode(body).decode() if as_base64 else body.decode("utf-8", "replace")
     response = webhook_receiver.lambda_handler(event, LocalLambdaContext("webhook_receiver"), dependencies)
     assert response["statusCode"] in {200, 400, 401, 413}
+
+
+def test_an_accepted_webhook_is_one_log_line_with_its_metric_inside(
+    invoke: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a warm execution environment (its first call is the cold start)
+    invoke(webhook_event(amount_applied_body(), webhook_id="msg_first"))
+    capsys.readouterr()
+    # WHEN a new webhook is accepted
+    assert invoke(webhook_event(amount_applied_body(), webhook_id="msg_one_line"))[0] == 200
+    # THEN one line: the record an operator follows and the EMF block of the metric the dashboard reads
+    [line] = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["message"] == "webhook accepted"
+    assert line["level"] == "INFO"
+    assert line["correlation_id"] == "msg_one_line"
+    assert line["function_name"] == "webhook_receiver"
+    assert line["cold_start"] is False
+    assert line["event_type"] == "obligation.amount_applied"
+    [directive] = line["_aws"]["CloudWatchMetrics"]
+    assert directive == {
+        "Namespace": "MomentBalanceSync",
+        "Dimensions": [["service"]],
+        "Metrics": [{"Name": "WebhookAccepted", "Unit": "Count"}],
+    }
+    assert line["service"] == "moment-balance-sync"
+    assert line["WebhookAccepted"] == [1.0]
+
+
+def test_the_first_call_counts_the_cold_start_and_outcomes_beside_accepted_still_go_through_powertools(
+    invoke: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moment_sync import observability
+
+    monkeypatch.setattr(observability, "_cold_start", [True])
+    capsys.readouterr()
+    invoke(webhook_event(amount_applied_body(), webhook_id="msg_cold"))
+    [cold] = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert cold["cold_start"] is True and cold["ColdStart"] == [1.0]
+    assert ["function_name", "service"] in [d["Dimensions"][0] for d in cold["_aws"]["CloudWatchMetrics"]]
+    # A rejection: Powertools' record, with the Lambda context's keys, and its metric flushed
+    invoke(webhook_event(b"{}", secret=OTHER_SECRET, webhook_id="msg_forged"))
+    lines = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    [record] = [record for record in caplog.records if record.getMessage() == "webhook rejected"]
+    written = json.loads(observability.logger.registered_formatter.format(record))
+    assert written["function_name"] == "webhook_receiver" and written["correlation_id"] == "msg_forged"
+    assert written["cold_start"] is False
+    assert any(line.get("WebhookRejected") for line in lines)
+    assert not any("ColdStart" in line for line in lines)
+
+
+def test_the_decoded_keys_are_kept_while_the_cache_holds_the_secret(
+    secrets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moment_sync.adapters import signing_secrets
+
+    decoded: list[str] = []
+    real_decode = signing_secrets.decode_signing_key
+    monkeypatch.setattr(
+        signing_secrets, "decode_signing_key", lambda secret: decoded.append(secret) or real_decode(secret)
+    )
+    clock = [100.0]
+    keys = SecretsManagerSigningKeys(
+        SecretsProvider(boto3_client=secrets), SECRET_NAME, 60, monotonic=lambda: clock[0]
+    )
+    # WHEN three warm calls come within the cache's lifetime
+    first = keys()
+    clock[0] += 30
+    assert keys() == keys() == first
+    # THEN the secret was decoded once
+    assert decoded == [TEST_SECRET]
+    # AND a rotation is seen once the cache expires
+    secrets.put_secret_value(SecretId=SECRET_NAME, SecretString=json.dumps([OTHER_SECRET]))
+    clock[0] += 31
+    keys._provider.clear_cache()  # Powertools' own 60 s, which this clock does not drive
+    assert keys() == [key_bytes(OTHER_SECRET)]
+
+
+def test_at_log_level_warning_the_accepted_line_still_carries_its_metric(
+    invoke: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moment_sync.observability import logger
+
+    level = logger.log_level
+    logger.setLevel("WARNING")
+    try:
+        capsys.readouterr()
+        assert invoke(webhook_event(amount_applied_body(), webhook_id="msg_quiet"))[0] == 200
+        [line] = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    finally:
+        logger.setLevel(level)
+    assert "message" not in line  # no INFO record at WARNING
+    assert line["WebhookAccepted"] == [1.0] and line["service"] == "moment-balance-sync"

@@ -5,6 +5,8 @@ clock: every function runs inline when the state machine says so.
 
 from __future__ import annotations
 
+import argparse
+import base64
 import contextlib
 import io
 import json
@@ -13,11 +15,14 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import boto3
 import yaml
 from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID as MOTO_ACCOUNT
+from moto.dynamodb.models import dynamodb_backends
 
 import balance_pusher_handler
 import ledger_api_handler
@@ -31,8 +36,8 @@ from local_stack.lambda_context import LocalLambdaContext
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from local_stack.streams import StreamReader
 from local_stack.template import TEMPLATE_PATH, Intrinsics, create_table
+from moment_sync import operator_links, runtime
 from moment_sync import pusher as pusher_module
-from moment_sync import runtime
 from moment_sync.adapters.dynamo_items import from_item
 from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.moment_directory import MomentClientDirectory
@@ -206,6 +211,7 @@ class World:
             now=self.clock,
             concurrency=1,
             jitter=self.random.random,
+            events=self.events,  # as deployed (runtime.balance_pusher): a link re-drives, a first push waits
         )
         self.receiver = ReceiverDependencies(
             keys=lambda: [key_bytes(TEST_SECRET)],
@@ -214,11 +220,13 @@ class World:
             clock=self.clock,
         )
         self._patch(pusher_module, "ThreadPoolExecutor", InlineExecutor)
+        self._patch(operator_links, "time", _SimTime(self.clock))
         self._patch(
             redrive_handler, "moment_directory", lambda: MomentClientDirectory(lambda: self.moment_client)
         )
         intrinsics = Intrinsics({}, {("ReconcilerFailureQueue", "Arn"): FAILURE_QUEUE_ARN})
         self._reconciler_plan: StoragePlan | None = None
+        self._reconciler_fails = False  # every invocation dies (poll_stream_failing)
         self.stream = StreamEventSource(
             settings=MappingSettings.from_template("ReconcilerFunction", "WebhookStream", intrinsics),
             reader=StreamReader(_client("streams"), self.checker, self.events_table),
@@ -355,8 +363,21 @@ class World:
         self.stream.poll_once()
         self._reconciler_plan = None
 
+    def poll_stream_failing(self) -> None:
+        """Lambda polls the shard while every reconciler invocation dies before its first DynamoDB call
+        (a broken deploy, an outage longer than the retries): the mapping retries, bisects, and gives the
+        records up to the failure queue; their events stay `received` for the re-drive."""
+        self._reconciler_fails = True
+        try:
+            for _ in range(2):  # a record read by one poll is sent after the batching window, by the next
+                self.poll_stream()
+        finally:
+            self._reconciler_fails = False
+
     def _invoke_reconciler(self, event: dict[str, Any]) -> Invocation:
         plan, self._reconciler_plan = self._reconciler_plan, None  # the faults hit the first invocation
+        if self._reconciler_fails:
+            plan = StoragePlan(crash_at=1)
         invoked = self.invoke(
             "reconciler",
             lambda: reconciler_handler.lambda_handler(
@@ -397,6 +418,16 @@ class World:
                     f"(the alarm never sees them): {report.get('errors')}",
                 )
         return invoked
+
+    def push_when_due(self, moment: MomentPlan | None = None) -> Invoked:
+        """The scheduled push run once every balance backing off is due again."""
+        due = [
+            datetime.fromisoformat(str(head["next_push_at"]).replace("Z", "+00:00")).timestamp()
+            for head in self.scan(self.ledger_table)
+            if head["sk"] == "HEAD" and head.get("next_push_at") and "push_shard" in head
+        ]
+        self.clock.advance(max(due, default=0.0) - self.clock() + 1)
+        return self.push(moment=moment)
 
     def redrive(
         self, operator: bool = False, storage: StoragePlan | None = None, moment: MomentPlan | None = None
@@ -465,13 +496,29 @@ class World:
 
         return self.invoke("forget", erase, storage)
 
+    def adopt(self, kind: str, ref: str, moment_wins: bool) -> Invoked:
+        """The operator's `adopt KIND REF --ledger-wins|--moment-wins` on a held adoption."""
+        arguments = argparse.Namespace(
+            kind=kind, ref=ref, all_held=False, moment_wins=moment_wins, ledger_wins=not moment_wins
+        )
+
+        def decide() -> Any:
+            try:
+                return operator_links.adopt(arguments, self.ledger, self.moment_client, io.StringIO())
+            except operator_links.LinkRefused as refused:
+                return refused
+
+        return self.invoke("operator", decide)
+
     # --- the ledger as it is (the checks' reads) -----------------------------------------------------
 
     def scan(self, table: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        for page in self.checker.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
-            items.extend(_plain(item) for item in page["Items"])
-        return items
+        """Every item of `table`, read from moto's in-process store: what a consistent Scan returns,
+        without serialising every item to JSON and back (seconds per step once a burst is stored)."""
+        stored = dynamodb_backends[MOTO_ACCOUNT]["af-south-1"].get_table(table)
+        return [
+            _plain({name: _wire(value) for name, value in item.attrs.items()}) for item in stored.all_items()
+        ]
 
     def ledger_has_payment(self, application_id: str) -> bool:
         for payment in self.moment.payments:
@@ -495,6 +542,13 @@ class World:
         return False
 
 
+class _SimTime:
+    """`time` as the operator's commands use it, on the simulated clock."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.time = clock
+
+
 _CLIENTS: dict[str, Any] = {}
 _STORAGE: list[Storage | None] = [None]  # the world running now: the functions' client's hooks go to it
 
@@ -507,6 +561,23 @@ def _client(role: str) -> Any:
         if role == "functions":
             Storage.attach_dispatch(_CLIENTS[role], lambda: _STORAGE[0])
     return _CLIENTS[role]
+
+
+def _wire(value: Any) -> dict[str, Any]:
+    """moto's stored attribute value (a DynamoType; binary kept as base64 text or bytes) as the
+    low-level client returns it."""
+    if isinstance(value, dict):  # already in the wire's form
+        return value
+    kind, inner = value.type, value.value
+    if kind == "B":
+        return {"B": inner if isinstance(inner, bytes) else base64.b64decode(inner)}
+    if kind == "BS":
+        return {"BS": [one if isinstance(one, bytes) else base64.b64decode(one) for one in inner]}
+    if kind == "L":
+        return {"L": [_wire(one) for one in inner]}
+    if kind == "M":
+        return {"M": {name: _wire(one) for name, one in inner.items()}}
+    return {kind: inner}
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:

@@ -401,3 +401,31 @@ def not_enforced() -> Iterator[None]:
         yield
     finally:
         BREACHES.enforcing = True
+
+
+# --- inside the local stack's worker processes ------------------------------------------------------
+
+
+class _InWorker:
+    """The limits in a local-stack worker (a local_stack.workers plugin): its clients refuse what
+    DynamoDB refuses, and its breaches come back to this process's BREACHES after each invocation.
+    (An item left too large by an update is not measured there: moto's tables are in this process.)"""
+
+    def wrap(self, handler: Any) -> Any:
+        return handler
+
+    def before(self, state: Any) -> None:
+        pass
+
+    def after(self) -> dict[str, Any]:
+        return {"dynamodb_limit_breaches": BREACHES.take()}
+
+
+def in_worker(logical_id: str, number: int) -> _InWorker:
+    install()  # before the handler is imported, so that every client it makes carries the hook
+    return _InWorker()
+
+
+def receive_from_worker(logical_id: str, report: dict[str, Any]) -> None:
+    for breach in report.get("dynamodb_limit_breaches", []):
+        BREACHES.add(f"{logical_id}: {breach}")

@@ -20,6 +20,8 @@ from translate_template import resolve_conditions, translate  # noqa: E402
 LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 LEDGER_WRITES = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 MOMENT_KEY = {"secretsmanager:GetSecretValue"}
+# Lambda sends a scheduled function's failed run to its on-failure queue with the function's role.
+FAILED_RUNS = {"sqs:SendMessage"}
 EXPECTED_ACTIONS = {
     "WebhookReceiverFunction": LOGS | {"dynamodb:PutItem", "secretsmanager:GetSecretValue"},
     "ReconcilerFunction": LOGS
@@ -33,10 +35,13 @@ EXPECTED_ACTIONS = {
         "dynamodb:UpdateItem",
         "sqs:SendMessage",
     },
-    "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
-    "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | {"dynamodb:Query"},
+    "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
+    "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
-    "DailyReconcileFunction": LOGS | MOMENT_KEY | {"dynamodb:Scan", "dynamodb:GetItem"},
+    "DailyReconcileFunction": LOGS
+    | MOMENT_KEY
+    | FAILED_RUNS
+    | {"dynamodb:Scan", "dynamodb:GetItem", "dynamodb:UpdateItem"},
 }
 # What AWS documents a caller needs on the customer-managed key of a DynamoDB table (and its stream)
 # or of a Secrets Manager secret. GenerateDataKey* is AWS's own spelling, the one `*` allowed.
@@ -141,3 +146,15 @@ def test_no_wildcard_actions_or_resources(function: str, deployment: str) -> Non
 def test_every_function_in_the_template_is_checked() -> None:
     functions = {name for name, item in resources().items() if item["Type"] == "AWS::Lambda::Function"}
     assert functions == set(EXPECTED_ACTIONS)
+
+
+def test_the_daily_check_writes_only_its_lease() -> None:
+    # It reads balances; its one write is its lease (and the pass's cursor in it), never a balance.
+    [write] = [
+        s for s in statements("DailyReconcileFunction") if "dynamodb:UpdateItem" in as_list(s["Action"])
+    ]
+    assert as_list(write["Action"]) == ["dynamodb:UpdateItem"]
+    assert write["Resource"] == {"Fn::GetAtt": ["LedgerTable", "Arn"]}
+    assert write["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["LEASE#daily-check"]}
+    }

@@ -8,7 +8,14 @@ import pytest
 
 from moment_sync.envelope import read_envelope
 from moment_sync.ledger.model import BalanceKind, BalanceRef
-from moment_sync.reconciliation import Ignore, Park, ParkReason, PaymentApplication, decide
+from moment_sync.reconciliation import (
+    BillPaymentApplication,
+    Ignore,
+    Park,
+    ParkReason,
+    PaymentApplication,
+    decide,
+)
 from support.ledger import payment
 
 
@@ -23,9 +30,16 @@ def test_the_account_wins_over_its_customer() -> None:
     assert (decision.target_kind, decision.moment_id) == (BalanceKind.ACCOUNT, "bacc_1")
 
 
-def test_a_bill_payment_never_lowers_a_customer_balance() -> None:
-    decision = decide(read_envelope(payment("ob_1", 2000, customer_id="bcus_1", bill_id="bill_1")))
-    assert decision == Park(ParkReason.UNSUPPORTED, "bill payments are not tracked by this ledger")
+def test_a_bill_payment_goes_to_its_bill_never_to_a_customer_balance() -> None:
+    decision = decide(
+        read_envelope(payment("ob_1", 2000, customer_id="bcus_1", account_id="bacc_1", bill_id="bill_1"))
+    )
+    assert decision == BillPaymentApplication("ob_1", 2000, "ZAR", "bill_1", "pay_ob_1")
+
+
+def test_a_bill_payment_is_checked_like_any_payment() -> None:
+    decision = decide(read_envelope(payment("ob_1", 0, bill_id="bill_1")))
+    assert isinstance(decision, Park) and decision.reason is ParkReason.INVALID
 
 
 @pytest.mark.parametrize(

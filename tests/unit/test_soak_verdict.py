@@ -120,3 +120,83 @@ def test_each_breakage_fails_the_verdict(
         double_applied,
         balances_agree,
     )
+
+
+def correct_bill_end() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Sent]:
+    """M1's bill FEE: paid 700 at Moment and 300 in cash; Moment shows 1000 paid. KIT voided."""
+    events, ledger, moment, sent = correct_end()
+    sent.bodies["msg_2"] = BODY
+    sent.payments["ob_2"] = ("bill", "FEE", 700)
+    sent.messages_of["ob_2"] = ["msg_2"]
+    sent.outside_payments["FEE"]["CASH1"] = 300
+    sent.voided_bills.add("KIT")
+    events.append({"webhook_id": "msg_2", "body": BODY, "status": "applied"})
+    ledger += [
+        {
+            "pk": "BILL#FEE",
+            "sk": "HEAD",
+            "kind": "bill",
+            "ref": "FEE",
+            "amount_paid": 1000,
+            "status": "unpaid",
+        },
+        {"pk": "BILL#FEE", "sk": "ENTRY#payment:ob_2", "amount": 700},
+        {"pk": "BILL#FEE", "sk": "ENTRY#outside_payment:CASH1", "amount": 300},
+        {"pk": "BILL#KIT", "sk": "HEAD", "kind": "bill", "ref": "KIT", "amount_paid": 0, "status": "voided"},
+    ]
+    moment["bills"] = [
+        {"external_reference": "FEE", "amount_paid": 1000, "status": "unpaid"},
+        {"external_reference": "KIT", "amount_paid": 0, "status": "voided"},
+    ]
+    return events, ledger, moment, sent
+
+
+def test_the_correct_end_with_bills_passes() -> None:
+    verdict = judge(*correct_bill_end())
+    assert verdict.ok, verdict.problems
+
+
+def _cash_counted_twice_at_moment(events: Any, ledger: Any, moment: dict[str, Any], sent: Sent) -> None:
+    moment["bills"][0]["amount_paid"] = 1300
+
+
+def _cash_lost(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    ledger[:] = [item for item in ledger if "CASH1" not in item["sk"]]
+    next(item for item in ledger if item["pk"] == "BILL#FEE" and item["sk"] == "HEAD")["amount_paid"] = 700
+
+
+def _bill_payment_on_a_balance(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    entry = next(item for item in ledger if item["sk"] == "ENTRY#payment:ob_2")
+    entry["pk"], entry["amount"] = "CUSTOMER#S1", -700
+
+
+def _void_not_at_moment(events: Any, ledger: Any, moment: dict[str, Any], sent: Sent) -> None:
+    moment["bills"][1]["status"] = "unpaid"
+
+
+def _bill_left_pending(events: Any, ledger: list[dict[str, Any]], moment: Any, sent: Sent) -> None:
+    next(item for item in ledger if item["pk"] == "BILL#FEE" and item["sk"] == "HEAD")["push_shard"] = (
+        "billpush#1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "lost", "twice", "agree"),
+    [
+        (_cash_counted_twice_at_moment, 0, 0, False),
+        (_cash_lost, 1, 0, False),
+        (_bill_payment_on_a_balance, 0, 0, False),
+        (_void_not_at_moment, 0, 0, False),
+        (_bill_left_pending, 0, 0, False),
+    ],
+)
+def test_the_verdict_finds_each_way_a_bill_goes_wrong(
+    breakage: Breakage, lost: int, twice: int, agree: bool
+) -> None:
+    events, ledger, moment, sent = correct_bill_end()
+    breakage(events, ledger, moment, sent)
+    verdict = judge(events, ledger, moment, sent)
+    assert not verdict.ok
+    assert (verdict.lost, verdict.double_applied, verdict.balances_agree) == (lost, twice, agree), (
+        verdict.problems
+    )

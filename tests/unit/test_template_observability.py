@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from local_stack.template import load_template
+from moment_sync.bill_pusher import BillPushResult
 from moment_sync.ledger.model import CURRENCIES
 from moment_sync.pusher import PushResult
 from moment_sync.reconciliation import ParkReason
@@ -39,9 +40,14 @@ DYNAMIC_NAMES: dict[str, Callable[[], set[str]]] = {
     "Balances{result.title().replace('_', '')}": lambda: {
         "Balances" + result.value.title().replace("_", "") for result in PushResult
     },
+    "Bills{result.title().replace('_', '')}": lambda: {
+        "Bills" + result.value.title().replace("_", "") for result in BillPushResult
+    },
 }
 # Helpers that forward their first argument to add_metric: their callers' arguments are the names.
 WRAPPERS = {"_count"}
+# Methods that write one log line with an EMF block counting their second argument (observability.py).
+LINE_WITH_METRIC = {"log_with_metric"}
 # The values each extra dimension the code adds can take.
 DIMENSION_VALUES = {"Reason": {rejection.value for rejection in Rejection}}
 
@@ -84,6 +90,10 @@ def _metric_name_argument(call: ast.Call) -> ast.expr | None:
         return named[0] if named else (call.args[0] if call.args else None)
     if isinstance(function, ast.Name) and function.id in WRAPPERS:
         return call.args[0] if call.args else None
+    if isinstance(function, ast.Attribute) and function.attr in LINE_WITH_METRIC:
+        # Invocation.log_with_metric(message, metric, ...): one log line with the metric's EMF inside.
+        named = [keyword.value for keyword in call.keywords if keyword.arg == "metric"]
+        return named[0] if named else (call.args[1] if len(call.args) > 1 else None)
     return None
 
 

@@ -150,6 +150,62 @@ class LedgerClient:
         """What became of a webhook Moment sent (by its webhook-id)."""
         return self._call("GET", f"/events/{_segment(webhook_id)}")
 
+    # --- bills ------------------------------------------------------------------------------------
+
+    def put_bill(
+        self,
+        ref: str,
+        *,
+        currency: str,
+        amount_due: int,
+        customer: str | None = None,
+        account: str | None = None,
+        bill_date: str | None = None,
+        due_date: str | None = None,
+        description: str | None = None,
+    ) -> LedgerAnswer:
+        """Raise a bill owed by `customer` or `account` (exactly one). Sent again, the same bill answers
+        200; a different amount, currency, owner or date is a Conflict (`bill-immutable`): void it and
+        raise a new one."""
+        body = _present(
+            customer=customer,
+            account=account,
+            currency=currency,
+            amount_due=amount_due,
+            bill_date=bill_date,
+            due_date=due_date,
+            description=description,
+        )
+        return self._call("PUT", f"/bills/{_segment(ref)}", body)
+
+    def get_bill(self, ref: str, *, limit: int | None = None, cursor: str | None = None) -> LedgerAnswer:
+        """The bill (amount due, paid, remaining, overpaid, status), its sync state and its payments."""
+        return self._call("GET", f"/bills/{_segment(ref)}", query=_present(limit=limit, cursor=cursor))
+
+    def post_bill_void(self, ref: str) -> LedgerAnswer:
+        """Void the bill (idempotent); it keeps its payments, and Moment is told on the next push."""
+        return self._call("POST", f"/bills/{_segment(ref)}/void")
+
+    def post_bill_payment(
+        self, ref: str, *, payment_id: str, amount: int, description: str | None = None
+    ) -> LedgerAnswer:
+        """A payment taken outside Moment, once per `payment_id` (sent again: 200, the same entry)."""
+        body = _present(id=payment_id, amount=amount, description=description)
+        return self._call("POST", f"/bills/{_segment(ref)}/payments", body)
+
+    def get_customer_bills(
+        self, ref: str, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> LedgerAnswer:
+        """A customer's bills, open ones first (`status`: unpaid, paid or voided)."""
+        query = _present(status=status, limit=limit, cursor=cursor)
+        return self._call("GET", f"/customers/{_segment(ref)}/bills", query=query)
+
+    def get_account_bills(
+        self, ref: str, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> LedgerAnswer:
+        query = _present(status=status, limit=limit, cursor=cursor)
+        return self._call("GET", f"/accounts/{_segment(ref)}/bills", query=query)
+
     # --- the one way out ----------------------------------------------------------------------------
 
     def _call(

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
-from moment_sync import cli_shell, operator_links
+from moment_sync import cli_bills, cli_shell, operator_links
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.cli_local import (
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     republishing.add_argument("--dry-run", action="store_true", help="count what would be put, put nothing")
     _add_change_commands(commands)
+    cli_bills.add_commands(commands)
     operator_links.add_commands(commands)
     return parser
 
@@ -253,6 +254,7 @@ def _run_command(arguments: argparse.Namespace, aws: Any, out: TextIO) -> int:
             "unlink": _operator_link,
             "adopt": _operator_link,
             "republish-events": _republish_events,
+            **cli_bills.HANDLERS,
         }
         return handler[arguments.command](arguments, events, ledger, out)
     except CommandError as error:
@@ -404,14 +406,19 @@ def _redrive_sentence(report: RedriveReport) -> str:
 
 
 def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: LedgerTable, out: TextIO) -> int:
-    """Invariant 3: every balance equals the sum of its entries."""
+    """Invariant 3: every balance equals the sum of its entries (and every bill's amount_paid the sum
+    of its payments)."""
     heads: dict[str, int] = {}
+    bills = 0
     sums: dict[str, int] = {}
     progress = cli_shell.Progress("verify", arguments.err)
     for number, item in enumerate(ledger.scan_all(), start=1):
         progress.update(number, what="items read")
         if item["sk"] == HEAD and "balance" in item:
             heads[item["pk"]] = item["balance"]
+        elif item["sk"] == HEAD and item.get("kind") == "bill":
+            heads[item["pk"]] = item.get("amount_paid", 0)
+            bills += 1
         elif item["sk"].startswith(ENTRY_PREFIX):
             sums[item["pk"]] = sums.get(item["pk"], 0) + item["amount"]
     progress.finish()
@@ -421,7 +428,14 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
     orphans = sorted(set(sums) - set(heads))
     if arguments.json:
         _print(
-            {"balances": len(heads), "mismatches": mismatches, "entries_without_balance": orphans}, True, out
+            {
+                "balances": len(heads) - bills,
+                "bills": bills,
+                "mismatches": mismatches,
+                "entries_without_balance": orphans,
+            },
+            True,
+            out,
         )
     else:
         for pk, (balance, total) in sorted(mismatches.items()):
@@ -431,7 +445,8 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         verdict = (
             "all agree" if not mismatches and not orphans else f"{len(mismatches) + len(orphans)} disagree"
         )
-        print(f"verify: {len(heads)} balances checked, {verdict}", file=out)
+        checked = f"{len(heads) - bills} balances" + (f" and {bills} bills" if bills else "")
+        print(f"verify: {checked} checked, {verdict}", file=out)
     return EXIT_FAILED if mismatches or orphans else EXIT_OK
 
 
@@ -444,6 +459,8 @@ def _backfill_application_guards(
     for item in ledger.scan_all():
         if not str(item["sk"]).startswith(f"{ENTRY_PREFIX}{EntryKind.PAYMENT.value}:"):
             continue
+        if str(item["pk"]).startswith("BILL#"):
+            continue  # bill payments were guarded from the first (docs/ledger.md#bills)
         checked += 1
         applied = ledger.guard_applied_entry(item)
         if applied is not None:
@@ -564,7 +581,10 @@ def _reconcile_report(
             }
             for c in comparisons
         ]
-        _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
+        if only is not None:
+            _print({"balances": rows, "unexplained": len(unexplained)}, True, out)
+        else:  # one document: the bills are added to it below
+            arguments.report_document = {"balances": rows, "unexplained": len(unexplained)}
     else:
         table = [
             [
@@ -582,6 +602,13 @@ def _reconcile_report(
                 ["kind", "reference", "ledger", "moment", "sync", "note"], table, out, right=frozenset({2, 3})
             )
         print(f"reconcile-report: {len(comparisons)} balances, {len(unexplained)} unexplained", file=out)
+    if only is None:  # the whole ledger: its bills too, in the same document (docs/ledger.md#bills)
+        bills = cli_bills.compare_bills_for_report(arguments, ledger, _moment_client(arguments))
+        if arguments.json:
+            _print(arguments.report_document, True, out)
+        else:
+            cli_bills.show_bill_comparisons(bills, out)
+        return EXIT_FAILED if unexplained or any(not bill.explained for bill in bills) else EXIT_OK
     return EXIT_FAILED if unexplained else EXIT_OK
 
 

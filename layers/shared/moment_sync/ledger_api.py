@@ -20,9 +20,11 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as AwsConnectionError
 
 from moment_sync.adapters.dynamo_items import error_code
+from moment_sync.adapters.ledger_bills import BillTransient
 from moment_sync.adapters.ledger_table import TransientLedgerError
 from moment_sync.http_responses import json_response, problem_response
-from moment_sync.ledger import requests, service
+from moment_sync.ledger import bill_service, requests, service
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.requests import RequestInvalid
 from moment_sync.ledger.service import LedgerProblem
@@ -120,6 +122,53 @@ def get_event(webhook_id: str) -> Response[str]:
     return _json(200, service.read_event(_dependencies().events, identifier))
 
 
+def put_bill(ref: str) -> Response[str]:
+    reference = _bill_reference(ref)
+    change = requests.bill_change(_body())
+    created, view = bill_service.put_bill(_ledger(), reference, change, _now())
+    metrics.add_metric(name="BillsRaised" if created else "BillsReplayed", unit=MetricUnit.Count, value=1)
+    return _json(201 if created else 200, view)
+
+
+def get_bill(ref: str) -> Response[str]:
+    bill = BillRef(_bill_reference(ref))
+    limit, cursor = requests.page(_query())
+    return _json(200, bill_service.read_bill(_ledger(), bill, limit=limit, cursor=cursor))
+
+
+def post_bill_void(ref: str) -> Response[str]:
+    reference = _bill_reference(ref)
+    requests.no_query(_query())
+    view = bill_service.void_bill(_ledger(), reference, _now())
+    metrics.add_metric(name="BillsVoided", unit=MetricUnit.Count, value=1)
+    return _json(200, view)
+
+
+def post_bill_payment(ref: str) -> Response[str]:
+    reference = _bill_reference(ref)
+    payment = requests.outside_payment(_body())
+    logger.append_keys(payment_id=payment["id"])
+    created, entry = bill_service.pay_bill(_ledger(), reference, payment, _now())
+    metrics.add_metric(
+        name="BillPaymentsRecorded" if created else "BillPaymentsReplayed", unit=MetricUnit.Count, value=1
+    )
+    return _json(201 if created else 200, entry)
+
+
+def get_customer_bills(ref: str) -> Response[str]:
+    return _bills_of(BalanceKind.CUSTOMER, ref)
+
+
+def get_account_bills(ref: str) -> Response[str]:
+    return _bills_of(BalanceKind.ACCOUNT, ref)
+
+
+def _bills_of(kind: BalanceKind, ref: str) -> Response[str]:
+    owner = BalanceRef(kind, _reference(ref, kind))
+    limit, cursor, status = requests.bill_page(_query())
+    return _json(200, bill_service.list_bills(_ledger(), owner, status=status, limit=limit, cursor=cursor))
+
+
 def _read(kind: BalanceKind, ref: str) -> Response[str]:
     balance = BalanceRef(kind, _reference(ref, kind))
     limit, cursor = requests.page(_query())
@@ -154,6 +203,12 @@ ROUTES: tuple[tuple[str, str, Callable[..., Response[str]]], ...] = (
     ("PUT", "/customers/<ref>/balance", put_customer_balance),
     ("PUT", "/accounts/<ref>/balance", put_account_balance),
     ("GET", "/events/<webhook_id>", get_event),
+    ("PUT", "/bills/<ref>", put_bill),
+    ("GET", "/bills/<ref>", get_bill),
+    ("POST", "/bills/<ref>/void", post_bill_void),
+    ("POST", "/bills/<ref>/payments", post_bill_payment),
+    ("GET", "/customers/<ref>/bills", get_customer_bills),
+    ("GET", "/accounts/<ref>/bills", get_account_bills),
 )
 for _method, _rule, _function in ROUTES:
     app.route(_rule, method=_method)(_function)
@@ -212,7 +267,9 @@ def _no_route(_: NotFoundError) -> Response[str]:
 app.exception_handler(RequestInvalid)(_request_invalid)
 app.exception_handler(LedgerProblem)(_ledger_problem)
 # No answer from DynamoDB at all (cannot connect, timed out, connection dropped) is worth a retry too.
-app.exception_handler([TransientLedgerError, AwsConnectionError, HTTPClientError])(_ledger_busy)
+app.exception_handler([TransientLedgerError, BillTransient, AwsConnectionError, HTTPClientError])(
+    _ledger_busy
+)
 app.exception_handler(ClientError)(_aws_error)
 app.exception_handler(Exception)(_unexpected)
 app.not_found(_no_route)
@@ -238,6 +295,12 @@ def _reference(ref: str, kind: BalanceKind) -> str:
     """The path's reference (as the client percent-encoded it), checked, and put on every log line."""
     reference = requests.reference(unquote(ref))
     logger.append_keys(reference=reference, balance_kind=kind.value)
+    return reference
+
+
+def _bill_reference(ref: str) -> str:
+    reference = requests.reference(unquote(ref))
+    logger.append_keys(reference=reference, balance_kind="bill")
     return reference
 
 

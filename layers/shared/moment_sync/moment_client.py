@@ -1,4 +1,5 @@
-"""Moment's Billing API as this project uses it: create, read and set the balance of customers and accounts.
+"""Moment's Billing API as this project uses it: create, read and set the balance of customers and accounts;
+raise, read, record outside payments on and void bills.
 
 Owns: the one reused httpx.Client and its timeouts; authentication, and refusing a key that does not suit
 the environment; deterministic Idempotency-Keys on creates; retries (429, 5xx and network errors only,
@@ -12,6 +13,7 @@ pushed (balance_pusher does).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, date
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Final, Generic, Literal, TypeVar
@@ -31,10 +33,12 @@ import httpx
 from moment_sync.moment_errors import (
     REDACTED,
     MomentApiError,
+    MomentBillDiffers,
     MomentConflict,
     MomentKeyRefused,
     MomentNotFound,
     MomentNotOurs,
+    MomentOutOfTime,
     MomentRateLimited,
     MomentRequestRejected,
     MomentResponseInvalid,
@@ -49,13 +53,17 @@ CURRENCIES: Final = frozenset({"ZAR", "USD"})
 IDEMPOTENCY_KEY_SCHEME: Final = "moment-sync/v1"
 
 Currency = Literal["ZAR", "USD"]
-ObjectKind = Literal["customer", "account"]
+ObjectKind = Literal["customer", "account", "bill"]
 KeyMode = Literal["test", "live"]
 
 _COLLECTION_PATH: Final[Mapping[ObjectKind, str]] = {
     "customer": "/billing/customers",
     "account": "/billing/accounts",
+    "bill": "/billing/bills",
 }
+# A bill's amount_due (1..) and amount_paid (0..) are bounded by the same ceiling at Moment.
+MAX_BILL_AMOUNT: Final = 99_999_999
+_BILL_VOID_KEY_KIND: Final = "bill-void"  # not an ObjectKind, so no create can share a void's key
 _EXTERNAL_REFERENCE: Final = re.compile(r"[a-zA-Z0-9_-]{1,255}")
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 # Docker's name for the developer's machine, seen from a container; only `sam local` sets AWS_SAM_LOCAL.
@@ -128,6 +136,50 @@ class NewAccount:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NewBill:
+    """The body of POST /billing/bills: a bill of `amount_due` (minor units, 1..99,999,999) on one owner,
+    either `customer` (a `bcus_` id) or `account` (a `bacc_` id, or a NewAccount, which makes Moment create
+    the account, and its customer if that is a NewCustomer too, together with the bill: composite create).
+    Dates are `YYYY-MM-DD`."""
+
+    external_reference: str
+    amount_due: int
+    currency: Currency
+    customer: str | None = None
+    account: str | NewAccount | None = None
+    bill_date: str | None = None
+    due_date: str | None = None
+    metadata: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        _check_external_reference(self.external_reference)
+        if (self.customer is None) == (self.account is None):
+            raise ValueError("a bill is on a customer or on an account: give exactly one of them")
+        # Moment's reference names ids here (not references as for an account's customer): the pusher links
+        # the owner first, or sends it whole.
+        if self.customer is not None and not _is_moment_id(self.customer, "bcus_"):
+            raise ValueError("a bill's customer is a Moment customer id (bcus_…)")
+        if isinstance(self.account, str) and not _is_moment_id(self.account, "bacc_"):
+            raise ValueError("a bill's account is a Moment account id (bacc_…) or a NewAccount")
+        _check_bill_amount(self.amount_due, self.currency, "amount_due", minimum=1)
+        for name, value in (("bill_date", self.bill_date), ("due_date", self.due_date)):
+            _check_date(name, value)
+
+    def to_body(self) -> dict[str, Any]:
+        account = self.account.to_body() if isinstance(self.account, NewAccount) else self.account
+        return _present(
+            external_reference=self.external_reference,
+            currency=self.currency,
+            amount_due=self.amount_due,
+            customer=self.customer,
+            account=account,
+            bill_date=self.bill_date,
+            due_date=self.due_date,
+            metadata=dict(self.metadata) if self.metadata is not None else None,
+        )
+
+
 def _present(**members: Any) -> dict[str, Any]:
     # Moment treats an omitted balance as "no balance tracking", so absent means absent, never null.
     return {name: value for name, value in members.items() if value is not None}
@@ -161,16 +213,51 @@ def _check_currency(currency: str) -> None:
         raise ValueError(f"Moment supports only {sorted(CURRENCIES)}, not {currency!r}")
 
 
+def _check_bill_amount(amount: int, currency: str, name: str, *, minimum: int) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValueError(f"{name} is an int of minor units (R 10.95 is 1095), not {type(amount).__name__}")
+    if not minimum <= amount <= MAX_BILL_AMOUNT:
+        raise ValueError(f"{name} must be {minimum}..{MAX_BILL_AMOUNT:,} minor units, not {amount}")
+    _check_currency(currency)
+
+
+def _check_date(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        valid = isinstance(value, str) and len(value) == 10 and date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{name} must be a date as YYYY-MM-DD")
+
+
+def _is_moment_id(value: object, prefix: str) -> bool:
+    return isinstance(value, str) and value.startswith(prefix) and len(value) > len(prefix)
+
+
 def idempotency_key(kind: ObjectKind, external_reference: str, generation: int = 0) -> str:
     """The Idempotency-Key of one create: the same kind, reference and generation always give the same key,
     so a retried create can never make two objects. A new generation gives a fresh key, for when Moment keeps
     replaying a stored failure of the old one. 64 hex characters, within Moment's 1-255 of [a-zA-Z0-9-]."""
     if kind not in _COLLECTION_PATH:
         raise ValueError(f"no Moment object kind {kind!r}")
+    return _key_digest(kind, external_reference, generation)
+
+
+def void_idempotency_key(bill: str, generation: int = 0) -> str:
+    """The Idempotency-Key of voiding the bill `bill` (its Moment id or external_reference, as in the path):
+    every attempt of one void sends the same key. A void is idempotent at Moment anyway (a voided bill
+    stays voided), so a caller moves to a new generation after a refusal, which Moment would otherwise
+    replay for 24 hours."""
+    return _key_digest(_BILL_VOID_KEY_KIND, bill, generation)
+
+
+def _key_digest(kind: str, name: str, generation: int) -> str:
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
         raise ValueError("an idempotency key generation is an int >= 0")
     # The separator cannot occur in a reference or a kind, so no two inputs share a digest input.
-    material = "\n".join((IDEMPOTENCY_KEY_SCHEME, kind, external_reference, str(generation)))
+    material = "\n".join((IDEMPOTENCY_KEY_SCHEME, kind, name, str(generation)))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -203,6 +290,48 @@ class MomentAccount:
     currency: str | None
     name: str | None = field(default=None, repr=False)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class BillStatus(StrEnum):
+    """A bill's status at Moment (lowercase there). `paid` is Moment's to set, once nothing remains."""
+
+    UNPAID = "unpaid"
+    PAID = "paid"
+    VOIDED = "voided"
+
+
+@dataclass(frozen=True, slots=True)
+class MomentBill:
+    """A Moment bill. Amounts are minor units; `amount_paid` is cumulative and counts Moment's own payments
+    and the outside payments PATCHed to it. `amount_remaining` never goes below 0, so an overpayment shows
+    only as `amount_paid` above `amount_due`. `customer_id` and `account_id`: whichever Moment sends (a bill
+    on an account may carry its customer too). `overpayment_allowed` is from Moment's `payment_rules`
+    (None: Moment did not say)."""
+
+    id: str
+    external_reference: str
+    status: BillStatus
+    currency: str
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    customer_id: str | None
+    account_id: str | None
+    bill_date: str | None = None
+    due_date: str | None = None
+    overpayment_allowed: bool | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def owner_id(self) -> str:
+        """The Moment id the bill is on: its account when it has one, else its customer."""
+        # The reader insists on one of them.
+        return self.account_id or self.customer_id or ""
+
+    @property
+    def amount_overpaid(self) -> int:
+        return max(0, self.amount_paid - self.amount_due)
 
 
 class CreateOutcome(StrEnum):
@@ -249,6 +378,61 @@ def _account_from(document: Mapping[str, Any]) -> MomentAccount:
     )
 
 
+def _bill_from(document: Mapping[str, Any]) -> MomentBill:
+    status_text = _required_text(document, "status")
+    try:
+        status = BillStatus(status_text)
+    except ValueError:
+        raise _ShapeInvalid(f"status {status_text!r} is none of unpaid, paid, voided") from None
+    amount_due = _required_minor_units(document, "amount_due")
+    amount_paid = _required_minor_units(document, "amount_paid")
+    remaining = _minor_units(document, "amount_remaining")
+    customer_id = _optional_text(document, "customer_id")
+    account_id = _optional_text(document, "account_id")
+    if not customer_id and not account_id:
+        raise _ShapeInvalid("a bill must name its customer_id or account_id")
+    rules = document.get("payment_rules")
+    if rules is not None and not isinstance(rules, dict):
+        raise _ShapeInvalid(
+            f"payment_rules must be an object when present, got {_json_type(document, 'payment_rules')}"
+        )
+    overpayment_allowed = (rules or {}).get("overpayment_allowed")
+    if overpayment_allowed is not None and not isinstance(overpayment_allowed, bool):
+        raise _ShapeInvalid("payment_rules.overpayment_allowed must be a boolean when present")
+    metadata = document.get("metadata")
+    return MomentBill(
+        id=_required_text(document, "id"),
+        external_reference=_required_text(document, "external_reference"),
+        status=status,
+        currency=_required_text(document, "currency"),
+        amount_due=amount_due,
+        amount_paid=amount_paid,
+        # Moment documents it; should it ever be absent, it is what the other two say.
+        amount_remaining=remaining if remaining is not None else max(0, amount_due - amount_paid),
+        customer_id=customer_id or None,
+        account_id=account_id or None,
+        bill_date=_optional_text(document, "bill_date"),
+        due_date=_optional_text(document, "due_date"),
+        overpayment_allowed=overpayment_allowed,
+        metadata=metadata if isinstance(metadata, dict) else {},
+        raw=document,
+    )
+
+
+def _bill_named(name: str) -> Callable[[Mapping[str, Any]], MomentBill]:
+    """A bill reader that insists the answer is the bill asked for, by Moment id or by reference."""
+
+    def read_checked(document: Mapping[str, Any]) -> MomentBill:
+        bill = _bill_from(document)
+        if name not in {bill.id, bill.external_reference}:
+            raise _ShapeInvalid(
+                f"Moment answered with bill {bill.id} ({bill.external_reference!r}), not {name!r}"
+            )
+        return bill
+
+    return read_checked
+
+
 def _required_text(document: Mapping[str, Any], name: str) -> str:
     value = document.get(name)
     if not isinstance(value, str) or not value:
@@ -266,6 +450,13 @@ def _optional_text(document: Mapping[str, Any], name: str) -> str | None:
 def _minor_units(document: Mapping[str, Any], name: str) -> int | None:
     value = document.get(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _ShapeInvalid(f"{name} must be an integer of minor units, got {_json_type(document, name)}")
+    return value
+
+
+def _required_minor_units(document: Mapping[str, Any], name: str) -> int:
+    value = _minor_units(document, name)
+    if value is None:
         raise _ShapeInvalid(f"{name} must be an integer of minor units, got {_json_type(document, name)}")
     return value
 
@@ -365,6 +556,23 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY_POLICY: Final = RetryPolicy()
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 3.0
+DEFAULT_READ_TIMEOUT_SECONDS: Final = 10.0
+
+
+def worst_call_seconds(
+    *,
+    connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS,
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+) -> float:
+    """The longest one call (one request with its retries) can take: every attempt connecting and
+    reading to its timeouts, and a full pause (the cap: a Retry-After is capped there too) between
+    attempts. At the defaults 4 x (3 + 10) + 3 x 8 = 76 s. Not counted: the write and pool timeouts
+    (a body of a few hundred bytes is written at once; the pool's 100 connections exceed any
+    concurrency here), and a response trickled a byte per read timeout (Moment's are one small JSON)."""
+    per_attempt = connect_timeout_seconds + read_timeout_seconds
+    return retry.max_attempts * per_attempt + (retry.max_attempts - 1) * retry.max_delay_seconds
 
 
 def _retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -465,8 +673,8 @@ class MomentClient:
         *,
         environment: str,
         base_url: str = DEFAULT_BASE_URL,
-        connect_timeout_seconds: float = 3.0,
-        read_timeout_seconds: float = 10.0,
+        connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS,
         retry: RetryPolicy = DEFAULT_RETRY_POLICY,
         max_key_generations: int = 3,
         http_client: httpx.Client | None = None,
@@ -492,6 +700,27 @@ class MomentClient:
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
+        self._attempt_seconds = connect_timeout_seconds + read_timeout_seconds
+        self._worst_call_seconds = worst_call_seconds(
+            connect_timeout_seconds=connect_timeout_seconds,
+            read_timeout_seconds=read_timeout_seconds,
+            retry=retry,
+        )
+        self._time_left: Callable[[], float] | None = None
+
+    @property
+    def worst_call_seconds(self) -> float:
+        """The longest one call of this client can take (`worst_call_seconds`)."""
+        return self._worst_call_seconds
+
+    def within(self, time_left: Callable[[], float], *, keep_seconds: float = 0.0) -> MomentClient:
+        """This client, on the same connections, for one run: it starts no attempt, nor a pause before
+        one, that could outlast `time_left() - keep_seconds`, and raises MomentOutOfTime instead, so
+        a run is never killed by Lambda's timeout inside a Moment call (however many calls a push makes)."""
+        bounded = copy.copy(self)
+        bounded._owns_http_client = False
+        bounded._time_left = lambda: time_left() - keep_seconds
+        return bounded
 
     def __repr__(self) -> str:
         return (
@@ -565,6 +794,109 @@ class MomentClient:
         """PATCH that account's balance only: an absolute set, always with its currency."""
         request = _Request("PATCH", _object_path("account", account), _balance_body(balance, currency))
         return self._call(request, _account_from).value
+
+    # Bills ----------------------------------------------------------------------------------------
+
+    def create_bill(self, bill: NewBill, *, generation: int = 0) -> CreatedOrAdopted[MomentBill]:
+        """Make sure Moment has this bill: POST /billing/bills under the deterministic key of its reference
+        and generation, or adopt the bill Moment already holds under that reference, but only when its
+        owner, amount_due and currency are the ones sent (MomentBillDiffers otherwise; MomentNotOurs when
+        the reference was read as another bill's id). An adopted bill is read afresh, so its amount_paid
+        and status are Moment's current ones; a created one is as sent (nothing paid)."""
+        reference = bill.external_reference
+        result = self._create_or_adopt("bill", reference, bill.to_body(), _bill_from, generation)
+        if result.outcome is CreateOutcome.ADOPTED:
+            self.check_bill_terms(bill, result.value)
+        return result
+
+    def get_bill(self, bill_id_or_reference: str) -> MomentBill | None:
+        """GET /billing/bills/{bill} by Moment id (bill_…) or external_reference; None on 404. The answer
+        must carry the id or the reference asked for (MomentResponseInvalid otherwise)."""
+        request = _Request("GET", _object_path("bill", bill_id_or_reference))
+        try:
+            return self._call(request, _bill_named(bill_id_or_reference)).value
+        except MomentNotFound:
+            return None
+
+    def update_bill_amount_paid(
+        self,
+        bill: str | MomentBill,
+        amount_paid: int,
+        currency: Currency,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MomentBill:
+        """PATCH the bill's cumulative `amount_paid` (0..99,999,999, with its currency): what Moment records
+        as paid in all, its own payments included, not a delta. No Idempotency-Key (an absolute set); a
+        failure whose `may_have_reached` is True may have landed. Moment sets `paid` itself. `metadata`
+        goes in the same PATCH (Moment merges it), so it lands with the amount or not at all."""
+        _check_bill_amount(amount_paid, currency, "amount_paid", minimum=0)
+        name = _bill_name(bill)
+        body: dict[str, Any] = {"amount_paid": amount_paid, "currency": currency}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        return self._call(_Request("PATCH", _object_path("bill", name), body), _bill_named(name)).value
+
+    def void_bill(self, bill: str | MomentBill, *, generation: int = 0) -> MomentBill:
+        """POST /billing/bills/{bill}/void (permanent), keyed by void_idempotency_key of the name in the
+        path (the Moment id when given a MomentBill) and `generation`. A bill that is voided already is
+        the outcome asked for: when Moment refuses the void, the bill is read, and returned if voided."""
+        name = _bill_name(bill)
+        key = void_idempotency_key(name, generation)
+        request = _Request("POST", f"{_object_path('bill', name)}/void", idempotency_key=key)
+        try:
+            return self._call(request, _bill_named(name)).value
+        except MomentRequestRejected as refused:
+            if isinstance(refused, MomentNotFound):
+                raise
+            current = self.get_bill(name)
+            if current is not None and current.status is BillStatus.VOIDED:
+                return current
+            raise
+
+    def check_bill_terms(self, bill: NewBill, existing: MomentBill) -> None:
+        """An adopted bill must be this bill: same reference, amount, currency and owner (MomentNotOurs /
+        MomentBillDiffers otherwise). Anything else is a bill the ledger did not raise (or raised
+        differently), and recording payments on it would misstate a debt."""
+        if existing.external_reference != bill.external_reference:
+            raise MomentNotOurs(
+                f"Moment's bill {existing.id} has external_reference {existing.external_reference!r}, "
+                f"not {bill.external_reference!r}: not ours to adopt"
+            )
+        differences = []
+        if existing.amount_due != bill.amount_due:
+            differences.append(f"amount_due {existing.amount_due}, not {bill.amount_due}")
+        if existing.currency != bill.currency:
+            differences.append(f"currency {existing.currency}, not {bill.currency}")
+        owner = self._bill_owner_difference(bill, existing)
+        if owner:
+            differences.append(owner)
+        if differences:
+            raise MomentBillDiffers(
+                f"Moment's bill {bill.external_reference!r} ({existing.id}) has " + "; ".join(differences)
+            )
+
+    def _bill_owner_difference(self, bill: NewBill, existing: MomentBill) -> str | None:
+        if bill.customer is not None:
+            if existing.account_id is not None or existing.customer_id != bill.customer:
+                return f"owner {existing.owner_id}, not customer {bill.customer}"
+            return None
+        if isinstance(bill.account, str):
+            if existing.account_id != bill.account:
+                return f"owner {existing.owner_id}, not account {bill.account}"
+            return None
+        if not isinstance(bill.account, NewAccount):  # pragma: no cover -- NewBill insists on one owner
+            raise TypeError("a NewBill has a customer or an account")
+        if existing.account_id is None:
+            return f"owner customer {existing.customer_id}, not account {bill.account.external_reference!r}"
+        account = self.get_account(existing.account_id)
+        if account.external_reference != bill.account.external_reference:
+            return f"account {account.external_reference!r}, not {bill.account.external_reference!r}"
+        try:
+            self._check_owner(bill.account.customer, account)
+        except MomentNotOurs as other_customer:
+            return str(other_customer)
+        return None
 
     # Create or adopt ------------------------------------------------------------------------------
 
@@ -685,6 +1017,7 @@ class MomentClient:
         last_attempt = self._retry.max_attempts
         reached = False
         for attempt in range(1, last_attempt + 1):
+            self._check_time(request, attempt, 0.0, reached)
             try:
                 response = self._attempt(request, attempt)
             except httpx.TransportError as failure:
@@ -699,13 +1032,13 @@ class MomentClient:
                         attempts=attempt,
                         may_have_reached=reached,
                     ) from failure
-                self._pause(request, attempt, retry_after=None)
+                self._pause(request, attempt, retry_after=None, reached=reached)
                 continue
             if attempt == last_attempt or not _worth_retrying(response):
                 return response, attempt, reached
             reached = reached or _may_apply(response)
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"), self._clock())
-            self._pause(request, attempt, retry_after)
+            self._pause(request, attempt, retry_after, reached=reached)
         raise AssertionError("RetryPolicy.max_attempts is at least 1")  # pragma: no cover
 
     def _attempt(self, request: _Request, attempt: int) -> httpx.Response:
@@ -752,8 +1085,22 @@ class MomentClient:
             headers["Idempotency-Key"] = request.idempotency_key
         return headers
 
-    def _pause(self, request: _Request, attempt: int, retry_after: float | None) -> None:
+    def _check_time(self, request: _Request, attempt: int, pause: float, reached: bool) -> None:
+        """Within a run's budget (`within`): the pause and the whole next attempt must fit."""
+        if self._time_left is None or self._time_left() >= pause + self._attempt_seconds:
+            return
+        raise self._error(
+            MomentOutOfTime,
+            request,
+            status=None,
+            reason="the run's time budget ends before another attempt could",
+            attempts=attempt - 1,
+            may_have_reached=reached,
+        )
+
+    def _pause(self, request: _Request, attempt: int, retry_after: float | None, *, reached: bool) -> None:
         delay = self._retry.delay_seconds(attempt, retry_after, self._jitter())
+        self._check_time(request, attempt + 1, delay, reached)
         logger.info(
             "moment request will be retried",
             extra={
@@ -820,6 +1167,10 @@ class MomentClient:
 
 def _object_path(kind: ObjectKind, moment_id_or_reference: str) -> str:
     return f"{_COLLECTION_PATH[kind]}/{_path_segment(moment_id_or_reference)}"
+
+
+def _bill_name(bill: str | MomentBill) -> str:
+    return bill.id if isinstance(bill, MomentBill) else bill
 
 
 def _balance_body(balance: int, currency: Currency) -> dict[str, Any]:

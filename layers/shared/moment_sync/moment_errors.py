@@ -3,12 +3,14 @@
     MomentError                      anything the client raises
     ├── MomentKeyRefused             the API key does not suit this environment (at construction)
     ├── MomentNotOurs                Moment's object under this reference is not the ledger's to adopt
+    │   └── MomentBillDiffers        our bill's reference, another owner, amount or currency
     └── MomentApiError               a request failed; carries method, path, status, problem details
         ├── MomentRequestRejected    a 4xx Moment will refuse again if asked again (never retried)
         │   ├── MomentNotFound       404
         │   └── MomentConflict       409: the object exists already, or the idempotency key was reused
         ├── MomentUnavailable        5xx or a network error, still failing after the retries
-        │   └── MomentRateLimited    429, still throttled after the retries
+        │   ├── MomentRateLimited    429, still throttled after the retries
+        │   └── MomentOutOfTime      the run's time budget would end before the next attempt could
         └── MomentResponseInvalid    Moment answered, but not with what its documentation promises
 
 Every message is one line and never contains the API key: the client redacts it before it gets here.
@@ -82,6 +84,11 @@ class MomentNotOurs(MomentError):
     belongs to another customer. Adopting it would push a balance onto someone else's object."""
 
 
+class MomentBillDiffers(MomentNotOurs):
+    """Moment holds a bill under the ledger's reference whose owner, amount_due or currency differ from
+    the ledger's bill: adopting it would record the ledger's payments against another debt."""
+
+
 class MomentApiError(MomentError):
     """A request to Moment failed. `replayed` is True when Moment replayed a stored response for this
     idempotency key: the same key will keep returning it for 24 hours, so look the object up by its
@@ -152,6 +159,11 @@ class MomentUnavailable(MomentApiError):
 
 class MomentRateLimited(MomentUnavailable):
     """429 that outlasted the retries (and any Retry-After Moment sent)."""
+
+
+class MomentOutOfTime(MomentUnavailable):
+    """The run's time budget would end before the next attempt (or the pause before it) could: that
+    attempt was not sent. Earlier attempts of the same call may have reached Moment (`may_have_reached`)."""
 
 
 class MomentResponseInvalid(MomentApiError):

@@ -2,9 +2,21 @@
 
 Service name and metric namespace come from POWERTOOLS_SERVICE_NAME and
 POWERTOOLS_METRICS_NAMESPACE, set by template.yaml for every function.
+
+`Invocation` is for the receiver, whose every new webhook would otherwise pay Powertools' per-call
+work (the context decorators, a log record, a metric set flushed as a second line): its accepted
+webhook is one JSON line written directly, the log record with the EMF block for its metric inside
+(CloudWatch reads EMF from any JSON log line). Every other outcome goes through Powertools, set up
+only when it happens.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -12,4 +24,95 @@ from aws_lambda_powertools.metrics import MetricUnit
 logger = Logger()
 metrics = Metrics()
 
-__all__ = ["MetricUnit", "logger", "metrics"]
+__all__ = ["Invocation", "MetricUnit", "logger", "metrics"]
+
+_cold_start = [True]  # per execution environment, for the handlers that use Invocation
+# Built once: json.dumps with options would build an encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+class Invocation:
+    """One invocation's log context: the Lambda context's keys, the cold start, the correlation id."""
+
+    def __init__(self, context: Any = None) -> None:
+        self.context = context
+        self.cold_start = _cold_start[0] if context is not None else False
+        if context is not None:
+            _cold_start[0] = False
+        self.correlation_id: str | None = None
+        self._through_powertools = False
+
+    def correlate(self, correlation_id: str) -> None:
+        self.correlation_id = correlation_id
+        if self._through_powertools:
+            logger.set_correlation_id(correlation_id)
+
+    def through_powertools(self) -> None:
+        """Call before logging through `logger` or counting through `metrics`: the keys Powertools'
+        `inject_lambda_context` would have set, and `finish` flushes the metrics."""
+        if self._through_powertools:
+            return
+        self._through_powertools = True
+        logger.structure_logs(cold_start=self.cold_start, **self._context_keys())
+        logger.set_correlation_id(self.correlation_id)
+
+    def finish(self) -> None:
+        """After the handler's work, as `log_metrics(capture_cold_start_metric=True)` would."""
+        if not self._through_powertools:
+            return
+        if self.cold_start:
+            metrics.provider.add_cold_start_metric(context=self.context)
+        metrics.flush_metrics()
+
+    def log_with_metric(self, message: str, metric: str, **fields: Any) -> None:
+        """One JSON line: an INFO record (when INFO is enabled) with the EMF block counting `metric`
+        (and `ColdStart`, on a cold start) inside it; the same keys a Powertools record would have."""
+        now = time.time()
+        directives: list[dict[str, Any]] = [
+            {
+                "Namespace": metrics.namespace,
+                "Dimensions": [["service"]],
+                "Metrics": [{"Name": metric, "Unit": "Count"}],
+            }
+        ]
+        # The EMF block first, as Powertools writes it: readers that find EMF by the line's start still do.
+        line: dict[str, Any] = {"_aws": {"Timestamp": int(now * 1000), "CloudWatchMetrics": directives}}
+        if logger.log_level <= logging.INFO:
+            caller = sys._getframe(1)  # the caller's name and line, as logging finds them
+            line |= {
+                "level": "INFO",
+                "location": f"{caller.f_code.co_name}:{caller.f_lineno}",  # as Powertools writes it
+                "message": message,
+                "timestamp": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+                + f",{int(now * 1000) % 1000:03d}+0000",
+                "cold_start": self.cold_start,
+                **self._context_keys(),
+                "correlation_id": self.correlation_id,
+                **{name: value for name, value in fields.items() if value is not None},
+            }
+        line["service"] = metrics.service
+        line[metric] = [1.0]
+        if self.cold_start:
+            directives.append(
+                {
+                    "Namespace": metrics.namespace,
+                    "Dimensions": [["function_name", "service"]],
+                    "Metrics": [{"Name": "ColdStart", "Unit": "Count"}],
+                }
+            )
+            line["function_name"] = self.context.function_name
+            line["ColdStart"] = [1.0]
+        stream = sys.stdout
+        stream.write(_encode(line) + "\n")
+        stream.flush()
+
+    def _context_keys(self) -> dict[str, Any]:
+        context = self.context
+        if context is None:
+            return {}
+        return {
+            "function_name": context.function_name,
+            "function_memory_size": context.memory_limit_in_mb,
+            "function_arn": context.invoked_function_arn,
+            "function_request_id": context.aws_request_id,
+        }

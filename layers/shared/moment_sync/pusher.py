@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -24,7 +24,13 @@ from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
-from moment_sync.moment_client import CreateOutcome, MomentClient, NewAccount, NewCustomer
+from moment_sync.moment_client import (
+    CreateOutcome,
+    MomentClient,
+    NewAccount,
+    NewCustomer,
+    worst_call_seconds,
+)
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.push_plan import (
@@ -37,8 +43,18 @@ from moment_sync.push_plan import (
     plan_push,
 )
 
-# A push of one balance makes at most a few Moment calls, each with bounded retries.
-SECONDS_RESERVED_PER_PUSH = 15.0
+# A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
+# each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
+# then the booking. A create makes more calls: the run's bounded client (MomentClient.within) stops
+# before the time runs out (MomentOutOfTime, a failed push retried after its backoff).
+CALLS_PER_PUSH = 2
+# DynamoDB's part after the last Moment call (the booking, a few writes): milliseconds, with room
+# for botocore's own retries of a throttle.
+BOOKING_SECONDS = 5.0
+# The reserve at the client's default settings: 2 x 76 + 5 = 157 s.
+SECONDS_RESERVED_PER_PUSH = CALLS_PER_PUSH * worst_call_seconds() + BOOKING_SECONDS
+# The lease a push run holds (leases.py); a fanned-out pusher would hold one per shard.
+PUSHER_LEASE = "pusher"
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 3600.0
 # Written on every object the pusher creates, so an adoption can tell its own lost create from an
@@ -82,19 +98,26 @@ class BalancePusher:
     _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
     _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    @property
+    def seconds_per_push(self) -> float:
+        """The time a push is started with: its worst case at this client's settings."""
+        return CALLS_PER_PUSH * self.moment.worst_call_seconds + BOOKING_SECONDS
+
     def push_pending(self, time_left: Callable[[], float]) -> PushReport:
         report = PushReport()
         pending = self.ledger.pending_pushes(self.now())
         running: set[Future[PushResult]] = set()
+        # This run's pushes use a client that stops before the run's time is up.
+        run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="push") as pool:
             for position, (_since, balance) in enumerate(pending):
-                if time_left() < SECONDS_RESERVED_PER_PUSH:
+                if time_left() < self.seconds_per_push:
                     report.not_reached = len(pending) - position
                     break
                 if len(running) >= self.concurrency:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     self._collect(done, report)
-                running.add(pool.submit(self.push_one, balance))
+                running.add(pool.submit(run.push_one, balance))
             self._collect(wait(running).done, report)
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)
@@ -217,19 +240,20 @@ class BalancePusher:
 
     @contextmanager
     def _dropped_if_never_sent(
-        self, balance: BalanceRef, head: dict[str, Any], intent: int
+        self, balance: BalanceRef, head: dict[str, Any], intent: int | None
     ) -> Iterator[None]:
         """An intent stays open unless the request certainly never reached Moment (it failed before it
         was sent, or Moment refused it) or a create found another's object: a lost answer, a timeout
-        or a 5xx may have been applied."""
+        or a 5xx may have been applied. None: a create sent at the cap, with no intent of its own."""
         try:
             yield
         except MomentNotOurs:
             # Moment already held another object under the reference: this create made nothing.
-            self.ledger.drop_intent(balance, head, intent)
+            if intent is not None:
+                self.ledger.drop_intent(balance, head, intent)
             raise
         except MomentApiError as error:
-            if not error.may_have_reached:
+            if not error.may_have_reached and intent is not None:
                 self.ledger.drop_intent(balance, head, intent)
             raise
 
@@ -237,10 +261,13 @@ class BalancePusher:
         """Create the object on Moment with the ledger's balance; None when an existing one was adopted
         (then its balance is Moment's, and the normal push follows). The create is an intent like a
         PATCH: if its answer is lost, the balance it was created with explains Moment's on the next run."""
-        sending = may_send(_snapshot(head), None, Push(int(head["balance"])))
-        if isinstance(sending, Defer):
-            return self._defer(balance, head, sending, {"reference": balance.ref})
-        intent = self.ledger.record_intent(balance, head, int(head["balance"]))
+        # At the open intents' cap a create is still sent, but not recorded as one more intent: with no
+        # object linked, deferring would never look at Moment again (stuck `deferred` for good after a
+        # long enough outage). A create erases nothing (Moment makes a new object or answers that it has
+        # one, which is then adopted and compared), and an intent left out only narrows what counts as
+        # explained: the next run defers rather than overwrites.
+        at_cap = isinstance(may_send(_snapshot(head), None, Push(int(head["balance"]))), Defer)
+        intent = None if at_cap else self.ledger.record_intent(balance, head, int(head["balance"]))
         with self._dropped_if_never_sent(balance, head, intent):
             if balance.kind is BalanceKind.CUSTOMER:
                 moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
@@ -251,7 +278,8 @@ class BalancePusher:
         if outcome is CreateOutcome.ADOPTED:
             # This run's create made nothing (Moment had the object already): its intent explains
             # nothing. An earlier run's create whose answer was lost stays open and explains it.
-            self.ledger.drop_intent(balance, head, intent)
+            if intent is not None:
+                self.ledger.drop_intent(balance, head, intent)
             logger.info("adopted the object Moment already had", extra={"reference": balance.ref})
             # Linking re-drove the payments naming the object: compare with the ledger as it is now.
             current = self.ledger.get_head(balance) or head

@@ -18,7 +18,7 @@ from typing import Any
 
 from moment_sync.envelope import read_envelope
 from moment_sync.http_responses import json_response, problem_response
-from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.observability import Invocation, MetricUnit, logger, metrics
 from moment_sync.signature import (
     Rejection,
     WebhookRejected,
@@ -29,6 +29,11 @@ from moment_sync.signature import (
 from moment_sync.webhook_store import ReceivedWebhook, StorageUnavailable, WebhookStore
 
 SECONDS_PER_DAY = 86_400
+# The body is stored in the webhook's DynamoDB item, which holds at most 400 KB (409,600 bytes) in
+# all. The rest of the item at its largest is under 7 KB (255-byte webhook id and summary values,
+# then the reconciler's status, reason, detail and entry id: docs/webhooks.md adds it up); 16 KiB
+# is left for it. A larger body would pass the size check and then fail the write on every retry.
+MAX_STORABLE_BODY_BYTES = 393_216
 
 
 class SigningKeysUnavailable(Exception):
@@ -44,6 +49,13 @@ class ReceiverSettings:
     tolerance_seconds: int = 180
     max_body_bytes: int = 64 * 1024
     retention_days: int = 400
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_body_bytes <= MAX_STORABLE_BODY_BYTES:
+            raise ValueError(
+                f"WEBHOOK_MAX_BODY_BYTES must be 1 to {MAX_STORABLE_BODY_BYTES}: a larger body does not fit "
+                f"the webhook's DynamoDB item (400 KB with its other attributes); got {self.max_body_bytes}"
+            )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> ReceiverSettings:
@@ -86,11 +98,16 @@ def receive_webhook(
     store: WebhookStore,
     settings: ReceiverSettings,
     now: Callable[[], float] = time.time,
+    invocation: Invocation | None = None,
 ) -> dict[str, Any]:
-    """Answer one delivery as an API Gateway (payload 2.0) response."""
+    """Answer one delivery as an API Gateway (payload 2.0) response. An accepted webhook is one log
+    line with its metric inside (`invocation`: the Lambda context it names); anything else is logged
+    and counted through Powertools, which the handler flushes (`Invocation.finish`)."""
+    invocation = invocation or Invocation()
     try:
-        return _receive(request, keys=keys, store=store, settings=settings, now=now)
+        return _receive(request, keys=keys, store=store, settings=settings, now=now, invocation=invocation)
     except WebhookRejected as rejected:
+        invocation.through_powertools()
         logger.warning("webhook rejected", extra={"reason": rejected.reason.value, "detail": rejected.detail})
         metrics.add_dimension(name="Reason", value=rejected.reason.value)
         metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)
@@ -101,10 +118,12 @@ def receive_webhook(
             rejected.detail,
         )
     except SigningKeysUnavailable as error:
+        invocation.through_powertools()
         logger.error("signing secrets unavailable", extra={"error": str(error)})
         metrics.add_metric(name="WebhookSigningSecretsUnavailable", unit=MetricUnit.Count, value=1)
         return _retry_later("signing-secrets-unavailable", "The signing secrets could not be read.")
     except StorageUnavailable as error:
+        invocation.through_powertools()
         logger.error("webhook not stored", extra={"error": str(error)})
         metrics.add_metric(name="WebhookStorageFailed", unit=MetricUnit.Count, value=1)
         return _retry_later("storage-unavailable", "The webhook could not be stored durably.")
@@ -117,10 +136,11 @@ def _receive(
     store: WebhookStore,
     settings: ReceiverSettings,
     now: Callable[[], float],
+    invocation: Invocation,
 ) -> dict[str, Any]:
     body = _body_bytes(request, settings.max_body_bytes)
     signed = parse_signed_headers(request.headers)
-    logger.set_correlation_id(signed.webhook_id)
+    invocation.correlate(signed.webhook_id)
     received_at = now()
     check_timestamp(signed.timestamp, now=received_at, tolerance_seconds=settings.tolerance_seconds)
     verify_signature(signed, body, keys())
@@ -143,10 +163,13 @@ def _receive(
         "payment_id": envelope.summary.get("payment_id"),
     }
     if result.created:
-        logger.info("webhook accepted", extra={**log_fields, "envelope_problem": envelope.problem})
-        metrics.add_metric(name="WebhookAccepted", unit=MetricUnit.Count, value=1)
+        # The path every new webhook takes: one line, the WebhookAccepted count inside it.
+        invocation.log_with_metric(
+            "webhook accepted", "WebhookAccepted", **log_fields, envelope_problem=envelope.problem
+        )
         return json_response(200, {"status": "accepted", "webhook_id": signed.webhook_id})
 
+    invocation.through_powertools()
     metrics.add_metric(name="WebhookDuplicate", unit=MetricUnit.Count, value=1)
     if result.stored_body is not None and result.stored_body != body:
         # Same id, other content: Moment should never do this. Keep the first body, say so loudly.

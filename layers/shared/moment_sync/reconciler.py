@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome
+from moment_sync.adapters.ledger_bills import BillTransient, BillWriteOutcome
+from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome, TransientLedgerError
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of, iso_time
+from moment_sync.ledger.bills import BillEntry, BillEntryKind, amount_overpaid
 from moment_sync.ledger.model import Entry, EntryKind
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciliation import (
+    BillPaymentApplication,
     EventStatus,
     Ignore,
     Park,
@@ -54,6 +57,8 @@ def reconcile_event(
         return Reconciled(webhook_id, EventStatus.IGNORED, changed=changed)
     if isinstance(decision, Park):
         return _park(events, webhook_id, decision, now)
+    if isinstance(decision, BillPaymentApplication):
+        return _apply_bill_payment(decision, webhook_id, ledger=ledger, events=events, now=now)
     return _apply_payment(decision, webhook_id, ledger=ledger, events=events, now=now)
 
 
@@ -132,6 +137,103 @@ def _apply_payment(
             events, webhook_id, park, now, log_fields, conflicts_with=applied.webhook_id or "unknown"
         )
     detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
+    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+
+
+def _apply_bill_payment(
+    payment: BillPaymentApplication,
+    webhook_id: str,
+    *,
+    ledger: LedgerTable,
+    events: WebhookEventsTable,
+    now: Callable[[], float],
+) -> Reconciled:
+    """A payment Moment applied to a bill: raises that bill's amount_paid once per application id (the
+    guard is ledger-wide, across bills and balances); never changes a balance (docs/ledger.md#bills)."""
+    log_fields = {
+        "application_id": payment.application_id,
+        "payment_id": payment.payment_id,
+        "moment_id": payment.bill_id,
+    }
+    bill = ledger.resolve_bill_id(payment.bill_id)
+    if bill is None:
+        detail = f"no bill in the ledger is linked to {payment.bill_id}"
+        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+    moment = now()
+    entry = BillEntry(
+        kind=BillEntryKind.PAYMENT,
+        amount=payment.amount,
+        source_id=payment.application_id,
+        source={
+            "webhook_id": webhook_id,
+            "application_id": payment.application_id,
+            "payment_id": payment.payment_id or "",
+            "moment_id": payment.bill_id,
+        },
+        created_at=iso_time(moment),
+    )
+    try:
+        result = ledger.apply_bill_payment(bill, entry, payment.currency, webhook_id, moment)
+    except BillTransient as busy:  # a batch item failure: the stream retries it
+        raise TransientLedgerError(str(busy)) from busy
+    log_fields |= {"reference": bill.ref, "balance_kind": "bill", "entry_id": entry.entry_id}
+    guard = result.guard or {}
+    if result.outcome is BillWriteOutcome.APPLIED:
+        logger.info(
+            "bill payment applied",
+            extra={**log_fields, "amount": payment.amount, "currency": payment.currency},
+        )
+        metrics.add_metric(name="PaymentApplied", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="BillPaymentApplied", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(
+            name=f"AmountApplied_{payment.currency}", unit=MetricUnit.Count, value=payment.amount
+        )
+        if result.head is not None and amount_overpaid(result.head) > 0:
+            # Moment's payment_rules allowed more than was due: kept visible, counted.
+            logger.warning(
+                "bill overpaid", extra={**log_fields, "amount_overpaid": amount_overpaid(result.head)}
+            )
+            metrics.add_metric(name="BillOverpaid", unit=MetricUnit.Count, value=1)
+        return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id)
+    if result.outcome is BillWriteOutcome.DUPLICATE:
+        first = guard.get("webhook_id")
+        if first == webhook_id:
+            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=False)
+        changed = events.finish(
+            webhook_id,
+            EventStatus.DUPLICATE,
+            moment,
+            entry_id=entry.entry_id,
+            duplicate_of=first or "unknown",
+        )
+        metrics.add_metric(name="PaymentDuplicate", unit=MetricUnit.Count, value=1)
+        return Reconciled(webhook_id, EventStatus.DUPLICATE, entry_id=entry.entry_id, changed=changed)
+    if result.outcome is BillWriteOutcome.APPLICATION_CONFLICT:
+        detail = (
+            f"application {payment.application_id} was applied to {guard.get('balance_pk')} as "
+            f"{guard.get('amount')} {guard.get('currency')} by webhook {guard.get('webhook_id')}; this one "
+            f"names {bill} with {payment.amount} {payment.currency}"
+        )
+        park = Park(ParkReason.APPLICATION_CONFLICT, detail)
+        return _park(
+            events,
+            webhook_id,
+            park,
+            now,
+            log_fields,
+            conflicts_with=str(guard.get("webhook_id") or "unknown"),
+        )
+    if result.outcome is BillWriteOutcome.VOIDED:
+        detail = (
+            f"Moment applied {payment.amount} {payment.currency} to {bill}, which the merchant voided: "
+            "money received that an operator must refund or re-apply"
+        )
+        return _park(events, webhook_id, Park(ParkReason.BILL_VOIDED, detail), now, log_fields)
+    if result.outcome is BillWriteOutcome.CURRENCY_MISMATCH:
+        kept = (result.head or {}).get("currency")
+        detail = f"payment in {payment.currency}, but {bill} is in {kept}"
+        return _park(events, webhook_id, Park(ParkReason.CURRENCY_MISMATCH, detail), now, log_fields)
+    detail = f"{payment.bill_id} is linked to {bill}, which is not in the ledger"
     return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
 
 

@@ -1,9 +1,10 @@
 """What a stored webhook means for the ledger. Pure: no I/O, so every rule here is unit-tested.
 
-For `obligation.amount_applied` the most specific id decides: a bill id parks the event as
-unsupported (a bill payment must never lower a customer's balance, even if the payload also carries
-`customer_id`); else the account id; else the customer id. Other event types are ignored (kept,
-with their type). Anything unreadable is parked as invalid: never retried forever, never dropped.
+For `obligation.amount_applied` the most specific id decides: a bill id makes it a bill payment
+(it raises that bill's amount_paid and never lowers a balance, even if the payload also carries
+`customer_id` or `account_id`); else the account id; else the customer id. Other event types are
+ignored (kept, with their type). Anything unreadable is parked as invalid: never retried forever,
+never dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class ParkReason(StrEnum):
     UNSUPPORTED = "unsupported"
     # the application id is already applied to another balance, or as another amount or currency
     APPLICATION_CONFLICT = "application_conflict"
+    # money Moment received for a bill the merchant voided: an operator refunds or re-applies it
+    BILL_VOIDED = "bill_voided"
 
 
 class EventStatus(StrEnum):
@@ -55,7 +58,18 @@ class PaymentApplication:
     payment_id: str | None
 
 
-Decision = PaymentApplication | Park | Ignore
+@dataclass(frozen=True, slots=True)
+class BillPaymentApplication:
+    """Moment applied `amount` against the bill `bill_id` (a bill_ id): docs/ledger.md#bills."""
+
+    application_id: str
+    amount: int
+    currency: str
+    bill_id: str
+    payment_id: str | None
+
+
+Decision = PaymentApplication | BillPaymentApplication | Park | Ignore
 
 
 def decide(envelope: WebhookEnvelope) -> Decision:
@@ -67,8 +81,6 @@ def decide(envelope: WebhookEnvelope) -> Decision:
         return Ignore(envelope.event_type)
 
     summary = envelope.summary
-    if "bill_id" in summary:
-        return Park(ParkReason.UNSUPPORTED, "bill payments are not tracked by this ledger")
     application_id = summary.get("id")
     if not isinstance(application_id, str):
         return Park(ParkReason.INVALID, "data.id is missing")
@@ -78,10 +90,21 @@ def decide(envelope: WebhookEnvelope) -> Decision:
     currency = summary.get("currency")
     if not isinstance(currency, str) or currency not in CURRENCIES:
         return Park(ParkReason.INVALID, "data.currency must be ZAR or USD")
+    payment_id = summary.get("payment_id")
+    if "bill_id" in summary:
+        bill_id = summary["bill_id"]
+        if not isinstance(bill_id, str) or not bill_id:
+            return Park(ParkReason.INVALID, "data.bill_id must be a Moment bill id")
+        return BillPaymentApplication(
+            application_id=application_id,
+            amount=amount,
+            currency=currency,
+            bill_id=bill_id,
+            payment_id=payment_id if isinstance(payment_id, str) else None,
+        )
     target = _target(summary)
     if target is None:
         return Park(ParkReason.INVALID, "neither data.account_id nor data.customer_id is present")
-    payment_id = summary.get("payment_id")
     return PaymentApplication(
         application_id=application_id,
         amount=amount,

@@ -20,17 +20,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
 from moment_sync.envelope import read_envelope
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.reconciler import Reconciled, reconcile_event
-from moment_sync.reconciliation import EventStatus, ParkReason, PaymentApplication, decide
+from moment_sync.reconciliation import (
+    BillPaymentApplication,
+    EventStatus,
+    ParkReason,
+    PaymentApplication,
+    decide,
+)
 
 MAX_BACKOFF_SECONDS = 6 * 3600
+# The lease a scheduled re-drive run holds (leases.py): runs never overlap.
+REDRIVE_LEASE = "redrive"
+# Moment calls for one unmatched event at worst: the object by its id, and for an account its
+# customer's (account_owner: the account, then the customer).
+LOOKUPS_PER_EVENT = 3
+
+
+class _OutOfTime(Exception):
+    """Not enough of the run's time left for an unmatched event's questions to Moment."""
 
 
 class MomentDirectory(Protocol):
@@ -41,6 +57,23 @@ class MomentDirectory(Protocol):
     def account_owner(self, account_id: str) -> tuple[str, str | None]:
         """The Moment id of the account's customer, and that customer's external_reference."""
         ...
+
+
+class MomentBillRecord(Protocol):
+    """What the re-drive needs of Moment's bill (moment_client.MomentBill has it)."""
+
+    external_reference: str
+    currency: str
+    amount_due: int
+    customer_id: str | None
+    account_id: str | None
+
+
+@runtime_checkable
+class BillDirectory(Protocol):
+    """Moment's own record of a bill id (GET /billing/bills/{id}), None if Moment has no such bill."""
+
+    def bill(self, bill_id: str) -> MomentBillRecord | None: ...
 
 
 @dataclass
@@ -69,6 +102,7 @@ def redrive_stuck(
     grace_seconds: int,
     time_left: Callable[[], float] = lambda: float("inf"),
     back_off: bool = True,
+    lookup_seconds: float = 0.0,
 ) -> RedriveReport:
     """Every event received more than `grace_seconds` ago that is still unfinished (with `back_off`,
     an unmatched one only when its next try is due)."""
@@ -80,6 +114,7 @@ def redrive_stuck(
         now=now,
         time_left=time_left,
         backoff_from_seconds=grace_seconds if back_off else None,
+        lookup_seconds=lookup_seconds,
     )
 
 
@@ -102,9 +137,12 @@ def redrive(
     time_left: Callable[[], float] = lambda: float("inf"),
     min_seconds_left: float = 5.0,
     backoff_from_seconds: float | None = None,
+    lookup_seconds: float = 0.0,
 ) -> RedriveReport:
     """Reconcile the given events again (final ones are left alone); stop before the time runs out.
-    With `backoff_from_seconds`, an unmatched event is left alone until `unmatched_retry_due`."""
+    With `backoff_from_seconds`, an unmatched event is left alone until `unmatched_retry_due`.
+    `lookup_seconds` is the worst case of an unmatched event's questions to Moment (LOOKUPS_PER_EVENT
+    calls): one is asked only while that much time is left, besides `min_seconds_left` for the ledger."""
     report = RedriveReport()
     for webhook_id in webhook_ids:
         if time_left() < min_seconds_left:
@@ -120,7 +158,11 @@ def redrive(
                 now=now,
                 backoff_from_seconds=backoff_from_seconds,
                 report=report,
+                moment_time=lambda: time_left() >= lookup_seconds + min_seconds_left,
             )
+        except _OutOfTime:
+            report.stopped_early = True
+            break
         except Exception as error:
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
@@ -141,6 +183,7 @@ def _redrive_one(
     now: Callable[[], float],
     backoff_from_seconds: float | None,
     report: RedriveReport,
+    moment_time: Callable[[], bool] = lambda: True,
 ) -> None:
     event = events.get(webhook_id)
     if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
@@ -153,6 +196,8 @@ def _redrive_one(
     ):
         report.not_due += 1
         return
+    if unmatched and directory is not None and not moment_time():
+        raise _OutOfTime  # left unexamined for the next run, which starts with it
     report.examined += 1
     if event.get("status") == EventStatus.RECEIVED:
         report.found_received += 1
@@ -225,6 +270,8 @@ def _link_from_moment(
 ) -> str | None:
     """Link the Moment id an unmatched payment names when Moment says whose it is; the id, if linked."""
     decision = decide(envelope_of(event))
+    if isinstance(decision, BillPaymentApplication):
+        return _link_bill_from_moment(decision.bill_id, ledger=ledger, directory=directory, report=report)
     if not isinstance(decision, PaymentApplication) or ledger.resolve_moment_id(decision.moment_id):
         return None
     reference = directory.external_reference(decision.target_kind, decision.moment_id)
@@ -260,3 +307,39 @@ def _link_from_moment(
         extra={"moment_id": decision.moment_id, "reference": reference},
     )
     return decision.moment_id
+
+
+def _link_bill_from_moment(
+    bill_id: str, *, ledger: LedgerTable, directory: MomentDirectory, report: RedriveReport
+) -> str | None:
+    """Link an unmatched bill id when Moment's bill is the ledger's own: the same reference, currency
+    and amount_due, on the owner the ledger links (when it links one). Anything else is left for an
+    operator: linking another bill would apply its payments here."""
+    if not isinstance(directory, BillDirectory) or ledger.resolve_bill_id(bill_id):
+        return None
+    record = directory.bill(bill_id)
+    if record is None:
+        return None
+    bill = BillRef(record.external_reference)
+    head = ledger.get_bill(bill)
+    fields = {"moment_id": bill_id, "reference": record.external_reference}
+    if head is None:
+        logger.info("Moment knows this bill, but the ledger has no such reference", extra=fields)
+        return None
+    owner = ledger.get_head(BalanceRef(BalanceKind(str(head["owner_kind"])), str(head["owner_ref"]))) or {}
+    moment_owner = record.account_id if head["owner_kind"] == BalanceKind.ACCOUNT else record.customer_id
+    if (record.currency, record.amount_due) != (head.get("currency"), head.get("amount_due")) or (
+        owner.get("moment_id") and owner.get("moment_id") != moment_owner
+    ):
+        logger.warning(
+            "Moment's bill with this reference is not the ledger's; left for an operator", extra=fields
+        )
+        return None
+    try:
+        ledger.link_bill(bill, bill_id)
+    except MappingConflict:
+        logger.warning("the bill is linked to another Moment id; left for an operator", extra=fields)
+        return None
+    report.linked.append(f"{bill_id} -> {bill}")
+    logger.info("linked a Moment bill id from Moment's own record", extra=fields)
+    return bill_id

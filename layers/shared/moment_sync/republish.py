@@ -25,6 +25,7 @@ from moment_sync.events_out import (
     parking_event,
     sync_transition_event,
 )
+from moment_sync.ledger.bills import is_bill_key
 from moment_sync.reconciliation import ParkReason
 
 PUT_EVENTS_MAX = 10  # PutEvents' limit
@@ -57,6 +58,8 @@ def recorded_between(
     skipped = 0
     for item in items:
         announcement: Announcement | None = None
+        if is_bill_key(str(item["pk"])):
+            continue  # no pipe announces a bill's items (docs/events.md#bills), so neither does this
         if str(item.get("sk", "")).startswith(ENTRY_PREFIX) and since <= str(item["created_at"]) < until:
             announcement = entry_event(item)
         elif item.get("sk") == HEAD and item.get("sync_transition"):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from moment_sync.adapters.webhook_events_table import WebhookEventsTable
     from moment_sync.moment_client import MomentClient
     from moment_sync.pusher import BalancePusher
+    from moment_sync.reconcile_report import DailyCheck
     from moment_sync.redrive import MomentDirectory
 
 
@@ -108,6 +109,13 @@ def moment_client() -> MomentClient:
     return _moment_clients[api_key]
 
 
+def moment_worst_call_seconds() -> float:
+    """The longest one Moment call can take with this function's settings (no API key needed)."""
+    from moment_sync.moment_client import worst_call_seconds  # noqa: PLC0415
+
+    return worst_call_seconds(read_timeout_seconds=float(os.environ.get("MOMENT_READ_TIMEOUT_SECONDS", "10")))
+
+
 @cache
 def _secrets_provider(provider_class: Any) -> Any:
     return provider_class(boto3_client=aws_client("secretsmanager"))
@@ -123,15 +131,33 @@ def moment_directory() -> MomentDirectory | None:
 
 
 def balance_pusher() -> BalancePusher:
+    from moment_sync.adapters.dynamo_retry import ConflictRetryingClient  # noqa: PLC0415
+    from moment_sync.adapters.ledger_table import LedgerTable  # noqa: PLC0415
     from moment_sync.pusher import BalancePusher  # noqa: PLC0415
 
     dependencies = ledger_dependencies()
+    # The pusher's writes meet the reconciler's transactions on the same heads: a conflict is tried
+    # again here (botocore does not), and only what still conflicts is a failed push.
+    ledger = LedgerTable(
+        ConflictRetryingClient(aws_client("dynamodb")), os.environ["LEDGER_TABLE"], dependencies.events
+    )
     return BalancePusher(
-        ledger=dependencies.ledger,
+        ledger=ledger,
         moment=moment_client(),
         now=dependencies.clock,
         concurrency=int(os.environ.get("PUSH_CONCURRENCY", "8")),
         events=dependencies.events,
+    )
+
+
+def daily_check() -> DailyCheck:
+    from moment_sync.reconcile_report import DailyCheck  # noqa: PLC0415
+
+    return DailyCheck(
+        ledger=ledger_dependencies().ledger,
+        moment=moment_client(),
+        calls_per_second=float(os.environ.get("RECONCILE_CALLS_PER_SECOND", "5")),
+        pass_every_seconds=float(os.environ.get("RECONCILE_PASS_EVERY_SECONDS", "86400")),
     )
 
 

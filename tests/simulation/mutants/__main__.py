@@ -81,12 +81,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m simulation.mutants", description=__doc__)
     parser.add_argument("names", nargs="*", help="only these mutants (file names without .patch)")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SIM_SEED") or 20261203))
-    # Defaults: make test's short run (tests/simulation/test_simulation.py), without the burst.
+    # Defaults: make test's short run (tests/simulation/test_simulation.py), the burst included.
     parser.add_argument("--seeds", type=int, default=int(os.environ.get("SIM_SEEDS") or 1))
     parser.add_argument("--steps", type=int, default=int(os.environ.get("SIM_STEPS") or 50))
     parser.add_argument("--examples", type=int, default=int(os.environ.get("SIM_EXAMPLES") or 8))
     arguments = parser.parse_args()
-    os.environ.setdefault("SIM_BURSTS", "0")
+    os.environ.setdefault("SIM_BURSTS", "1")
     patches = sorted(MUTANTS.glob("*.patch"))
     if arguments.names:
         patches = [patch for patch in patches if patch.stem in arguments.names]

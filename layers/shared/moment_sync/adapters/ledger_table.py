@@ -20,16 +20,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
+from moment_sync.adapters.ledger_bills import LedgerBills
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import entry_event_attributes
+from moment_sync.ledger.bills import BillRef, is_bill_key
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_state
 from moment_sync.reconciliation import EventStatus
+
+if TYPE_CHECKING:
+    from moment_sync.adapters.lease import DynamoLeases
 
 HEAD = "HEAD"
 ENTRY_PREFIX = "ENTRY#"
@@ -64,7 +69,7 @@ class PaymentOutcome(StrEnum):
 class AppliedApplication:
     """How a Moment application was applied: to which balance, as which amount and currency."""
 
-    balance: BalanceRef
+    balance: BalanceRef | BillRef  # the guard is ledger-wide: a balance or a bill (docs/ledger.md#bills)
     amount: int  # as Moment sent it (positive), not the entry's signed amount
     currency: str
     webhook_id: str | None
@@ -102,7 +107,7 @@ def mapping_key(moment_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"MOMENT#{moment_id}"}, "sk": {"S": "MOMENT"}}
 
 
-def head_key(balance: BalanceRef) -> dict[str, Any]:
+def head_key(balance: BalanceRef | BillRef) -> dict[str, Any]:
     return {"pk": {"S": balance.partition_key}, "sk": {"S": HEAD}}
 
 
@@ -150,7 +155,7 @@ def entry_item(
     )
 
 
-class LedgerTable:
+class LedgerTable(LedgerBills):
     def __init__(self, client: Any, table_name: str, events: WebhookEventsTable | None = None) -> None:
         self._client = client
         self.table_name = table_name
@@ -158,6 +163,7 @@ class LedgerTable:
         # Moment id → reference links change only by an operator's `unlink`: cache them per execution
         # environment for LINK_CACHE_SECONDS, so an unlinked id stops resolving within that bound.
         self._links: dict[str, tuple[BalanceRef, float]] = {}
+        self._bill_links: dict[str, tuple[BillRef, float]] = {}
 
     # --- heads ----------------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class LedgerTable:
             TableName=self.table_name, Key=mapping_key(moment_id), ConsistentRead=True
         )
         item = response.get("Item")
-        if not item:
+        if not item or "balance_pk" not in item:  # a bill's link has bill_pk: never a balance
             self._links.pop(moment_id, None)
             return None
         balance = BalanceRef.from_partition_key(item["balance_pk"]["S"])
@@ -702,7 +708,7 @@ class LedgerTable:
         )
         return int(from_item(response.get("Attributes", {})).get("defer_count", 1))
 
-    def record_failure(self, balance: BalanceRef, error: str, now: float, retry_at: float) -> int:
+    def record_failure(self, balance: BalanceRef | BillRef, error: str, now: float, retry_at: float) -> int:
         """Count a failed push and when to try again; returns the attempts so far."""
         response = self._update_head(
             balance,
@@ -715,7 +721,7 @@ class LedgerTable:
 
     def _update_head(
         self,
-        balance: BalanceRef,
+        balance: BalanceRef | BillRef,
         update: str,
         condition: str,
         values: dict[str, Any],
@@ -736,7 +742,7 @@ class LedgerTable:
     # --- reads ------------------------------------------------------------------------------
 
     def entries(
-        self, balance: BalanceRef, limit: int = 50, cursor: dict[str, Any] | None = None
+        self, balance: BalanceRef | BillRef, limit: int = 50, cursor: dict[str, Any] | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Entries newest first, `limit` at a time; the second value pages on."""
         request: dict[str, Any] = {
@@ -746,6 +752,9 @@ class LedgerTable:
             "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
             "ScanIndexForward": False,
             "Limit": limit,
+            # As consistent as the head read beside it: an entry already in the balance is listed.
+            # A local index allows it (a global one would refuse the request).
+            "ConsistentRead": True,
         }
         if cursor:
             request["ExclusiveStartKey"] = cursor
@@ -757,7 +766,8 @@ class LedgerTable:
         paginator = self._client.get_paginator("scan")
         for page in paginator.paginate(TableName=self.table_name, IndexName=LINKED_INDEX):
             for item in page.get("Items", []):
-                yield BalanceRef.from_partition_key(item["pk"]["S"])
+                if not is_bill_key(item["pk"]["S"]):  # bills are listed by linked_bills
+                    yield BalanceRef.from_partition_key(item["pk"]["S"])
 
     def accounts_of(self, customer_ref: str) -> list[dict[str, Any]]:
         """The heads of a customer's accounts (sparse AccountsByCustomer index, then each head)."""
@@ -786,7 +796,7 @@ class LedgerTable:
 
     def record_conflict(
         self,
-        balance: BalanceRef,
+        balance: BalanceRef | BillRef,
         detail: str,
         now: float,
         retry_at: float,
@@ -815,7 +825,7 @@ class LedgerTable:
         )
         return int(from_item(response.get("Attributes", {})).get("push_attempts", 1))
 
-    def clear_conflict(self, balance: BalanceRef, *, adoption_decision: str | None = None) -> None:
+    def clear_conflict(self, balance: BalanceRef | BillRef, *, adoption_decision: str | None = None) -> None:
         """The conflict is resolved (by the pusher, or by an operator's link, unlink or adopt): retry
         at the next run. `adoption_decision` records which side an operator said wins."""
         update = f"REMOVE {_CONFLICT_FIELDS}, next_push_at SET push_attempts = :zero"
@@ -912,6 +922,52 @@ class LedgerTable:
             for item in page.get("Items", []):
                 yield from_item(item)
 
+    def linked_balances_page(
+        self, start: dict[str, Any] | None, limit: int
+    ) -> tuple[list[tuple[BalanceRef | BillRef, dict[str, Any]]], dict[str, Any] | None]:
+        """One page of the LinkedBalances index (bill heads are in it too): each balance or bill with
+        its index key (a cursor that continues just after it), and where the next page starts (None
+        after the last page)."""
+        request: dict[str, Any] = {"TableName": self.table_name, "IndexName": LINKED_INDEX, "Limit": limit}
+        if start:
+            request["ExclusiveStartKey"] = start
+        response = self._client.scan(**request)
+        found = [
+            (
+                BillRef.from_partition_key(item["pk"]["S"])
+                if is_bill_key(item["pk"]["S"])
+                else BalanceRef.from_partition_key(item["pk"]["S"]),
+                {name: item[name] for name in ("pk", "sk", "moment_id")},
+            )
+            for item in response.get("Items", [])
+        ]
+        return found, response.get("LastEvaluatedKey")
+
+    def leases(self) -> DynamoLeases:
+        """The scheduled runs' leases live in this table (pk `LEASE#<name>`; adapters/lease.py)."""
+        from moment_sync.adapters.lease import DynamoLeases  # noqa: PLC0415 -- only the scheduled runs
+
+        return DynamoLeases(self._client, self.table_name)
+
+    def request_first_push(self, balance: BalanceRef, now: float) -> bool:
+        """Make a tracked balance that Moment does not have yet pending, so the balance pusher creates
+        it (a bill's owner with no charges would otherwise never be created: bills wait for it). False
+        when it is linked already, untracked, or gone."""
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=head_key(balance),
+                UpdateExpression="SET push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now)",
+                ConditionExpression="attribute_exists(version) AND attribute_not_exists(moment_id)",
+                ExpressionAttributeValues=to_values({":shard": balance.push_shard, ":now": iso_time(now)}),
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
 
 # The head lists each payment reconciled since the last booked push (the pusher explains Moment's
 # balance by any subset of them) up to this many; past it they are merged into one sum, which only
@@ -984,8 +1040,9 @@ def _open_intents_condition(open_intents: int) -> str:
 
 
 def _applied_as(guard: dict[str, Any]) -> AppliedApplication:
+    target = str(guard["balance_pk"])
     return AppliedApplication(
-        BalanceRef.from_partition_key(str(guard["balance_pk"])),
+        BillRef.from_partition_key(target) if is_bill_key(target) else BalanceRef.from_partition_key(target),
         int(guard["amount"]),
         str(guard["currency"]),
         guard.get("webhook_id"),

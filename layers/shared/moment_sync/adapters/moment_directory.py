@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moment_sync.ledger.model import BalanceKind
-from moment_sync.moment_client import MomentClient
+from moment_sync.moment_client import MomentBill, MomentClient
 from moment_sync.moment_errors import MomentNotFound
 
 
@@ -33,3 +33,7 @@ class MomentClientDirectory:
             return customer_id, client.get_customer(customer_id).external_reference
         except MomentNotFound:
             return customer_id, None
+
+    def bill(self, bill_id: str) -> MomentBill | None:
+        """Moment's bill (for an unmatched bill payment), None when Moment has none."""
+        return self._client().get_bill(bill_id)

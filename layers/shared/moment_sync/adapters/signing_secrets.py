@@ -8,6 +8,9 @@ rotation takes effect without a deploy.
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from moment_sync.receiver import SigningKeysUnavailable
@@ -35,15 +38,32 @@ def parse_signing_secrets(value: str) -> list[bytes]:
 
 
 class SecretsManagerSigningKeys:
-    """Callable returning the decoded keys; cached, so most invocations make no Secrets Manager call."""
+    """Callable returning the decoded keys; cached, so most invocations make no Secrets Manager call.
 
-    def __init__(self, provider: Any, secret_id: str, max_age_seconds: int) -> None:
+    The decoded keys are kept as long as the provider's cache keeps the value (`max_age_seconds`), so a
+    warm call neither asks the provider nor decodes base64 again; a rotation is seen once that expires.
+    """
+
+    def __init__(
+        self,
+        provider: Any,
+        secret_id: str,
+        max_age_seconds: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         # provider: a Powertools SecretsProvider (its cache lives as long as the execution environment).
         self._provider = provider
         self._secret_id = secret_id
         self._max_age_seconds = max_age_seconds
+        self._monotonic = monotonic
+        self._value: str | None = None
+        self._keys: list[bytes] = []
+        self._fresh_until = -math.inf
 
     def __call__(self) -> list[bytes]:
+        now = self._monotonic()
+        if now < self._fresh_until:
+            return self._keys
         try:
             value = self._provider.get(self._secret_id, max_age=self._max_age_seconds)
         except Exception as error:
@@ -51,4 +71,7 @@ class SecretsManagerSigningKeys:
             raise SigningKeysUnavailable(f"{type(error).__name__}: {error}") from error
         if not isinstance(value, str):
             raise SigningKeysUnavailable("the signing secret is not a string")
-        return parse_signing_secrets(value)
+        if value != self._value:
+            self._keys, self._value = parse_signing_secrets(value), value
+        self._fresh_until = now + self._max_age_seconds
+        return self._keys

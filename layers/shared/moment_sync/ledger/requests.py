@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -386,3 +387,70 @@ def no_query(query: Mapping[str, str] | None) -> None:
         raise RequestInvalid.fields(
             [FieldError(_shown(name), "not a parameter of this request") for name in query]
         )
+
+
+# --- bills (docs/ledger.md#bills) ---------------------------------------------------------------
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+BILL_STATUSES = ("unpaid", "paid", "voided")
+
+
+def _date(value: Any) -> str | None:
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        return "must be a date, YYYY-MM-DD"
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return "must be a real calendar date, YYYY-MM-DD"
+    return None
+
+
+def _amount_due(value: Any) -> str | None:
+    return _integer(value, 1, MAX_AMOUNT)
+
+
+def bill_change(body: Mapping[str, Any]) -> dict[str, Any]:
+    """PUT /bills/{ref} → `put_bill`'s bill: exactly one owner (`customer` or `account`)."""
+    owner_errors = []
+    if "customer" in body and "account" in body:
+        owner_errors.append(FieldError("account", "give customer or account, not both"))
+    elif "customer" not in body and "account" not in body:
+        owner_errors.append(FieldError("customer", "required: customer or account"))
+    try:
+        change = _members(
+            body,
+            {"currency": _currency, "amount_due": _amount_due},
+            {
+                "customer": _reference,
+                "account": _reference,
+                "bill_date": _date,
+                "due_date": _date,
+                "description": _description,
+            },
+        )
+    except RequestInvalid as problem:
+        raise RequestInvalid.fields([*problem.errors, *owner_errors]) from None
+    if owner_errors:
+        raise RequestInvalid.fields(owner_errors)
+    return change
+
+
+def outside_payment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST /bills/{ref}/payments → a payment taken outside Moment: id, a positive amount, description."""
+    return _members(body, {"id": _reference, "amount": _amount_due}, {"description": _description})
+
+
+def bill_page(query: Mapping[str, str] | None) -> tuple[int, str | None, str | None]:
+    """`limit`, `cursor` and `status` (unpaid, paid or voided) of an owner's bills."""
+    query = dict(query or {})
+    status = query.pop("status", None)
+    errors: list[FieldError] = []
+    if status is not None and status not in BILL_STATUSES:
+        errors.append(FieldError("status", f"must be one of {', '.join(BILL_STATUSES)}"))
+    try:
+        limit, cursor = page(query)
+    except RequestInvalid as problem:
+        raise RequestInvalid.fields([*problem.errors, *errors]) from None
+    if errors:
+        raise RequestInvalid.fields(errors)
+    return limit, cursor, status

@@ -13,7 +13,9 @@ ATTEMPTS_BEFORE_FAILING = 5
 # `conflict`: Moment holds an object under this balance's reference that is not this balance's (another
 # customer's account, a reference that is another object's Moment id), or an adopted object whose
 # balance an operator must choose; no push is made until an operator links, unlinks or adopts.
-SYNC_STATES: Final = ("synced", "pending", "deferred", "failing", "conflict")
+# `blocked` (bills only): an outside payment Moment's reference does not say it can take (the bill is
+# paid at Moment, or amount_paid would pass amount_due); nothing is sent until an operator acts.
+SYNC_STATES: Final = ("synced", "pending", "deferred", "failing", "conflict", "blocked")
 
 
 def sync_state(head: dict[str, Any]) -> str:
@@ -21,6 +23,8 @@ def sync_state(head: dict[str, Any]) -> str:
         return "synced"
     if head.get("push_conflict"):
         return "conflict"
+    if head.get("push_blocked"):
+        return "blocked"
     if head.get("defer_count", 0) >= DEFERRALS_BEFORE_ALERT:
         return "deferred"
     if head.get("push_attempts", 0) >= ATTEMPTS_BEFORE_FAILING:

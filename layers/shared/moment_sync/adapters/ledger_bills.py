@@ -1,0 +1,554 @@
+"""Bills in the Ledger table (docs/ledger.md#bills): the bill head, its entries, its link to Moment's
+bill id, and the pusher's bookkeeping. `LedgerTable` inherits these methods.
+
+Every change to a bill's money is conditional on the `version` read, in one transaction with its
+entry (and, for a Moment payment, the event's status and the ledger-wide application guard): the
+head's `status` and listing key depend on the new total, which an update expression cannot compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.ledger.bills import (
+    BILL_PUSH_SHARD_PREFIX,
+    BillEntry,
+    BillRef,
+    BillStatus,
+    is_bill_key,
+    listing_order,
+    status_for,
+)
+from moment_sync.ledger.model import PUSH_SHARDS
+from moment_sync.reconciliation import EventStatus
+
+BILLS_BY_OWNER_INDEX = "BillsByOwner"
+LINKED_INDEX_NAME = "LinkedBalances"
+_PENDING_INDEX = "PendingPush"
+_HEAD = "HEAD"
+_ENTRY_PREFIX = "ENTRY#"
+# A bill whose head keeps moving under a payment (many payments at once) is retried this many
+# times before the whole operation is reported as transient (the stream or the API retries it).
+_HEAD_RETRIES = 8
+
+
+class BillWriteOutcome(StrEnum):
+    APPLIED = "applied"
+    EXISTS = "exists"  # an entry with this source is already on the bill
+    NO_BILL = "no_bill"
+    VOIDED = "voided"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    # this Moment application id is already applied elsewhere (a balance, another bill) or otherwise
+    APPLICATION_CONFLICT = "application_conflict"
+    DUPLICATE = "duplicate"  # this Moment application is already an entry of this bill
+
+
+@dataclass(frozen=True, slots=True)
+class BillWriteResult:
+    outcome: BillWriteOutcome
+    head: dict[str, Any] | None = None  # the head after the change (applied) or as refused
+    existing_entry: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None  # for a duplicate or a conflict: the application guard
+
+
+class BillTransient(Exception):
+    """The bill kept changing under the write; retry the whole operation."""
+
+
+def bill_head_key(bill: BillRef) -> dict[str, Any]:
+    return {"pk": {"S": bill.partition_key}, "sk": {"S": _HEAD}}
+
+
+def bill_entry_item(bill: BillRef, entry: BillEntry, currency: str, webhook_id: str | None) -> dict[str, Any]:
+    return to_item(
+        {
+            "pk": bill.partition_key,
+            "sk": _ENTRY_PREFIX + entry.entry_id,
+            "entry_order": f"{entry.created_at}#{entry.entry_id}",
+            "entry_id": entry.entry_id,
+            "kind": entry.kind.value,
+            "amount": entry.amount,
+            "currency": currency,
+            "source": entry.source,
+            "created_at": entry.created_at,
+            "webhook_id": webhook_id,
+        }
+    )
+
+
+class LedgerBills:
+    """Mixed into LedgerTable: it provides the client, the table name and the events table."""
+
+    _client: Any
+    table_name: str
+    _events: WebhookEventsTable | None
+    _bill_links: dict[str, tuple[BillRef, float]]
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get_bill(self, bill: BillRef) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key=bill_head_key(bill), ConsistentRead=True
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    def get_bill_entry(self, bill: BillRef, entry_id: str) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": bill.partition_key}, "sk": {"S": _ENTRY_PREFIX + entry_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    def bills_of(
+        self,
+        owner_pk: str,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: dict[str, Any] | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """An owner's bills from the BillsByOwner index: open ones first, soonest due first. Unpaid
+        ones are a key condition; paid or voided (both closed) a filter on the closed ones, so a page
+        may hold fewer than `limit` and still have a next one."""
+        condition = "bill_owner = :owner"
+        values: dict[str, Any] = {":owner": {"S": owner_pk}}
+        request: dict[str, Any] = {}
+        if status is not None:
+            condition += " AND begins_with(bill_order, :order)"
+            values[":order"] = {"S": ("0#" if status == BillStatus.UNPAID else "1#")}
+        if status in (BillStatus.PAID, BillStatus.VOIDED):
+            request["FilterExpression"] = "#status = :status"
+            request["ExpressionAttributeNames"] = {"#status": "status"}
+            values[":status"] = {"S": status}
+        request |= {
+            "TableName": self.table_name,
+            "IndexName": BILLS_BY_OWNER_INDEX,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "Limit": limit,
+        }
+        if cursor:
+            request["ExclusiveStartKey"] = cursor
+        response = self._client.query(**request)
+        return [from_item(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+
+    def linked_bills(self) -> list[BillRef]:
+        """Every bill linked to a Moment bill id (the LinkedBalances index holds bill heads too)."""
+        found: list[BillRef] = []
+        paginator = self._client.get_paginator("scan")
+        for page in paginator.paginate(TableName=self.table_name, IndexName=LINKED_INDEX_NAME):
+            for item in page.get("Items", []):
+                if is_bill_key(item["pk"]["S"]):
+                    found.append(BillRef.from_partition_key(item["pk"]["S"]))
+        return found
+
+    # --- the merchant's changes ---------------------------------------------------------------
+
+    def put_bill(self, head: dict[str, Any]) -> dict[str, Any] | None:
+        """Raise a bill: None when created, else the bill already under that reference."""
+        bill = BillRef(str(head["ref"]))
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=to_item({"pk": bill.partition_key, "sk": _HEAD, **head}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            return self.get_bill(bill) or {}
+        return None
+
+    def void_bill(self, bill: BillRef, read: dict[str, Any], now: float) -> bool:
+        """Void it in the ledger and make it pending (Moment is told by the next push); False if the
+        bill changed since `read` (read again and retry) or was voided meanwhile."""
+        values = {
+            ":now": iso_time(now),
+            ":voided": BillStatus.VOIDED.value,
+            ":order": listing_order(BillStatus.VOIDED, read.get("due_date"), bill.ref),
+            ":one": 1,
+            ":version": read["version"],
+            ":shard": bill.push_shard,
+        }
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=bill_head_key(bill),
+                UpdateExpression="SET #status = :voided, void_requested_at = :now, bill_order = :order, "
+                "updated_at = :now, push_shard = if_not_exists(push_shard, :shard), "
+                "pending_since = if_not_exists(pending_since, :now) ADD version :one",
+                ConditionExpression="version = :version AND attribute_not_exists(void_requested_at)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_values(values),
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def add_outside_payment(
+        self, bill: BillRef, read: dict[str, Any], entry: BillEntry, request_hash: str
+    ) -> BillWriteResult:
+        """A payment taken outside Moment: its entry and the head (outside_paid, amount_paid, status;
+        pending, since Moment must hear of it), only at the version read and only if not voided."""
+        amount = entry.amount
+        new_paid = int(read.get("amount_paid", 0)) + amount
+        status = status_for(int(read["amount_due"]), new_paid, voided=False)
+        item = bill_entry_item(bill, entry, str(read["currency"]), None)
+        item["request_hash"] = {"S": request_hash}
+        update = {
+            "TableName": self.table_name,
+            "Key": bill_head_key(bill),
+            "UpdateExpression": "ADD outside_paid :amount, amount_paid :amount, version :one "
+            "SET #status = :status, bill_order = :order, updated_at = :now, "
+            "push_shard = if_not_exists(push_shard, :shard), "
+            "pending_since = if_not_exists(pending_since, :now)",
+            "ConditionExpression": "version = :version AND attribute_not_exists(void_requested_at)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": to_values(
+                {
+                    ":amount": amount,
+                    ":one": 1,
+                    ":status": status.value,
+                    ":order": listing_order(status, read.get("due_date"), bill.ref),
+                    ":now": entry.created_at,
+                    ":shard": bill.push_shard,
+                    ":version": read["version"],
+                }
+            ),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        put = {
+            "TableName": self.table_name,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(pk)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        try:
+            self._client.transact_write_items(TransactItems=[{"Put": put}, {"Update": update}])
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            codes = [reason.get("Code") for reason in reasons]
+            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+                return BillWriteResult(
+                    BillWriteOutcome.EXISTS, existing_entry=from_item(reasons[0].get("Item") or {})
+                )
+            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
+                head = from_item(reasons[1].get("Item") or {})
+                if head.get("void_requested_at"):
+                    return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
+                raise BillTransient(f"{bill} changed while the payment was recorded") from error
+            # A conflict or a throttle is worth the caller's retry (503), not a bug (500).
+            from moment_sync.adapters.ledger_table import _transient_or  # noqa: PLC0415 -- a cycle
+
+            raise _transient_or(error) from error
+        return BillWriteResult(BillWriteOutcome.APPLIED)
+
+    # --- Moment's payments (the reconciler) ---------------------------------------------------
+
+    def resolve_bill_id(self, moment_id: str) -> BillRef | None:
+        """The bill a Moment bill id is linked to (cached: links of bills never change)."""
+        cached = self._bill_links.get(moment_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": f"MOMENT#{moment_id}"}, "sk": {"S": "MOMENT"}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if not item or "bill_pk" not in item:
+            return None
+        bill = BillRef.from_partition_key(item["bill_pk"]["S"])
+        self._bill_links[moment_id] = (bill, time.monotonic() + 60.0)
+        return bill
+
+    def apply_bill_payment(
+        self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str, now: float
+    ) -> BillWriteResult:
+        """In one transaction: the entry (keyed by the application id), the bill's amount_paid and
+        status, the event's status `applied`, and the ledger-wide application guard. A Moment payment
+        alone never makes the bill pending: Moment counted it itself."""
+        if self._events is None:
+            raise RuntimeError("apply_bill_payment needs the events table")
+        for _ in range(_HEAD_RETRIES):
+            head = self.get_bill(bill)
+            if head is None:
+                return BillWriteResult(BillWriteOutcome.NO_BILL)
+            if head.get("void_requested_at"):
+                return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
+            if head.get("currency") != currency:
+                return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
+            new_paid = int(head.get("amount_paid", 0)) + entry.amount
+            status = status_for(int(head["amount_due"]), new_paid, voided=False)
+            event_update = self._events.status_update(
+                webhook_id,
+                EventStatus.APPLIED,
+                now,
+                only_if_open=False,
+                entry_id=entry.entry_id,
+                balance_key=bill.partition_key,
+            )
+            guard = to_item(
+                {
+                    "pk": f"APPLICATION#{entry.source_id}",
+                    "sk": "APPLICATION",
+                    "balance_pk": bill.partition_key,
+                    "entry_id": entry.entry_id,
+                    "amount": entry.amount,
+                    "currency": currency,
+                    "webhook_id": webhook_id,
+                    "created_at": entry.created_at,
+                }
+            )
+            items = [
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": bill_entry_item(bill, entry, currency, webhook_id),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": bill_head_key(bill),
+                        "UpdateExpression": "ADD amount_paid_moment :amount, amount_paid :amount, "
+                        "version :one SET #status = :status, bill_order = :order, updated_at = :now",
+                        "ConditionExpression": "version = :version "
+                        "AND attribute_not_exists(void_requested_at)",
+                        "ExpressionAttributeNames": {"#status": "status"},
+                        "ExpressionAttributeValues": to_values(
+                            {
+                                ":amount": entry.amount,
+                                ":one": 1,
+                                ":status": status.value,
+                                ":order": listing_order(status, head.get("due_date"), bill.ref),
+                                ":now": iso_time(now),
+                                ":version": head["version"],
+                            }
+                        ),
+                    }
+                },
+                {"Update": event_update},
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": guard,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+            ]
+            try:
+                self._client.transact_write_items(TransactItems=items)
+            except ClientError as error:
+                reasons = error.response.get("CancellationReasons") or []
+                codes = [reason.get("Code") for reason in reasons]
+                if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
+                    applied = from_item(reasons[3].get("Item") or {})
+                    same = (applied.get("balance_pk"), applied.get("amount"), applied.get("currency")) == (
+                        bill.partition_key,
+                        entry.amount,
+                        currency,
+                    )
+                    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
+                    return BillWriteResult(outcome, guard=applied)
+                if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
+                    continue  # the bill moved (another payment) or was voided: read it again
+                raise
+            head.update(amount_paid=new_paid, status=status.value)
+            return BillWriteResult(BillWriteOutcome.APPLIED, head=head)
+        raise BillTransient(f"{bill} kept changing while a payment was applied")
+
+    # --- the pusher's port --------------------------------------------------------------------
+
+    def pending_bill_pushes(self, now: float, limit: int = 1000) -> list[tuple[str, BillRef]]:
+        """Bills due a push and not backing off, oldest first across the `billpush#N` shards."""
+        found: list[tuple[str, BillRef]] = []
+        paginator = self._client.get_paginator("query")
+        for shard in range(PUSH_SHARDS):
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                IndexName=_PENDING_INDEX,
+                KeyConditionExpression="push_shard = :shard",
+                FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
+                ExpressionAttributeValues={
+                    ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{shard}"},
+                    ":now": {"S": iso_time(now)},
+                },
+                PaginationConfig={"MaxItems": limit},
+            ):
+                found.extend(
+                    (item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"]))
+                    for item in page.get("Items", [])
+                )
+        return sorted(found)[:limit]
+
+    def link_bill(self, bill: BillRef, moment_id: str) -> None:
+        """Moment knows `bill` as `moment_id` (a create or an adoption, or the re-drive's link): the
+        link item and the head in one transaction; linking the same pair again is a no-op.
+        MappingConflict (from ledger_table) if either is already linked to something else."""
+        # ledger_table imports this module: its errors are imported when first needed.
+        from moment_sync.adapters.ledger_table import MappingConflict, _transient_or  # noqa: PLC0415
+
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": {
+                                "pk": {"S": f"MOMENT#{moment_id}"},
+                                "sk": {"S": "MOMENT"},
+                                "bill_pk": {"S": bill.partition_key},
+                                "kind": {"S": "bill"},
+                                "ref": {"S": bill.ref},
+                            },
+                            "ConditionExpression": "attribute_not_exists(pk) OR bill_pk = :pk",
+                            "ExpressionAttributeValues": {":pk": {"S": bill.partition_key}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": bill_head_key(bill),
+                            "UpdateExpression": "SET moment_id = :id",
+                            "ConditionExpression": "attribute_exists(pk) AND "
+                            "(attribute_not_exists(moment_id) OR moment_id = :id)",
+                            "ExpressionAttributeValues": {":id": {"S": moment_id}},
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            codes = [reason.get("Code", "") for reason in error.response.get("CancellationReasons") or []]
+            if "ConditionalCheckFailed" in codes:
+                raise MappingConflict(f"{moment_id} or {bill} is already linked to something else") from error
+            raise _transient_or(error) from error
+        self._bill_links[moment_id] = (bill, time.monotonic() + 60.0)
+
+    def record_bill_intent(self, bill: BillRef, read: dict[str, Any], amount_paid: int) -> int:
+        """Before a PATCH: remember the cumulative amount_paid about to be sent and the outside
+        payments it carries, so whatever becomes of its answer the next run knows it may have landed.
+        Conditional on the push state read; returns the intent's index."""
+        condition, values = _bill_push_condition(read)
+        open_intents = len(read.get("push_intents", []))
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=bill_head_key(bill),
+            UpdateExpression="SET push_intents = list_append(if_not_exists(push_intents, :none), :intent)",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=to_values(
+                {
+                    ":intent": [
+                        {"amount_paid": amount_paid, "outside_paid": int(read.get("outside_paid", 0))}
+                    ],
+                    ":none": [],
+                    **values,
+                }
+            ),
+        )
+        return open_intents
+
+    def drop_bill_intent(self, bill: BillRef, read: dict[str, Any], index: int) -> None:
+        """The PATCH certainly never reached Moment: it explains nothing."""
+        condition, values = _bill_push_condition(read, open_intents=index + 1)
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=bill_head_key(bill),
+            UpdateExpression=f"REMOVE push_intents[{int(index)}]",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=to_values(values),
+        )
+
+    def record_bill_push(
+        self,
+        bill: BillRef,
+        read: dict[str, Any],
+        moment_amount_paid: int,
+        now: float,
+        *,
+        voided_at_moment: bool = False,
+    ) -> bool:
+        """After Moment shows what the push meant (re-read): the outside payments read are booked at
+        Moment (`outside_booked := outside_paid` read), every open intent is cleared, backoff and flags
+        reset; the pending marker goes only if the bill's version is still the one read. False if
+        another push booked since the read (conditional on the push state read)."""
+        condition, values = _bill_push_condition(read)
+        values |= {
+            ":booked": int(read.get("outside_paid", 0)),
+            ":moment": moment_amount_paid,
+            ":now": iso_time(now),
+            ":version": read["version"],
+            ":zero": 0,
+        }
+        sets = (
+            "SET outside_booked = :booked, pushed_amount_paid = :moment, pushed_at = :now, "
+            "pushed_version = :version, push_attempts = :zero"
+        )
+        if voided_at_moment:
+            sets += ", voided_at_moment = if_not_exists(voided_at_moment, :now)"
+        removed = (
+            "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
+            "blocked_since, push_conflict"
+        )
+        for update, extra_condition in (
+            (f"{sets} {removed}, push_shard, pending_since", " AND version = :version"),
+            (f"{sets} {removed}", ""),
+        ):
+            try:
+                self._client.update_item(
+                    TableName=self.table_name,
+                    Key=bill_head_key(bill),
+                    UpdateExpression=update,
+                    ConditionExpression=condition + extra_condition,
+                    ExpressionAttributeValues=to_values(values),
+                )
+                return True
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+        return False
+
+    def record_bill_blocked(self, bill: BillRef, detail: str, now: float, retry_at: float) -> None:
+        """An outside payment Moment's reference does not say it can take (the bill is paid at
+        Moment, or amount_paid would pass amount_due): the bill shows `blocked` until an operator acts;
+        looked at again at `retry_at`."""
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=bill_head_key(bill),
+            UpdateExpression="SET push_blocked = :detail, last_push_error = :detail, next_push_at = :retry, "
+            "blocked_since = if_not_exists(blocked_since, :now)",
+            ConditionExpression="attribute_exists(push_shard)",
+            ExpressionAttributeValues=to_values(
+                {":detail": detail[:500], ":retry": iso_time(retry_at), ":now": iso_time(now)}
+            ),
+        )
+
+
+def _bill_push_condition(read: dict[str, Any], open_intents: int | None = None) -> tuple[str, dict[str, Any]]:
+    """The bill still has the push state the pusher read: the same last booked push and the same
+    number of open intents (only the pusher changes either)."""
+    count = len(read.get("push_intents", [])) if open_intents is None else open_intents
+    values: dict[str, Any] = {":open": count}
+    if count == 0:
+        intents = "(attribute_not_exists(push_intents) OR size(push_intents) = :open)"
+    else:
+        intents = "size(push_intents) = :open"
+    if read.get("pushed_at") is None:
+        return f"attribute_exists(pk) AND attribute_not_exists(pushed_at) AND {intents}", values
+    values[":read_pushed"] = read["pushed_at"]
+    return f"pushed_at = :read_pushed AND {intents}", values

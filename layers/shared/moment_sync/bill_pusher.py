@@ -1,0 +1,336 @@
+"""The bill pusher's use case: bring Moment's bills in step with the ledger's, oldest change first.
+
+Per run (after the balances, in the same function): read the `billpush#N` shards of the PendingPush
+index, then push each bill with bounded concurrency until the run's time budget is nearly spent.
+Per bill: create it on Moment if it has no Moment id yet (its owner must be at Moment already; an
+existing bill under its reference is adopted only when its owner, amount and currency match), then
+read Moment's bill and do what `bill_push_plan` decides: nothing, a PATCH of `amount_paid` (an
+intent first; Moment re-read after it, and repaired in the same run), a void (after any outside
+payments), or the `blocked` or `conflict` state for an operator. A failure is counted on that bill,
+with a backoff; it never blocks the others. docs/pusher.md#bills.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
+from moment_sync.bill_push_plan import (
+    BillLedgerView,
+    Blocked,
+    Book,
+    Disagrees,
+    SendAmountPaid,
+    VoidAtMoment,
+    plan_bill_push,
+)
+from moment_sync.ledger.bills import MAX_OPEN_BILL_INTENTS, BillRef
+from moment_sync.ledger.model import BalanceKind, BalanceRef
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
+from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
+from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
+from moment_sync.observability import logger
+from moment_sync.pusher import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CREATED_BY,
+    SECONDS_RESERVED_PER_PUSH,
+    _count,
+)
+
+# A PATCH, its re-read, and a repair if the re-read shows what the ledger must put back: a few rounds.
+MAX_ROUNDS_PER_BILL = 3
+# A blocked bill needs an operator; looked at again this often (it unblocks by itself if Moment's
+# payment rules change, or its amount_paid does).
+BLOCKED_RETRY_SECONDS = 3600.0
+
+
+class BillPushResult(StrEnum):
+    PUSHED = "pushed"  # amount_paid PATCHed and booked
+    CREATED = "created"
+    IN_SYNC = "in_sync"
+    VOIDED = "voided"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # no longer pending, or its state changed under us
+    CONFLICT = "conflict"
+    BLOCKED = "blocked"
+    WAITING = "waiting"  # for its owner, which the balance pusher is now asked to create first
+
+
+class OwnerNotAtMoment(MomentError):
+    """The bill's customer or account is not linked to Moment yet: the balance pusher creates it first.
+    `asked`: the owner is pending for the balance pusher (then the bill waits without a backoff)."""
+
+    def __init__(self, message: str, *, asked: bool) -> None:
+        super().__init__(message)
+        self.asked = asked
+
+
+class MomentLacksBill(MomentError):
+    """The bill is linked to a Moment id Moment does not know."""
+
+
+@dataclass
+class BillPushReport:
+    results: dict[str, int] = field(default_factory=dict)
+    not_reached: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, result: BillPushResult) -> None:
+        self.results[result.value] = self.results.get(result.value, 0) + 1
+
+
+@dataclass
+class BillPusher:
+    ledger: LedgerTable
+    moment: MomentClient
+    now: Callable[[], float]
+    concurrency: int = 8
+    jitter: Callable[[], float] = random.random
+
+    def push_pending(self, time_left: Callable[[], float]) -> BillPushReport:
+        report = BillPushReport()
+        pending = self.ledger.pending_bill_pushes(self.now())
+        running: set[Future[BillPushResult]] = set()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bill-push") as pool:
+            for position, (_since, bill) in enumerate(pending):
+                if time_left() < SECONDS_RESERVED_PER_PUSH:
+                    report.not_reached = len(pending) - position
+                    break
+                if len(running) >= self.concurrency:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    self._collect(done, report)
+                running.add(pool.submit(self.push_one, bill))
+            self._collect(wait(running).done, report)
+        for result, count in report.results.items():
+            _count(f"Bills{result.title().replace('_', '')}", count)
+        _count("BillsNotReached", report.not_reached)
+        return report
+
+    @staticmethod
+    def _collect(done: set[Future[BillPushResult]], report: BillPushReport) -> None:
+        for future in done:
+            error = future.exception()
+            if error is not None:  # push_one books every failure; this one could not even be booked
+                logger.error("push of one bill failed and could not be recorded", exc_info=error)
+                report.errors.append(f"{type(error).__name__}: {error}")
+                report.add(BillPushResult.FAILED)
+                _count("BillPushFailed")
+            else:
+                report.add(future.result())
+
+    def push_one(self, bill: BillRef) -> BillPushResult:
+        head = self.ledger.get_bill(bill)
+        if head is None or "push_shard" not in head:
+            return BillPushResult.SKIPPED
+        log: dict[str, Any] = {"bill": bill.ref, "moment_id": head.get("moment_id")}
+        try:
+            created = False
+            if head.get("moment_id"):
+                current = self._read(head["moment_id"])
+            else:
+                found = self._create_or_find(bill, head)
+                if found is None:  # voided before Moment ever had it: nothing to tell Moment
+                    return self._book(bill, head, Book(0), log, BillPushResult.VOIDED)
+                current, created = found
+                head = self.ledger.get_bill(bill) or head
+                log["moment_id"] = current.id
+            result = self._settle(bill, head, current, log)
+            settled = (BillPushResult.PUSHED, BillPushResult.IN_SYNC)
+            return BillPushResult.CREATED if created and result in settled else result
+        except (MomentNotOurs, MappingConflict) as error:
+            return self._conflict(bill, head, str(error), log)
+        except OwnerNotAtMoment as waiting:
+            if not waiting.asked:  # an owner the balance pusher will not create: a failure, shown
+                return self._failed(bill, head, waiting, log)
+            # Not counted as a failure: the owner's own push shows if it is stuck (failing, conflict).
+            logger.info("bill waits for its owner to be created at Moment", extra=log)
+            return BillPushResult.WAITING
+        except Exception as error:  # any other fault of one push is that bill's failed push
+            if not isinstance(error, MomentError):
+                logger.exception("push of one bill failed", extra=log)
+            return self._failed(bill, head, error, log)
+
+    # --- creating ------------------------------------------------------------------------------
+
+    def _create_or_find(self, bill: BillRef, head: dict[str, Any]) -> tuple[MomentBill, bool] | None:
+        """Moment's bill for this one, linked: created (True) or adopted (False); None when the bill was
+        voided before Moment had it (then it is not created just to be voided)."""
+        new_bill = self._new_bill(bill, head)
+        if head.get("void_requested_at"):
+            existing = self.moment.get_bill(bill.ref)
+            if existing is None:
+                return None
+            self.moment.check_bill_terms(new_bill, existing)
+            self._link(bill, existing.id)
+            return existing, False
+        result = self.moment.create_bill(new_bill)
+        self._link(bill, result.value.id)
+        if result.outcome is CreateOutcome.CREATED:
+            _count("BillsCreatedOnMoment")
+            logger.info("bill created on Moment", extra={"bill": bill.ref, "moment_id": result.value.id})
+        else:
+            logger.info(
+                "adopted the bill Moment already had", extra={"bill": bill.ref, "moment_id": result.value.id}
+            )
+        return result.value, result.outcome is CreateOutcome.CREATED
+
+    def _new_bill(self, bill: BillRef, head: dict[str, Any]) -> NewBill:
+        owner = BalanceRef(BalanceKind(str(head["owner_kind"])), str(head["owner_ref"]))
+        owner_head = self.ledger.get_head(owner) or {}
+        owner_id = owner_head.get("moment_id")
+        if not owner_id:
+            # One with no charges was never pending: ask the balance pusher for it.
+            asked = self.ledger.request_first_push(owner, self.now()) or "push_shard" in owner_head
+            raise OwnerNotAtMoment(
+                f"{owner} is not at Moment yet: the bill waits for the balance pusher to create it",
+                asked=asked,
+            )
+        on_account = owner.kind is BalanceKind.ACCOUNT
+        return NewBill(
+            bill.ref,
+            amount_due=int(head["amount_due"]),
+            currency=head["currency"],
+            customer=None if on_account else owner_id,
+            account=owner_id if on_account else None,
+            bill_date=head.get("bill_date"),
+            due_date=head.get("due_date"),
+            metadata=CREATED_BY,
+        )
+
+    def _link(self, bill: BillRef, moment_id: str) -> None:
+        try:
+            self.ledger.link_bill(bill, moment_id)
+        except MappingConflict:
+            logger.error(
+                "Moment bill id conflicts with the ledger's link",
+                extra={"bill": bill.ref, "moment_id": moment_id},
+            )
+            raise
+
+    # --- pushing -------------------------------------------------------------------------------
+
+    def _settle(
+        self, bill: BillRef, head: dict[str, Any], current: MomentBill, log: dict[str, Any]
+    ) -> BillPushResult:
+        """Decide, act, re-read both sides, and decide again until nothing is left to send (bounded)."""
+        pushed = False
+        for _ in range(MAX_ROUNDS_PER_BILL):
+            decision = plan_bill_push(BillLedgerView.of(head), current)
+            if isinstance(decision, Disagrees):
+                return self._conflict(bill, head, decision.detail, log)
+            if isinstance(decision, Blocked):
+                return self._blocked(bill, head, decision.detail, log)
+            if isinstance(decision, Book):
+                in_sync = BillPushResult.VOIDED if decision.voided_at_moment else BillPushResult.IN_SYNC
+                return self._book(bill, head, decision, log, BillPushResult.PUSHED if pushed else in_sync)
+            if isinstance(decision, VoidAtMoment):
+                # A new key each attempt: Moment would replay an earlier refusal for 24 hours.
+                voided = self.moment.void_bill(current.id, generation=int(head.get("push_attempts", 0)))
+                logger.info("bill voided on Moment", extra=log)
+                return self._book(
+                    bill, head, Book(voided.amount_paid, voided_at_moment=True), log, BillPushResult.VOIDED
+                )
+            head = self._send(bill, head, current, decision, log)
+            pushed = True
+            current = self._read(current.id)
+        logger.warning("bill still moving after its rounds; left pending for the next run", extra=log)
+        return BillPushResult.PUSHED
+
+    def _send(
+        self,
+        bill: BillRef,
+        head: dict[str, Any],
+        current: MomentBill,
+        decision: SendAmountPaid,
+        log: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The PATCH, recorded first as an intent (its landing may be unknown); returns the head read
+        again, the intent on it, for the next round's decision and for booking."""
+        if len(head.get("push_intents", [])) >= MAX_OPEN_BILL_INTENTS:
+            raise MomentError(
+                f"{MAX_OPEN_BILL_INTENTS} PATCHes of {bill} with unknown landing are open: nothing more "
+                "is sent until one is booked"
+            )
+        index = self.ledger.record_bill_intent(bill, head, decision.amount_paid)
+        with self._dropped_if_never_sent(bill, head, index):
+            self.moment.update_bill_amount_paid(
+                current.id, decision.amount_paid, head["currency"], metadata=decision.metadata
+            )
+        logger.info(
+            "bill amount_paid pushed",
+            extra={
+                **log,
+                "amount_paid": decision.amount_paid,
+                "was": current.amount_paid,
+                "outside_paid": decision.outside_paid,
+            },
+        )
+        return self.ledger.get_bill(bill) or head
+
+    @contextmanager
+    def _dropped_if_never_sent(self, bill: BillRef, head: dict[str, Any], index: int) -> Iterator[None]:
+        """An intent stays open unless the PATCH certainly never reached Moment."""
+        try:
+            yield
+        except MomentApiError as error:
+            if not error.may_have_reached:
+                self.ledger.drop_bill_intent(bill, head, index)
+            raise
+
+    def _read(self, moment_id: str) -> MomentBill:
+        current = self.moment.get_bill(moment_id)
+        if current is None:
+            raise MomentLacksBill(f"Moment has no bill {moment_id}, which the ledger links")
+        return current
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _book(
+        self, bill: BillRef, head: dict[str, Any], decision: Book, log: dict[str, Any], result: BillPushResult
+    ) -> BillPushResult:
+        booked = self.ledger.record_bill_push(
+            bill, head, decision.moment_amount_paid, self.now(), voided_at_moment=decision.voided_at_moment
+        )
+        if not booked:
+            logger.warning("bill push state changed while pushing; left for the next run", extra=log)
+            return BillPushResult.SKIPPED
+        return result
+
+    def _blocked(
+        self, bill: BillRef, head: dict[str, Any], detail: str, log: dict[str, Any]
+    ) -> BillPushResult:
+        self.ledger.record_bill_blocked(bill, detail, self.now(), self.now() + BLOCKED_RETRY_SECONDS)
+        logger.error("bill push blocked", extra={**log, "blocked": detail})
+        _count("BillPushBlocked")
+        return BillPushResult.BLOCKED
+
+    def _conflict(
+        self, bill: BillRef, head: dict[str, Any], detail: str, log: dict[str, Any]
+    ) -> BillPushResult:
+        attempts = self.ledger.record_conflict(bill, detail, self.now(), self.now() + self._backoff(head))
+        logger.error("bill push conflict", extra={**log, "conflict": detail, "attempts": attempts})
+        _count("BillConflict")
+        return BillPushResult.CONFLICT
+
+    def _failed(
+        self, bill: BillRef, head: dict[str, Any], error: Exception, log: dict[str, Any]
+    ) -> BillPushResult:
+        reason = str(error) if isinstance(error, MomentError) else f"{type(error).__name__}: {error}"
+        attempts = self.ledger.record_failure(bill, reason, self.now(), self.now() + self._backoff(head))
+        logger.warning("bill push failed", extra={**log, "error": reason, "attempts": attempts})
+        _count("BillPushFailed")
+        if attempts == ATTEMPTS_BEFORE_FAILING:
+            _count("BillPushFailing")
+        return BillPushResult.FAILED
+
+    def _backoff(self, head: dict[str, Any]) -> float:
+        attempts = int(head.get("push_attempts", 0)) + 1
+        delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
+        return float(delay) * (0.5 + self.jitter() / 2)

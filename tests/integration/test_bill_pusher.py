@@ -1,0 +1,454 @@
+"""The bill pusher against the Moment sandbox over real HTTP on loopback, the ledger in moto, and Moment's
+payments through the real reconciler: create or adopt, outside payments as a cumulative amount_paid,
+lost answers, the read→PATCH window repaired in the same run, blocked bills, voids (docs/pusher.md#bills)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import balance_pusher_handler
+from integration.test_balance_pusher import InFlight
+from local_stack.lambda_context import LocalLambdaContext
+from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
+from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sync.bill_push_plan import OUTSIDE_PAID_KEY
+from moment_sync.bill_pusher import BillPusher
+from moment_sync.ledger import bill_service
+from moment_sync.ledger.bills import BillRef
+from moment_sync.ledger.sync import sync_state
+from moment_sync.moment_client import MomentClient, NewBill, RetryPolicy
+from moment_sync.pusher import BalancePusher
+from support.ledger import LedgerHarness
+from support.webhooks import NOW
+
+DUE = 120000  # R1,200.00: an annual membership fee
+
+
+@pytest.fixture
+def sandbox() -> Iterator[MomentSandbox]:
+    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
+        yield running
+
+
+@pytest.fixture
+def transport() -> InFlight:
+    return InFlight()
+
+
+@pytest.fixture
+def moment(sandbox: MomentSandbox, transport: InFlight) -> Iterator[MomentClient]:
+    client = MomentClient(
+        LOCAL_MOMENT_API_KEY,
+        environment="dev",
+        base_url=sandbox.url,
+        transport=transport,
+        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
+        sleep=lambda _: None,
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [float(NOW)]
+
+
+@pytest.fixture
+def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
+    return LedgerHarness(dynamodb, clock=lambda: clock[0])
+
+
+@pytest.fixture
+def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
+    return BalancePusher(
+        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
+    )
+
+
+@pytest.fixture
+def bill_pusher(harness: LedgerHarness, moment: MomentClient) -> BillPusher:
+    return BillPusher(
+        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
+    )
+
+
+@pytest.fixture
+def member(harness: LedgerHarness, pusher: BalancePusher) -> str:
+    """A customer the balance pusher has put on Moment (a bill's owner must be there first)."""
+    harness.ledger.request_first_push(harness.open_customer("UCR1"), NOW)
+    pusher.push_pending(time_left=lambda: 300)
+    moment_id = harness.head(harness.open_customer("UCR1"))["moment_id"]
+    assert moment_id.startswith("bcus_")
+    return str(moment_id)
+
+
+def raise_bill(
+    harness: LedgerHarness, ref: str = "FEE-2026", owner: str = "UCR1", amount_due: int = DUE
+) -> BillRef:
+    change = {"customer": owner, "currency": "ZAR", "amount_due": amount_due, "due_date": "2026-01-31"}
+    bill_service.put_bill(harness.ledger, ref, change, harness.clock())
+    return BillRef(ref)
+
+
+def cash(harness: LedgerHarness, bill: BillRef, payment_id: str, amount: int) -> None:
+    bill_service.pay_bill(harness.ledger, bill.ref, {"id": payment_id, "amount": amount}, harness.clock())
+
+
+def pay_at_moment(
+    sandbox: MomentSandbox, harness: LedgerHarness, bill: BillRef, amount: int, *, deliver: bool = True
+) -> None:
+    """A payment at Moment; with `deliver`, its webhook reconciled by the real reconciler."""
+    paid = sandbox.pay(bill=bill.ref, amount=amount)
+    if deliver:
+        harness.receive(paid["webhook_id"], json.dumps(paid["event"]).encode())
+        assert harness.invoke(harness.next_batch()) == []
+
+
+def run(bill_pusher: BillPusher) -> dict[str, int]:
+    return bill_pusher.push_pending(time_left=lambda: 300).results
+
+
+def on_moment(sandbox: MomentSandbox, ref: str = "FEE-2026") -> dict[str, Any]:
+    return next(item for item in sandbox.state()["bills"] if item["external_reference"] == ref)
+
+
+def head(harness: LedgerHarness, bill: BillRef) -> dict[str, Any]:
+    found = harness.ledger.get_bill(bill)
+    assert found is not None
+    return found
+
+
+def patches(transport: InFlight) -> list[str]:
+    return [request for request in transport.requests if request.startswith("PATCH /billing/bills")]
+
+
+# --- creating ---------------------------------------------------------------------------------------
+
+
+def test_a_raised_bill_is_created_on_its_owner_linked_and_then_left_alone(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    assert run(bill_pusher) == {"created": 1}
+    at_moment = on_moment(sandbox)
+    assert (at_moment["customer_id"], at_moment["amount_due"], at_moment["currency"]) == (member, DUE, "ZAR")
+    assert (at_moment["due_date"], at_moment["status"], at_moment["metadata"]) == (
+        "2026-01-31",
+        "unpaid",
+        {"created_by": "moment-balance-sync"},
+    )
+    stored = head(harness, bill)
+    assert stored["moment_id"] == at_moment["id"]
+    assert sync_state(stored) == "synced"
+    assert harness.ledger.resolve_bill_id(at_moment["id"]) == bill
+    transport.requests.clear()
+    assert run(bill_pusher) == {}
+    assert transport.requests == []
+
+
+def test_a_bill_on_an_account_is_created_on_that_account(
+    harness: LedgerHarness, bill_pusher: BillPusher, pusher: BalancePusher, sandbox: MomentSandbox
+) -> None:
+    harness.open_customer("FAM1", balance_model="accounts")
+    harness.ledger.request_first_push(harness.open_account("FAM1-kid", "FAM1"), NOW)
+    pusher.push_pending(time_left=lambda: 300)
+    bill_service.put_bill(
+        harness.ledger, "FEE-kid", {"account": "FAM1-kid", "currency": "ZAR", "amount_due": 500}, NOW
+    )
+    assert run(bill_pusher) == {"created": 1}
+    account = sandbox.state()["accounts"][0]
+    assert on_moment(sandbox, "FEE-kid")["account_id"] == account["id"]
+
+
+def test_a_bill_whose_owner_moment_lacks_asks_for_the_owner_and_the_run_creates_both(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+) -> None:
+    # GIVEN a member on the bill model: no charges, so never pending, not on Moment
+    member = harness.open_customer("UCR1")
+    assert pusher.push_pending(time_left=lambda: 300).results == {}
+    bill = raise_bill(harness)
+    # WHEN the bills alone are pushed: the bill waits (no backoff) and asks for its owner
+    assert run(bill_pusher) == {"waiting": 1}
+    assert "push_shard" in harness.head(member)
+    assert "next_push_at" not in head(harness, bill)
+    assert sandbox.state()["bills"] == []
+    # THEN the scheduled run creates the owner, then the bill
+    report = balance_pusher_handler.lambda_handler(
+        {}, LocalLambdaContext("pusher", timeout_seconds=240), pusher, bills=bill_pusher
+    )
+    assert (report["results"], report["bills"]["results"]) == ({"created": 1}, {"created": 1})
+    assert on_moment(sandbox)["customer_id"] == sandbox.state()["customers"][0]["id"]
+
+
+def test_one_scheduled_run_creates_a_new_member_on_the_bill_model_and_the_bill(
+    harness: LedgerHarness, bill_pusher: BillPusher, pusher: BalancePusher, sandbox: MomentSandbox
+) -> None:
+    harness.open_customer("UCR1")
+    raise_bill(harness)
+    report = balance_pusher_handler.lambda_handler(
+        {}, LocalLambdaContext("pusher", timeout_seconds=240), pusher, bills=bill_pusher
+    )
+    assert (report["results"], report["bills"]["results"]) == ({"created": 1}, {"created": 1})
+    assert on_moment(sandbox)["customer_id"] == sandbox.state()["customers"][0]["id"]
+
+
+def test_a_bill_moment_already_has_is_adopted_only_when_it_is_the_same_bill(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, moment: MomentClient, member: str
+) -> None:
+    # GIVEN Moment holds FEE-2026 already (an earlier run's lost answer): the same owner, amount, currency
+    moment.create_bill(NewBill("FEE-2026", DUE, "ZAR", customer=member), generation=7)
+    # and FEE-OTHER with another amount
+    moment.create_bill(NewBill("FEE-OTHER", 999, "ZAR", customer=member))
+    same, other = raise_bill(harness), raise_bill(harness, "FEE-OTHER")
+    # WHEN pushed
+    results = run(bill_pusher)
+    # THEN the same bill is adopted, the other is a conflict: nothing linked, nothing created
+    assert results == {"in_sync": 1, "conflict": 1}
+    assert head(harness, same)["moment_id"] == on_moment(sandbox)["id"]
+    conflicted = head(harness, other)
+    assert sync_state(conflicted) == "conflict"
+    assert "amount_due 999, not 120000" in conflicted["push_conflict"]
+    assert "moment_id" not in conflicted
+    assert len(sandbox.state()["bills"]) == 2
+
+
+# --- outside payments -------------------------------------------------------------------------------
+
+
+def test_cash_reaches_moment_as_the_cumulative_amount_paid_on_top_of_moments_own_payments(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    # GIVEN a partial payment at Moment (reconciled), then cash at the counter
+    pay_at_moment(sandbox, harness, bill, 20000)
+    assert harness.ledger.get_bill(bill) is not None and sync_state(head(harness, bill)) == "synced"
+    cash(harness, bill, "cash-1", 30000)
+    # WHEN pushed
+    assert run(bill_pusher) == {"pushed": 1}
+    # THEN Moment counts both once, and says which outside payments it holds
+    at_moment = on_moment(sandbox)
+    assert (at_moment["amount_paid"], at_moment["amount_remaining"]) == (50000, 70000)
+    assert at_moment["metadata"][OUTSIDE_PAID_KEY] == "30000"
+    stored = head(harness, bill)
+    assert (stored["outside_booked"], stored["pushed_amount_paid"], sync_state(stored)) == (
+        30000,
+        50000,
+        "synced",
+    )
+    assert len(patches(transport)) == 1
+
+
+def test_a_moment_payment_the_ledger_has_not_seen_is_kept_not_erased(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    pay_at_moment(sandbox, harness, bill, 20000, deliver=False)  # its webhook is still on its way
+    cash(harness, bill, "cash-1", 30000)
+    run(bill_pusher)
+    assert on_moment(sandbox)["amount_paid"] == 50000  # max(Moment's 20000, the ledger's 0) + 30000
+
+
+def test_a_moment_payment_alone_never_causes_a_patch(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    cash(harness, bill, "cash-1", 10000)
+    run(bill_pusher)
+    transport.requests.clear()
+    pay_at_moment(sandbox, harness, bill, 5000)
+    assert run(bill_pusher) == {}
+    assert transport.requests == []
+    assert on_moment(sandbox)["amount_paid"] == head(harness, bill)["amount_paid"] == 15000
+
+
+def test_a_patch_whose_answer_was_lost_is_never_counted_twice(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+
+    # GIVEN the PATCH lands at Moment and its answer is lost, on every attempt
+    def lose(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    transport.after_send = lose
+    assert run(bill_pusher) == {"failed": 1}
+    assert len(head(harness, bill)["push_intents"]) == 1  # it may have landed: the intent stays open
+    assert on_moment(sandbox)["amount_paid"] == 30000
+    # WHEN the next run comes, with another cash payment and a Moment payment meanwhile
+    transport.after_send = None
+    cash(harness, bill, "cash-2", 5000)
+    pay_at_moment(sandbox, harness, bill, 1000)
+    clock[0] += 3600
+    assert run(bill_pusher) == {"pushed": 1}
+    # THEN Moment counts the first cash payment once (not 30000 twice), the second once, its own once
+    assert on_moment(sandbox)["amount_paid"] == 36000
+    stored = head(harness, bill)
+    assert ("push_intents" not in stored, stored["outside_booked"]) == (True, 35000)
+
+
+def test_a_patch_that_never_left_drops_its_intent(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+
+    def refuse(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            raise httpx.ConnectError("no route", request=request)
+
+    transport.before_send = refuse
+    assert run(bill_pusher) == {"failed": 1}
+    assert "push_intents" not in head(harness, bill) or head(harness, bill)["push_intents"] == []
+    transport.before_send = None
+    clock[0] += 3600
+    assert run(bill_pusher) == {"pushed": 1}
+    assert on_moment(sandbox)["amount_paid"] == 30000
+
+
+def test_a_moment_payment_overwritten_inside_the_push_window_is_put_back_in_the_same_run(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+
+    # GIVEN a payment lands at Moment, and is reconciled, between the pusher's read and its PATCH
+    def pay_first(request: httpx.Request) -> None:
+        if request.method == "PATCH" and not patches(transport)[1:]:
+            pay_at_moment(sandbox, harness, bill, 7000)
+
+    transport.before_send = pay_first
+    # WHEN pushed
+    assert run(bill_pusher) == {"pushed": 1}
+    # THEN the PATCH overwrote it, the re-read saw it, and a second PATCH put it back
+    assert on_moment(sandbox)["amount_paid"] == 37000
+    assert len(patches(transport)) == 2
+    assert sync_state(head(harness, bill)) == "synced"
+
+
+# --- blocked: what Moment's reference does not say it takes -----------------------------------------
+
+
+def test_cash_on_a_bill_moment_has_settled_is_blocked_not_sent(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    pay_at_moment(sandbox, harness, bill, DUE)  # paid in full at Moment
+    cash(harness, bill, "cash-1", 10000)  # and again at the counter
+    transport.requests.clear()
+    assert run(bill_pusher) == {"blocked": 1}
+    assert patches(transport) == []
+    stored = head(harness, bill)
+    assert sync_state(stored) == "blocked"
+    assert "is paid" in stored["push_blocked"]
+    assert on_moment(sandbox)["amount_paid"] == DUE
+
+
+@pytest.mark.parametrize(
+    ("overpayment_allowed", "result", "amount_paid"), [(False, "blocked", 0), (True, "pushed", 130000)]
+)
+def test_cash_above_amount_due_is_sent_only_when_moments_payment_rules_allow_overpayment(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    overpayment_allowed: bool,
+    result: str,
+    amount_paid: int,
+) -> None:
+    sandbox.configure(bill_overpayment_allowed=overpayment_allowed, bill_overpaid_patch="accept")
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 130000)
+    assert run(bill_pusher) == {result: 1}
+    assert on_moment(sandbox)["amount_paid"] == amount_paid
+    assert len(patches(transport)) == (1 if overpayment_allowed else 0)
+
+
+# --- voids ------------------------------------------------------------------------------------------
+
+
+def test_a_void_sends_pending_cash_first_then_voids(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 40000)
+    bill_service.void_bill(harness.ledger, bill.ref, NOW)
+    transport.requests.clear()
+    assert run(bill_pusher) == {"voided": 1}
+    moment_id = head(harness, bill)["moment_id"]
+    assert [r for r in transport.requests if not r.startswith("GET")] == [
+        f"PATCH /billing/bills/{moment_id}",
+        f"POST /billing/bills/{moment_id}/void",
+    ]
+    at_moment = on_moment(sandbox)
+    assert (at_moment["status"], at_moment["amount_paid"]) == ("voided", 40000)
+    stored = head(harness, bill)
+    assert "voided_at_moment" in stored and sync_state(stored) == "synced"
+
+
+def test_a_bill_voided_before_moment_had_it_is_never_created(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    bill_service.void_bill(harness.ledger, bill.ref, NOW)
+    assert run(bill_pusher) == {"voided": 1}
+    assert sandbox.state()["bills"] == []
+    assert not any(request.startswith("POST /billing/bills") for request in transport.requests)
+    assert sync_state(head(harness, bill)) == "synced"
+
+
+def test_a_void_moment_refuses_is_retried_and_shows(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, clock: list[float]
+) -> None:
+    sandbox.configure(refuse_void_with_payments=True)
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    pay_at_moment(sandbox, harness, bill, 100)
+    bill_service.void_bill(harness.ledger, bill.ref, NOW)
+    assert run(bill_pusher) == {"failed": 1}
+    stored = head(harness, bill)
+    assert "cannot be voided" in stored["last_push_error"] and "push_shard" in stored
+    sandbox.configure(refuse_void_with_payments=False)
+    clock[0] += 3600
+    assert run(bill_pusher) == {"voided": 1}
+    assert on_moment(sandbox)["status"] == "voided"
+
+
+def test_a_bill_voided_at_moment_but_open_in_the_ledger_is_a_conflict(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, moment: MomentClient, member: str
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    moment.void_bill("FEE-2026")  # someone voided it on Moment's dashboard
+    cash(harness, bill, "cash-1", 100)
+    assert run(bill_pusher) == {"conflict": 1}
+    assert "voided" in head(harness, bill)["push_conflict"]
