@@ -10,7 +10,8 @@ something did.
   Moment holds the ledger's balance for each; every bill's amount_paid is the sum of its payments,
   none is still waiting to be pushed, and Moment holds the same amount_paid and status (voided).
 - payments announced: after deduplication by `event_id`, the bus carried exactly one `Payment
-  Applied` per payment entry, naming it, and none for anything else (docs/events.md).
+  Applied` per balance's payment entry, naming it, and none for anything else (a bill's payments
+  included: docs/events.md#bills).
 Every other broken rule (a forged webhook stored, an event left unfinished) is a problem too.
 """
 
@@ -266,9 +267,12 @@ def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -
 
 def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: list[dict[str, Any]]) -> None:
     """Every applied payment announced exactly once after deduplication by `event_id` (EventBridge
-    delivers at least once; a consumer keeps the first of each id), and each announcement names it."""
+    delivers at least once; a consumer keeps the first of each id), and each announcement names it.
+    A bill's payments (`BILL#…`) are not announced (docs/events.md#bills): none is owed one."""
     entries = {
-        f"{item['pk']}|{item['sk']}": item for item in ledger if str(item["sk"]).startswith("ENTRY#payment:")
+        f"{item['pk']}|{item['sk']}": item
+        for item in ledger
+        if str(item["sk"]).startswith("ENTRY#payment:") and not str(item["pk"]).startswith("BILL#")
     }
     kept: dict[str, dict[str, Any]] = {}
     for detail in announced:
