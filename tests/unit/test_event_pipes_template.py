@@ -206,3 +206,13 @@ def test_each_pipe_has_an_alarm_on_its_failures_and_the_dlq_one_on_its_depth() -
         assert ("AWS/EventBridge/Pipes", "ExecutionFailed", json.dumps(dimensions, sort_keys=True)) in watched
     queue = [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["EventPipeDeadLetterQueue", "QueueName"]}}]
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", json.dumps(queue, sort_keys=True)) in watched
+
+
+def test_event_parked_names_every_reason_the_reconciler_parks_for() -> None:
+    """A parking for a reason the schema lacks (bills added `bill_voided`) would be announced against
+    its own schema: a consumer validating events would drop it."""
+    from moment_sync.reconciliation import ParkReason
+
+    schema = json.loads((ROOT / "schemas" / "event-parked.json").read_text())
+    reasons = schema["properties"]["detail"]["properties"]["reason"]["enum"]
+    assert sorted(reasons) == sorted(reason.value for reason in ParkReason)
