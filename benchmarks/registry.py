@@ -34,6 +34,7 @@ AREAS: dict[str, str] = {
     "sizes": "benchmarks.sizes",
     "simulation": "benchmarks.simulation",
     "cost": "benchmarks.cost",
+    "events_cost": "benchmarks.events_cost",
 }
 
 # Areas later issues add; listed so `--list`, the table and docs/performance.md agree on what is missing.

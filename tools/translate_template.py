@@ -88,6 +88,10 @@ class _Deployment:
     def _scalar(self, value: Any) -> Any:
         if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in self._values:
             return self._values[value["Ref"]]
+        if isinstance(value, dict) and set(value) == {"Fn::Join"}:
+            # A CommaDelimitedList parameter joined (EventRuleAccountIds): its text, joined again.
+            separator, items = value["Fn::Join"]
+            return separator.join(str(self._scalar(items)).split(","))
         return value
 
     def _truth(self, value: Any) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import standardwebhooks
 
+from local_stack.event_pipe import show_events
 from local_stack.ledger_access import LedgerAccess, ledger_access
 from local_stack.made_up_values import FORGER_WEBHOOK_SECRET, LOCAL_WEBHOOK_SECRET
 from local_stack.stack import FUNCTION_LOG, LocalSettings, RunningStack, function_output_to, running_stack
@@ -138,6 +139,8 @@ def play(stack: RunningStack, say: Say, verbose: bool = True) -> DemoResult:
         _check(stack, ledger, moment, result)
         _check_bills(api, moment, result)
     _report(result, step if verbose else say)
+    if stack.events is not None:  # what the merchant's other systems were told (docs/events.md)
+        show_events(stack.events, step if verbose else say)
     return result
 
 

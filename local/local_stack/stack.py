@@ -25,6 +25,7 @@ from typing import Any, TextIO, TypeVar
 
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
+from local_stack.event_pipe import LocalEventsOut, start_events_out
 from local_stack.event_source import MappingSettings, StreamEventSource
 from local_stack.functions import (
     DEFAULT_CONCURRENCY,
@@ -145,6 +146,7 @@ class RunningStack:
     functions: LocalFunctions
     stream: StreamEventSource
     scheduler: Scheduler
+    events: LocalEventsOut | None = None  # the event bus and its pipes (docs/events.md)
 
     @property
     def api_url(self) -> str:
@@ -244,6 +246,21 @@ def function_output_to(path: Path) -> Iterator[TextIO]:
             sys.stdout = terminal
 
 
+def _before_moto(settings: LocalSettings) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    if not settings.in_process:  # the fork server's imports overlap moto's start
+        threading.Thread(target=start_fork_server, daemon=True).start()
+
+
+def _start_events_out(
+    stack: RunningStack, intrinsics: Intrinsics, names: dict[str, str], endpoint: str, say: Notify
+) -> LocalEventsOut:
+    """The event pipes read the tables' streams from moto's server, as the workers write them."""
+    stack.events = start_events_out(intrinsics, names, endpoint, region=REGION, account=ACCOUNT, notify=say)
+    stack.api.routes = [*stack.api.routes, *stack.events.bus.routes()]
+    return stack.events
+
+
 @contextmanager
 def running_stack(
     settings: LocalSettings | None = None, notify: Notify | None = None
@@ -254,9 +271,7 @@ def running_stack(
     binds to the stdout of the moment it is created."""
     settings = settings or LocalSettings()
     say: Notify = notify or (lambda _line: None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    if not settings.in_process:  # the fork server's imports overlap moto's start
-        threading.Thread(target=start_fork_server, daemon=True).start()
+    _before_moto(settings)
     moto = SerialMotoServer(settings.host, settings.aws_port)
     moto.start()
     saved = dict(os.environ)
@@ -306,6 +321,7 @@ def running_stack(
         for part in (api, sandbox, stream, scheduler):
             part.start()
             started.append(part)
+        started.append(_start_events_out(stack, intrinsics, names, moto.endpoint, say))
         yield stack
     finally:
         for part in reversed(started):

@@ -78,11 +78,13 @@ class SoakResult:
 
     def summary(self) -> str:
         verdict = self.verdict
+        announced = "yes" if verdict.payments_announced_once else "no"
         return (
             f"soak: {self.sent.deliveries} webhooks, {self.sent.duplicates} duplicates, "
             f"{self.rejected} rejected, {sum(self.faults.values())} faults injected, "
             f"{verdict.lost} lost, {verdict.double_applied} double-applied, "
-            f"balances agree: {'yes' if verdict.balances_agree else 'no'}"
+            f"balances agree: {'yes' if verdict.balances_agree else 'no'}, every applied payment "
+            f"announced exactly once after dedup by event_id: {announced}"
         )
 
 
@@ -127,6 +129,13 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
         # payment rules allow overpayment, so whatever reaches a bill is Moment's to take.
         stack.sandbox.configure(webhook_url=None, bill_overpayment_allowed=True)
         stack.functions.state = state  # what the workers' faults read before each invocation
+        announced: list[dict[str, Any]] = []  # every Payment Applied the bus carries (docs/events.md)
+        if stack.events is not None:
+            stack.events.bus.subscribe(
+                lambda event: (
+                    announced.append(event["detail"]) if event["detail-type"] == "Payment Applied" else None
+                )
+            )
         moment = Moment(stack.sandbox_url)
         try:
             merchant = Merchant(stack.api_url, sent)
@@ -156,8 +165,14 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
             _settle(stack)
             seconds["quiet"] = time.monotonic() - started - sum(seconds.values())
             injected = {**{kind: faults.injected[kind] for kind in KINDS}, **_moment_faults(moment)}
+            if stack.events is not None and not stack.events.wait_until_idle(60):
+                raise RuntimeError("the event pipes never caught up")
             verdict = judge(
-                _scan(stack, "WebhookEventsTable"), _scan(stack, "LedgerTable"), moment.refresh(), sent
+                _scan(stack, "WebhookEventsTable"),
+                _scan(stack, "LedgerTable"),
+                moment.refresh(),
+                sent,
+                announced if stack.events is not None else None,
             )
             seconds["verdict"] = time.monotonic() - started - sum(seconds.values())
         finally:

@@ -9,6 +9,9 @@ something did.
 - balances agree: every balance is the sum of its entries, none is still waiting to be pushed, and
   Moment holds the ledger's balance for each; every bill's amount_paid is the sum of its payments,
   none is still waiting to be pushed, and Moment holds the same amount_paid and status (voided).
+- payments announced: after deduplication by `event_id`, the bus carried exactly one `Payment
+  Applied` per balance's payment entry, naming it, and none for anything else (a bill's payments
+  included: docs/events.md#bills).
 Every other broken rule (a forged webhook stored, an event left unfinished) is a problem too.
 """
 
@@ -30,10 +33,17 @@ class Verdict:
     double_applied: int = 0
     balances_agree: bool = True
     problems: list[str] = field(default_factory=list)
+    payments_announced_once: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.lost and not self.double_applied and self.balances_agree
+        return (
+            not self.problems
+            and not self.lost
+            and not self.double_applied
+            and self.balances_agree
+            and self.payments_announced_once
+        )
 
     def problem(self, kind: str, details: list[str]) -> None:
         if details:
@@ -43,11 +53,18 @@ class Verdict:
 
 
 def judge(
-    events: list[dict[str, Any]], ledger: list[dict[str, Any]], moment: dict[str, Any], sent: Sent
+    events: list[dict[str, Any]],
+    ledger: list[dict[str, Any]],
+    moment: dict[str, Any],
+    sent: Sent,
+    announced: list[dict[str, Any]] | None = None,
 ) -> Verdict:
     """`events` and `ledger`: every item of WebhookEvents and Ledger (plain Python values);
-    `moment`: the sandbox's state."""
+    `moment`: the sandbox's state; `announced`: the details of every `Payment Applied` the bus
+    carried (None: not judged)."""
     verdict = Verdict()
+    if announced is not None:
+        _announcements(verdict, ledger, announced)
     stored = {item["webhook_id"]: item for item in events}
     _webhooks(verdict, stored, sent)
     _payments(verdict, ledger, sent)
@@ -248,3 +265,30 @@ def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -
         if webhook_id in stored and stored[webhook_id].get("status") != "ignored"
     ]
     verdict.problem("events whose status is not what their webhooks call for", wrong)
+
+
+def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: list[dict[str, Any]]) -> None:
+    """Every applied payment announced exactly once after deduplication by `event_id` (EventBridge
+    delivers at least once; a consumer keeps the first of each id), and each announcement names it.
+    A bill's payments (`BILL#…`) are not announced (docs/events.md#bills): none is owed one."""
+    entries = {
+        f"{item['pk']}|{item['sk']}": item
+        for item in ledger
+        if str(item["sk"]).startswith("ENTRY#payment:") and not str(item["pk"]).startswith("BILL#")
+    }
+    kept: dict[str, dict[str, Any]] = {}
+    for detail in announced:
+        kept.setdefault(detail["event_id"], detail)
+    never = sorted(set(entries) - set(kept))
+    unknown = sorted(set(kept) - set(entries))
+    wrong = [
+        event_id
+        for event_id, detail in kept.items()
+        if event_id in entries
+        and (detail["application_id"], detail["amount"])
+        != (str(entries[event_id]["sk"]).removeprefix("ENTRY#payment:"), str(entries[event_id]["amount"]))
+    ]
+    verdict.payments_announced_once = not (never or unknown or wrong)
+    verdict.problem("applied payments never announced", never)
+    verdict.problem("payments announced that the ledger never applied", unknown)
+    verdict.problem("payments announced as another application or amount", wrong)

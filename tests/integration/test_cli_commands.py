@@ -68,6 +68,11 @@ COMMANDS: dict[str, Case] = {
     "unlink": Case(("unlink", "customer", "UCR1"), 0, r"unlinked customer UCR1 from bcus_1"),
     "link": Case(("link", "customer", "UCR1", "bcus_1"), 1, r"^$"),  # already linked: refused, one line
     "adopt": Case(("adopt", "--all-held", "--ledger-wins"), 0, r"no balance is held after an adoption"),
+    "republish-events": Case(
+        ("republish-events", "--since", "2000-01-01T00:00:00Z", "--dry-run"),
+        0,
+        r"found 2 event\(s\) from .*: Event Parked 1, Payment Applied 1",
+    ),
     "bill": Case(
         ("bill", "put", "FEE", "--customer", "UCR1", "--currency", "ZAR", "--amount-due", "90000"),
         0,

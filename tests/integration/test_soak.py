@@ -31,7 +31,8 @@ SHORT_RUN_RATES = FaultRates(
 )
 SUMMARY = re.compile(
     r"soak: (\d+) webhooks, (\d+) duplicates, (\d+) rejected, (\d+) faults injected, "
-    r"0 lost, 0 double-applied, balances agree: yes"
+    r"0 lost, 0 double-applied, balances agree: yes, "
+    r"every applied payment announced exactly once after dedup by event_id: yes"
 )
 
 

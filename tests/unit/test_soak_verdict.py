@@ -200,3 +200,22 @@ def test_the_verdict_finds_each_way_a_bill_goes_wrong(
     assert (verdict.lost, verdict.double_applied, verdict.balances_agree) == (lost, twice, agree), (
         verdict.problems
     )
+
+
+def _payment_applied(event_id: str, application_id: str, amount: int) -> dict[str, Any]:
+    return {"event_id": event_id, "application_id": application_id, "amount": str(amount)}
+
+
+def test_a_bill_payment_is_not_owed_a_payment_applied_and_one_announced_is_wrong() -> None:
+    """The bus carries `Payment Applied` for a balance's payments only (docs/events.md#bills): a bill
+    payment at Moment (sk `ENTRY#payment:…` too) must not count as never announced, and one announced
+    as a balance's payment is a problem."""
+    balance_payment = _payment_applied("CUSTOMER#S1|ENTRY#payment:ob_1", "ob_1", -1200)
+    verdict = judge(*correct_bill_end(), announced=[balance_payment, balance_payment])
+    assert verdict.ok and verdict.payments_announced_once, verdict.problems
+    on_a_bill = _payment_applied("BILL#FEE|ENTRY#payment:ob_2", "ob_2", 700)
+    verdict = judge(*correct_bill_end(), announced=[balance_payment, on_a_bill])
+    assert not verdict.payments_announced_once and not verdict.ok
+    assert verdict.problems == [
+        "payments announced that the ledger never applied: 1: BILL#FEE|ENTRY#payment:ob_2"
+    ]

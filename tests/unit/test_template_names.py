@@ -38,6 +38,8 @@ NOT_A_NAME = {
     ("AWS::CloudWatch::Alarm", "MetricName"): "the metric watched, not the alarm",
     ("AWS::SNS::Topic", "DisplayName"): "the sender shown in e-mails; topics need not differ in it",
     ("AWS::ApiGatewayV2::Stage", "StageName"): "unique only within its own API (`$default`)",
+    # `source@DetailType`, as EventBridge names the schemas it discovers; the registry is `<stack>-events`.
+    ("AWS::EventSchemas::Schema", "SchemaName"): "unique only within its own registry, named per stack",
 }
 
 

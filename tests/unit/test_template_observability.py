@@ -56,12 +56,14 @@ AWS_METRICS = {
     "AWS/Lambda": ({"Errors", "Throttles", "Duration", "Invocations", "IteratorAge"}, "FunctionName"),
     "AWS/SQS": ({"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}, "QueueName"),
     "AWS/ApiGateway": ({"5xx", "4xx", "Count", "Latency", "IntegrationLatency"}, "ApiId"),
+    "AWS/EventBridge/Pipes": ({"ExecutionFailed", "TargetStageFailed", "Invocations"}, "PipeName"),
 }
 # Which resource type a dimension value must name.
 DIMENSION_TARGETS = {
     "FunctionName": "AWS::Serverless::Function",
     "QueueName": "AWS::SQS::Queue",
     "ApiId": "AWS::Serverless::HttpApi",
+    "PipeName": "AWS::Pipes::Pipe",
 }
 
 

@@ -20,11 +20,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any, TextIO
 
 from moment_sync import cli_bills, cli_shell, operator_links
 from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.cli_local import (
     LOCAL_EVENTS_TABLE,
     LOCAL_LEDGER_TABLE,
@@ -34,6 +35,7 @@ from moment_sync.cli_local import (
     aws_clients,
     local_clients,
 )
+from moment_sync.events_out import DETAIL_TYPES
 from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
@@ -42,6 +44,7 @@ from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
 from moment_sync.redrive import RedriveReport, redrive, redrive_stuck
+from moment_sync.republish import recorded_between, republish
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -150,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         "webhook's summary, so unsettled payments still settle",
     )
     forget.add_argument("ref", help="the customer's reference")
+    republishing = commands.add_parser(
+        "republish-events",
+        help="put again on the event bus what the ledger recorded in a time range (same event_id; "
+        "an erased customer's events are skipped)",
+    )
+    republishing.add_argument("--since", required=True, help="an RFC 3339 time, e.g. 2026-06-03T08:00:00Z")
+    republishing.add_argument("--until", help="an RFC 3339 time (default: now)")
+    republishing.add_argument(
+        "--detail-type", action="append", choices=list(DETAIL_TYPES), help="only these (repeatable)"
+    )
+    republishing.add_argument(
+        "--event-bus", default=os.environ.get("EVENT_BUS_NAME"), help="default: EVENT_BUS_NAME or --stack's"
+    )
+    republishing.add_argument("--dry-run", action="store_true", help="count what would be put, put nothing")
     _add_change_commands(commands)
     cli_bills.add_commands(commands)
     operator_links.add_commands(commands)
@@ -236,6 +253,7 @@ def _run_command(arguments: argparse.Namespace, aws: Any, out: TextIO) -> int:
             "link": _operator_link,
             "unlink": _operator_link,
             "adopt": _operator_link,
+            "republish-events": _republish_events,
             **cli_bills.HANDLERS,
         }
         return handler[arguments.command](arguments, events, ledger, out)
@@ -270,6 +288,7 @@ def _tables(arguments: argparse.Namespace, aws: Any) -> tuple[WebhookEventsTable
         arguments.events_table = values.get("WebhookEventsTableName", arguments.events_table)
         arguments.ledger_table = values.get("LedgerTableName", arguments.ledger_table)
         arguments.moment_key_secret = values.get("MomentApiKeySecretArn")
+        arguments.event_bus = values.get("EventBusName", getattr(arguments, "event_bus", None))
     if not arguments.events_table or not arguments.ledger_table:
         raise CommandError(
             "name the tables: --stack NAME, or --events-table and --ledger-table "
@@ -750,3 +769,76 @@ def _print(values: dict[str, Any], as_json: bool, out: TextIO) -> None:
     width = max((len(name) for name in values), default=0)
     for name, value in values.items():
         print(f"{name:<{width}}  {cli_shell.plain(value)}", file=out)
+
+
+def _republish_events(
+    arguments: argparse.Namespace, events: WebhookEventsTable, ledger: LedgerTable, out: TextIO
+) -> int:
+    since = _ledger_time(arguments.since, "--since")
+    until = _ledger_time(arguments.until, "--until") if arguments.until else iso_time(time.time())
+    if since >= until:
+        raise CommandError("--since must be before --until")
+    put = None if arguments.dry_run else _event_bus(arguments)
+    announcements, skipped = recorded_between(
+        ledger, events, since, until, set(arguments.detail_type) if arguments.detail_type else None
+    )
+    report = republish(announcements, put)
+    report.skipped_erased = skipped
+    shown = {
+        "since": since,
+        "until": until,
+        "found": dict(sorted(report.found.items())),
+        "published": report.published,
+        "refused": report.refused,
+        "skipped_erased_customers": report.skipped_erased,
+        "dry_run": bool(arguments.dry_run),
+    }
+    if arguments.json:
+        _print(shown, True, out)
+    else:
+        found = ", ".join(f"{kind} {count}" for kind, count in sorted(report.found.items())) or "nothing"
+        print(f"found {sum(report.found.values())} event(s) from {since} to {until}: {found}", file=out)
+        if not arguments.dry_run:
+            print(f"published {report.published}, refused {report.refused}", file=out)
+        print(f"skipped {skipped} event(s) of erased customers", file=out)
+    if report.refused:
+        print(f"moment-sync: the bus refused {report.refused} event(s); run it again", file=arguments.err)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _ledger_time(text: str, option: str) -> str:
+    """An RFC 3339 time with a zone, as the ledger writes times (so they compare as text)."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise CommandError(f"{option} must be an RFC 3339 time with a zone, e.g. 2026-06-03T08:00:00Z")
+    return iso_time(parsed.timestamp())
+
+
+def _event_bus(arguments: argparse.Namespace) -> Any:
+    """PutEvents of the bus: `make local`'s over its API (--local), else EventBridge's."""
+    if arguments.local:
+        url = f"http://127.0.0.1:{os.environ.get('LOCAL_API_PORT') or '3000'}/_local/events"
+
+        def put_local(entries: list[dict[str, Any]]) -> int:
+            import httpx  # noqa: PLC0415
+
+            answer = httpx.post(url, json={"Entries": entries}, timeout=30, trust_env=False)
+            answer.raise_for_status()
+            return int(answer.json()["FailedEntryCount"])
+
+        return put_local
+    if not getattr(arguments, "event_bus", None):
+        raise CommandError("name the event bus: --stack NAME, --event-bus or EVENT_BUS_NAME")
+    client = arguments.clients.client("events")
+
+    def put(entries: list[dict[str, Any]]) -> int:
+        answer = client.put_events(
+            Entries=[{**entry, "EventBusName": arguments.event_bus} for entry in entries]
+        )
+        return int(answer.get("FailedEntryCount", 0))
+
+    return put

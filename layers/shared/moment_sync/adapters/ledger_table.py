@@ -27,8 +27,10 @@ from botocore.exceptions import ClientError
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.ledger_bills import LedgerBills
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.events_out import entry_event_attributes
 from moment_sync.ledger.bills import BillRef, is_bill_key
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.sync import sync_state
 from moment_sync.reconciliation import EventStatus
 
 if TYPE_CHECKING:
@@ -147,6 +149,8 @@ def entry_item(
             "source": entry.source,
             "created_at": entry.created_at,
             "webhook_id": webhook_id,
+            # For the event pipes (docs/events.md): the detail-type and the fields a transformation needs.
+            **entry_event_attributes(balance.partition_key, entry.kind, entry.source_id),
         }
     )
 
@@ -195,6 +199,7 @@ class LedgerTable(LedgerBills):
         }
         if tracked:
             item.update({"balance": 0, "version": 0, "payments_since_push": 0})
+            item["sync_state"] = "synced"  # the state last announced (docs/events.md)
         try:
             self._client.put_item(
                 TableName=self.table_name, Item=to_item(item), ConditionExpression="attribute_not_exists(pk)"
@@ -595,6 +600,11 @@ class LedgerTable(LedgerBills):
             ["push_intents", *_LEGACY_INTENT]
         )
         # Nothing came since the read: every listed and merged payment is behind this push.
+        # (It also announces -> synced: the head leaves the pusher's list, so no later look would.)
+        booked = sets, condition, condition_values
+        synced_sets, synced_condition, synced_values = _synced_transition(balance, read, now)
+        sets, condition = [*sets, *synced_sets], condition + synced_condition
+        condition_values = {**condition_values, **synced_values}
         try:
             self._update_head(
                 balance,
@@ -608,6 +618,7 @@ class LedgerTable(LedgerBills):
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
+        sets, condition, condition_values = booked
         # The balance moved while we pushed: book the push, keep it pending for the next run. The
         # reconciler only appends, so the payments read are the first `payments_pushed` of the list
         # (a watermark: one SET however long the list) and `payments_merged_read` of the merged sum.
@@ -864,6 +875,46 @@ class LedgerTable(LedgerBills):
                         held.append(head)
         return held
 
+    def settle_sync_state(
+        self, balance: BalanceRef, head: dict[str, Any] | None, now: float
+    ) -> dict[str, Any] | None:
+        """Write the head's sync state as `sync_state` when it differs from the one last written, with
+        `sync_transition` (id, from, to, at) in the same write: the stream's `Sync State Changed`
+        (docs/events.md; event patterns cannot compare two images' derived states). Conditional on
+        everything the state was derived from and on the transitions counted, so a transition is
+        written once, by one writer; a lost race leaves it for the next caller. Returns the head."""
+        head = head if head is not None else self.get_head(balance)
+        if head is None or "version" not in head:
+            return head
+        old, new = str(head.get("sync_state", "synced")), sync_state(head)
+        if old == new:
+            return head
+        count = int(head.get("sync_transitions", 0))
+        transition = {
+            "id": f"{balance.partition_key}|sync|{count + 1}",
+            "from": old,
+            "to": new,
+            "at": iso_time(now),
+        }
+        conditions, values = _as_read(head, ("push_shard", "push_conflict", "defer_count", "push_attempts"))
+        conditions.append(
+            "attribute_not_exists(sync_transitions)" if count == 0 else "sync_transitions = :read_count"
+        )
+        if count:
+            values[":read_count"] = count
+        try:
+            self._update_head(
+                balance,
+                "SET sync_state = :state, sync_transition = :transition ADD sync_transitions :one",
+                " AND ".join(conditions),
+                {**values, ":state": new, ":transition": transition, ":one": 1},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            return self.get_head(balance)  # changed meanwhile: the next look announces what it is then
+        return {**head, "sync_state": new, "sync_transition": transition, "sync_transitions": count + 1}
+
     def scan_all(self) -> Iterator[dict[str, Any]]:
         """Every item (the operator's `verify` only: never on a request path)."""
         paginator = self._client.get_paginator("scan")
@@ -1007,6 +1058,47 @@ def _duplicate_or_conflict(
     return PaymentResult(
         PaymentOutcome.APPLICATION_CONFLICT, entry.entry_id, applied.webhook_id, applied_as=applied
     )
+
+
+def _synced_transition(
+    balance: BalanceRef, read: dict[str, Any], now: float
+) -> tuple[list[str], str, dict[str, Any]]:
+    """What a booked push adds to announce `-> synced` in its own write (docs/events.md): SET
+    clauses, a condition (the transitions still as read), values."""
+    old = str(read.get("sync_state", "synced"))
+    if old == "synced" or "version" not in read:
+        return [], "", {}
+    count = int(read.get("sync_transitions", 0))
+    transition = {
+        "id": f"{balance.partition_key}|sync|{count + 1}",
+        "from": old,
+        "to": "synced",
+        "at": iso_time(now),
+    }
+    condition = (
+        " AND attribute_not_exists(sync_transitions)" if count == 0 else " AND sync_transitions = :read_count"
+    )
+    values: dict[str, Any] = {":synced": "synced", ":transition": transition, ":transitions": count + 1}
+    if count:
+        values[":read_count"] = count
+    return (
+        ["sync_state = :synced", "sync_transition = :transition", "sync_transitions = :transitions"],
+        condition,
+        values,
+    )
+
+
+def _as_read(head: dict[str, Any], names: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
+    """Conditions that each named attribute is still as `head` shows it (absent, or equal)."""
+    conditions: list[str] = []
+    values: dict[str, Any] = {}
+    for name in names:
+        if head.get(name) is None:
+            conditions.append(f"attribute_not_exists({name})")
+        else:
+            conditions.append(f"{name} = :read_{name}")
+            values[f":read_{name}"] = head[name]
+    return conditions, values
 
 
 # What a conflict leaves on a head (docs/pusher.md#conflicts); an operator's link, unlink or adopt clears it.

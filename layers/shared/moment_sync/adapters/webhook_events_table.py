@@ -172,6 +172,8 @@ class WebhookEventsTable:
         values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
         sets = "SET #status = :status, resolved_at = :resolved_at, reason = :reason, reason_detail = :detail"
         sets += ", parked_reason = :reason" + "".join(f", {name} = :{name}" for name in fields)
+        # When it was first parked: a re-drive that parks it again is the same parking (docs/events.md).
+        sets += ", parked_at = if_not_exists(parked_at, :resolved_at)"
         removals = ""
         if reason is ParkReason.UNMATCHED:
             # The scheduled re-drive keeps trying these: they stay in the Unfinished index.
