@@ -16,7 +16,14 @@ import time
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RULE_MARKER,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from simulation import checks
@@ -42,6 +49,53 @@ TRACE = bool(os.environ.get("SIM_TRACE"))  # print each step as it starts, with 
 TRACE_START = time.perf_counter()
 STEP_LOG: list[str] = []  # every step taken since the runner last cleared it (steps/s, replay checks)
 
+# The sequence rules (below): each one is a defect's five or more steps in a row, which the search
+# draws only by chance. Each program has one as its focus, played once at a drawn step with drawn
+# arguments (the program's other steps drawn as ever), so that every short run plays every one.
+SEQUENCES = (
+    "a_payment_unsettled_when_its_customer_is_erased",
+    "moment_loses_a_push_then_refuses_the_next",
+    "moment_takes_a_burst_of_payments",
+    "moment_takes_a_payment_before_a_push_reads",
+    "customer_made_and_paid_at_moment_then_adopted",
+    "deliver_a_webhook_while_storage_fails",
+    "moment_sends_one_application_id_for_two_balances",
+)
+# The focus is played at one of the program's first FOCUS_BY steps (later if it has nothing to act on
+# yet: no linked object, no webhook waiting), and at the latest before the world is driven quiet.
+FOCUS_BY = 20
+# One run's focus bookkeeping, reset by the runner: the sequences played so far (by focus or chance),
+# the ones some program had as its focus, the programs started, and the focus of the program that
+# failed (kept while hypothesis shrinks and replays it).
+FOCUS_RUN: dict[str, Any] = {}
+
+
+def reset_focus() -> None:
+    FOCUS_RUN.update(played=set(), focused=set(), programs=0, failed=None)
+
+
+reset_focus()
+
+
+def next_focus(machine: type[RuleBasedStateMachine]) -> str:
+    """The focus of the next program: the failed program's while a failure is shrunk or replayed;
+    otherwise the first sequence this run has not played yet, in turn once all have been."""
+    if FOCUS_RUN["failed"] is not None:
+        return str(FOCUS_RUN["failed"])
+    number = FOCUS_RUN["programs"]
+    FOCUS_RUN["programs"] += 1
+    sequences = [
+        name
+        for name in SEQUENCES
+        if hasattr(getattr(machine, name), RULE_MARKER)  # not left out (SIM_WITHOUT)
+        and (MAX_BURSTS or name != "moment_takes_a_burst_of_payments")
+    ]
+    unplayed = [name for name in sequences if name not in FOCUS_RUN["played"] | FOCUS_RUN["focused"]]
+    focus = unplayed[0] if unplayed else sequences[number % len(sequences)]
+    FOCUS_RUN["focused"].add(focus)
+    return focus
+
+
 # The k-th DynamoDB call (or Moment request) of one invocation; a push run's first 8 are its index reads.
 crashes = st.one_of(st.none(), st.none(), st.integers(1, 40))
 throttles = st.one_of(st.none(), st.none(), st.integers(1, 6))
@@ -59,17 +113,46 @@ class Simulation(RuleBasedStateMachine):
         self.steps: list[str] = []
         self.failed = True  # until the invariants after a step pass
         self.bursts = 0
+        self.focus = next_focus(type(self))
+        self.focus_at = 0  # drawn by open_world
+        self.focus_arguments: dict[str, Any] = {}
+        self.focus_played = False
 
     def _step(self, text: str) -> None:
+        name = text.split("(", 1)[0]
+        if (
+            not self.focus_played
+            and name != "open_world"
+            and len(self.steps) > self.focus_at
+            and self._play_focus()
+        ):
+            self.invariants_hold()  # the focus is a step of its own, checked before this one runs
+        if name == self.focus:
+            self.focus_played = True
+        if name in SEQUENCES:
+            FOCUS_RUN["played"].add(name)
         if TRACE:
             print(f"  [{time.perf_counter() - TRACE_START:8.2f}] {text}", file=sys.stderr, flush=True)
         STEP_LOG.append(text)
         self.steps.append(text)
         self.failed = True
 
-    @initialize(seed=st.integers(0, 2**32 - 1), lowers=st.booleans())
-    def open_world(self, seed: int, lowers: bool) -> None:
-        self._step(f"open_world(seed={seed}, lowers={lowers})")
+    @initialize(
+        seed=st.integers(0, 2**32 - 1),
+        lowers=st.booleans(),
+        focus_at=st.integers(1, FOCUS_BY),
+        data=st.data(),
+    )
+    def open_world(self, seed: int, lowers: bool, focus_at: int, data: st.DataObject) -> None:
+        self._step(f"open_world(seed={seed}, lowers={lowers}, focus={self.focus} at step {focus_at})")
+        self.focus_at = focus_at
+        # The focus's arguments, drawn (and shrunk) as hypothesis would draw them for the rule.
+        focus_rule = getattr(getattr(type(self), self.focus), RULE_MARKER)
+        self.focus_arguments = {
+            name: data.draw(strategy, label=name) for name, strategy in focus_rule.arguments.items()
+        }
+        if self.focus == "moment_takes_a_burst_of_payments":
+            self.focus_arguments["now"] = 0  # the burst's own dice say "not now" three times in four
         self.world = World(seed, moment_lowers_balances=lowers)
         for path, amount in OPENED:
             ref = path.rsplit("/", 1)[-1]
@@ -382,20 +465,27 @@ class Simulation(RuleBasedStateMachine):
             self.world.poll_stream()
 
     @precondition(lambda self: bool(self.world.outbox))
-    @rule(pick=st.integers(0, 10_000), fault=st.sampled_from(("throttle", "crash before", "crash after")))
-    def deliver_a_webhook_while_storage_fails(self, pick: int, fault: str) -> None:
-        """The receiver's write throttled past the SDK's retries, or the function dying just before
-        or just after it: a 2xx only for a webhook that is stored (invariant 1)."""
-        message = self.world.outbox[pick % len(self.world.outbox)]
-        self._step(f"deliver_a_webhook_while_storage_fails({message.webhook_id}, {fault})")
-        plan = {
-            "throttle": StoragePlan(throttle_at=1),
-            "crash before": StoragePlan(crash_at=1),
-            "crash after": StoragePlan(crash_at=2),
-        }[fault]
-        status = self.world.deliver(message, plan)
-        if status is not None and status < 300:
-            self.world.outbox.remove(message)
+    @rule(pick=st.integers(0, 10_000), faults=st.permutations(("throttle", "crash before", "crash after")))
+    def deliver_a_webhook_while_storage_fails(self, pick: int, faults: list[str]) -> None:
+        """The receiver's write throttled past the SDK's retries, the function dying just before it,
+        and just after it, in a drawn order, each on a waiting webhook: a 2xx only for a webhook that
+        is stored (invariant 1). All three each time: one drawn fault in three missed a receiver
+        that acknowledges a throttled write."""
+        self._step(f"deliver_a_webhook_while_storage_fails({', '.join(faults)})")
+        for fault in faults:
+            if not self.world.outbox:
+                return
+            message = self.world.outbox[pick % len(self.world.outbox)]
+            plan = {
+                "throttle": StoragePlan(throttle_at=1),
+                "crash before": StoragePlan(crash_at=1),
+                "crash after": StoragePlan(crash_at=2),
+            }[fault]
+            status = self.world.deliver(message, plan)
+            if status is not None and status < 300:
+                self.world.outbox.remove(message)
+            problems = checks.every_step(self.world)
+            assert not problems, _report(self, [f"after the {fault} of {message.webhook_id}:", *problems])
 
     # --- deliveries and the stream --------------------------------------------------------------------
 
@@ -514,12 +604,30 @@ class Simulation(RuleBasedStateMachine):
         if not hasattr(self, "world"):
             return
         try:
+            if not self.failed and not self.focus_played and self._play_focus():
+                self.invariants_hold()  # a program that ended before its focus had anything to act on
             if not self.failed:
                 quiesce(self.world)
                 problems = checks.every_step(self.world) + checks.at_quiescence(self.world)
                 assert not problems, _report(self, problems, quiet=True)
+        except BaseException:
+            self.failed = True
+            raise
         finally:
+            if self.failed:
+                FOCUS_RUN["failed"] = self.focus  # shrinking replays this program: the same focus
             self.world.close()
+
+    def _play_focus(self) -> bool:
+        """Play this program's focus now, if it has something to act on; whether it was played."""
+        method = getattr(type(self), self.focus)
+        if not all(check(self) for check in getattr(method, RULE_MARKER).preconditions):
+            return False
+        played = len(self.steps)
+        self.focus_played = True  # its own _step must not play it again
+        method(self, **self.focus_arguments)
+        self.focus_played = len(self.steps) > played  # it returned early: nothing to act on yet
+        return self.focus_played
 
     def _deliver(self, messages: list[Any]) -> None:
         """Moment delivers these webhooks now (no faults); each answered 2xx leaves its outbox."""

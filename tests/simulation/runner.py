@@ -73,6 +73,7 @@ def run_seed(
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     machine.STEP_LOG.clear()
+    machine.reset_focus()
     if bursts is not None:
         machine.MAX_BURSTS = bursts
     # A plain method shadowing a rule is not a rule: hypothesis never draws it.

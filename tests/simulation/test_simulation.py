@@ -18,6 +18,8 @@ EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 8)
 
 
 def test_the_simulation_keeps_every_invariant() -> None:
+    from simulation import machine  # after conftest's environment: Powertools reads it at import
+
     failures = []
     for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
         # Unshrunk, to stay in make test's budget even when it fails; the printed replay shrinks. With
@@ -26,6 +28,10 @@ def test_the_simulation_keeps_every_invariant() -> None:
         print(f"simulation seed {seed}: {outcome.steps} steps, {outcome.steps_per_second:.1f} steps/s")
         if outcome.failure:
             failures.append(outcome.failure)
+        # Each sequence rule is some program's focus: played in every short run, not by luck.
+        played = {step.split("(", 1)[0] for step in outcome.trace}
+        unplayed = [name for name in machine.SEQUENCES if name not in played]
+        assert not unplayed, f"seed {seed}: sequence rules never played: {unplayed}"
     assert not failures, "\n\n".join(failures)
 
 
