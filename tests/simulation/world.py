@@ -36,8 +36,7 @@ from local_stack.lambda_context import LocalLambdaContext
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from local_stack.streams import StreamReader
 from local_stack.template import TEMPLATE_PATH, Intrinsics, create_table
-from moment_sync import operator_links, runtime
-from moment_sync import pusher as pusher_module
+from moment_sync import operator_links, push_run, runtime
 from moment_sync.adapters.dynamo_items import from_item
 from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.moment_directory import MomentClientDirectory
@@ -219,7 +218,7 @@ class World:
             settings=ReceiverSettings(),
             clock=self.clock,
         )
-        self._patch(pusher_module, "ThreadPoolExecutor", InlineExecutor)
+        self._patch(push_run, "ThreadPoolExecutor", InlineExecutor)  # the pushers' run loop, inline
         self._patch(operator_links, "time", _SimTime(self.clock))
         self._patch(
             redrive_handler, "moment_directory", lambda: MomentClientDirectory(lambda: self.moment_client)

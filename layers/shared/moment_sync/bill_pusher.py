@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -37,6 +37,7 @@ from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
 from moment_sync.observability import logger
+from moment_sync.push_run import push_each
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -107,21 +108,19 @@ class BillPusher:
     def push_pending(self, time_left: Callable[[], float]) -> BillPushReport:
         report = BillPushReport()
         pending = self.ledger.pending_bill_pushes(self.now())
-        running: set[Future[BillPushResult]] = set()
         # As the balances': a client that starts no attempt the run's time cannot fit (a bill push makes
         # several calls: a create, up to 3 PATCHes each re-read, a void), so a run is never killed inside
         # a call, between a PATCH and its booking.
         run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bill-push") as pool:
-            for position, (_since, bill) in enumerate(pending):
-                if time_left() < self.seconds_per_push:
-                    report.not_reached = len(pending) - position
-                    break
-                if len(running) >= self.concurrency:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    self._collect(done, report)
-                running.add(pool.submit(run.push_one, bill))
-            self._collect(wait(running).done, report)
+        report.not_reached = push_each(
+            pending,
+            run.push_one,
+            concurrency=self.concurrency,
+            time_left=time_left,
+            seconds_per_push=self.seconds_per_push,
+            collect=lambda done: self._collect(done, report),
+            thread_name_prefix="bill-push",
+        )
         for result, count in report.results.items():
             _count(f"Bills{result.title().replace('_', '')}", count)
         _count("BillsNotReached", report.not_reached)

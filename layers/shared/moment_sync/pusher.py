@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -42,6 +42,7 @@ from moment_sync.push_plan import (
     may_send,
     plan_push,
 )
+from moment_sync.push_run import push_each
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -106,19 +107,17 @@ class BalancePusher:
     def push_pending(self, time_left: Callable[[], float]) -> PushReport:
         report = PushReport()
         pending = self.ledger.pending_pushes(self.now())
-        running: set[Future[PushResult]] = set()
         # This run's pushes use a client that stops before the run's time is up.
         run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="push") as pool:
-            for position, (_since, balance) in enumerate(pending):
-                if time_left() < self.seconds_per_push:
-                    report.not_reached = len(pending) - position
-                    break
-                if len(running) >= self.concurrency:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    self._collect(done, report)
-                running.add(pool.submit(run.push_one, balance))
-            self._collect(wait(running).done, report)
+        report.not_reached = push_each(
+            pending,
+            run.push_one,
+            concurrency=self.concurrency,
+            time_left=time_left,
+            seconds_per_push=self.seconds_per_push,
+            collect=lambda done: self._collect(done, report),
+            thread_name_prefix="push",
+        )
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)
         _count("BalancesNotReached", report.not_reached)
