@@ -726,6 +726,8 @@ def _forget(
         return EXIT_OK
     for balance, fields in erasure.fields_erased.items():
         print(f"erased {', '.join(fields)} from {balance}", file=out)
+    for bill, entry_ids in erasure.bill_entries_erased.items():
+        print(f"erased the description of {len(entry_ids)} outside payments on {bill}", file=out)
     print(f"erased the raw body of {len(erasure.webhook_bodies_erased)} stored webhooks", file=out)
     for webhook_id in erasure.webhook_bodies_erased:
         print(f"  {webhook_id}", file=out)

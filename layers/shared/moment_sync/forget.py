@@ -2,13 +2,15 @@
 
 Erased: the name, e-mail and phone on the customer and the names of its accounts, and the raw bodies
 of every stored webhook that names the customer or one of its accounts (by Moment id), whatever the
-event's status. Kept: amounts, references, entries, event statuses and ids, and each webhook's
+event's status; the description of each of their bills and of each outside payment on those bills
+(free text), and the bodies of webhooks that name one of those bills. Kept: amounts, references, entries, event statuses and ids, and each webhook's
 summary (amount, currency, Moment ids, event type): what settling a payment needs, which the law
 allows keeping. The reconciler and the re-drive decide from that summary alone, so a payment still
 `received` or parked when the customer is forgotten is applied exactly once afterwards, as it would
 have been. The events table is read in full to find those webhooks: a data-subject request is rare,
 and an index for it would cost every webhook an extra write. Moment's own copy of the personal data
-is not touched here (ask Moment, or PATCH it).
+is not touched here (ask Moment, or PATCH it); a bill's description never went to Moment (its
+metadata carries only this service's markers).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.service import PERSONAL_FIELDS, not_found
 from moment_sync.reconciliation import EventStatus
@@ -30,7 +33,9 @@ WEBHOOK_PERSONAL_FIELDS = ("body",)
 @dataclass
 class Erasure:
     customer: str
-    fields_erased: dict[str, list[str]] = field(default_factory=dict)  # balance -> fields
+    fields_erased: dict[str, list[str]] = field(default_factory=dict)  # balance or bill -> fields
+    # bill -> its outside payments (entry ids) whose description was erased
+    bill_entries_erased: dict[str, list[str]] = field(default_factory=dict)
     webhook_bodies_erased: list[str] = field(default_factory=list)
     # Of those, events not final yet (received or parked): they still settle, from the kept summary.
     unsettled_webhooks: list[str] = field(default_factory=list)
@@ -55,6 +60,17 @@ def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, n
         if present:
             ledger.erase_fields(balance, present, iso_time(now))
             erasure.fields_erased[str(balance)] = present
+
+    for balance, _, _ in balances:
+        for bill_head in ledger.all_bills_of(balance.partition_key):
+            bill = BillRef(str(bill_head["ref"]))
+            if bill_head.get("moment_id"):
+                moment_ids.add(bill_head["moment_id"])
+            head_erased, entries = ledger.erase_bill_personal_data(bill, bill_head, iso_time(now))
+            if head_erased:
+                erasure.fields_erased[str(bill)] = ["description"]
+            if entries:
+                erasure.bill_entries_erased[str(bill)] = entries
 
     for webhook_id, status in events.webhooks_naming(moment_ids):
         if events.erase_body(webhook_id, iso_time(now)):

@@ -152,6 +152,52 @@ class LedgerBills:
                     found.append(BillRef.from_partition_key(item["pk"]["S"]))
         return found
 
+    def all_bills_of(self, owner_pk: str) -> list[dict[str, Any]]:
+        """Every bill of one owner (all pages of `bills_of`)."""
+        found: list[dict[str, Any]] = []
+        cursor: dict[str, Any] | None = None
+        while True:
+            page, cursor = self.bills_of(owner_pk, limit=100, cursor=cursor)
+            found.extend(page)
+            if cursor is None:
+                return found
+
+    def erase_bill_personal_data(self, bill: BillRef, head: dict[str, Any], now: str) -> tuple[bool, list[str]]:
+        """A data-subject request: the bill's `description` and the descriptions of its outside
+        payments go (free text a merchant may fill with a name or an e-mail). Amounts, ids, statuses and
+        each payment's request hash (its idempotency) stay. Returns whether the head's description went,
+        and the ids of the entries whose description went."""
+        head_erased = head.get("description") is not None
+        if head_erased:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=bill_head_key(bill),
+                UpdateExpression="REMOVE description SET personal_data_erased_at = :now",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":now": {"S": now}},
+            )
+        erased: list[str] = []
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :entry)",
+            ExpressionAttributeValues={":pk": {"S": bill.partition_key}, ":entry": {"S": _ENTRY_PREFIX}},
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                if "description" not in item.get("source", {}).get("M", {}):
+                    continue
+                self._client.update_item(
+                    TableName=self.table_name,
+                    Key={"pk": item["pk"], "sk": item["sk"]},
+                    UpdateExpression="REMOVE #source.description SET personal_data_erased_at = :now",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames={"#source": "source"},
+                    ExpressionAttributeValues={":now": {"S": now}},
+                )
+                erased.append(item["entry_id"]["S"])
+        return head_erased, erased
+
     # --- the merchant's changes ---------------------------------------------------------------
 
     def put_bill(self, head: dict[str, Any]) -> dict[str, Any] | None:

@@ -237,10 +237,11 @@ class WebhookEventsTable:
         for page in paginator.paginate(
             TableName=self.table_name,
             ExpressionAttributeNames={"#status": "status"},
-            ProjectionExpression="webhook_id, #status, customer_id, account_id",
+            ProjectionExpression="webhook_id, #status, customer_id, account_id, bill_id",
         ):
             for item in page.get("Items", []):
-                named = {item.get(name, {}).get("S") for name in ("customer_id", "account_id")}
+                # A bill payment may name only its bill (Moment does not document the parent ids).
+                named = {item.get(name, {}).get("S") for name in ("customer_id", "account_id", "bill_id")}
                 if named & moment_ids:
                     yield item["webhook_id"]["S"], item.get("status", {}).get("S", "")
 

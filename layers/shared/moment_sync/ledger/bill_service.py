@@ -98,7 +98,11 @@ def put_bill(
     existing = ledger.put_bill({name: value for name, value in head.items() if value is not None})
     if existing is None:
         return True, read_bill(ledger, bill)
-    different = [name for name in IMMUTABLE_FIELDS if existing.get(name) != head.get(name)]
+    compared = IMMUTABLE_FIELDS
+    if existing.get("personal_data_erased_at"):
+        # `forget` erased its description: a retried PUT carrying it is still the same bill.
+        compared = tuple(name for name in IMMUTABLE_FIELDS if name != "description")
+    different = [name for name in compared if existing.get(name) != head.get(name)]
     if different:
         raise LedgerProblem(
             409,
