@@ -1,6 +1,7 @@
 """On a schedule: continue the pass that compares every balance and bill linked to Moment with
 Moment's own (rate-limited, within this run's time budget; the cursor lives in the `daily-check`
-lease), count the unexplained differences in `ReconcileDifferences`, which an alarm watches, and
+lease), count the unexplained differences in `ReconcileDifferences`, which an alarm watches (blocked bills
+also in `ReconcileBillsBlocked`, alarmed on their own), and
 `ReconcilePassCompleted` when the pass ends. One run at a time: a run that finds the lease held does
 nothing."""
 
@@ -69,6 +70,7 @@ def lambda_handler(
     return {
         "checked": len(run.comparisons),
         "unexplained": len(run.unexplained),
+        "blocked_bills": len(run.blocked_bills),
         "pass_started": run.pass_started,
         "pass_completed": run.pass_completed,
         "stopped_early": run.stopped_early,

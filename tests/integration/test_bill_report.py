@@ -15,6 +15,7 @@ import daily_reconcile_handler
 from local_stack.lambda_context import LocalLambdaContext
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sync.bill_pusher import BillPusher
 from moment_sync.bill_report import compare_bills
 from moment_sync.cli import main
 from moment_sync.ledger import bill_service
@@ -130,3 +131,33 @@ def test_reconcile_report_lists_bills_after_balances(
     document = json.loads(text)
     assert code == 1 and document["unexplained_bills"] == 1 and document["unexplained"] == 0
     assert document["bills"][0]["moment_amount_paid"] == 300
+
+
+def test_a_blocked_bill_is_stuck_never_explained_and_counted_on_its_own(
+    harness: LedgerHarness,
+    moment: MomentClient,
+    sandbox: MomentSandbox,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN FEE paid in full at Moment and cash at the counter too: the pusher holds the cash back
+    sandbox.pay(bill="FEE", amount=1000)
+    bill_service.pay_bill(harness.ledger, "FEE", {"id": "cash-1", "amount": 200}, NOW)
+    pusher = BillPusher(ledger=harness.ledger, moment=moment, now=harness.clock)
+    assert pusher.push_pending(time_left=lambda: 300).results == {"blocked": 1}
+
+    # WHEN compared: stuck, not a push in flight
+    [blocked] = compare_bills(harness.ledger, moment, sleep=no_sleep)
+    assert (blocked.sync, blocked.blocked, blocked.explained) == ("blocked", True, False)
+    assert blocked.note.startswith("blocked: Moment's bill") and "is paid" in blocked.note
+
+    # and the scheduled check counts it on its own metric (the alarm's), beside the differences
+    check = DailyCheck(harness.ledger, moment, now=harness.clock, sleep=no_sleep, calls_per_second=0)
+    metrics.clear_metrics()
+    capsys.readouterr()
+    result = daily_reconcile_handler.lambda_handler(
+        {}, LocalLambdaContext("daily", timeout_seconds=900), check
+    )
+    assert (result["checked"], result["unexplained"], result["blocked_bills"]) == (1, 1, 1)
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [blob] = [blob for blob in emf if "ReconcileBillsBlocked" in blob]
+    assert blob["ReconcileBillsBlocked"] in (1.0, [1.0]) and blob["ReconcileDifferences"] in (1.0, [1.0])

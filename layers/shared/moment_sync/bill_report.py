@@ -4,7 +4,9 @@ operator's `reconcile-report` and the daily check beside the balances (docs/ledg
 
 A difference is explained while the bill is pending a push (outside payments or a void not at Moment
 yet, or the bill not created there yet); anything else is unexplained and counted in
-`ReconcileDifferences`, the metric the daily check's alarm watches.
+`ReconcileDifferences`, the metric the daily check's alarm watches. A `blocked` bill is stuck, not
+pending (nothing is sent until an operator acts): always unexplained, and counted on its own in
+`ReconcileBillsBlocked` (docs/operations.md#bills-blocked-at-the-daily-check).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class BillComparison:
     def agrees(self) -> bool:
         return (self.ledger_paid, self.ledger_status) == (self.moment_paid, self.moment_status)
 
+    @property
+    def blocked(self) -> bool:
+        return self.sync == "blocked"
+
 
 def compare_bills(
     ledger: LedgerTable,
@@ -59,6 +65,7 @@ def compare_bills(
     metrics.add_metric(
         name="ReconcileDifferences", unit=MetricUnit.Count, value=sum(not c.explained for c in found)
     )
+    metrics.add_metric(name="ReconcileBillsBlocked", unit=MetricUnit.Count, value=sum(c.blocked for c in found))
     return found
 
 
@@ -69,7 +76,8 @@ def compare_bill(ledger: LedgerTable, moment: MomentClient, bill: BillRef) -> Bi
         return BillComparison(bill, None, None, None, None, "-", False, "not in the ledger")
     state = sync_state(head)
     paid, status = int(head.get("amount_paid", 0)), str(head["status"])
-    pending = state != "synced"
+    # Only a push on its way explains a difference; blocked, conflict or failing wait for an operator.
+    pending = state == "pending"
     if not head.get("moment_id"):
         return BillComparison(bill, paid, None, status, None, state, pending, "not created on Moment yet")
     try:
@@ -91,6 +99,9 @@ def compare_bill(ledger: LedgerTable, moment: MomentClient, bill: BillRef) -> Bi
             f"the ledger's {head['amount_due']} {head['currency']}"
         )
         return _with(comparison, False, note)
+    if comparison.blocked:
+        # Even where the figures agree: an outside payment is held back and will not reach Moment.
+        return _with(comparison, False, f"blocked: {head.get('push_blocked', '')}")
     if comparison.agrees:
         return comparison
     if pending:

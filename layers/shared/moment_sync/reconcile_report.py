@@ -123,6 +123,11 @@ class CheckRun:
     def unexplained(self) -> list[Comparison | BillComparison]:
         return [comparison for comparison in self.comparisons if not comparison.explained]
 
+    @property
+    def blocked_bills(self) -> list[BillComparison]:
+        """Bills whose outside payments are held back (`blocked`): stuck, counted on their own."""
+        return [c for c in self.comparisons if isinstance(c, BillComparison) and c.blocked]
+
 
 @dataclass
 class DailyCheck:
@@ -194,6 +199,7 @@ class DailyCheck:
         # Every run counts (0 included): the daily-reconcile-not-running alarm watches for runs.
         metrics.add_metric(name="ReconcileChecked", unit=MetricUnit.Count, value=len(run.comparisons))
         metrics.add_metric(name="ReconcileDifferences", unit=MetricUnit.Count, value=len(run.unexplained))
+        metrics.add_metric(name="ReconcileBillsBlocked", unit=MetricUnit.Count, value=len(run.blocked_bills))
         if run.pass_completed:
             metrics.add_metric(name="ReconcilePassCompleted", unit=MetricUnit.Count, value=1)
             logger.info(
