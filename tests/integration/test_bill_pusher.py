@@ -453,3 +453,51 @@ def test_a_bill_voided_at_moment_but_open_in_the_ledger_is_a_conflict(
     cash(harness, bill, "cash-1", 100)
     assert run(bill_pusher) == {"conflict": 1}
     assert "voided" in head(harness, bill)["push_conflict"]
+
+
+@pytest.mark.parametrize("webhook_first", [True, False], ids=["webhook-before-patch", "webhook-late"])
+def test_a_patch_moment_ignores_on_a_bill_paid_inside_the_window_is_blocked_never_booked(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    sandbox: MomentSandbox,
+    member: str,
+    transport: InFlight,
+    clock: list[float],
+    webhook_first: bool,
+) -> None:
+    # GIVEN a Moment that answers 200 to a PATCH of a paid bill and leaves amount_paid as it was
+    sandbox.configure(paid_bill_patch="ignore")
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    paid: list[dict[str, Any]] = []
+
+    # and the bill is paid in full at Moment between the pusher's read and its PATCH
+    def pay_first(request: httpx.Request) -> None:
+        if request.method == "PATCH" and not paid:
+            paid.append(sandbox.pay(bill=bill.ref, amount=DUE))
+            if webhook_first:
+                harness.receive(paid[0]["webhook_id"], json.dumps(paid[0]["event"]).encode())
+                assert harness.invoke(harness.next_batch()) == []
+
+    transport.before_send = pay_first
+    # WHEN pushed
+    assert run(bill_pusher) == {"blocked": 1}
+    # THEN the cash is not at Moment, and the ledger never books it as if it were
+    assert on_moment(sandbox)["amount_paid"] == DUE
+    stored = head(harness, bill)
+    assert (sync_state(stored), int(stored.get("outside_booked", 0))) == ("blocked", 0)
+    assert "with amount_paid 120000 (paid): the outside payments were not taken" in stored["push_blocked"]
+
+    # and it stays blocked: the late webhook and the hourly look again change nothing
+    transport.before_send = None
+    if not webhook_first:
+        harness.receive(paid[0]["webhook_id"], json.dumps(paid[0]["event"]).encode())
+        assert harness.invoke(harness.next_batch()) == []
+    clock[0] += 3601
+    assert run(bill_pusher) == {"blocked": 1}
+    assert len(patches(transport)) == 1
+    stored = head(harness, bill)
+    assert (sync_state(stored), int(stored.get("outside_booked", 0))) == ("blocked", 0)
+    assert (stored["amount_paid"], on_moment(sandbox)["amount_paid"]) == (DUE + 30000, DUE)
+    assert "from a PATCH it answered without taking its amount_paid" in stored["push_blocked"]

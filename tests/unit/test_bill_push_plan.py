@@ -145,3 +145,24 @@ def test_a_void_goes_after_the_outside_payments_and_is_booked_once_moment_shows_
 def test_a_moment_bill_that_is_not_the_ledgers_is_a_disagreement(shown: MomentBill, detail: str) -> None:
     decision = plan_bill_push(ledger(), shown)
     assert isinstance(decision, Disagrees) and detail in decision.detail
+
+
+def test_outside_payments_a_patch_moment_did_not_take_are_never_counted_as_at_moment() -> None:
+    # Moment answered a PATCH of 300 (cash) without taking it: the bill had gone paid (1000) at Moment,
+    # whose webhook the ledger has not seen; its metadata names the 300 all the same.
+    view = ledger(outside_paid=300, ignored_outside=(300,))
+    decision = plan_bill_push(view, moment(amount_paid=1000, recorded=300))
+    assert isinstance(decision, Blocked) and "without taking its amount_paid" in decision.detail
+    # the same figures from a PATCH whose landing is merely unknown: booked (it landed, then Moment's 700)
+    assert plan_bill_push(ledger(outside_paid=300, intents_outside=(300,)), moment(1000, 300)) == Book(1000)
+
+
+def test_the_view_reads_intents_moment_did_not_take_apart() -> None:
+    head = {
+        "amount_due": DUE,
+        "currency": "ZAR",
+        "outside_paid": 500,
+        "push_intents": [{"outside_paid": 300, "ignored": True}, {"outside_paid": 500}],
+    }
+    view = BillLedgerView.of(head)
+    assert (view.intents_outside, view.ignored_outside) == ((500,), (300,))

@@ -12,7 +12,8 @@ the cumulative outside payments it includes (`metadata.moment_sync_outside_paid`
 record says which outside payments it holds, whatever became of an earlier PATCH's answer. A Moment
 payment alone never causes a PATCH. A PATCH Moment's reference does not say it takes (on a `paid`
 bill, or above `amount_due` when its payment rules forbid overpayment) is never sent: the bill is
-blocked for an operator. docs/pusher.md#bills.
+blocked for an operator; so is a bill whose PATCH Moment answered without taking the amount (the bill
+went paid between the read and the PATCH, and Moment ignored it). docs/pusher.md#bills.
 """
 
 from __future__ import annotations
@@ -37,17 +38,26 @@ class BillLedgerView:
     outside_booked: int  # of those, known to be at Moment (a booked push)
     intents_outside: tuple[int, ...]  # outside_paid each open PATCH carried (its landing unknown)
     voided: bool
+    # outside_paid of PATCHes Moment answered without taking their amount_paid (it ignored a PATCH of a
+    # bill paid meanwhile, or capped it): its metadata may say so, its amount_paid does not hold them
+    ignored_outside: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, head: dict[str, Any]) -> BillLedgerView:
+        intents = head.get("push_intents", [])
         return cls(
             amount_due=int(head["amount_due"]),
             currency=str(head["currency"]),
             moment_paid=int(head.get("amount_paid_moment", 0)),
             outside_paid=int(head.get("outside_paid", 0)),
             outside_booked=int(head.get("outside_booked", 0)),
-            intents_outside=tuple(int(item.get("outside_paid", 0)) for item in head.get("push_intents", [])),
+            intents_outside=tuple(
+                int(item.get("outside_paid", 0)) for item in intents if not item.get("ignored")
+            ),
             voided=bool(head.get("void_requested_at")),
+            ignored_outside=tuple(
+                int(item.get("outside_paid", 0)) for item in intents if item.get("ignored")
+            ),
         )
 
 
@@ -104,6 +114,17 @@ def outside_at_moment(ledger: BillLedgerView, recorded: object) -> int | None:
     return value if value in {ledger.outside_booked, *ledger.intents_outside} else None
 
 
+def recorded_by_ignored_patch(ledger: BillLedgerView, recorded: object) -> bool:
+    """Moment's metadata names outside payments only a PATCH it did not apply carried."""
+    if recorded is None or not ledger.ignored_outside:
+        return False
+    try:
+        value = int(str(recorded))
+    except ValueError:
+        return False
+    return value in ledger.ignored_outside and value not in {ledger.outside_booked, *ledger.intents_outside}
+
+
 def plan_bill_push(ledger: BillLedgerView, moment: MomentBill) -> BillDecision:
     if moment.currency != ledger.currency or moment.amount_due != ledger.amount_due:
         return Disagrees(
@@ -115,6 +136,11 @@ def plan_bill_push(ledger: BillLedgerView, moment: MomentBill) -> BillDecision:
             return Book(moment.amount_paid, voided_at_moment=True)
         return Disagrees(f"Moment's bill {moment.id} is voided; the ledger's is not: void it or raise anew")
     recorded = moment.metadata.get(OUTSIDE_PAID_KEY)
+    if recorded_by_ignored_patch(ledger, recorded):
+        return Blocked(
+            f"Moment's bill {moment.id} records {recorded} of outside payments from a PATCH it answered "
+            f"without taking its amount_paid: its amount_paid {moment.amount_paid} does not hold them"
+        )
     at_moment = outside_at_moment(ledger, recorded)
     if at_moment is None:
         return Disagrees(

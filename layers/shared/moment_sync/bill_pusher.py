@@ -266,7 +266,10 @@ class BillPusher:
                 return self._book(
                     bill, head, Book(voided.amount_paid, voided_at_moment=True), log, BillPushResult.VOIDED
                 )
-            head = self._send(bill, head, current, decision, log)
+            sent = self._send(bill, head, current, decision, log)
+            if sent is None:
+                return BillPushResult.BLOCKED
+            head = sent
             pushed = True
             current = self._read(current.id)
         logger.warning("bill still moving after its rounds; left pending for the next run", extra=log)
@@ -279,9 +282,10 @@ class BillPusher:
         current: MomentBill,
         decision: SendAmountPaid,
         log: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """The PATCH, recorded first as an intent (its landing may be unknown); returns the head read
-        again, the intent on it, for the next round's decision and for booking."""
+        again, the intent on it, for the next round's decision and for booking. None when Moment
+        answered without taking the amount_paid sent (the bill is then blocked)."""
         if len(head.get("push_intents", [])) >= MAX_OPEN_BILL_INTENTS:
             raise MomentError(
                 f"{MAX_OPEN_BILL_INTENTS} PATCHes of {bill} with unknown landing are open: nothing more "
@@ -289,9 +293,23 @@ class BillPusher:
             )
         index = self.ledger.record_bill_intent(bill, head, decision.amount_paid)
         with self._dropped_if_never_sent(bill, head, index):
-            self.moment.update_bill_amount_paid(
+            answer = self.moment.update_bill_amount_paid(
                 current.id, decision.amount_paid, head["currency"], metadata=decision.metadata
             )
+        if answer.amount_paid != decision.amount_paid:
+            # A 200 that did not take the amount: the bill went paid since the read and Moment ignored
+            # a PATCH of a paid bill (or capped it). Its metadata may now name these outside payments,
+            # so a re-read would book them as at Moment: block instead.
+            detail = (
+                f"Moment answered the PATCH of amount_paid {decision.amount_paid} on its bill {current.id} "
+                f"with amount_paid {answer.amount_paid} ({answer.status}): the outside payments were not "
+                "taken"
+            )
+            now = self.now()
+            self.ledger.record_bill_patch_ignored(bill, head, index, detail, now, now + BLOCKED_RETRY_SECONDS)
+            logger.error("bill PATCH not taken by Moment", extra={**log, "blocked": detail})
+            _count("BillPushBlocked")
+            return None
         logger.info(
             "bill amount_paid pushed",
             extra={

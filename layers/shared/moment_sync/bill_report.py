@@ -65,7 +65,8 @@ def compare_bills(
     metrics.add_metric(
         name="ReconcileDifferences", unit=MetricUnit.Count, value=sum(not c.explained for c in found)
     )
-    metrics.add_metric(name="ReconcileBillsBlocked", unit=MetricUnit.Count, value=sum(c.blocked for c in found))
+    blocked = sum(comparison.blocked for comparison in found)
+    metrics.add_metric(name="ReconcileBillsBlocked", unit=MetricUnit.Count, value=blocked)
     return found
 
 

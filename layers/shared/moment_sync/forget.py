@@ -3,8 +3,9 @@
 Erased: the name, e-mail and phone on the customer and the names of its accounts, and the raw bodies
 of every stored webhook that names the customer or one of its accounts (by Moment id), whatever the
 event's status; the description of each of their bills and of each outside payment on those bills
-(free text), and the bodies of webhooks that name one of those bills. Kept: amounts, references, entries, event statuses and ids, and each webhook's
-summary (amount, currency, Moment ids, event type): what settling a payment needs, which the law
+(free text), and the bodies of webhooks that name one of those bills. Kept: amounts, references,
+entries, event statuses and ids, and each webhook's summary (amount, currency, Moment ids, event
+type): what settling a payment needs, which the law
 allows keeping. The reconciler and the re-drive decide from that summary alone, so a payment still
 `received` or parked when the customer is forgotten is applied exactly once afterwards, as it would
 have been. The events table is read in full to find those webhooks: a data-subject request is rare,
@@ -62,15 +63,7 @@ def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, n
             erasure.fields_erased[str(balance)] = present
 
     for balance, _, _ in balances:
-        for bill_head in ledger.all_bills_of(balance.partition_key):
-            bill = BillRef(str(bill_head["ref"]))
-            if bill_head.get("moment_id"):
-                moment_ids.add(bill_head["moment_id"])
-            head_erased, entries = ledger.erase_bill_personal_data(bill, bill_head, iso_time(now))
-            if head_erased:
-                erasure.fields_erased[str(bill)] = ["description"]
-            if entries:
-                erasure.bill_entries_erased[str(bill)] = entries
+        moment_ids |= _erase_bills_of(ledger, balance, erasure, iso_time(now))
 
     for webhook_id, status in events.webhooks_naming(moment_ids):
         if events.erase_body(webhook_id, iso_time(now)):
@@ -78,3 +71,18 @@ def forget_customer(ledger: LedgerTable, events: WebhookEventsTable, ref: str, n
             if status in {EventStatus.RECEIVED, EventStatus.PARKED}:
                 erasure.unsettled_webhooks.append(webhook_id)
     return erasure
+
+
+def _erase_bills_of(ledger: LedgerTable, owner: BalanceRef, erasure: Erasure, now: str) -> set[str]:
+    """The free text of the owner's bills and their outside payments; returns the bills' Moment ids."""
+    moment_ids: set[str] = set()
+    for bill_head in ledger.all_bills_of(owner.partition_key):
+        bill = BillRef(str(bill_head["ref"]))
+        if bill_head.get("moment_id"):
+            moment_ids.add(bill_head["moment_id"])
+        head_erased, entries = ledger.erase_bill_personal_data(bill, bill_head, now)
+        if head_erased:
+            erasure.fields_erased[str(bill)] = ["description"]
+        if entries:
+            erasure.bill_entries_erased[str(bill)] = entries
+    return moment_ids

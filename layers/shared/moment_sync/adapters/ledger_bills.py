@@ -162,7 +162,9 @@ class LedgerBills:
             if cursor is None:
                 return found
 
-    def erase_bill_personal_data(self, bill: BillRef, head: dict[str, Any], now: str) -> tuple[bool, list[str]]:
+    def erase_bill_personal_data(
+        self, bill: BillRef, head: dict[str, Any], now: str
+    ) -> tuple[bool, list[str]]:
         """A data-subject request: the bill's `description` and the descriptions of its outside
         payments go (free text a merchant may fill with a name or an e-mail). Amounts, ids, statuses and
         each payment's request hash (its idempotency) stay. Returns whether the head's description went,
@@ -580,6 +582,32 @@ class LedgerBills:
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
         return False
+
+    def record_bill_patch_ignored(
+        self, bill: BillRef, read: dict[str, Any], index: int, detail: str, now: float, retry_at: float
+    ) -> None:
+        """Moment answered the PATCH of intent `index` without taking its amount_paid: the intent is
+        kept (its metadata may be at Moment) but marked `ignored`, so its outside payments never count
+        as at Moment, and the bill is `blocked`. Conditional on the push state read (`read`: the head
+        before the intent)."""
+        condition, values = _bill_push_condition(read, open_intents=index + 1)
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=bill_head_key(bill),
+            UpdateExpression=f"SET push_intents[{int(index)}].ignored = :yes, push_blocked = :detail, "
+            "last_push_error = :detail, next_push_at = :retry, "
+            "blocked_since = if_not_exists(blocked_since, :now)",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=to_values(
+                {
+                    ":yes": True,
+                    ":detail": detail[:500],
+                    ":retry": iso_time(retry_at),
+                    ":now": iso_time(now),
+                    **values,
+                }
+            ),
+        )
 
     def record_bill_blocked(self, bill: BillRef, detail: str, now: float, retry_at: float) -> None:
         """An outside payment Moment's reference does not say it can take (the bill is paid at

@@ -98,7 +98,7 @@ def put_bill(
     existing = ledger.put_bill({name: value for name, value in head.items() if value is not None})
     if existing is None:
         return True, read_bill(ledger, bill)
-    compared = IMMUTABLE_FIELDS
+    compared: tuple[str, ...] = IMMUTABLE_FIELDS
     if existing.get("personal_data_erased_at"):
         # `forget` erased its description: a retried PUT carrying it is still the same bill.
         compared = tuple(name for name in IMMUTABLE_FIELDS if name != "description")
