@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,91 +11,24 @@ import pytest
 
 import balance_pusher_handler
 from local_stack.lambda_context import LocalLambdaContext
-from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
-from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sandbox import MomentSandbox
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_state
-from moment_sync.moment_client import MomentClient, NewCustomer, RetryPolicy
+from moment_sync.moment_client import MomentClient, NewCustomer
 from moment_sync.push_plan import MAX_OPEN_INTENTS
 from moment_sync.pusher import BalancePusher, PushResult
+from support import pushers
 from support.ledger import LedgerHarness, payment
-from support.webhooks import NOW
+from support.pushers import InFlight
 
-
-@pytest.fixture
-def sandbox() -> Iterator[MomentSandbox]:
-    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
-        yield running
-
-
-class InFlight(httpx.BaseTransport):
-    """Counts requests in flight at once, to check the pusher's concurrency bound."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
-        self._lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-        self.requests: list[str] = []
-        # before_send may raise (the request never leaves) or return an answer instead of Moment's;
-        # after_send may raise (Moment carried the request out, its answer is lost)
-        self.before_send: Any = None
-        self.after_send: Any = None
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-            self.requests.append(f"{request.method} {request.url.path}")
-        try:
-            if self.before_send:
-                instead = self.before_send(request)
-                if isinstance(instead, httpx.Response):
-                    return instead
-            response = self._inner.handle_request(request)
-            if self.after_send:
-                response.read()
-                self.after_send(request)
-            return response
-        finally:
-            with self._lock:
-                self.now -= 1
-
-
-@pytest.fixture
-def transport() -> InFlight:
-    return InFlight()
-
-
-@pytest.fixture
-def moment(sandbox: MomentSandbox, transport: InFlight) -> Iterator[MomentClient]:
-    client = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        transport=transport,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clock() -> list[float]:
-    return [float(NOW)]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
-
-
-@pytest.fixture
-def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
-    return BalancePusher(
-        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
-    )
+# The shared harness (support/pushers.py): pytest finds each fixture by the name bound here. InFlight
+# is also imported from here by other pusher tests.
+sandbox = pushers.sandbox
+transport = pushers.transport
+moment = pushers.moment
+clock = pushers.clock
+harness = pushers.harness
+pusher = pushers.pusher
 
 
 def charge(harness: LedgerHarness, balance: BalanceRef, charge_id: str, amount: int) -> None:

@@ -5,127 +5,45 @@ lost answers, the read→PATCH window repaired in the same run, blocked bills, v
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 import balance_pusher_handler
-from integration.test_balance_pusher import InFlight
 from local_stack.lambda_context import LocalLambdaContext
-from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
-from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sandbox import MomentSandbox
 from moment_sync.bill_push_plan import OUTSIDE_PAID_KEY
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.ledger import bill_service
-from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.sync import sync_state
-from moment_sync.moment_client import MomentClient, NewBill, RetryPolicy
+from moment_sync.moment_client import MomentClient, NewBill
 from moment_sync.pusher import BalancePusher
+from support import pushers
 from support.ledger import LedgerHarness
+from support.pushers import (
+    DUE,
+    InFlight,
+    cash,
+    head,
+    lose_patch_answers,
+    on_moment,
+    patches,
+    pay_at_moment,
+    raise_bill,
+    run,
+)
 from support.webhooks import NOW
 
-DUE = 120000  # R1,200.00: an annual membership fee
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MomentSandbox]:
-    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
-        yield running
-
-
-@pytest.fixture
-def transport() -> InFlight:
-    return InFlight()
-
-
-@pytest.fixture
-def moment(sandbox: MomentSandbox, transport: InFlight) -> Iterator[MomentClient]:
-    client = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        transport=transport,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clock() -> list[float]:
-    return [float(NOW)]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
-
-
-@pytest.fixture
-def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
-    return BalancePusher(
-        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
-    )
-
-
-@pytest.fixture
-def bill_pusher(harness: LedgerHarness, moment: MomentClient) -> BillPusher:
-    return BillPusher(
-        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
-    )
-
-
-@pytest.fixture
-def member(harness: LedgerHarness, pusher: BalancePusher) -> str:
-    """A customer the balance pusher has put on Moment (a bill's owner must be there first)."""
-    harness.ledger.request_first_push(harness.open_customer("UCR1"), NOW)
-    pusher.push_pending(time_left=lambda: 300)
-    moment_id = harness.head(harness.open_customer("UCR1"))["moment_id"]
-    assert moment_id.startswith("bcus_")
-    return str(moment_id)
-
-
-def raise_bill(
-    harness: LedgerHarness, ref: str = "FEE-2026", owner: str = "UCR1", amount_due: int = DUE
-) -> BillRef:
-    change = {"customer": owner, "currency": "ZAR", "amount_due": amount_due, "due_date": "2026-01-31"}
-    bill_service.put_bill(harness.ledger, ref, change, harness.clock())
-    return BillRef(ref)
-
-
-def cash(harness: LedgerHarness, bill: BillRef, payment_id: str, amount: int) -> None:
-    bill_service.pay_bill(harness.ledger, bill.ref, {"id": payment_id, "amount": amount}, harness.clock())
-
-
-def pay_at_moment(
-    sandbox: MomentSandbox, harness: LedgerHarness, bill: BillRef, amount: int, *, deliver: bool = True
-) -> None:
-    """A payment at Moment; with `deliver`, its webhook reconciled by the real reconciler."""
-    paid = sandbox.pay(bill=bill.ref, amount=amount)
-    if deliver:
-        harness.receive(paid["webhook_id"], json.dumps(paid["event"]).encode())
-        assert harness.invoke(harness.next_batch()) == []
-
-
-def run(bill_pusher: BillPusher) -> dict[str, int]:
-    return bill_pusher.push_pending(time_left=lambda: 300).results
-
-
-def on_moment(sandbox: MomentSandbox, ref: str = "FEE-2026") -> dict[str, Any]:
-    return next(item for item in sandbox.state()["bills"] if item["external_reference"] == ref)
-
-
-def head(harness: LedgerHarness, bill: BillRef) -> dict[str, Any]:
-    found = harness.ledger.get_bill(bill)
-    assert found is not None
-    return found
-
-
-def patches(transport: InFlight) -> list[str]:
-    return [request for request in transport.requests if request.startswith("PATCH /billing/bills")]
+# The shared harness (support/pushers.py): pytest finds each fixture by the name bound here.
+sandbox = pushers.sandbox
+transport = pushers.transport
+moment = pushers.moment
+clock = pushers.clock
+harness = pushers.harness
+pusher = pushers.pusher
+bill_pusher = pushers.bill_pusher
+member = pushers.member
 
 
 # --- creating ---------------------------------------------------------------------------------------
@@ -286,11 +204,7 @@ def test_a_patch_whose_answer_was_lost_is_never_counted_twice(
     cash(harness, bill, "cash-1", 30000)
 
     # GIVEN the PATCH lands at Moment and its answer is lost, on every attempt
-    def lose(request: httpx.Request) -> None:
-        if request.method == "PATCH":
-            raise httpx.ReadTimeout("answer lost", request=request)
-
-    transport.after_send = lose
+    transport.after_send = lose_patch_answers
     assert run(bill_pusher) == {"failed": 1}
     assert len(head(harness, bill)["push_intents"]) == 1  # it may have landed: the intent stays open
     assert on_moment(sandbox)["amount_paid"] == 30000

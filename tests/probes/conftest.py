@@ -1,13 +1,14 @@
-"""The bill pusher's harness (tests/integration/test_bill_pusher.py): the sandbox over loopback HTTP, the
-real MomentClient with a transport that can lose answers, the ledger in moto."""
+"""The bill pusher's harness (tests/support/pushers.py, as tests/integration/test_bill_pusher.py has it):
+the sandbox over loopback HTTP, the real MomentClient with a transport that can lose answers, the ledger
+in moto."""
 
 from __future__ import annotations
 
 import pytest
-from integration import test_bill_pusher as base
 
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.moment_client import MomentClient
+from support import pushers as base
 from support.ledger import LedgerHarness
 
 sandbox = base.sandbox

@@ -8,8 +8,6 @@ import json
 from typing import Any
 
 import httpx
-from integration.test_balance_pusher import InFlight
-from integration.test_bill_pusher import cash, head, on_moment, pay_at_moment, raise_bill, run
 from integration.test_time_budgets import ClockedContext
 
 import balance_pusher_handler
@@ -23,6 +21,16 @@ from moment_sync.moment_client import MomentClient
 from moment_sync.pusher import PUSHER_LEASE, BalancePusher
 from moment_sync.reconcile_report import DailyCheck
 from support.ledger import LedgerHarness
+from support.pushers import (
+    InFlight,
+    cash,
+    head,
+    lose_patch_answers,
+    on_moment,
+    pay_at_moment,
+    raise_bill,
+    run,
+)
 
 
 def test_a_moment_payment_overwritten_in_the_push_window_whose_webhook_comes_late_is_put_back(
@@ -121,11 +129,7 @@ def test_a_void_while_a_patch_intent_is_open_sends_nothing_twice_and_voids(
     run(bill_pusher)
     cash(harness, bill, "cash-1", 30000)
 
-    def lose(request: httpx.Request) -> None:
-        if request.method == "PATCH":
-            raise httpx.ReadTimeout("answer lost", request=request)
-
-    transport.after_send = lose
+    transport.after_send = lose_patch_answers
     assert run(bill_pusher) == {"failed": 1}
     transport.after_send = None
     pay_at_moment(sandbox, harness, bill, 2000)
