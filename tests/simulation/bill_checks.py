@@ -47,43 +47,66 @@ def every_step(world: World) -> list[str]:
     heads, entries, links = _bills(world)
     problems = []
     for ref, head in heads.items():
-        by_kind: dict[str, int] = defaultdict(int)
-        for entry in entries.get(ref, []):
-            by_kind[str(entry["kind"])] += int(entry["amount"])
-        paid = int(head.get("amount_paid", 0))
-        if paid != sum(by_kind.values()):
-            problems.append(f"invariant 3: bill {ref} amount_paid {paid} != its entries {dict(by_kind)}")
-        for field, kind in (("amount_paid_moment", "payment"), ("outside_paid", "outside_payment")):
-            if int(head.get(field, 0)) != by_kind.get(kind, 0):
-                problems.append(f"invariant 3: bill {ref} {field} {head.get(field)} != its {kind} entries")
-        status = status_for(int(head["amount_due"]), paid, voided=bool(head.get("void_requested_at")))
-        if head.get("status") != status.value:
-            problems.append(f"invariant 3: bill {ref} is {head.get('status')!r}; its entries make it {status}")
-    owners = {
-        item["pk"]: item.get("moment_id")
+        problems.extend(_bill_adds_up(ref, head, entries.get(ref, [])))
+    owners = {pk: head.get("moment_id") for pk, head in _owner_heads(world).items()}
+    at_moment = {str(bill["id"]): bill for bill in world.moment.bills()}
+    for moment_id, ref in links.items():
+        problems.extend(_link_agrees(ref, moment_id, heads.get(ref, {}), at_moment.get(moment_id), owners))
+    return problems
+
+
+def _owner_heads(world: World) -> dict[str, dict[str, Any]]:
+    return {
+        item["pk"]: item
         for item in world.scan(world.ledger_table)
         if item["sk"] == "HEAD" and not item["pk"].startswith("BILL#")
     }
-    at_moment = {str(bill["id"]): bill for bill in world.moment.bills()}
-    for moment_id, ref in links.items():
-        bill = at_moment.get(moment_id)
-        head = heads.get(ref, {})
-        if bill is None or bill["external_reference"] != ref:
-            problems.append(f"invariant 2: bill {ref} is linked to {moment_id}, which Moment keeps as {bill}")
-            continue
-        owner_id = owners.get(f"{str(head.get('owner_kind', '')).upper()}#{head.get('owner_ref')}")
-        moment_owner = bill.get("account_id") or bill.get("customer_id")
-        if owner_id and moment_owner != owner_id:
-            problems.append(
-                f"invariant 2: bill {ref} is on {moment_owner} at Moment, not on its owner's {owner_id}"
-            )
-        most = int(bill["moment_payments"]) + int(head.get("outside_paid", 0))
-        if int(bill["amount_paid"]) > most:
-            problems.append(
-                f"invariant 4: Moment shows amount_paid {bill['amount_paid']} for bill {ref}, more than its own "
-                f"payments {bill['moment_payments']} and the ledger's outside payments {head.get('outside_paid')}: "
-                "an outside payment counted twice (debt forgiven)"
-            )
+
+
+def _owner_key(head: dict[str, Any]) -> str:
+    return f"{str(head.get('owner_kind', '')).upper()}#{head.get('owner_ref')}"
+
+
+def _bill_adds_up(ref: str, head: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    by_kind: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        by_kind[str(entry["kind"])] += int(entry["amount"])
+    problems = []
+    paid = int(head.get("amount_paid", 0))
+    if paid != sum(by_kind.values()):
+        problems.append(f"invariant 3: bill {ref} amount_paid {paid} != its entries {dict(by_kind)}")
+    for field, kind in (("amount_paid_moment", "payment"), ("outside_paid", "outside_payment")):
+        if int(head.get(field, 0)) != by_kind.get(kind, 0):
+            problems.append(f"invariant 3: bill {ref} {field} {head.get(field)} != its {kind} entries")
+    status = status_for(int(head["amount_due"]), paid, voided=bool(head.get("void_requested_at")))
+    if head.get("status") != status.value:
+        problems.append(f"invariant 3: bill {ref} is {head.get('status')!r}; its entries make {status}")
+    return problems
+
+
+def _link_agrees(
+    ref: str,
+    moment_id: str,
+    head: dict[str, Any],
+    bill: dict[str, Any] | None,
+    owners: dict[str, Any],
+) -> list[str]:
+    if bill is None or bill["external_reference"] != ref:
+        return [f"invariant 2: bill {ref} is linked to {moment_id}, which Moment keeps as {bill}"]
+    problems = []
+    owner_id = owners.get(_owner_key(head))
+    moment_owner = bill.get("account_id") or bill.get("customer_id")
+    if owner_id and moment_owner != owner_id:
+        problems.append(
+            f"invariant 2: bill {ref} is on {moment_owner} at Moment, not on its owner's {owner_id}"
+        )
+    most = int(bill["moment_payments"]) + int(head.get("outside_paid", 0))
+    if int(bill["amount_paid"]) > most:
+        problems.append(
+            f"invariant 4: Moment shows amount_paid {bill['amount_paid']} for bill {ref}, more than its "
+            f"own payments {bill['moment_payments']} and the ledger's outside payments "
+            f"{head.get('outside_paid')}: an outside payment counted twice (debt forgiven)"
+        )
     return problems
 
 
@@ -94,66 +117,92 @@ def at_quiescence(world: World) -> list[str]:
     its outside payments, voided there if voided here). 6: a bill is synced or in a named, alarmed
     state whose metric was counted (blocked, conflict, failing)."""
     heads, entries, links = _bills(world)
-    problems = []
     keys = {ref: {str(entry["entry_id"]) for entry in items} for ref, items in entries.items()}
     parked_voided = {
         str(event.get("application_id") or "")
         for event in world.scan(world.events_table)
         if event.get("status") == "parked" and event.get("reason") == "bill_voided"
     }
+    problems = _moment_payments_reached(world, heads, links, keys, parked_voided)
+    problems += _merchant_told(world, heads, keys)
+    owners = _owner_heads(world)
+    for ref, head in heads.items():
+        owner = owners.get(_owner_key(head), {})
+        problems.extend(_bill_settled(world, ref, head, owner, parked_voided, keys.get(ref, set())))
+    return problems
+
+
+def _moment_payments_reached(
+    world: World,
+    heads: dict[str, dict[str, Any]],
+    links: dict[str, str],
+    keys: dict[str, set[str]],
+    parked_voided: set[str],
+) -> list[str]:
+    problems = []
     for payment in world.moment.bill_payments:
         ref = links.get(payment.moment_id)
         if ref is None:
             bill = world.moment.find("bill", payment.moment_id) or {}
             if bill.get("external_reference") in heads:
                 problems.append(
-                    f"invariant 4: payment {payment.application_id} on Moment's bill {payment.moment_id} never "
-                    f"reached bill {bill.get('external_reference')}, which is never linked to it"
+                    f"invariant 4: payment {payment.application_id} on Moment's bill {payment.moment_id} "
+                    f"never reached bill {bill.get('external_reference')}, which is never linked to it"
                 )
         elif f"payment:{payment.application_id}" not in keys.get(ref, set()) and (
             payment.application_id not in parked_voided
         ):
             problems.append(
-                f"invariant 4: payment {payment.application_id} ({payment.amount}) Moment took on bill {ref} "
-                "is not an entry of it: lost"
+                f"invariant 4: payment {payment.application_id} ({payment.amount}) Moment took on bill "
+                f"{ref} is not an entry of it: lost"
             )
-    outside = getattr(world, "outside_acknowledged", {})
-    for payment_id, (ref, amount) in outside.items():
+    return problems
+
+
+def _merchant_told(world: World, heads: dict[str, dict[str, Any]], keys: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for payment_id, (ref, amount) in getattr(world, "outside_acknowledged", {}).items():
         if f"outside_payment:{payment_id}" not in keys.get(ref, set()):
-            problems.append(f"invariant 4: outside payment {payment_id} ({amount}) on bill {ref} was acknowledged and is lost")
+            problems.append(
+                f"invariant 4: outside payment {payment_id} ({amount}) on bill {ref} was acknowledged "
+                "and is lost"
+            )
     for ref in getattr(world, "voids_acknowledged", set()):
         if not heads.get(ref, {}).get("void_requested_at"):
             problems.append(f"invariant 4: the void of bill {ref} was acknowledged and is not in the ledger")
-    owners = {
-        item["pk"]: item
-        for item in world.scan(world.ledger_table)
-        if item["sk"] == "HEAD" and not item["pk"].startswith("BILL#")
-    }
-    for ref, head in heads.items():
-        state = sync_state(head)
-        bill = world.moment.find("bill", str(head.get("moment_id"))) if head.get("moment_id") else None
-        if state == "synced":
-            refused = sum(  # Moment's payments on the bill after the merchant voided it: parked, alarmed
-                payment.amount
-                for payment in world.moment.bill_payments
-                if payment.moment_id == head.get("moment_id") and payment.application_id in parked_voided
-            )
-            problems.extend(_synced_bill_agrees(ref, head, bill, refused))
-            continue
-        owner = owners.get(f"{str(head.get('owner_kind', '')).upper()}#{head.get('owner_ref')}", {})
-        if state == "pending" and not head.get("moment_id") and owner and sync_state(owner) == "conflict":
-            continue  # waits for its owner, whose conflict an operator is alarmed about
-        metric = BILL_STATE_METRICS.get(state)
-        if metric is None or metric not in _alarmed() or not world.metrics.get(metric):
-            detail = {
-                name: head.get(name)
-                for name in ("push_attempts", "last_push_error", "next_push_at", "push_intents", "push_blocked")
-            }
-            counted = f"; {metric} counted {world.metrics.get(metric, 0)}" if metric else ""
-            problems.append(
-                f"invariant 6: bill {ref} is stuck {state!r} after the system went quiet{counted}: {detail}"
-            )
     return problems
+
+
+def _bill_settled(
+    world: World,
+    ref: str,
+    head: dict[str, Any],
+    owner: dict[str, Any],
+    parked_voided: set[str],
+    entry_ids: set[str],
+) -> list[str]:
+    state = sync_state(head)
+    if state == "synced":
+        bill = world.moment.find("bill", str(head["moment_id"])) if head.get("moment_id") else None
+        refused = sum(  # Moment's payments on the bill after the merchant voided it: parked, alarmed
+            payment.amount
+            for payment in world.moment.bill_payments
+            if payment.moment_id == head.get("moment_id")
+            and payment.application_id in parked_voided
+            and f"payment:{payment.application_id}" not in entry_ids
+        )
+        return _synced_bill_agrees(ref, head, bill, refused)
+    if state == "pending" and not head.get("moment_id") and owner and sync_state(owner) == "conflict":
+        return []  # waits for its owner, whose conflict an operator is alarmed about
+    metric = BILL_STATE_METRICS.get(state)
+    if metric is not None and metric in _alarmed() and world.metrics.get(metric):
+        return []
+    detail = {
+        name: head.get(name)
+        for name in ("push_attempts", "last_push_error", "next_push_at", "push_intents", "push_blocked")
+    }
+    counted = f"; {metric} counted {world.metrics.get(metric, 0)}" if metric else ""
+    return [f"invariant 6: bill {ref} is stuck {state!r} after the system went quiet{counted}: {detail}"]
 
 
 def _synced_bill_agrees(
@@ -168,11 +217,11 @@ def _synced_bill_agrees(
     expected = int(head.get("amount_paid_moment", 0)) + int(head.get("outside_paid", 0)) + refused
     if int(bill["amount_paid"]) != expected:
         problems.append(
-            f"invariant 4: Moment shows amount_paid {bill['amount_paid']} for bill {ref}, the ledger's Moment "
-            f"payments and outside payments make {expected} (synced)"
+            f"invariant 4: Moment shows amount_paid {bill['amount_paid']} for bill {ref}, the ledger's "
+            f"Moment payments and outside payments make {expected} (synced)"
         )
     if voided and bill["status"] != "voided":
-        problems.append(f"invariant 4: bill {ref} is voided in the ledger, {bill['status']!r} at Moment (synced)")
+        problems.append(f"invariant 4: bill {ref} is voided in the ledger, {bill['status']!r} at Moment")
     if (bill["amount_due"], bill["currency"]) != (int(head["amount_due"]), head["currency"]):
         problems.append(f"invariant 4: bill {ref} is {bill['amount_due']} {bill['currency']} at Moment")
     return problems

@@ -660,7 +660,7 @@ class Simulation(BillSteps, RuleBasedStateMachine):
         heads = [
             item
             for item in self.world.scan(self.world.ledger_table)
-            if item["sk"] == "HEAD" and "version" in item
+            if item["sk"] == "HEAD" and "version" in item and not item["pk"].startswith("BILL#")
         ]
         if not heads:
             return "/customers/C1"

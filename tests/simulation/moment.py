@@ -226,9 +226,7 @@ class MomentModel:
             data["account_id"] = target.account_id
         return payment, {"id": f"evt_sim{number:06d}", "type": "obligation.amount_applied", "data": data}
 
-    def pay_bill(
-        self, bill_id: str, amount: int, parent_ids: bool
-    ) -> tuple[Payment, dict[str, Any]] | None:
+    def pay_bill(self, bill_id: str, amount: int, parent_ids: bool) -> tuple[Payment, dict[str, Any]] | None:
         """A payer pays a bill at Moment (the sandbox's rules: partial payments allowed, no overpayment,
         none on a voided bill): its amount_paid rises and Moment makes the webhook with `data.bill_id`,
         its parent ids only if `parent_ids` (Moment does not document whether they come). None if
