@@ -286,15 +286,9 @@ class LedgerBills:
             head = self.get_bill(bill)
             if head is None:
                 return BillWriteResult(BillWriteOutcome.NO_BILL)
-            if head.get("void_requested_at") or head.get("currency") != currency:
-                # An application applied already (before the void) is a duplicate or a conflict, never
-                # money to refund: the ledger-wide guard decides before the bill's state does.
-                applied = self._application_guard(entry.source_id)
-                if applied is not None:
-                    return _duplicate_or_conflict(applied, bill, entry, currency)
-                if head.get("void_requested_at"):
-                    return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
-                return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
+            refused = self._refused(bill, head, entry, currency)
+            if refused is not None:
+                return refused
             new_paid = int(head.get("amount_paid", 0)) + entry.amount
             status = status_for(int(head["amount_due"]), new_paid, voided=False)
             # A bill with outside payments was PATCHed with an absolute amount_paid, which may have
@@ -383,6 +377,21 @@ class LedgerBills:
             head.update(amount_paid=new_paid, status=status.value)
             return BillWriteResult(BillWriteOutcome.APPLIED, head=head)
         raise BillTransient(f"{bill} kept changing while a payment was applied")
+
+    def _refused(
+        self, bill: BillRef, head: dict[str, Any], entry: BillEntry, currency: str
+    ) -> BillWriteResult | None:
+        """A voided bill or another currency takes no payment. An application applied already (before
+        the void) is a duplicate or a conflict, never money to refund: the ledger-wide guard decides
+        before the bill's state does."""
+        if not head.get("void_requested_at") and head.get("currency") == currency:
+            return None
+        applied = self._application_guard(entry.source_id)
+        if applied is not None:
+            return _duplicate_or_conflict(applied, bill, entry, currency)
+        if head.get("void_requested_at"):
+            return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
+        return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
 
     def _application_guard(self, application_id: str) -> dict[str, Any] | None:
         """The ledger-wide guard of a Moment application, if it was applied (to a balance or a bill)."""
