@@ -645,7 +645,7 @@ class Simulation(BillSteps, RuleBasedStateMachine):
         heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
         found = []
         for item in sorted(ledger, key=lambda item: item["pk"]):
-            if item["sk"] != "MOMENT":
+            if item["sk"] != "MOMENT" or "bill_pk" in item:  # a bill's link: no balance
                 continue
             moment_id = item["pk"].removeprefix("MOMENT#")
             at_moment = self.world.moment.find(item["kind"], moment_id)
