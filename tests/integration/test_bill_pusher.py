@@ -341,6 +341,21 @@ def test_a_bill_voided_before_moment_had_it_is_never_created(
     assert sync_state(head(harness, bill)) == "synced"
 
 
+def test_a_bill_voided_before_moment_had_it_never_waits_for_its_owner(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, transport: InFlight
+) -> None:
+    """Found by the simulation: a bill raised on an owner Moment lacks (here never pushed; there an
+    account in conflict) and voided waited for that owner for ever, `pending` with no error or metric,
+    though a bill Moment never had needs nothing of its owner: one GET by reference settles it."""
+    harness.open_customer("UCR1")  # in the ledger, never created at Moment
+    bill = raise_bill(harness)
+    bill_service.void_bill(harness.ledger, bill.ref, NOW)
+    assert run(bill_pusher) == {"voided": 1}
+    assert sandbox.state()["bills"] == [] and sandbox.state()["customers"] == []
+    assert [r for r in transport.requests if not r.startswith("GET")] == []
+    assert sync_state(head(harness, bill)) == "synced"
+
+
 def test_a_void_moment_refuses_is_retried_and_shows(
     harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, clock: list[float]
 ) -> None:

@@ -135,6 +135,27 @@ def test_a_payment_for_a_voided_bill_is_parked_with_its_own_reason(
     assert '"EventParked_bill_voided"' in capsys.readouterr().out
 
 
+def test_a_payment_applied_before_the_void_and_sent_again_after_it_is_a_duplicate(
+    harness: LedgerHarness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the simulation: Moment sent an applied payment again under a new message id after the
+    merchant voided the bill, and it was parked `bill_voided` (alarmed: money to refund) though the
+    money was applied once already; an operator following the runbook would refund it. The ledger-wide
+    guard decides first: it is a duplicate."""
+    bill = raise_bill(harness)
+    body = payment("ob_1", 300, customer_id="bcus_1", bill_id="bill_1")
+    assert deliver(harness, "msg_1", body)["status"] == "applied"
+    bill_service.void_bill(harness.ledger, "FEE", NOW)
+    capsys.readouterr()
+    again = deliver(harness, "msg_2", body)
+    assert (again["status"], again.get("reason"), again.get("duplicate_of")) == ("duplicate", None, "msg_1")
+    assert "EventParked_bill_voided" not in capsys.readouterr().out
+    assert bill_head(harness, bill)["amount_paid"] == 300
+    # Another amount under that application id is still a conflict, not a refund to make.
+    other = deliver(harness, "msg_3", payment("ob_1", 500, customer_id="bcus_1", bill_id="bill_1"))
+    assert (other["status"], other["reason"]) == ("parked", "application_conflict")
+
+
 def test_an_unknown_bill_id_is_unmatched_until_it_is_linked(harness: LedgerHarness) -> None:
     bill = raise_bill(harness, moment_id=None)
     event = deliver(harness, "msg_1", payment("ob_1", 300, bill_id="bill_9"))

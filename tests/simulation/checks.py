@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from moment_sync.ledger.sync import sync_state
+from simulation import bill_checks
 from simulation.world import World, alarmed_metrics
 
 FINAL = {"applied", "duplicate", "ignored", "parked"}
@@ -43,6 +44,7 @@ def every_step(world: World) -> list[str]:
             )
     problems.extend(_duplicates_that_differ(world))
     problems.extend(_links_disagreeing_with_moment(world, ledger))
+    problems.extend(bill_checks.every_step(world))
     return problems
 
 
@@ -81,7 +83,7 @@ def _links_disagreeing_with_moment(world: World, ledger: list[dict[str, Any]]) -
     heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
     problems = []
     for item in ledger:
-        if item["sk"] != "MOMENT":
+        if item["sk"] != "MOMENT" or "bill_pk" in item:  # a bill's link: bill_checks.every_step
             continue
         moment_id = item["pk"].removeprefix("MOMENT#")
         kind = item["kind"]
@@ -111,7 +113,13 @@ def at_quiescence(world: World) -> list[str]:
     """Invariants 4, 5 and 6 once everything was delivered, re-driven and pushed."""
     ledger = world.scan(world.ledger_table)
     heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
-    return _events_final(world) + _moment_agrees(world, ledger, heads) + _nothing_stuck(world, heads)
+    balances = {pk: head for pk, head in heads.items() if not pk.startswith("BILL#")}  # bills: bill_checks
+    return (
+        _events_final(world)
+        + _moment_agrees(world, ledger, balances)
+        + _nothing_stuck(world, balances)
+        + bill_checks.at_quiescence(world)
+    )
 
 
 def _events_final(world: World) -> list[str]:
@@ -137,7 +145,9 @@ def _moment_agrees(world: World, ledger: list[dict[str, Any]], heads: dict[str, 
     merchant was told was taken, is an entry of its balance."""
     problems: list[str] = []
     links = {
-        item["pk"].removeprefix("MOMENT#"): item["balance_pk"] for item in ledger if item["sk"] == "MOMENT"
+        item["pk"].removeprefix("MOMENT#"): item["balance_pk"]
+        for item in ledger
+        if item["sk"] == "MOMENT" and "balance_pk" in item
     }
     entries = {(item["pk"], item["sk"]) for item in ledger if item["sk"].startswith("ENTRY#")}
     tracked = {pk for pk, head in heads.items() if "version" in head and sync_state(head) != "conflict"}

@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from simulation import checks
+from simulation.bills import BillSteps, BillWorld, bills_settling
 from simulation.moment import MODES, MomentPlan
 from simulation.storage import StoragePlan
 from simulation.world import World
@@ -60,6 +61,7 @@ SEQUENCES = (
     "customer_made_and_paid_at_moment_then_adopted",
     "deliver_a_webhook_while_storage_fails",
     "moment_sends_one_application_id_for_two_balances",
+    "a_bill_paid_at_moment_and_outside_while_a_push_reads",
 )
 # The focus is played at one of the program's first FOCUS_BY steps (later if it has nothing to act on
 # yet: no linked object, no webhook waiting), and at the latest before the world is driven quiet.
@@ -105,7 +107,7 @@ def storage_plan(crash_at: int | None, throttle_at: int | None) -> StoragePlan:
     return StoragePlan(crash_at=crash_at, throttle_at=throttle_at)
 
 
-class Simulation(RuleBasedStateMachine):
+class Simulation(BillSteps, RuleBasedStateMachine):
     world: World
 
     def __init__(self) -> None:
@@ -153,7 +155,7 @@ class Simulation(RuleBasedStateMachine):
         }
         if self.focus == "moment_takes_a_burst_of_payments":
             self.focus_arguments["now"] = 0  # the burst's own dice say "not now" three times in four
-        self.world = World(seed, moment_lowers_balances=lowers)
+        self.world = BillWorld(seed, moment_lowers_balances=lowers)
         for path, amount in OPENED:
             ref = path.rsplit("/", 1)[-1]
             body: dict[str, Any] = {"currency": "ZAR"}
@@ -643,7 +645,7 @@ class Simulation(RuleBasedStateMachine):
         heads = {item["pk"]: item for item in ledger if item["sk"] == "HEAD"}
         found = []
         for item in sorted(ledger, key=lambda item: item["pk"]):
-            if item["sk"] != "MOMENT":
+            if item["sk"] != "MOMENT" or "bill_pk" in item:  # a bill's link: no balance
                 continue
             moment_id = item["pk"].removeprefix("MOMENT#")
             at_moment = self.world.moment.find(item["kind"], moment_id)
@@ -658,7 +660,7 @@ class Simulation(RuleBasedStateMachine):
         heads = [
             item
             for item in self.world.scan(self.world.ledger_table)
-            if item["sk"] == "HEAD" and "version" in item
+            if item["sk"] == "HEAD" and "version" in item and not item["pk"].startswith("BILL#")
         ]
         if not heads:
             return "/customers/C1"
@@ -688,6 +690,7 @@ def quiesce(world: World) -> None:
             not world.outbox
             and not world.merchant_retries
             and not world.ledger.pending_pushes(world.clock() + 7 * 3600)
+            and not bills_settling(world)
         ):
             return
 

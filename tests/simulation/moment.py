@@ -60,6 +60,7 @@ class MomentModel:
     mode: str = "healthy"
     plan: MomentPlan = field(default_factory=MomentPlan)
     payments: list[Payment] = field(default_factory=list)
+    bill_payments: list[Payment] = field(default_factory=list)  # kind "bill", apart from the balances'
     faults_injected: dict[str, int] = field(default_factory=dict)
     ledger_has: Callable[[str], bool] = lambda _application_id: True
 
@@ -143,7 +144,9 @@ class MomentModel:
     def _carry_out(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         target = unquote(path.rsplit("/", 1)[-1]) if path.count("/") >= 3 else None
-        if request.method == "PATCH" and target is not None:
+        if request.method == "PATCH" and target is not None and "/bills/" in path:
+            self._check_bill_patch(target, request.content)
+        elif request.method == "PATCH" and target is not None:
             self._check_patch(path, target)
         answer = self.api.handle(
             Request(
@@ -177,6 +180,25 @@ class MomentModel:
                     "had applied before the pusher read the balance, and that the ledger has not applied"
                 )
 
+    def _check_bill_patch(self, key: str, content: bytes) -> None:
+        """A PATCH sets a bill's cumulative amount_paid: one below the payments Moment took on the bill
+        before the pusher's last read of it erases a Moment payment (Moment counts its own)."""
+        found = self.store._bills.find(key)
+        sent = json.loads(content or b"{}").get("amount_paid")
+        if found is None or not isinstance(sent, int):
+            return
+        read_at = self._read_at.get(found.id, 0)
+        seen = sum(
+            payment.amount
+            for payment in self.bill_payments
+            if payment.moment_id == found.id and payment.sequence < read_at
+        )
+        if sent < seen:
+            self.on_erased(
+                f"PATCH of bill {found.external_reference} set amount_paid {sent}, below the {seen} Moment "
+                "itself took on it before the pusher read it: a Moment payment erased"
+            )
+
     # --- Moment's own doings ---------------------------------------------------------------------------
 
     def pay(self, kind: str, moment_id: str, amount: int) -> tuple[Payment, dict[str, Any]]:
@@ -204,6 +226,39 @@ class MomentModel:
             data["account_id"] = target.account_id
         return payment, {"id": f"evt_sim{number:06d}", "type": "obligation.amount_applied", "data": data}
 
+    def pay_bill(self, bill_id: str, amount: int, parent_ids: bool) -> tuple[Payment, dict[str, Any]] | None:
+        """A payer pays a bill at Moment (the sandbox's rules: partial payments allowed, no overpayment,
+        none on a voided bill): its amount_paid rises and Moment makes the webhook with `data.bill_id`,
+        its parent ids only if `parent_ids` (Moment does not document whether they come). None if
+        Moment would not take it."""
+        try:
+            target = self.store.pay_bill(bill_id, amount, self.fake.settings.bill_rules)
+        except Exception:  # the sandbox's 409/422: voided, or more than remains
+            return None
+        number = len(self.bill_payments) + 1
+        payment = Payment(
+            f"ob_simbill{number:06d}", "bill", bill_id, amount, target.currency, False, next(self._sequence)
+        )
+        self.bill_payments.append(payment)
+        data: dict[str, Any] = {
+            "id": payment.application_id,
+            "amount": amount,
+            "currency": target.currency,
+            "payment_id": f"pay_simbill{number:06d}",
+            "bill_id": bill_id,
+        }
+        if parent_ids:
+            data["customer_id"] = target.customer_id
+            if target.account_id is not None:
+                data["account_id"] = target.account_id
+        event = {"id": f"evt_simbill{number:06d}", "type": "obligation.amount_applied", "data": data}
+        return payment, event
+
+    def bills(self) -> list[dict[str, Any]]:
+        """Every bill Moment holds, in its shape, with `moment_payments`: the part of amount_paid paid at
+        Moment (the rest was PATCHed)."""
+        return self.store.snapshot(self.fake.settings.bill_rules)["bills"]
+
     def objects(self) -> list[tuple[str, dict[str, Any]]]:
         """Every customer and account Moment holds, as ("customer"|"account", its JSON)."""
         snapshot = self.store.snapshot()
@@ -212,6 +267,9 @@ class MomentModel:
         ]
 
     def find(self, kind: str, key: str) -> dict[str, Any] | None:
+        if kind == "bill":
+            bill = self.store._bills.find(key)
+            return bill.to_json(self.fake.settings.bill_rules) if bill is not None else None
         registry = self.store._accounts if kind == "account" else self.store._customers
         found = registry.find(key)
         return found.to_json() if found is not None else None

@@ -175,15 +175,15 @@ class BillPusher:
     def _create_or_find(self, bill: BillRef, head: dict[str, Any]) -> tuple[MomentBill, bool] | None:
         """Moment's bill for this one, linked: created (True) or adopted (False); None when the bill was
         voided before Moment had it (then it is not created just to be voided)."""
-        new_bill = self._new_bill(bill, head)
         if head.get("void_requested_at"):
+            # Read first: a bill Moment never had needs nothing of its owner (which may never be there).
             existing = self.moment.get_bill(bill.ref)
             if existing is None:
                 return None
-            self.moment.check_bill_terms(new_bill, existing)
+            self.moment.check_bill_terms(self._new_bill(bill, head), existing)
             self._link(bill, existing.id)
             return existing, False
-        result = self.moment.create_bill(new_bill)
+        result = self.moment.create_bill(self._new_bill(bill, head))
         self._link(bill, result.value.id)
         if result.outcome is CreateOutcome.CREATED:
             _count("BillsCreatedOnMoment")

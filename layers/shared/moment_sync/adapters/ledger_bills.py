@@ -334,10 +334,9 @@ class LedgerBills:
             head = self.get_bill(bill)
             if head is None:
                 return BillWriteResult(BillWriteOutcome.NO_BILL)
-            if head.get("void_requested_at"):
-                return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
-            if head.get("currency") != currency:
-                return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
+            refused = self._refused(bill, head, entry, currency)
+            if refused is not None:
+                return refused
             new_paid = int(head.get("amount_paid", 0)) + entry.amount
             status = status_for(int(head["amount_due"]), new_paid, voided=False)
             # A bill with outside payments was PATCHed with an absolute amount_paid, which may have
@@ -419,19 +418,38 @@ class LedgerBills:
                 codes = [reason.get("Code") for reason in reasons]
                 if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
                     applied = from_item(reasons[3].get("Item") or {})
-                    same = (applied.get("balance_pk"), applied.get("amount"), applied.get("currency")) == (
-                        bill.partition_key,
-                        entry.amount,
-                        currency,
-                    )
-                    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
-                    return BillWriteResult(outcome, guard=applied)
+                    return _duplicate_or_conflict(applied, bill, entry, currency)
                 if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
                     continue  # the bill moved (another payment) or was voided: read it again
                 raise
             head.update(amount_paid=new_paid, status=status.value)
             return BillWriteResult(BillWriteOutcome.APPLIED, head=head)
         raise BillTransient(f"{bill} kept changing while a payment was applied")
+
+    def _refused(
+        self, bill: BillRef, head: dict[str, Any], entry: BillEntry, currency: str
+    ) -> BillWriteResult | None:
+        """A voided bill or another currency takes no payment. An application applied already (before
+        the void) is a duplicate or a conflict, never money to refund: the ledger-wide guard decides
+        before the bill's state does."""
+        if not head.get("void_requested_at") and head.get("currency") == currency:
+            return None
+        applied = self._application_guard(entry.source_id)
+        if applied is not None:
+            return _duplicate_or_conflict(applied, bill, entry, currency)
+        if head.get("void_requested_at"):
+            return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
+        return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
+
+    def _application_guard(self, application_id: str) -> dict[str, Any] | None:
+        """The ledger-wide guard of a Moment application, if it was applied (to a balance or a bill)."""
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": f"APPLICATION#{application_id}"}, "sk": {"S": "APPLICATION"}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return from_item(item) if item else None
 
     # --- the pusher's port --------------------------------------------------------------------
 
@@ -623,6 +641,19 @@ class LedgerBills:
                 {":detail": detail[:500], ":retry": iso_time(retry_at), ":now": iso_time(now)}
             ),
         )
+
+
+def _duplicate_or_conflict(
+    applied: dict[str, Any], bill: BillRef, entry: BillEntry, currency: str
+) -> BillWriteResult:
+    """This application is already applied: the same bill, amount and currency is a duplicate."""
+    same = (applied.get("balance_pk"), applied.get("amount"), applied.get("currency")) == (
+        bill.partition_key,
+        entry.amount,
+        currency,
+    )
+    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
+    return BillWriteResult(outcome, guard=applied)
 
 
 def _bill_push_condition(read: dict[str, Any], open_intents: int | None = None) -> tuple[str, dict[str, Any]]:
