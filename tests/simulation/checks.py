@@ -207,3 +207,53 @@ def _owned_by_ledger_customer(world: World, account: dict[str, Any], head: dict[
     customer (Moment keeps references unique per customer, so another customer's A2 is not ours)."""
     owner = world.moment.find("customer", str(account.get("customer_id"))) or {}
     return head is not None and owner.get("external_reference") == head.get("customer_ref")
+
+
+# What a push leaves on a balance it looked at: booked, backing off, deferred, held, failing...
+PUSH_TRACE = (
+    "pushed_at",
+    "push_attempts",
+    "next_push_at",
+    "defer_count",
+    "push_conflict",
+    "adoption_held",
+    "push_waiting",
+    "push_shard",
+)
+
+
+def due_for_a_push(world: World, within: float = 30 * 86400) -> dict[str, dict[str, Any]]:
+    """The heads a push run would take once every backoff is over (`push_when_due`), by key."""
+    due = {balance.partition_key for _since, balance in world.ledger.pending_pushes(world.clock() + within)}
+    return {
+        item["pk"]: item
+        for item in world.scan(world.ledger_table)
+        if item["sk"] == "HEAD" and item["pk"] in due
+    }
+
+
+def pushes_left_no_trace(world: World, due: dict[str, dict[str, Any]], report: Any) -> list[str]:
+    """6: every balance a push run took is booked, or backs off with its attempt counted, or shows a
+    state an alarm watches; one left exactly as it was (still due, no attempt) failed silently (a
+    fault only logged), and is pushed again and again with nothing counting it. Only the run's
+    skipped and not-reached balances, and those whose failure the run lists as an error (counted),
+    may be left as they were."""
+    if not isinstance(report, dict):
+        return []  # the run died: nothing of it was recorded, by design
+    heads = {item["pk"]: item for item in world.scan(world.ledger_table) if item["sk"] == "HEAD"}
+    untouched = sorted(
+        pk
+        for pk, before in due.items()
+        if all(str(before.get(name)) == str(heads.get(pk, {}).get(name)) for name in PUSH_TRACE)
+    )
+    # A failure that could not even be recorded is in the run's errors and counted by PushFailed.
+    results = report.get("results", {})
+    allowed = (
+        int(results.get("skipped", 0)) + int(report.get("not_reached", 0)) + len(report.get("errors", []))
+    )
+    if len(untouched) <= allowed:
+        return []
+    return [
+        f"invariant 6: the push run left {', '.join(untouched)} as it was (due, no attempt, no backoff, "
+        f"no state an alarm watches) though it reported {results}: silently stuck"
+    ]

@@ -49,6 +49,7 @@ class MomentPlan:
 
     crash_at: int | None = None
     calls: int = 0
+    patches: int = 0  # the PATCHes Moment carried out (their answers read or not)
 
 
 @dataclass
@@ -116,6 +117,8 @@ class MomentModel:
             self._count("Moment unreachable")
             raise httpx.ConnectTimeout("injected: never reached Moment", request=request)
         answer = self._carry_out(request)
+        if request.method == "PATCH":
+            self.plan.patches += 1
         if crash_at is not None and crash_at % 2 == 0 and crash_at // 2 == call:
             self._count("crash after Moment carried a request out")
             raise Crash(f"after Moment request {call} ({request.method} {request.url.path}) was carried out")

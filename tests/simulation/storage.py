@@ -33,6 +33,9 @@ class StoragePlan:
     # The k-th *write* (where contention is): throttled past the SDK's retries, or a transaction
     # cancelled by a conflicting one.
     throttle_at: int | None = None
+    # Or the first write once this says so (a fault placed by what happened before it, e.g. the
+    # first write after Moment answered: a push's booking).
+    throttle_when: Callable[[], bool] | None = None
     calls: int = 0
     writes: int = 0
 
@@ -81,6 +84,8 @@ class Storage:
             raise Crash(f"before DynamoDB call {call} ({model.name})")
         if model.name in WRITES:
             self.plan.writes += 1
+            if self.plan.throttle_at is None and self.plan.throttle_when and self.plan.throttle_when():
+                self.plan.throttle_at = self.plan.writes
         if self.plan.throttle_at == self.plan.writes and model.name in WRITES:
             if model.name == "TransactWriteItems":
                 self._count("transaction conflict")

@@ -14,7 +14,7 @@ FIRST_SEED = int(os.environ.get("SIM_SEED") or 20261203)
 SEEDS = int(os.environ.get("SIM_TEST_SEEDS") or 1)
 # The budget the mutants are found in (`make mutants` runs the same): under 2 minutes on 2 idle cores.
 STEPS = int(os.environ.get("SIM_TEST_STEPS") or 50)
-EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 8)
+EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 10)  # one program per sequence rule (machine.SEQUENCES)
 
 
 def test_the_simulation_keeps_every_invariant() -> None:

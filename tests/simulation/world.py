@@ -418,7 +418,7 @@ class World:
                 )
         return invoked
 
-    def push_when_due(self, moment: MomentPlan | None = None) -> Invoked:
+    def push_when_due(self, moment: MomentPlan | None = None, storage: StoragePlan | None = None) -> Invoked:
         """The scheduled push run once every balance backing off is due again."""
         due = [
             datetime.fromisoformat(str(head["next_push_at"]).replace("Z", "+00:00")).timestamp()
@@ -426,7 +426,7 @@ class World:
             if head["sk"] == "HEAD" and head.get("next_push_at") and "push_shard" in head
         ]
         self.clock.advance(max(due, default=0.0) - self.clock() + 1)
-        return self.push(moment=moment)
+        return self.push(storage, moment)
 
     def redrive(
         self, operator: bool = False, storage: StoragePlan | None = None, moment: MomentPlan | None = None

@@ -84,7 +84,7 @@ def main() -> int:
     # Defaults: make test's short run (tests/simulation/test_simulation.py), the burst included.
     parser.add_argument("--seeds", type=int, default=int(os.environ.get("SIM_SEEDS") or 1))
     parser.add_argument("--steps", type=int, default=int(os.environ.get("SIM_STEPS") or 50))
-    parser.add_argument("--examples", type=int, default=int(os.environ.get("SIM_EXAMPLES") or 8))
+    parser.add_argument("--examples", type=int, default=int(os.environ.get("SIM_EXAMPLES") or 10))
     arguments = parser.parse_args()
     os.environ.setdefault("SIM_BURSTS", "1")
     patches = sorted(MUTANTS.glob("*.patch"))
