@@ -227,7 +227,12 @@ def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
     reconciler_cpu = rows["reconciler.cpu_per_invocation_single"].measured
     receiver_ms = _billed_ms(receiver_cpu, ASSUMPTIONS["putitem_round_trip_ms"], memory_mb)
     secrets_usd, secrets_explained = _secrets_manager()
-    reconciler_ms = _billed_ms(reconciler_cpu, ASSUMPTIONS["transactwriteitems_round_trip_ms"], memory_mb)
+    # The reconciler waits for three writes in turn: the application's claim (PutItem), the
+    # transaction, and the event's status (UpdateItem).
+    reconciler_wait_ms = (
+        2 * ASSUMPTIONS["putitem_round_trip_ms"] + ASSUMPTIONS["transactwriteitems_round_trip_ms"]
+    )
+    reconciler_ms = _billed_ms(reconciler_cpu, reconciler_wait_ms, memory_mb)
     printed = (
         warm.details["stdout_per_call"]["webhook_receiver"]["bytes"]
         + _reconciler_printed(rows)
@@ -247,10 +252,12 @@ def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
             f"({receiver_cpu:.0f} µs CPU here x {ASSUMPTIONS['mb_per_vcpu'] / memory_mb:.2f} for a "
             f"{memory_mb} MB share of a vCPU + {ASSUMPTIONS['putitem_round_trip_ms']:g} ms PutItem round "
             f"trip), reconciler {reconciler_ms} ms ({reconciler_cpu:.0f} µs x the same + "
-            f"{ASSUMPTIONS['transactwriteitems_round_trip_ms']:g} ms transaction round trip)",
+            f"{reconciler_wait_ms:g} ms of round trips: the claim's PutItem, the transaction, the status's "
+            "UpdateItem)",
             "dynamodb": f"{units:g} write request units: receiver {receiver_units:g} (item and Unfinished "
-            f"index), reconciler {reconciler_units:g} (transaction of 3 items at 2 per KB, and 3 index "
-            "writes); no read units (links are cached per environment)",
+            f"index), reconciler {reconciler_units:g} (the application's claim 1, a transaction of entry "
+            "and head at 2 per KB, the event's status 1, and 3 index writes); no read units (links are "
+            "cached per environment)",
             "logs": f"{printed:,.0f} bytes: receiver "
             f"{warm.details['stdout_per_call']['webhook_receiver']['bytes']:.0f} (log line and EMF), "
             f"reconciler {_reconciler_printed(rows):.0f} (log line and EMF of a one-record invocation), "

@@ -97,6 +97,7 @@ def _apply_payment(
     log_fields |= {"reference": balance.ref, "balance_kind": balance.kind.value, "entry_id": entry.entry_id}
 
     if result.outcome is PaymentOutcome.APPLIED:
+        _finish_applied(events, webhook_id, entry.entry_id, balance.partition_key, moment)
         logger.info(
             "payment applied", extra={**log_fields, "amount": payment.amount, "currency": payment.currency}
         )
@@ -105,8 +106,9 @@ def _apply_payment(
         return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id)
     if result.outcome is PaymentOutcome.DUPLICATE:
         if result.applied_by_webhook == webhook_id:
-            # This very event applied it before (a redelivered stream record): nothing to do.
-            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=False)
+            # This very event applied it before (a redelivered record, or a crash before its status).
+            changed = _finish_applied(events, webhook_id, entry.entry_id, balance.partition_key, moment)
+            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=changed)
         changed = events.finish(
             webhook_id,
             EventStatus.DUPLICATE,
@@ -179,6 +181,7 @@ def _apply_bill_payment(
     log_fields |= {"reference": bill.ref, "balance_kind": "bill", "entry_id": entry.entry_id}
     guard = result.guard or {}
     if result.outcome is BillWriteOutcome.APPLIED:
+        _finish_applied(events, webhook_id, entry.entry_id, bill.partition_key, moment)
         logger.info(
             "bill payment applied",
             extra={**log_fields, "amount": payment.amount, "currency": payment.currency},
@@ -198,7 +201,8 @@ def _apply_bill_payment(
     if result.outcome is BillWriteOutcome.DUPLICATE:
         first = guard.get("webhook_id")
         if first == webhook_id:
-            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=False)
+            changed = _finish_applied(events, webhook_id, entry.entry_id, bill.partition_key, moment)
+            return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id, changed=changed)
         changed = events.finish(
             webhook_id,
             EventStatus.DUPLICATE,
@@ -253,6 +257,15 @@ def _park(
     )
     metrics.add_metric(name=f"EventParked_{park.reason.value}", unit=MetricUnit.Count, value=1)
     return Reconciled(webhook_id, EventStatus.PARKED, reason=park.reason, changed=changed)
+
+
+def _finish_applied(
+    events: WebhookEventsTable, webhook_id: str, entry_id: str, balance_key: str, now: float
+) -> bool:
+    """The event's status after its payment's transaction (1 write unit, not 2 inside it). Written on
+    every path that finds this event's payment applied, so a crash between the two, or a redelivered
+    record, still ends `applied`; False when it already was."""
+    return events.finish(webhook_id, EventStatus.APPLIED, now, entry_id=entry_id, balance_key=balance_key)
 
 
 def _count_amount(payment: PaymentApplication) -> None:

@@ -27,7 +27,6 @@ from moment_sync.ledger.bills import (
     status_for,
 )
 from moment_sync.ledger.model import PUSH_SHARDS
-from moment_sync.reconciliation import EventStatus
 
 BILLS_BY_OWNER_INDEX = "BillsByOwner"
 LINKED_INDEX_NAME = "LinkedBalances"
@@ -90,6 +89,9 @@ class LedgerBills:
     table_name: str
     _events: WebhookEventsTable | None
     _bill_links: dict[str, tuple[BillRef, float]]
+
+    def claim_application(self, guard: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError  # LedgerTable's: the one ledger-wide application guard
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -325,11 +327,11 @@ class LedgerBills:
     def apply_bill_payment(
         self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str, now: float
     ) -> BillWriteResult:
-        """In one transaction: the entry (keyed by the application id), the bill's amount_paid and
-        status, the event's status `applied`, and the ledger-wide application guard. A Moment payment
-        alone makes the bill pending only when it has outside payments (a PATCH may have overwritten it)."""
-        if self._events is None:
-            raise RuntimeError("apply_bill_payment needs the events table")
+        """Claim the application ledger-wide (the guard balances use, a plain conditional put), then in
+        one transaction the entry (keyed by the application id) and the bill's amount_paid and status.
+        The event's status is the caller's to write afterwards. A Moment payment alone makes the bill
+        pending only when it has outside payments (a PATCH may have overwritten it)."""
+        claimed = False
         for _ in range(_HEAD_RETRIES):
             head = self.get_bill(bill)
             if head is None:
@@ -337,6 +339,11 @@ class LedgerBills:
             refused = self._refused(bill, head, entry, currency)
             if refused is not None:
                 return refused
+            if not claimed:
+                conflict = self._claim_for_bill(bill, entry, currency, webhook_id)
+                if conflict is not None:
+                    return BillWriteResult(BillWriteOutcome.APPLICATION_CONFLICT, guard=conflict)
+                claimed = True
             new_paid = int(head.get("amount_paid", 0)) + entry.amount
             status = status_for(int(head["amount_due"]), new_paid, voided=False)
             # A bill with outside payments was PATCHed with an absolute amount_paid, which may have
@@ -349,26 +356,6 @@ class LedgerBills:
                     "pending_since = if_not_exists(pending_since, :now)"
                 )
                 recheck_values = {":shard": bill.push_shard}
-            event_update = self._events.status_update(
-                webhook_id,
-                EventStatus.APPLIED,
-                now,
-                only_if_open=False,
-                entry_id=entry.entry_id,
-                balance_key=bill.partition_key,
-            )
-            guard = to_item(
-                {
-                    "pk": f"APPLICATION#{entry.source_id}",
-                    "sk": "APPLICATION",
-                    "balance_pk": bill.partition_key,
-                    "entry_id": entry.entry_id,
-                    "amount": entry.amount,
-                    "currency": currency,
-                    "webhook_id": webhook_id,
-                    "created_at": entry.created_at,
-                }
-            )
             items = [
                 {
                     "Put": {
@@ -401,25 +388,19 @@ class LedgerBills:
                         ),
                     }
                 },
-                {"Update": event_update},
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": guard,
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    }
-                },
             ]
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as error:
                 reasons = error.response.get("CancellationReasons") or []
                 codes = [reason.get("Code") for reason in reasons]
-                if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
-                    applied = from_item(reasons[3].get("Item") or {})
-                    return _duplicate_or_conflict(applied, bill, entry, currency)
-                if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
+                if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+                    # The entry is there: the webhook it names applied it (the claim's may have crashed).
+                    applied = from_item(reasons[0].get("Item") or {})
+                    same = (applied.get("amount"), applied.get("currency")) == (entry.amount, currency)
+                    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
+                    return BillWriteResult(outcome, guard={**applied, "balance_pk": bill.partition_key})
+                if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
                     continue  # the bill moved (another payment) or was voided: read it again
                 raise
             head.update(amount_paid=new_paid, status=status.value)
@@ -431,12 +412,15 @@ class LedgerBills:
     ) -> BillWriteResult | None:
         """A voided bill or another currency takes no payment. An application applied already (before
         the void) is a duplicate or a conflict, never money to refund: the ledger-wide guard decides
-        before the bill's state does."""
+        before the bill's state does, and for this bill its entry (a claim whose writer crashed before
+        its transaction applied nothing: that payment is refused like any other)."""
         if not head.get("void_requested_at") and head.get("currency") == currency:
             return None
         applied = self._application_guard(entry.source_id)
         if applied is not None:
-            return _duplicate_or_conflict(applied, bill, entry, currency)
+            known = _duplicate_or_conflict(applied, bill, entry, currency)
+            if known.outcome is BillWriteOutcome.APPLICATION_CONFLICT or self._bill_entry_exists(bill, entry):
+                return known
         if head.get("void_requested_at"):
             return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
         return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
@@ -450,6 +434,39 @@ class LedgerBills:
         )
         item = response.get("Item")
         return from_item(item) if item else None
+
+    def _bill_entry_exists(self, bill: BillRef, entry: BillEntry) -> bool:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": bill.partition_key}, "sk": {"S": _ENTRY_PREFIX + entry.entry_id}},
+            ConsistentRead=True,
+            ProjectionExpression="pk",
+        )
+        return "Item" in response
+
+    def _claim_for_bill(
+        self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str
+    ) -> dict[str, Any] | None:
+        """The application's guard for this bill; None when written or when one already names this bill
+        and amount (its writer applied it or crashed before its transaction), else that other guard."""
+        guard = self.claim_application(
+            to_item(
+                {
+                    "pk": f"APPLICATION#{entry.source_id}",
+                    "sk": "APPLICATION",
+                    "balance_pk": bill.partition_key,
+                    "entry_id": entry.entry_id,
+                    "amount": entry.amount,
+                    "currency": currency,
+                    "webhook_id": webhook_id,
+                    "created_at": entry.created_at,
+                }
+            )
+        )
+        if guard is None:
+            return None
+        named = (guard.get("balance_pk"), guard.get("amount"), guard.get("currency"))
+        return None if named == (bill.partition_key, entry.amount, currency) else guard
 
     # --- the pusher's port --------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ from moment_sync.events_out import entry_event_attributes
 from moment_sync.ledger.bills import BillRef, is_bill_key
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_state
-from moment_sync.reconciliation import EventStatus
 
 if TYPE_CHECKING:
     from moment_sync.adapters.lease import DynamoLeases
@@ -335,18 +334,17 @@ class LedgerTable(LedgerBills):
     def apply_payment(
         self, balance: BalanceRef, entry: Entry, currency: str, webhook_id: str, now: float
     ) -> PaymentResult:
-        """In one transaction: the entry (refused if this application is already there), the balance
-        and its sync bookkeeping, and the event's status `applied`."""
-        if self._events is None:
-            raise RuntimeError("apply_payment needs the events table")
-        event_update = self._events.status_update(
-            webhook_id,
-            EventStatus.APPLIED,
-            now,
-            only_if_open=False,
-            entry_id=entry.entry_id,
-            balance_key=balance.partition_key,
-        )
+        """Claim the application ledger-wide (its guard, a plain conditional put), then in one
+        transaction the entry (refused if this application is already there) and the balance with its
+        sync bookkeeping. The event's status is the caller's to write afterwards, on every path that
+        finds the payment applied (docs/ledger.md#the-reconciler)."""
+        claim = self.claim_application(application_item(balance, entry, currency, webhook_id))
+        if claim is not None:
+            applied = _applied_as(claim)
+            if (applied.balance, applied.amount, applied.currency) != (balance, -entry.amount, currency):
+                conflict = PaymentOutcome.APPLICATION_CONFLICT
+                return PaymentResult(conflict, entry.entry_id, applied.webhook_id, applied_as=applied)
+            # The claim names this balance and amount: its writer applied it, or crashed before: go on.
         listed = True
         while True:
             items = [
@@ -366,16 +364,6 @@ class LedgerTable(LedgerBills):
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 },
-                {"Update": event_update},
-                # Invariant 2 ledger-wide: the entry above is keyed per balance, this guard per application.
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": application_item(balance, entry, currency, webhook_id),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    }
-                },
             ]
             try:
                 self._client.transact_write_items(TransactItems=items)
@@ -383,25 +371,68 @@ class LedgerTable(LedgerBills):
                 if listed and _payments_list_full(error, currency):
                     listed = False  # the head's list is at its cap: merge this payment instead
                     continue
-                return self._explain_refused_payment(error, balance, entry, currency)
-            return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id)
+                refused = self._explain_refused_payment(error, balance, entry, currency)
+                if claim is None and refused.applied_by_webhook not in (None, webhook_id):
+                    # A payment from before guards existed: the claim just written must name it instead.
+                    self._guard_as_entry(balance, entry, error, webhook_id)
+                return refused
+            return PaymentResult(PaymentOutcome.APPLIED, entry.entry_id, webhook_id)
+
+    def _guard_as_entry(self, balance: BalanceRef, entry: Entry, error: ClientError, claimer: str) -> None:
+        """Rewrite the claim `claimer` just wrote to name the entry already there (as the operator's
+        `backfill-application-guards` would have), so later deliveries compare against the truth."""
+        reasons = error.response.get("CancellationReasons") or []
+        existing = from_item(reasons[0].get("Item") or {})
+        applied = Entry(
+            kind=entry.kind,
+            amount=int(existing["amount"]),
+            source_id=entry.source_id,
+            source={},
+            created_at=str(existing.get("created_at", entry.created_at)),
+        )
+        item = application_item(balance, applied, str(existing["currency"]), existing.get("webhook_id"))
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=item,
+                ConditionExpression="webhook_id = :claimer",
+                ExpressionAttributeValues={":claimer": {"S": claimer}},
+            )
+        except ClientError as put_error:
+            if error_code(put_error) != "ConditionalCheckFailedException":
+                raise _transient_or(put_error) from put_error
+
+    def claim_application(self, guard: dict[str, Any]) -> dict[str, Any] | None:
+        """Put an application's guard (invariant 2 ledger-wide: entries are keyed per balance, the
+        guard per application). None when written; otherwise the guard already there. A claim is
+        never removed: whatever it names is the only place that application may ever be applied."""
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=guard,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise _transient_or(error) from error
+            return from_item(error.response.get("Item") or {})
+        return None
 
     def _explain_refused_payment(
         self, error: ClientError, balance: BalanceRef, entry: Entry, currency: str
     ) -> PaymentResult:
         reasons = error.response.get("CancellationReasons") or []
         codes = [reason.get("Code") for reason in reasons]
-        if len(codes) == 4 and codes[3] == "ConditionalCheckFailed":
-            applied = _applied_as(from_item(reasons[3].get("Item") or {}))
-            return _duplicate_or_conflict(applied, balance, entry, currency)
-        if len(codes) == 4 and codes[0] == "ConditionalCheckFailed":
-            # An entry applied before guards existed (no guard item): the per-balance key still holds.
+        if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+            # The entry is there: applied before, by the webhook the entry names (the claim may be
+            # another's that crashed before its transaction, so the entry, not the claim, says who).
             existing = from_item(reasons[0].get("Item") or {})
             applied = AppliedApplication(
                 balance, -int(existing["amount"]), str(existing["currency"]), existing.get("webhook_id")
             )
             return _duplicate_or_conflict(applied, balance, entry, currency)
-        if len(codes) == 4 and codes[1] == "ConditionalCheckFailed":
+        if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
             head = from_item(reasons[1].get("Item") or {})
             if not head:
                 return PaymentResult(PaymentOutcome.NO_BALANCE, entry.entry_id)
