@@ -131,6 +131,8 @@ def _merchant_entries(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent
     for item in ledger:
         if not item["sk"].startswith("ENTRY#") or item["sk"].startswith("ENTRY#payment:"):
             continue
+        if item["sk"] == "ENTRY#void" and item["pk"].startswith("BILL#"):
+            continue  # a bill's void (`Bill Voided`), no payment
         if item["sk"].startswith("ENTRY#outside_payment:") and item["pk"].startswith("BILL#"):
             outside[item["pk"].removeprefix("BILL#")][item["sk"].partition(":")[2]] = int(item["amount"])
             continue
@@ -215,7 +217,7 @@ def _bills(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, Any
     same amount_paid (its own payments once, each outside payment once) and the same voided status."""
     sums: Counter[str] = Counter()
     for item in ledger:
-        if item["pk"].startswith("BILL#") and item["sk"].startswith("ENTRY#"):
+        if item["pk"].startswith("BILL#") and item["sk"].startswith("ENTRY#") and item["sk"] != "ENTRY#void":
             sums[item["pk"]] += int(item["amount"])
     at_moment = {item["external_reference"]: item for item in moment.get("bills", [])}
     off_sum, pending, disagree = [], [], []
