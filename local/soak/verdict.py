@@ -52,6 +52,10 @@ class Verdict:
             self.problems.append(f"{kind}: {len(details)}: {shown}{more}")
 
 
+# The detail-types that announce a Moment payment: on a balance, on a bill (docs/events.md).
+ANNOUNCED_PAYMENTS = ("Payment Applied", "Bill Paid")
+
+
 def judge(
     events: list[dict[str, Any]],
     ledger: list[dict[str, Any]],
@@ -271,12 +275,11 @@ def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -
 
 def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: list[dict[str, Any]]) -> None:
     """Every applied payment announced exactly once after deduplication by `event_id` (EventBridge
-    delivers at least once; a consumer keeps the first of each id), and each announcement names it.
-    A bill's payments (`BILL#…`) are not announced (docs/events.md#bills): none is owed one."""
+    delivers at least once; a consumer keeps the first of each id), and each announcement names it: a
+    balance's as `Payment Applied`, a Moment payment on a bill (`BILL#…`) as `Bill Paid`
+    (docs/events.md#bills). A detail without `detail_type` is a `Payment Applied`."""
     entries = {
-        f"{item['pk']}|{item['sk']}": item
-        for item in ledger
-        if str(item["sk"]).startswith("ENTRY#payment:") and not str(item["pk"]).startswith("BILL#")
+        f"{item['pk']}|{item['sk']}": item for item in ledger if str(item["sk"]).startswith("ENTRY#payment:")
     }
     kept: dict[str, dict[str, Any]] = {}
     for detail in announced:
@@ -287,8 +290,12 @@ def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: li
         event_id
         for event_id, detail in kept.items()
         if event_id in entries
-        and (detail["application_id"], detail["amount"])
-        != (str(entries[event_id]["sk"]).removeprefix("ENTRY#payment:"), str(entries[event_id]["amount"]))
+        and (detail.get("detail_type", "Payment Applied"), detail["application_id"], detail["amount"])
+        != (
+            "Bill Paid" if str(entries[event_id]["pk"]).startswith("BILL#") else "Payment Applied",
+            str(entries[event_id]["sk"]).removeprefix("ENTRY#payment:"),
+            str(entries[event_id]["amount"]),
+        )
     ]
     verdict.payments_announced_once = not (never or unknown or wrong)
     verdict.problem("applied payments never announced", never)
