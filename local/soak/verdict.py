@@ -283,6 +283,8 @@ def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: li
     }
     kept: dict[str, dict[str, Any]] = {}
     for detail in announced:
+        if detail.get("detail_type") == "Bill Paid" and detail.get("entry_kind") != "payment":
+            continue  # cash taken outside Moment: not a Moment payment (checked by its entry)
         kept.setdefault(detail["event_id"], detail)
     never = sorted(set(entries) - set(kept))
     unknown = sorted(set(kept) - set(entries))

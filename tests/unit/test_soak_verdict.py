@@ -211,8 +211,15 @@ def test_a_bill_payment_is_owed_one_bill_paid_and_one_announced_as_a_balances_is
     (docs/events.md#bills): without it, it was never announced; as a `Payment Applied`, it is wrong."""
     balance_payment = _payment_applied("CUSTOMER#S1|ENTRY#payment:ob_1", "ob_1", -1200)
     on_a_bill = _payment_applied("BILL#FEE|ENTRY#payment:ob_2", "ob_2", 700)
-    bill_paid = {**on_a_bill, "detail_type": "Bill Paid"}
-    verdict = judge(*correct_bill_end(), announced=[balance_payment, bill_paid, balance_payment, bill_paid])
+    bill_paid = {**on_a_bill, "detail_type": "Bill Paid", "entry_kind": "payment"}
+    cash = {
+        "event_id": "BILL#FEE|ENTRY#outside_payment:C1",
+        "detail_type": "Bill Paid",
+        "entry_kind": "outside_payment",
+    }
+    verdict = judge(
+        *correct_bill_end(), announced=[balance_payment, bill_paid, cash, balance_payment, bill_paid]
+    )
     assert verdict.ok and verdict.payments_announced_once, verdict.problems
     verdict = judge(*correct_bill_end(), announced=[balance_payment])
     assert not verdict.payments_announced_once and not verdict.ok
