@@ -10,9 +10,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from moment_sync.leases import Leases, exclusive_run
 from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.pipe_health import check_event_pipes, pipe_names
 from moment_sync.redrive import LOOKUPS_PER_EVENT, REDRIVE_LEASE, redrive_stuck
 from moment_sync.runtime import (
     LedgerDependencies,
+    aws_client,
     ledger_dependencies,
     moment_directory,
     moment_worst_call_seconds,
@@ -26,8 +28,13 @@ def lambda_handler(
     context: LambdaContext,
     dependencies: LedgerDependencies | None = None,
     leases: Leases | None = None,
+    pipes: Any = None,
 ) -> dict[str, Any]:
     dependencies = dependencies or ledger_dependencies()
+    # Every run, lease or not: a stopped event pipe emits no metrics of its own (docs/events.md).
+    names = pipe_names(os.environ.get("EVENT_PIPE_NAMES"))
+    if names:
+        check_event_pipes(pipes or aws_client("pipes"), names)
 
     def time_left() -> float:
         return context.get_remaining_time_in_millis() / 1000

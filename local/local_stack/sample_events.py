@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from local_stack.api_gateway import Route, build_event
+from local_stack.event_pipe import LOCAL_STACK_NAME, pipe_logical_ids
 from local_stack.functions import function_environment
 from local_stack.scheduler import SCHEDULED_EVENT
 from local_stack.stack import SECRETS, TABLES, LocalSettings, scheduled_functions
@@ -51,6 +52,7 @@ def env_file(settings: LocalSettings | None = None) -> dict[str, dict[str, str]]
     """events/env.json: what `make local` gives each function, seen from sam local's container."""
     settings = settings or LocalSettings()
     names = {**TABLES, **SECRETS}  # the secrets by name: their ARNs end in a random suffix
+    names |= {logical_id: f"{LOCAL_STACK_NAME}-{logical_id}" for logical_id in pipe_logical_ids()}
     intrinsics = Intrinsics(
         names,
         {},

@@ -25,7 +25,7 @@ from typing import Any, TextIO, TypeVar
 
 from local_stack import made_up_values
 from local_stack.api_gateway import LocalHttpApi, Route
-from local_stack.event_pipe import LocalEventsOut, start_events_out
+from local_stack.event_pipe import LOCAL_STACK_NAME, LocalEventsOut, pipe_logical_ids, start_events_out
 from local_stack.event_source import MappingSettings, StreamEventSource
 from local_stack.functions import (
     DEFAULT_CONCURRENCY,
@@ -419,6 +419,19 @@ def _create_resources(
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         attributes[(logical_id, "Arn")] = arn
         attributes[(logical_id, "QueueName")] = name
+    # The event pipes, known to moto's Pipes by name, so the re-drive's check of their state
+    # (EVENT_PIPE_NAMES, moment_sync/pipe_health.py) reads RUNNING, as it would in AWS.
+    pipes = boto3.client("pipes", endpoint_url=endpoint)
+    for logical_id in pipe_logical_ids():
+        name = f"{LOCAL_STACK_NAME}-{logical_id}"
+        arn = pipes.create_pipe(
+            Name=name,
+            Source=attributes[("LedgerTable", "StreamArn")],
+            Target=f"arn:aws:events:{REGION}:123456789012:event-bus/{LOCAL_STACK_NAME}-events",
+            RoleArn="arn:aws:iam::123456789012:role/local-event-pipes",
+        )["Arn"]
+        names[logical_id] = name  # !Ref of a pipe is its name
+        attributes[(logical_id, "Arn")] = arn
     return names, attributes
 
 

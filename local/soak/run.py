@@ -25,7 +25,7 @@ from local_stack.workers import WorkerPlugin
 from moment_sandbox import SandboxSettings
 from soak.faults import KINDS, FaultRates, InjectedFaults
 from soak.traffic import Deliveries, Delivery, Merchant, Moment, Sent, event_body, made_up_signature
-from soak.verdict import Verdict, judge
+from soak.verdict import ANNOUNCED_PAYMENTS, Verdict, judge
 from soak.workload import (
     Again,
     Forged,
@@ -129,11 +129,14 @@ def run_soak(settings: SoakSettings, say: Say = print) -> SoakResult:
         # payment rules allow overpayment, so whatever reaches a bill is Moment's to take.
         stack.sandbox.configure(webhook_url=None, bill_overpayment_allowed=True)
         stack.functions.state = state  # what the workers' faults read before each invocation
-        announced: list[dict[str, Any]] = []  # every Payment Applied the bus carries (docs/events.md)
+        # Every Payment Applied and Bill Paid the bus carries (docs/events.md), with its detail-type.
+        announced: list[dict[str, Any]] = []
         if stack.events is not None:
             stack.events.bus.subscribe(
                 lambda event: (
-                    announced.append(event["detail"]) if event["detail-type"] == "Payment Applied" else None
+                    announced.append({**event["detail"], "detail_type": event["detail-type"]})
+                    if event["detail-type"] in ANNOUNCED_PAYMENTS
+                    else None
                 )
             )
         moment = Moment(stack.sandbox_url)

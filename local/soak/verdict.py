@@ -52,6 +52,10 @@ class Verdict:
             self.problems.append(f"{kind}: {len(details)}: {shown}{more}")
 
 
+# The detail-types that announce a Moment payment: on a balance, on a bill (docs/events.md).
+ANNOUNCED_PAYMENTS = ("Payment Applied", "Bill Paid")
+
+
 def judge(
     events: list[dict[str, Any]],
     ledger: list[dict[str, Any]],
@@ -131,6 +135,8 @@ def _merchant_entries(verdict: Verdict, ledger: list[dict[str, Any]], sent: Sent
     for item in ledger:
         if not item["sk"].startswith("ENTRY#") or item["sk"].startswith("ENTRY#payment:"):
             continue
+        if item["sk"] == "ENTRY#void" and item["pk"].startswith("BILL#"):
+            continue  # a bill's void (`Bill Voided`), no payment
         if item["sk"].startswith("ENTRY#outside_payment:") and item["pk"].startswith("BILL#"):
             outside[item["pk"].removeprefix("BILL#")][item["sk"].partition(":")[2]] = int(item["amount"])
             continue
@@ -215,7 +221,7 @@ def _bills(verdict: Verdict, ledger: list[dict[str, Any]], moment: dict[str, Any
     same amount_paid (its own payments once, each outside payment once) and the same voided status."""
     sums: Counter[str] = Counter()
     for item in ledger:
-        if item["pk"].startswith("BILL#") and item["sk"].startswith("ENTRY#"):
+        if item["pk"].startswith("BILL#") and item["sk"].startswith("ENTRY#") and item["sk"] != "ENTRY#void":
             sums[item["pk"]] += int(item["amount"])
     at_moment = {item["external_reference"]: item for item in moment.get("bills", [])}
     off_sum, pending, disagree = [], [], []
@@ -269,15 +275,16 @@ def _statuses(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -
 
 def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: list[dict[str, Any]]) -> None:
     """Every applied payment announced exactly once after deduplication by `event_id` (EventBridge
-    delivers at least once; a consumer keeps the first of each id), and each announcement names it.
-    A bill's payments (`BILL#…`) are not announced (docs/events.md#bills): none is owed one."""
+    delivers at least once; a consumer keeps the first of each id), and each announcement names it: a
+    balance's as `Payment Applied`, a Moment payment on a bill (`BILL#…`) as `Bill Paid`
+    (docs/events.md#bills). A detail without `detail_type` is a `Payment Applied`."""
     entries = {
-        f"{item['pk']}|{item['sk']}": item
-        for item in ledger
-        if str(item["sk"]).startswith("ENTRY#payment:") and not str(item["pk"]).startswith("BILL#")
+        f"{item['pk']}|{item['sk']}": item for item in ledger if str(item["sk"]).startswith("ENTRY#payment:")
     }
     kept: dict[str, dict[str, Any]] = {}
     for detail in announced:
+        if detail.get("detail_type") == "Bill Paid" and detail.get("entry_kind") != "payment":
+            continue  # cash taken outside Moment: not a Moment payment (checked by its entry)
         kept.setdefault(detail["event_id"], detail)
     never = sorted(set(entries) - set(kept))
     unknown = sorted(set(kept) - set(entries))
@@ -285,8 +292,12 @@ def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: li
         event_id
         for event_id, detail in kept.items()
         if event_id in entries
-        and (detail["application_id"], detail["amount"])
-        != (str(entries[event_id]["sk"]).removeprefix("ENTRY#payment:"), str(entries[event_id]["amount"]))
+        and (detail.get("detail_type", "Payment Applied"), detail["application_id"], detail["amount"])
+        != (
+            "Bill Paid" if str(entries[event_id]["pk"]).startswith("BILL#") else "Payment Applied",
+            str(entries[event_id]["sk"]).removeprefix("ENTRY#payment:"),
+            str(entries[event_id]["amount"]),
+        )
     ]
     verdict.payments_announced_once = not (never or unknown or wrong)
     verdict.problem("applied payments never announced", never)

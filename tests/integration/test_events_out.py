@@ -34,6 +34,7 @@ from moment_sync.adapters.dynamo_items import from_item
 from moment_sync.events_out import (
     DETAIL_TYPES,
     PERSONAL_FIELDS,
+    bill_entry_event,
     entry_event,
     parking_event,
     sync_transition_event,
@@ -130,9 +131,15 @@ def test_each_entry_is_announced_once_and_a_duplicate_delivery_not_at_all(month:
     assert max(ids.values()) == 1, [event_id for event_id, count in ids.items() if count > 1]
     entries = [item for item in scan(stack, "LedgerTable") if str(item["sk"]).startswith("ENTRY#")]
     by_id = {event["detail"]["event_id"]: event for event in events}
-    # The demo's bill member pays a bill at Moment and in cash: no pipe announces a bill's entries yet.
+    # The demo's bill member pays a bill at Moment and in cash, and a second bill is voided: each
+    # bill entry once, as BillEventsPipe announces it, never as a balance's `Payment Applied`.
     bills = [entry for entry in entries if str(entry["pk"]).startswith("BILL#")]
-    assert bills and not any(str(entry["pk"]) in event_id for entry in bills for event_id in by_id)
+    assert {entry["kind"] for entry in bills} == {"payment", "outside_payment", "void"}
+    for entry in bills:
+        announcement = bill_entry_event(entry)
+        assert announcement is not None, entry
+        announced = by_id[announcement[1]["event_id"]]
+        assert (announced["detail-type"], announced["detail"]) == announcement
     for entry in (entry for entry in entries if entry not in bills):
         detail_type, detail = entry_event(entry)
         announced = by_id[detail["event_id"]]
@@ -148,6 +155,10 @@ def test_each_entry_is_announced_once_and_a_duplicate_delivery_not_at_all(month:
     assert sorted(detail["webhook_id"] for detail in payments) == sorted(applied)
     duplicates = [webhook for webhook, status in result.statuses.items() if status == "duplicate"]
     assert duplicates and not {detail["webhook_id"] for detail in payments} & set(duplicates)
+    bill_paid = [event["detail"] for event in events if event["detail-type"] == "Bill Paid"]
+    at_moment = sorted(detail["webhook_id"] for detail in bill_paid if detail["entry_kind"] == "payment")
+    assert at_moment == sorted(webhook for webhook in on_bills if webhook)
+    assert len([event for event in events if event["detail-type"] == "Bill Voided"]) == 1
 
 
 def test_each_parking_is_announced_once(month: Any) -> None:
@@ -169,10 +180,10 @@ def test_each_sync_state_change_is_announced_once_in_order(month: Any) -> None:
     heads = {
         (item["kind"], item["ref"]): item
         for item in scan(stack, "LedgerTable")
-        if item["sk"] == "HEAD" and "version" in item and not str(item["pk"]).startswith("BILL#")
+        if item["sk"] == "HEAD" and "version" in item
     }
-    assert set(changes) == set(heads), "every balance was pushed, so each changed state"
-    assert "bill" not in {kind for kind, _ref in changes}, "a bill's push states are not announced"
+    assert set(changes) == set(heads), "every balance and bill was pushed, so each changed state"
+    assert "bill" in {kind for kind, _ref in changes}, "a bill's push states are announced too"
     for balance, details in changes.items():
         states = ["synced", *(detail["new_state"] for detail in details)]
         assert [detail["old_state"] for detail in details] == states[:-1], balance
@@ -327,13 +338,13 @@ def test_republishing_puts_the_same_events_again_except_an_erased_customers(stac
     assert republished["id"] != original["id"]
 
 
-def test_a_bills_payments_and_void_are_not_announced_as_a_balances_nor_break_republishing(
+def test_a_bill_announces_each_payment_once_its_void_once_and_each_sync_state_change_once(
     stack: RunningStack,
 ) -> None:
-    """Bill entries are stored like a balance's (`ENTRY#…`, kind `payment` or `outside_payment`) but
-    no pipe announces them yet (docs/events.md#bills): none may pass as a `Payment Applied`, and
-    `republish-events` must skip them, not stop at an entry kind it does not know."""
-    from moment_sync.cli import main  # imported after the stack set the environment
+    """Over real HTTP: a Moment payment delivered twice and a cash payment are one `Bill Paid` each, the
+    void one `Bill Voided`, each valid against its schema and equal to what `republish-events` builds;
+    never a balance's `Payment Applied`, never the cash payment's description; the bill's push states
+    announced once each, chained (docs/events.md#bills)."""
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
     httpx.put(
@@ -344,19 +355,74 @@ def test_a_bills_payments_and_void_are_not_announced_as_a_balances_nor_break_rep
     for ref in ("FEE-9201", "FEE-9202"):
         bill = {"customer": "UCR9201", "currency": "ZAR", "amount_due": 90000, "description": "Annual fee"}
         assert httpx.put(f"{stack.api_url}/bills/{ref}", json=bill, timeout=30).status_code == 201
+    assert stack.push_now().error is None  # the customer and both bills created at Moment
+    paid_at_moment = httpx.post(
+        f"{stack.sandbox_url}/_sandbox/payments", json={"bill": "FEE-9201", "amount": 50000, "duplicates": 1}
+    )
+    assert paid_at_moment.status_code in {200, 201}, paid_at_moment.text
+    assert stack.wait_until_quiet(30)
     cash = {"id": "cash-9201", "amount": 40000, "description": "Cash from Thandi at the desk"}
-    paid = httpx.post(f"{stack.api_url}/bills/FEE-9201/payments", json=cash, timeout=30)
-    assert paid.status_code in {200, 201}, paid.text
-    voided = httpx.post(f"{stack.api_url}/bills/FEE-9202/void", timeout=30)
-    assert voided.status_code == 200, voided.text
-    _charge(stack, "UCR9201", "after-bills", 700)  # the pipes read past the bill's records
-    [charge] = wait_for(stack, 1, **{"detail-type": "Charge Posted"})
-    assert charge["detail"]["source_id"] == "after-bills"
+    for _ in range(2):  # the merchant retries: the same payment, no new event
+        paid = httpx.post(f"{stack.api_url}/bills/FEE-9201/payments", json=cash, timeout=30)
+        assert paid.status_code in {200, 201}, paid.text
+    for _ in range(2):
+        voided = httpx.post(f"{stack.api_url}/bills/FEE-9202/void", timeout=30)
+        assert voided.status_code == 200, voided.text
+    assert stack.push_now().error is None  # Moment hears of the cash and the void: synced again
     assert stack.events is not None and stack.events.wait_until_idle(20)
-    bill_entries = [item for item in scan(stack, "LedgerTable") if str(item["pk"]).startswith("BILL#")]
-    assert any(str(item["sk"]).startswith("ENTRY#") for item in bill_entries)
-    published = json.dumps(bus_events(stack))
-    assert "FEE-920" not in published and "cash-9201" not in published and "Thandi" not in published
+    wait_for(stack, 2, **{"detail-type": "Bill Paid"})
+    events = bus_events(stack)
+    for published in events:
+        event = {key: value for key, value in published.items() if key != "published_at"}
+        jsonschema.Draft4Validator(SCHEMAS[event["detail-type"]]).validate(event)
+    ids = Counter(event["detail"]["event_id"] for event in events)
+    assert max(ids.values()) == 1, ids
+    bill_paid = [event["detail"] for event in events if event["detail-type"] == "Bill Paid"]
+    assert [
+        (detail["entry_kind"], detail["amount"], detail["amount_paid"], detail["status"])
+        for detail in bill_paid
+    ] == [
+        ("payment", "50000", "50000", "unpaid"),
+        ("outside_payment", "40000", "90000", "paid"),
+    ]
+    assert bill_paid[0]["application_id"] and bill_paid[0]["moment_id"].startswith("bill_")
+    assert bill_paid[1]["amount_remaining"] == "0" and bill_paid[1]["source_id"] == "cash-9201"
+    [void] = [event["detail"] for event in events if event["detail-type"] == "Bill Voided"]
+    assert (void["bill_ref"], void["amount"], void["amount_paid"], void["amount_remaining"]) == (
+        "FEE-9202",
+        "0",
+        "0",
+        "90000",
+    )
+    assert not [event for event in events if event["detail-type"] == "Payment Applied"]
+    assert "Thandi" not in json.dumps(events) and "Annual fee" not in json.dumps(events)
+    items = scan(stack, "LedgerTable")
+    for entry in (item for item in items if str(item["pk"]).startswith("BILL#") and item["sk"] != "HEAD"):
+        announcement = bill_entry_event(entry)
+        assert announcement is not None
+        [published] = [
+            event for event in events if event["detail"]["event_id"] == announcement[1]["event_id"]
+        ]
+        assert (published["detail-type"], published["detail"]) == announcement
+    for ref in ("FEE-9201", "FEE-9202"):
+        details = [
+            event["detail"]
+            for event in events
+            if event["detail-type"] == "Sync State Changed" and event["detail"]["balance_ref"] == ref
+        ]
+        states = ["synced", *(detail["new_state"] for detail in details)]
+        assert states == ["synced", "pending", "synced", "pending", "synced"], (ref, states)
+        assert [detail["old_state"] for detail in details] == states[:-1]
+        assert [detail["event_id"] for detail in details] == [f"BILL#{ref}|sync|{n}" for n in range(1, 5)]
+        [head] = [item for item in items if item["pk"] == f"BILL#{ref}" and item["sk"] == "HEAD"]
+        assert head["sync_state"] == sync_state(head) == "synced"
+    _republished_and_verified(stack, started)
+
+
+def _republished_and_verified(stack: RunningStack, started: str) -> None:
+    """`republish-events` finds the bill's events; the void entry leaves `verify`'s sums as they were."""
+    from moment_sync.cli import main  # imported after the stack set the environment
+
     environment = {
         "LOCAL_AWS_PORT": stack.aws_endpoint.rsplit(":", 1)[1],
         "LOCAL_API_PORT": stack.api_url.rsplit(":", 1)[1],
@@ -368,8 +434,14 @@ def test_a_bills_payments_and_void_are_not_announced_as_a_balances_nor_break_rep
         code = main(
             ["--local", "--json", "republish-events", "--since", started, "--dry-run"], out=out, err=err
         )
+        verify_out, verify_err = io.StringIO(), io.StringIO()
+        verified = main(["--local", "--json", "verify"], out=verify_out, err=verify_err)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     assert code == 0, err.getvalue()
-    assert json.loads(out.getvalue())["found"] == {"Charge Posted": 1}
+    found = json.loads(out.getvalue())["found"]
+    assert (found["Bill Paid"], found["Bill Voided"]) == (2, 1)
+    # the void entry adds nothing to a bill's payments: amount_paid is still the sum of its payments
+    assert verified == 0, verify_out.getvalue() + verify_err.getvalue()
+    assert json.loads(verify_out.getvalue())["mismatches"] == {}

@@ -63,3 +63,36 @@ def test_every_new_entry_carries_what_its_pipe_copies(dynamodb: Any) -> None:
         "balance_ref": "UCR1",
         "source_id": "ob_1",
     }
+
+
+def test_a_bills_states_are_announced_once_each_blocked_included_and_its_booking_announces_synced(
+    dynamodb: Any,
+) -> None:
+    """The bill pusher's settle (docs/events.md#bills): a bill is raised `synced` (last announced),
+    its first look announces `pending`, a block `blocked` once however often it is settled, and the
+    booking `synced` in its own write."""
+    from moment_sync.ledger import bill_service
+    from moment_sync.ledger.bills import BillRef
+
+    harness = LedgerHarness(dynamodb)
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    bill_service.put_bill(
+        harness.ledger, "FEE-1", {"customer": "UCR1", "currency": "ZAR", "amount_due": 5000}, NOW
+    )
+    bill = BillRef("FEE-1")
+    read = harness.ledger.get_bill(bill)
+    assert read is not None and (read["sync_state"], sync_state(read)) == ("synced", "pending")
+    pending = harness.ledger.settle_sync_state(bill, read, NOW)
+    assert pending is not None and pending["sync_transition"]["id"] == "BILL#FEE-1|sync|1"
+    harness.ledger.record_bill_blocked(bill, "Moment shows it paid", NOW + 1, NOW + 3600)
+    for second in (2, 3):  # a second look at the same block announces nothing more
+        harness.ledger.settle_sync_state(bill, None, NOW + second)
+    blocked = harness.ledger.get_bill(bill)
+    assert blocked is not None
+    assert (blocked["sync_state"], blocked["sync_transitions"]) == ("blocked", 2)
+    assert (blocked["sync_transition"]["from"], blocked["sync_transition"]["to"]) == ("pending", "blocked")
+    assert harness.ledger.record_bill_push(bill, blocked, 0, NOW + 4)
+    booked = harness.ledger.get_bill(bill)
+    assert booked is not None and "push_shard" not in booked
+    assert (booked["sync_state"], sync_state(booked), booked["sync_transitions"]) == ("synced", "synced", 3)
+    assert booked["sync_transition"]["id"] == "BILL#FEE-1|sync|3"

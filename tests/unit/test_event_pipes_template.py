@@ -24,6 +24,7 @@ A_KEY_ARN = "arn:aws:kms:af-south-1:123456789012:key/1234abcd-12ab-34cd-56ef-123
 PIPES = {
     "PaymentEventsPipe": ("LedgerTable", "Payment Applied"),
     "LedgerChangeEventsPipe": ("LedgerTable", "$.dynamodb.NewImage.detail_type.S"),
+    "BillEventsPipe": ("LedgerTable", "$.dynamodb.NewImage.detail_type.S"),
     "SyncStateEventsPipe": ("LedgerTable", "Sync State Changed"),
     "ParkedEventsPipe": ("WebhookEventsTable", "Event Parked"),
 }
@@ -34,6 +35,8 @@ DETAIL_TYPES = (
     "Adjustment Made",
     "Sync State Changed",
     "Event Parked",
+    "Bill Paid",
+    "Bill Voided",
 )
 # What a head or an event item holds about a person, and free text a person typed.
 PERSONAL = ("name", "email", "phone", "description", "operator")

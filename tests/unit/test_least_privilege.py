@@ -35,7 +35,12 @@ EXPECTED_ACTIONS = {
         "dynamodb:UpdateItem",
         "sqs:SendMessage",
     },
-    "RedriveFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
+    # pipes:DescribePipe: each run checks the event pipes run (only those pipes: test_event_pipe_state)
+    "RedriveFunction": LOGS
+    | LEDGER_WRITES
+    | MOMENT_KEY
+    | FAILED_RUNS
+    | {"dynamodb:Query", "pipes:DescribePipe"},
     "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
     "DailyReconcileFunction": LOGS

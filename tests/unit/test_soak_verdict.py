@@ -206,16 +206,26 @@ def _payment_applied(event_id: str, application_id: str, amount: int) -> dict[st
     return {"event_id": event_id, "application_id": application_id, "amount": str(amount)}
 
 
-def test_a_bill_payment_is_not_owed_a_payment_applied_and_one_announced_is_wrong() -> None:
-    """The bus carries `Payment Applied` for a balance's payments only (docs/events.md#bills): a bill
-    payment at Moment (sk `ENTRY#payment:…` too) must not count as never announced, and one announced
-    as a balance's payment is a problem."""
+def test_a_bill_payment_is_owed_one_bill_paid_and_one_announced_as_a_balances_is_wrong() -> None:
+    """A Moment payment on a bill (sk `ENTRY#payment:…` too) is announced as `Bill Paid`
+    (docs/events.md#bills): without it, it was never announced; as a `Payment Applied`, it is wrong."""
     balance_payment = _payment_applied("CUSTOMER#S1|ENTRY#payment:ob_1", "ob_1", -1200)
-    verdict = judge(*correct_bill_end(), announced=[balance_payment, balance_payment])
-    assert verdict.ok and verdict.payments_announced_once, verdict.problems
     on_a_bill = _payment_applied("BILL#FEE|ENTRY#payment:ob_2", "ob_2", 700)
+    bill_paid = {**on_a_bill, "detail_type": "Bill Paid", "entry_kind": "payment"}
+    cash = {
+        "event_id": "BILL#FEE|ENTRY#outside_payment:C1",
+        "detail_type": "Bill Paid",
+        "entry_kind": "outside_payment",
+    }
+    verdict = judge(
+        *correct_bill_end(), announced=[balance_payment, bill_paid, cash, balance_payment, bill_paid]
+    )
+    assert verdict.ok and verdict.payments_announced_once, verdict.problems
+    verdict = judge(*correct_bill_end(), announced=[balance_payment])
+    assert not verdict.payments_announced_once and not verdict.ok
+    assert verdict.problems == ["applied payments never announced: 1: BILL#FEE|ENTRY#payment:ob_2"]
     verdict = judge(*correct_bill_end(), announced=[balance_payment, on_a_bill])
     assert not verdict.payments_announced_once and not verdict.ok
     assert verdict.problems == [
-        "payments announced that the ledger never applied: 1: BILL#FEE|ENTRY#payment:ob_2"
+        "payments announced as another application or amount: 1: BILL#FEE|ENTRY#payment:ob_2"
     ]

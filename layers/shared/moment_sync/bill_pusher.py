@@ -142,6 +142,22 @@ class BillPusher:
         head = self.ledger.get_bill(bill)
         if head is None or "push_shard" not in head:
             return BillPushResult.SKIPPED
+        # As the balance pusher: announce what changed since the last look (synced -> pending), then
+        # what this look did (blocked, conflict, failing, ...); booking `synced` announces itself.
+        head = self._announce(bill, head) or head
+        try:
+            return self._push_one(bill, head)
+        finally:
+            self._announce(bill, None)
+
+    def _announce(self, bill: BillRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            return self.ledger.settle_sync_state(bill, head, self.now())
+        except Exception:  # the next look announces it; a push must not fail for want of an announcement
+            logger.exception("bill sync state not announced yet", extra={"bill": bill.ref})
+            return None
+
+    def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillPushResult:
         log: dict[str, Any] = {"bill": bill.ref, "moment_id": head.get("moment_id")}
         try:
             created = False

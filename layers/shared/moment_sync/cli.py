@@ -35,7 +35,7 @@ from moment_sync.cli_local import (
     aws_clients,
     local_clients,
 )
-from moment_sync.events_out import DETAIL_TYPES
+from moment_sync.events_out import DETAIL_TYPES, is_bill_void_entry
 from moment_sync.ledger import requests, service
 from moment_sync.ledger.model import BalanceKind, BalanceRef, EntryKind
 from moment_sync.ledger.requests import RequestInvalid
@@ -419,7 +419,8 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         elif item["sk"] == HEAD and item.get("kind") == "bill":
             heads[item["pk"]] = item.get("amount_paid", 0)
             bills += 1
-        elif item["sk"].startswith(ENTRY_PREFIX):
+        elif item["sk"].startswith(ENTRY_PREFIX) and not is_bill_void_entry(item):
+            # a bill's void entry (`Bill Voided`) is no payment
             sums[item["pk"]] = sums.get(item["pk"], 0) + item["amount"]
     progress.finish()
     mismatches = {

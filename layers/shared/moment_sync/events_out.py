@@ -16,6 +16,12 @@ EVENT_SOURCE: Final = "moment-balance-sync"
 PAYMENT_APPLIED: Final = "Payment Applied"
 SYNC_STATE_CHANGED: Final = "Sync State Changed"
 EVENT_PARKED: Final = "Event Parked"
+BILL_PAID: Final = "Bill Paid"
+BILL_VOIDED: Final = "Bill Voided"
+# A bill's void is an entry of its own (`ENTRY#void`, amount 0, not in the entries listing): the
+# stream's INSERT announces it once. Readers adding up a bill's payments skip it.
+BILL_VOID_KIND: Final = "void"
+BILL_VOID_ENTRY_ID: Final = "void"
 # The detail-type each kind of entry is announced as (the entry carries it as `detail_type`; the
 # pipe of the other entries reads it from there, so a new kind needs no new pipe).
 ENTRY_DETAIL_TYPES: Final = {
@@ -24,7 +30,25 @@ ENTRY_DETAIL_TYPES: Final = {
     EntryKind.BALANCE_SET: "Balance Set",
     EntryKind.ADJUSTMENT: "Adjustment Made",
 }
-DETAIL_TYPES: Final = (*ENTRY_DETAIL_TYPES.values(), SYNC_STATE_CHANGED, EVENT_PARKED)
+DETAIL_TYPES: Final = (*ENTRY_DETAIL_TYPES.values(), SYNC_STATE_CHANGED, EVENT_PARKED, BILL_PAID, BILL_VOIDED)
+# What BillEventsPipe copies from a bill's entry, besides pk, sk and created_at: every one is on
+# every bill entry (empty text where it does not apply), so one transformation fits both types.
+BILL_EVENT_TEXT_FIELDS: Final = (
+    "detail_type",
+    "bill_ref",
+    "owner_kind",
+    "owner_ref",
+    "entry_id",
+    "kind",
+    "source_id",
+    "currency",
+    "status",
+    "bill_moment_id",
+    "application_id",
+    "payment_id",
+    "webhook_id",
+)
+BILL_EVENT_NUMBER_FIELDS: Final = ("amount", "amount_due", "amount_paid", "amount_remaining")
 # Never in a detail: what heads hold about a person, and free text (a charge's description, an
 # adjustment's reason and operator).
 PERSONAL_FIELDS: Final = frozenset({"name", "email", "phone", "description", "operator"})
@@ -40,6 +64,57 @@ def entry_event_attributes(balance_pk: str, kind: EntryKind, source_id: str) -> 
         "balance_ref": balance_ref,
         "source_id": source_id,
     }
+
+
+def bill_entry_event_attributes(
+    head: dict[str, Any],
+    *,
+    detail_type: str,
+    source_id: str,
+    amount_paid: int,
+    status: str,
+    ids: dict[str, str],
+) -> dict[str, Any]:
+    """What a bill's entry carries for BillEventsPipe: the bill and its owner, the bill's amounts just
+    after this entry (the write is conditional on the version read, so they are exact), and Moment's
+    ids (empty for an outside payment or a void). Never the bill's or a payment's description."""
+    amount_due = int(head["amount_due"])
+    return {
+        "detail_type": detail_type,
+        "bill_ref": str(head["ref"]),
+        "owner_kind": str(head["owner_kind"]),
+        "owner_ref": str(head["owner_ref"]),
+        "source_id": source_id,
+        "status": status,
+        "amount_due": amount_due,
+        "amount_paid": amount_paid,
+        "amount_remaining": max(0, amount_due - amount_paid),
+        # not `moment_id`: that names the LinkedBalances index's key, which only heads may carry
+        "bill_moment_id": str(head.get("moment_id") or ids.get("moment_id") or ""),
+        "application_id": ids.get("application_id", ""),
+        "payment_id": ids.get("payment_id", ""),
+        "webhook_id": ids.get("webhook_id", ""),
+    }
+
+
+def is_bill_void_entry(entry: dict[str, Any]) -> bool:
+    return entry.get("kind") == BILL_VOID_KIND
+
+
+def bill_entry_event(entry: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(detail-type, detail) of a bill's stored entry, as BillEventsPipe announces it; None for an
+    entry written before bills were announced (it lacks the pipe's fields, so no pipe announced it)."""
+    if "detail_type" not in entry:
+        return None
+    detail: dict[str, Any] = {"event_id": f"{entry['pk']}|{entry['sk']}"}
+    for name in BILL_EVENT_TEXT_FIELDS:
+        if name != "detail_type":
+            shown = {"kind": "entry_kind", "bill_moment_id": "moment_id"}.get(name, name)
+            detail[shown] = str(entry.get(name, ""))
+    for name in BILL_EVENT_NUMBER_FIELDS:
+        detail[name] = str(int(entry[name]))  # a stream carries numbers as text
+    detail["occurred_at"] = entry["created_at"]
+    return str(entry["detail_type"]), detail
 
 
 def entry_event(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:

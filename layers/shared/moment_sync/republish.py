@@ -21,6 +21,7 @@ from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.events_out import (
     EVENT_PARKED,
     EVENT_SOURCE,
+    bill_entry_event,
     entry_event,
     parking_event,
     sync_transition_event,
@@ -58,10 +59,9 @@ def recorded_between(
     skipped = 0
     for item in items:
         announcement: Announcement | None = None
-        if is_bill_key(str(item["pk"])):
-            continue  # no pipe announces a bill's items (docs/events.md#bills), so neither does this
         if str(item.get("sk", "")).startswith(ENTRY_PREFIX) and since <= str(item["created_at"]) < until:
-            announcement = entry_event(item)
+            # a bill's entry as BillEventsPipe announces it (None: written before bills were announced)
+            announcement = bill_entry_event(item) if is_bill_key(str(item["pk"])) else entry_event(item)
         elif item.get("sk") == HEAD and item.get("sync_transition"):
             at = str(item["sync_transition"]["at"])
             announcement = sync_transition_event(item) if since <= at < until else None
@@ -120,5 +120,8 @@ def _parkings(events: WebhookEventsTable, since: str, until: str) -> tuple[list[
 def _erased(head: dict[str, Any], heads: dict[str, dict[str, Any]]) -> bool:
     if "personal_data_erased_at" in head:
         return True
+    if head.get("kind") == "bill":  # a bill is as erased as the balance that owes it
+        owner = heads.get(f"{str(head.get('owner_kind', '')).upper()}#{head.get('owner_ref')}", {})
+        return bool(owner) and _erased(owner, heads)
     customer = head.get("customer_ref")
     return bool(customer) and "personal_data_erased_at" in heads.get(f"CUSTOMER#{customer}", {})

@@ -17,6 +17,13 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
+from moment_sync.events_out import (
+    BILL_PAID,
+    BILL_VOID_ENTRY_ID,
+    BILL_VOID_KIND,
+    BILL_VOIDED,
+    bill_entry_event_attributes,
+)
 from moment_sync.ledger.bills import (
     BILL_PUSH_SHARD_PREFIX,
     BillEntry,
@@ -65,7 +72,10 @@ def bill_head_key(bill: BillRef) -> dict[str, Any]:
     return {"pk": {"S": bill.partition_key}, "sk": {"S": _HEAD}}
 
 
-def bill_entry_item(bill: BillRef, entry: BillEntry, currency: str, webhook_id: str | None) -> dict[str, Any]:
+def bill_entry_item(
+    bill: BillRef, entry: BillEntry, currency: str, webhook_id: str | None, announce: dict[str, Any]
+) -> dict[str, Any]:
+    """`announce`: what BillEventsPipe reads (events_out.bill_entry_event_attributes)."""
     return to_item(
         {
             "pk": bill.partition_key,
@@ -78,6 +88,7 @@ def bill_entry_item(bill: BillRef, entry: BillEntry, currency: str, webhook_id: 
             "source": entry.source,
             "created_at": entry.created_at,
             "webhook_id": webhook_id,
+            **announce,  # its webhook_id is this one, or "" for an outside payment
         }
     )
 
@@ -220,8 +231,9 @@ class LedgerBills:
         return None
 
     def void_bill(self, bill: BillRef, read: dict[str, Any], now: float) -> bool:
-        """Void it in the ledger and make it pending (Moment is told by the next push); False if the
-        bill changed since `read` (read again and retry) or was voided meanwhile."""
+        """Void it in the ledger and make it pending (Moment is told by the next push), with its
+        `ENTRY#void` (amount 0: `Bill Voided` on the stream, docs/events.md) in the same transaction;
+        False if the bill changed since `read` (read again and retry) or was voided meanwhile."""
         values = {
             ":now": iso_time(now),
             ":voided": BillStatus.VOIDED.value,
@@ -230,21 +242,58 @@ class LedgerBills:
             ":version": read["version"],
             ":shard": bill.push_shard,
         }
+        paid = int(read.get("amount_paid", 0))
+        void_entry = {
+            "pk": bill.partition_key,
+            "sk": _ENTRY_PREFIX + BILL_VOID_ENTRY_ID,
+            # no entry_order: not in the entries listing, which shows payments
+            "entry_id": BILL_VOID_ENTRY_ID,
+            "kind": BILL_VOID_KIND,
+            "amount": 0,  # a void changes no amount_paid: a reader that adds it up stays right
+            "currency": read["currency"],
+            "created_at": iso_time(now),
+            **bill_entry_event_attributes(
+                read,
+                detail_type=BILL_VOIDED,
+                source_id=bill.ref,
+                amount_paid=paid,
+                status=BillStatus.VOIDED.value,
+                ids={},
+            ),
+        }
         try:
-            self._client.update_item(
-                TableName=self.table_name,
-                Key=bill_head_key(bill),
-                UpdateExpression="SET #status = :voided, void_requested_at = :now, bill_order = :order, "
-                "updated_at = :now, push_shard = if_not_exists(push_shard, :shard), "
-                "pending_since = if_not_exists(pending_since, :now) ADD version :one",
-                ConditionExpression="version = :version AND attribute_not_exists(void_requested_at)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=to_values(values),
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": bill_head_key(bill),
+                            "UpdateExpression": "SET #status = :voided, void_requested_at = :now, "
+                            "bill_order = :order, updated_at = :now, "
+                            "push_shard = if_not_exists(push_shard, :shard), "
+                            "pending_since = if_not_exists(pending_since, :now) ADD version :one",
+                            "ConditionExpression": "version = :version "
+                            "AND attribute_not_exists(void_requested_at)",
+                            "ExpressionAttributeNames": {"#status": "status"},
+                            "ExpressionAttributeValues": to_values(values),
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": to_item(void_entry),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
             )
         except ClientError as error:
-            if error_code(error) == "ConditionalCheckFailedException":
+            codes = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+            if "ConditionalCheckFailed" in codes:
                 return False
-            raise
+            from moment_sync.adapters.ledger_table import _transient_or  # noqa: PLC0415 -- a cycle
+
+            raise _transient_or(error) from error
         return True
 
     def add_outside_payment(
@@ -255,7 +304,15 @@ class LedgerBills:
         amount = entry.amount
         new_paid = int(read.get("amount_paid", 0)) + amount
         status = status_for(int(read["amount_due"]), new_paid, voided=False)
-        item = bill_entry_item(bill, entry, str(read["currency"]), None)
+        announce = bill_entry_event_attributes(
+            read,
+            detail_type=BILL_PAID,
+            source_id=entry.source_id,
+            amount_paid=new_paid,
+            status=status,
+            ids={},
+        )
+        item = bill_entry_item(bill, entry, str(read["currency"]), None, announce)
         item["request_hash"] = {"S": request_hash}
         update = {
             "TableName": self.table_name,
@@ -360,7 +417,20 @@ class LedgerBills:
                 {
                     "Put": {
                         "TableName": self.table_name,
-                        "Item": bill_entry_item(bill, entry, currency, webhook_id),
+                        "Item": bill_entry_item(
+                            bill,
+                            entry,
+                            currency,
+                            webhook_id,
+                            bill_entry_event_attributes(
+                                head,
+                                detail_type=BILL_PAID,
+                                source_id=entry.source_id,
+                                amount_paid=new_paid,
+                                status=status,
+                                ids=entry.source,
+                            ),
+                        ),
                         "ConditionExpression": "attribute_not_exists(pk)",
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
@@ -582,7 +652,14 @@ class LedgerBills:
         Moment (`outside_booked := outside_paid` read), every open intent is cleared, backoff and flags
         reset; the pending marker goes only if the bill's version is still the one read. False if
         another push booked since the read (conditional on the push state read)."""
+        from moment_sync.adapters.ledger_table import _synced_transition  # noqa: PLC0415 -- a cycle
+
         condition, values = _bill_push_condition(read)
+        # The booking announces `-> synced` itself (docs/events.md): once booked, the bill leaves the
+        # pusher's list, so no later look would.
+        synced_sets, synced_condition, synced_values = _synced_transition(bill, read, now)
+        condition += synced_condition
+        values |= synced_values
         values |= {
             ":booked": int(read.get("outside_paid", 0)),
             ":moment": moment_amount_paid,
@@ -596,6 +673,8 @@ class LedgerBills:
         )
         if voided_at_moment:
             sets += ", voided_at_moment = if_not_exists(voided_at_moment, :now)"
+        if synced_sets:
+            sets += ", " + ", ".join(synced_sets)
         removed = (
             "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
             "blocked_since, push_conflict"

@@ -907,14 +907,16 @@ class LedgerTable(LedgerBills):
         return held
 
     def settle_sync_state(
-        self, balance: BalanceRef, head: dict[str, Any] | None, now: float
+        self, balance: BalanceRef | BillRef, head: dict[str, Any] | None, now: float
     ) -> dict[str, Any] | None:
         """Write the head's sync state as `sync_state` when it differs from the one last written, with
         `sync_transition` (id, from, to, at) in the same write: the stream's `Sync State Changed`
         (docs/events.md; event patterns cannot compare two images' derived states). Conditional on
         everything the state was derived from and on the transitions counted, so a transition is
-        written once, by one writer; a lost race leaves it for the next caller. Returns the head."""
-        head = head if head is not None else self.get_head(balance)
+        written once, by one writer; a lost race leaves it for the next caller. Returns the head.
+        A bill's head too (the bill pusher's; its `blocked` state is its `push_blocked`)."""
+        read = self.get_bill if isinstance(balance, BillRef) else self.get_head
+        head = head if head is not None else read(balance)  # type: ignore[arg-type]
         if head is None or "version" not in head:
             return head
         old, new = str(head.get("sync_state", "synced")), sync_state(head)
@@ -927,7 +929,9 @@ class LedgerTable(LedgerBills):
             "to": new,
             "at": iso_time(now),
         }
-        conditions, values = _as_read(head, ("push_shard", "push_conflict", "defer_count", "push_attempts"))
+        conditions, values = _as_read(
+            head, ("push_shard", "push_conflict", "push_blocked", "defer_count", "push_attempts")
+        )
         conditions.append(
             "attribute_not_exists(sync_transitions)" if count == 0 else "sync_transitions = :read_count"
         )
@@ -943,7 +947,7 @@ class LedgerTable(LedgerBills):
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
-            return self.get_head(balance)  # changed meanwhile: the next look announces what it is then
+            return read(balance)  # type: ignore[arg-type]  # changed meanwhile: the next look announces it
         return {**head, "sync_state": new, "sync_transition": transition, "sync_transitions": count + 1}
 
     def scan_all(self) -> Iterator[dict[str, Any]]:
@@ -1092,7 +1096,7 @@ def _duplicate_or_conflict(
 
 
 def _synced_transition(
-    balance: BalanceRef, read: dict[str, Any], now: float
+    balance: BalanceRef | BillRef, read: dict[str, Any], now: float
 ) -> tuple[list[str], str, dict[str, Any]]:
     """What a booked push adds to announce `-> synced` in its own write (docs/events.md): SET
     clauses, a condition (the transitions still as read), values."""

@@ -94,6 +94,7 @@ def put_bill(
         # Pending from the start: Moment must create it.
         "push_shard": bill.push_shard,
         "pending_since": stamp,
+        "sync_state": "synced",  # the state last announced: the first look announces `pending`
     }
     existing = ledger.put_bill({name: value for name, value in head.items() if value is not None})
     if existing is None:
