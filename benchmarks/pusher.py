@@ -107,7 +107,14 @@ def fanout_rows(
         "concurrency": concurrency,
         "module": module,
         "environment": environment,
-        "pythonpath": (code_dir, LAYER_DIR, ROOT / "local", ROOT / "tests", ROOT),
+        "pythonpath": (
+            code_dir,
+            LAYER_DIR,
+            ROOT / "local",
+            ROOT / "tests",
+            ROOT / "functions" / "reconciler",
+            ROOT,
+        ),
     }
     rows = []
     for workers in FANOUT_WORKERS:
@@ -635,7 +642,10 @@ class _PushBench:
         # Every conditional write the last run made, on the real (emulated) ledger: each must be accepted,
         # and leave every balance booked as pushed and out of the PendingPush index.
         for update in snapshot.updates:
-            self.client.update_item(**update)
+            try:
+                self.client.update_item(**update)
+            except Exception as error:
+                raise RuntimeError(f"replayed write refused: {update}") from error
         heads = self._heads()
         for ref in refs:
             head = heads[self._balance(ref).partition_key]

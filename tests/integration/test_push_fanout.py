@@ -336,3 +336,15 @@ def test_shards_whose_worker_has_not_finished_lately_are_behind(leases: DynamoLe
         lease.release()
     assert shards_behind(leases, NOW + 600) == [3]
     assert shards_behind(leases, NOW + 901) == list(range(PUSH_SHARDS))
+
+
+def test_a_worker_reads_its_shard_again_while_time_is_left_so_a_billing_run_is_not_capped_per_run(
+    harness: LedgerHarness, moment: MomentClient, transport: InFlight
+) -> None:
+    balances = [harness.open_customer(ref) for ref in refs_in_shard(4, "UCR", 5)]
+    for number, balance in enumerate(balances):
+        charge(harness, balance, f"inv-{number}", 100)
+    pusher = worker(harness, moment)
+    pusher.batch = 2  # the index read 2 at a time (1,000 deployed)
+    assert invoke(pusher, {"shard": 4})["results"] == {"created": 5}
+    assert len(writes(transport)) == 5  # each once: no balance read again after its push

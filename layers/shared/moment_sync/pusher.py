@@ -120,6 +120,7 @@ class BalancePusher:
     leases: Leases | None = None
     backoff: SharedBackoff | None = None
     claim_wait_seconds: float = CUSTOMER_CLAIM_WAIT_SECONDS
+    batch: int = 1000  # balances read from the index at a time; a run reads again while time is left
     time_left: Callable[[], float] = lambda: 900.0  # the run's, set by push_pending
     _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
     _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -134,21 +135,29 @@ class BalancePusher:
     ) -> PushReport:
         """Push what is pending: every shard, or only `shards` (a fanned-out worker's one)."""
         report = PushReport()
-        pending = self.ledger.pending_pushes(self.now(), shards=shards)
         # This run's pushes use a client that stops before the run's time is up.
         run = replace(
             self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS), time_left=time_left
         )
-        report.not_reached = push_each(
-            pending,
-            run.push_one,
-            concurrency=self.concurrency,
-            time_left=time_left,
-            seconds_per_push=self.seconds_per_push,
-            collect=lambda done: self._collect(done, report),
-            thread_name_prefix="push",
-            held_off=self.held_off,
-        )
+        seen: set[BalanceRef] = set()
+        while True:
+            # The index a batch at a time (a billing run leaves far more than one batch pending): read
+            # again while time is left, skipping what this run already pushed or deferred.
+            batch = self.ledger.pending_pushes(self.now(), limit=self.batch, shards=shards)
+            pending = [(since, balance) for since, balance in batch if balance not in seen]
+            seen.update(balance for _since, balance in pending)
+            report.not_reached = push_each(
+                pending,
+                run.push_one,
+                concurrency=self.concurrency,
+                time_left=time_left,
+                seconds_per_push=self.seconds_per_push,
+                collect=lambda done: self._collect(done, report),
+                thread_name_prefix="push",
+                held_off=self.held_off,
+            )
+            if report.not_reached or len(batch) < self.batch or not pending:
+                break
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)
         _count("BalancesNotReached", report.not_reached)
