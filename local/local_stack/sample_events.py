@@ -51,7 +51,8 @@ IAM_CALLER = {
 def env_file(settings: LocalSettings | None = None) -> dict[str, dict[str, str]]:
     """events/env.json: what `make local` gives each function, seen from sam local's container."""
     settings = settings or LocalSettings()
-    names = {**TABLES, **SECRETS}  # the secrets by name: their ARNs end in a random suffix
+    # The secrets by name (their ARNs end in a random suffix); a function by its logical id.
+    names = {**TABLES, **SECRETS, **{logical_id: logical_id for logical_id in function_logical_ids()}}
     names |= {logical_id: f"{LOCAL_STACK_NAME}-{logical_id}" for logical_id in pipe_logical_ids()}
     intrinsics = Intrinsics(
         names,

@@ -35,6 +35,7 @@ from local_stack.functions import (
     http_routes,
     iam_routes,
 )
+from local_stack.lambda_api import LocalLambdaApi
 from local_stack.moto_server import SerialMotoServer
 from local_stack.scheduler import SCHEDULED_EVENT, Job, Scheduler
 from local_stack.sigv4_check import SigV4Check
@@ -62,6 +63,9 @@ PUSHER, REDRIVE, RECEIVER, RECONCILER = (
     "WebhookReceiverFunction",
     "ReconcilerFunction",
 )
+# On the push schedule it starts one PUSHER worker per shard through the local Lambda API
+# (lambda_api.py); `push_now` runs PUSHER itself over every shard, as an operator's invoke would.
+PUSH_DISPATCHER = "PushDispatcherFunction"
 
 Notify = Callable[[str], None]
 
@@ -298,10 +302,14 @@ def running_stack(
         sandbox = _listening(
             "the Moment sandbox", lambda: MomentSandbox(sandbox_settings), settings.sandbox_port
         )
-        intrinsics = _intrinsics(settings, names, attributes, _loopback(sandbox.url))
-        functions = LocalFunctions(
-            _environments(settings, intrinsics, moto.endpoint),
-            names={logical_id: logical_id for logical_id in function_logical_ids()},
+        # A function's !Ref is its name (the push dispatcher names its workers' function).
+        intrinsics = _intrinsics(settings, names | _function_names(), attributes, _loopback(sandbox.url))
+        started.append(
+            lambda_api := _lambda_api(environments := _environments(settings, intrinsics, moto.endpoint), say)
+        )
+        lambda_api.functions = functions = LocalFunctions(
+            environments,
+            names=_function_names(),
             concurrency=_concurrency(settings),
             timeouts=dict(settings.function_timeouts),
             in_process=settings.in_process,
@@ -650,9 +658,10 @@ def scheduled_functions() -> list[str]:
 def _scheduler(settings: LocalSettings, functions: LocalFunctions, say: Notify) -> Scheduler:
     """The pusher and the re-drive at the local intervals; any other scheduled function on demand."""
     scheduler = Scheduler(say)
-    intervals = {PUSHER: settings.push_interval_seconds, REDRIVE: settings.redrive_interval_seconds}
-    reports = {PUSHER: _push_line, REDRIVE: _redrive_line}
-    for logical_id in scheduled_functions():
+    intervals = {PUSH_DISPATCHER: settings.push_interval_seconds, REDRIVE: settings.redrive_interval_seconds}
+    reports = {PUSHER: _push_line, REDRIVE: _redrive_line, PUSH_DISPATCHER: _dispatch_line}
+    # The worker has no schedule of its own; on demand (`push_now`, POST /_local/push) it pushes every shard.
+    for logical_id in [*scheduled_functions(), PUSHER]:
         if not functions.has(logical_id):
             continue
 
@@ -677,6 +686,33 @@ def _other_line(logical_id: str, invocation: Invocation) -> str:
     if invocation.failed:
         return f"{logical_id} FAILED: {invocation.error}"
     return f"{logical_id}: {json.dumps(invocation.response)[:200]}"
+
+
+def _function_names() -> dict[str, str]:
+    return {logical_id: logical_id for logical_id in function_logical_ids()}
+
+
+def _lambda_api(environments: dict[str, dict[str, str]], say: Notify) -> LocalLambdaApi:
+    """Lambda's Invoke API for the push dispatcher's boto3 client (moto answers every other service)."""
+    lambda_api = LocalLambdaApi(on_done=_worker_done(say)).start()
+    if PUSH_DISPATCHER in environments:
+        environments[PUSH_DISPATCHER]["AWS_ENDPOINT_URL_LAMBDA"] = lambda_api.url
+    return lambda_api
+
+
+def _dispatch_line(invocation: Invocation) -> str | None:
+    if invocation.failed:
+        return f"push dispatcher FAILED: {invocation.error}"
+    return None  # each worker reports its own line
+
+
+def _worker_done(say: Notify) -> Callable[[str, Invocation], None]:
+    def done(_name: str, invocation: Invocation) -> None:
+        line = _push_line(invocation)
+        if line:
+            say(line)
+
+    return done
 
 
 def _push_line(invocation: Invocation) -> str | None:

@@ -420,6 +420,8 @@ def test_env_json_is_what_make_local_gives_each_function() -> None:
             assert expected.pop("AWS_ENDPOINT_URL") == "http://host.docker.internal:5000"
             # The template declares it empty for sam local; the stack's functions must get moto.
             assert variables.pop("AWS_ENDPOINT_URL") == stack.aws_endpoint
+            if logical_id == "PushDispatcherFunction":  # its workers start through the stack's Lambda API
+                assert variables.pop("AWS_ENDPOINT_URL_LAMBDA").startswith("http://127.0.0.1:")
             if "MOMENT_BASE_URL" in expected:  # make local's sandbox port, and this stack's
                 assert expected.pop("MOMENT_BASE_URL") == "http://host.docker.internal:4010"
                 assert variables.pop("MOMENT_BASE_URL") == stack.sandbox_url

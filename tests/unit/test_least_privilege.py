@@ -42,6 +42,7 @@ EXPECTED_ACTIONS = {
     | FAILED_RUNS
     | {"dynamodb:Query", "pipes:DescribePipe"},
     "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
+    "PushDispatcherFunction": LOGS | FAILED_RUNS | {"lambda:InvokeFunction", "dynamodb:GetItem"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
     "DailyReconcileFunction": LOGS
     | MOMENT_KEY
@@ -163,3 +164,23 @@ def test_the_daily_check_writes_only_its_lease() -> None:
     assert write["Condition"] == {
         "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["LEASE#daily-check"]}
     }
+
+
+def test_the_push_dispatcher_starts_only_the_worker_and_reads_only_the_shard_leases() -> None:
+    [invoke] = [
+        s for s in statements("PushDispatcherFunction") if "lambda:InvokeFunction" in as_list(s["Action"])
+    ]
+    assert as_list(invoke["Action"]) == ["lambda:InvokeFunction"]
+    assert invoke["Resource"] == {"Fn::GetAtt": ["BalancePusherFunction", "Arn"]}
+    [read] = [s for s in statements("PushDispatcherFunction") if "dynamodb:GetItem" in as_list(s["Action"])]
+    assert read["Resource"] == {"Fn::GetAtt": ["LedgerTable", "Arn"]}
+    assert read["Condition"] == {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["LEASE#pusher#shard-*"]}
+    }
+    # No other function may start a function: the worker never fans out again.
+    for function, actions in EXPECTED_ACTIONS.items():
+        if function != "PushDispatcherFunction":
+            assert not any(action.startswith("lambda:") for action in actions), function
+    # The worker is the dispatcher's target, by name, on the push schedule's behalf.
+    variables = resources()["PushDispatcherFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["PUSH_WORKER_FUNCTION"] == {"Ref": "BalancePusherFunction"}

@@ -13,7 +13,7 @@ with a backoff; it never blocks the others. docs/pusher.md#bills.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,9 +35,9 @@ from moment_sync.ledger.bills import MAX_OPEN_BILL_INTENTS, BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
-from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
+from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_each
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -99,15 +99,20 @@ class BillPusher:
     jitter: Callable[[], float] = random.random
     # To re-drive at once the payments parked unmatched that name a bill just linked (None: not done).
     events: WebhookEventsTable | None = None
+    # Moment's 429 back-off shared by the fanned-out workers (push_run.SharedBackoff; None: not shared).
+    backoff: SharedBackoff | None = None
 
     @property
     def seconds_per_push(self) -> float:
         """The time a push is started with: a steady push's worst case at this client's settings."""
         return CALLS_PER_PUSH * self.moment.worst_call_seconds + BOOKING_SECONDS
 
-    def push_pending(self, time_left: Callable[[], float]) -> BillPushReport:
+    def push_pending(
+        self, time_left: Callable[[], float], shards: Collection[int] | None = None
+    ) -> BillPushReport:
+        """Push what is pending: every `billpush#N` shard, or only `shards` (a fanned-out worker's one)."""
         report = BillPushReport()
-        pending = self.ledger.pending_bill_pushes(self.now())
+        pending = self.ledger.pending_bill_pushes(self.now(), shards=shards)
         # As the balances': a client that starts no attempt the run's time cannot fit (a bill push makes
         # several calls: a create, up to 3 PATCHes each re-read, a void), so a run is never killed inside
         # a call, between a PATCH and its booking.
@@ -120,6 +125,7 @@ class BillPusher:
             seconds_per_push=self.seconds_per_push,
             collect=lambda done: self._collect(done, report),
             thread_name_prefix="bill-push",
+            held_off=lambda: self.backoff is not None and self.backoff.until() > self.now(),
         )
         for result, count in report.results.items():
             _count(f"Bills{result.title().replace('_', '')}", count)
@@ -386,6 +392,9 @@ class BillPusher:
         self, bill: BillRef, head: dict[str, Any], error: Exception, log: dict[str, Any]
     ) -> BillPushResult:
         reason = str(error) if isinstance(error, MomentError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, MomentRateLimited) and self.backoff is not None:
+            pause = error.retry_after if error.retry_after is not None else RATE_LIMITED_SECONDS
+            self.backoff.hold_off(self.now() + pause)  # every worker holds off, not only this one
         attempts = self.ledger.record_failure(bill, reason, self.now(), self.now() + self._backoff(head))
         logger.warning("bill push failed", extra={**log, "error": reason, "attempts": attempts})
         _count("BillPushFailed")

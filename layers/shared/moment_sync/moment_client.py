@@ -997,7 +997,10 @@ class MomentClient:
         response, attempts, reached = self._send(request)
         replayed = _is_replayed(response)
         if not response.is_success:
-            raise self._status_error(request, response, attempts, replayed, reached or _may_apply(response))
+            error = self._status_error(request, response, attempts, replayed, reached or _may_apply(response))
+            if isinstance(error, MomentRateLimited):
+                error.retry_after = _retry_after_seconds(response.headers.get("Retry-After"), self._clock())
+            raise error
         try:
             value = read(_json_object(response.content))
         except _ShapeInvalid as invalid:

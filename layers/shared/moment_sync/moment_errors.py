@@ -158,7 +158,10 @@ class MomentUnavailable(MomentApiError):
 
 
 class MomentRateLimited(MomentUnavailable):
-    """429 that outlasted the retries (and any Retry-After Moment sent)."""
+    """429 that outlasted the retries (and any Retry-After Moment sent). `retry_after`: the seconds the
+    last 429 asked for (None without a readable Retry-After); every pusher worker backs off that long."""
+
+    retry_after: float | None = None
 
 
 class MomentOutOfTime(MomentUnavailable):

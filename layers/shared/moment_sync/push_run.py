@@ -5,10 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 Ref = TypeVar("Ref")
 Result = TypeVar("Result")
+
+# Moment's 429 without a readable Retry-After: how long every worker holds off.
+RATE_LIMITED_SECONDS = 60.0
+
+
+class SharedBackoff(Protocol):
+    """One until-time every pusher worker reads before each push: a 429 one worker meets (after its
+    client's own retries) holds off all of them, not only the one that met it (adapters/lease.py)."""
+
+    def until(self) -> float:
+        """Unix seconds before which no push starts (0: none)."""
+        ...
+
+    def hold_off(self, until: float) -> None:
+        """Push `until` later (never earlier)."""
+        ...
 
 
 def push_each(
@@ -20,14 +36,16 @@ def push_each(
     seconds_per_push: float,
     collect: Callable[[set[Future[Result]]], None],
     thread_name_prefix: str,
+    held_off: Callable[[], bool] = lambda: False,
 ) -> int:
     """Push each pending (since, ref) in order; `collect` is given the finished pushes as they end.
-    Returns how many were not reached for lack of time (the next run takes them)."""
+    Returns how many were not reached for lack of time, or because Moment asked every worker to back
+    off (`held_off`, read before each push): the next run takes them."""
     running: set[Future[Result]] = set()
     not_reached = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=thread_name_prefix) as pool:
         for position, (_since, ref) in enumerate(pending):
-            if time_left() < seconds_per_push:
+            if time_left() < seconds_per_push or held_off():
                 not_reached = len(pending) - position
                 break
             if len(running) >= concurrency:

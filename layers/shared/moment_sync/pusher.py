@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from typing import Any
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
+from moment_sync.leases import LEASE_MARGIN_SECONDS, Leases, new_holder
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
 from moment_sync.moment_client import (
@@ -31,7 +33,7 @@ from moment_sync.moment_client import (
     NewCustomer,
     worst_call_seconds,
 )
-from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs
+from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.push_plan import (
     AlreadyEqual,
@@ -42,7 +44,7 @@ from moment_sync.push_plan import (
     may_send,
     plan_push,
 )
-from moment_sync.push_run import push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_each
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -54,8 +56,25 @@ CALLS_PER_PUSH = 2
 BOOKING_SECONDS = 5.0
 # The reserve at the client's default settings: 2 x 76 + 5 = 157 s.
 SECONDS_RESERVED_PER_PUSH = CALLS_PER_PUSH * worst_call_seconds() + BOOKING_SECONDS
-# The lease a push run holds (leases.py); a fanned-out pusher would hold one per shard.
+# The lease a push run holds (leases.py): one per shard of the PendingPush index (`pusher#shard-3`),
+# so the fanned-out workers of one run, and a late duplicate of any of them, never push a shard twice.
 PUSHER_LEASE = "pusher"
+
+
+def shard_lease(shard: int) -> str:
+    return f"{PUSHER_LEASE}#shard-{shard}"
+
+
+# A customer's accounts hash to different shards: the first push of an account whose customer Moment
+# lacks holds this claim (a lease) across workers, so the customer is created once. A worker that finds
+# it held waits this long for it, then leaves the account pending for the next run (no attempt counted).
+CUSTOMER_CLAIM_WAIT_SECONDS = 10.0
+
+
+def customer_claim(customer_ref: str) -> str:
+    return f"create#customer#{customer_ref}"
+
+
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 3600.0
 # Written on every object the pusher creates, so an adoption can tell its own lost create from an
@@ -96,6 +115,13 @@ class BalancePusher:
     jitter: Callable[[], float] = random.random
     # To re-drive the payments parked unmatched that name an id it links (None: tests without them).
     events: WebhookEventsTable | None = None
+    # Shared across the fanned-out workers (None: one process only, as in most tests): the per-customer
+    # create claim, and Moment's 429 back-off read before each push.
+    leases: Leases | None = None
+    backoff: SharedBackoff | None = None
+    claim_wait_seconds: float = CUSTOMER_CLAIM_WAIT_SECONDS
+    batch: int = 1000  # balances read from the index at a time; a run reads again while time is left
+    time_left: Callable[[], float] = lambda: 900.0  # the run's, set by push_pending
     _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
     _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -104,24 +130,45 @@ class BalancePusher:
         """The time a push is started with: its worst case at this client's settings."""
         return CALLS_PER_PUSH * self.moment.worst_call_seconds + BOOKING_SECONDS
 
-    def push_pending(self, time_left: Callable[[], float]) -> PushReport:
+    def push_pending(
+        self, time_left: Callable[[], float], shards: Collection[int] | None = None
+    ) -> PushReport:
+        """Push what is pending: every shard, or only `shards` (a fanned-out worker's one)."""
         report = PushReport()
-        pending = self.ledger.pending_pushes(self.now())
         # This run's pushes use a client that stops before the run's time is up.
-        run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
-        report.not_reached = push_each(
-            pending,
-            run.push_one,
-            concurrency=self.concurrency,
-            time_left=time_left,
-            seconds_per_push=self.seconds_per_push,
-            collect=lambda done: self._collect(done, report),
-            thread_name_prefix="push",
+        run = replace(
+            self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS), time_left=time_left
         )
+        seen: set[BalanceRef] = set()
+        while True:
+            # The index a batch at a time (a billing run leaves far more than one batch pending): read
+            # again while time is left, skipping what this run already pushed or deferred.
+            batch = self.ledger.pending_pushes(self.now(), limit=self.batch, shards=shards)
+            pending = [(since, balance) for since, balance in batch if balance not in seen]
+            seen.update(balance for _since, balance in pending)
+            report.not_reached = push_each(
+                pending,
+                run.push_one,
+                concurrency=self.concurrency,
+                time_left=time_left,
+                seconds_per_push=self.seconds_per_push,
+                collect=lambda done: self._collect(done, report),
+                thread_name_prefix="push",
+                held_off=self.held_off,
+            )
+            if report.not_reached or len(batch) < self.batch or not pending:
+                break
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)
         _count("BalancesNotReached", report.not_reached)
         return report
+
+    def held_off(self) -> bool:
+        """Moment asked for a pause (a 429 any worker met): start no push until it is over."""
+        if self.backoff is None or self.backoff.until() <= self.now():
+            return False
+        logger.info("Moment is rate limiting: no push starts until its back-off is over")
+        return True
 
     @staticmethod
     def _collect(done: set[Future[PushResult]], report: PushReport) -> None:
@@ -165,7 +212,7 @@ class BalancePusher:
             if "adoption_held" in head:  # an operator chooses which balance wins: `adopt`
                 return self._conflict(balance, head, str(head.get("push_conflict", "adoption held")), log)
             if not head.get("moment_id"):
-                created = self._create_on_moment(balance, head)
+                created = self._create_claimed(balance, head)
                 if created is not None:
                     return created
                 head = self.ledger.get_head(balance) or head  # adopted: it now has its Moment id
@@ -290,6 +337,37 @@ class BalancePusher:
         log = {"reference": balance.ref, "balance_kind": balance.kind.value, "moment_id": moment_id}
         logger.info("balance created on Moment", extra={**log, "balance": moment_balance})
         return self._book(balance, head, moment_balance, log, PushResult.CREATED)
+
+    def _create_claimed(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult | None:
+        """The first push of an account whose customer Moment lacks runs under the customer's claim:
+        another shard's worker may be creating the same customer for a sibling account right now."""
+        if balance.kind is not BalanceKind.ACCOUNT or self.leases is None:
+            return self._create_on_moment(balance, head)
+        customer = self.ledger.get_head(BalanceRef(BalanceKind.CUSTOMER, head["customer_ref"])) or {}
+        if customer.get("moment_id"):
+            return self._create_on_moment(balance, head)
+        name = customer_claim(head["customer_ref"])
+        holder = new_holder()
+        waited_until = time.monotonic() + self.claim_wait_seconds
+        while True:
+            now = self.now()
+            held = self.leases.acquire(
+                name, holder, now=now, expires_at=now + self.time_left() + LEASE_MARGIN_SECONDS
+            )
+            if held is not None:
+                break
+            if time.monotonic() >= waited_until:
+                logger.info(
+                    "customer being created by another worker; left for the next run",
+                    extra={"reference": balance.ref, "customer_ref": head["customer_ref"]},
+                )
+                return PushResult.SKIPPED
+            time.sleep(0.1)
+        try:
+            # Read again inside the claim: the other worker may have linked the customer meanwhile.
+            return self._create_on_moment(balance, self.ledger.get_head(balance) or head)
+        finally:
+            held.release()
 
     def _create_customer(
         self, balance: BalanceRef, head: dict[str, Any]
@@ -467,12 +545,22 @@ class BalancePusher:
             0.5 + self.jitter() / 2
         )
         reason = str(error) if isinstance(error, MomentError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, MomentRateLimited):
+            self._hold_off_everyone(error)
         attempts = self.ledger.record_failure(balance, reason, self.now(), self.now() + delay)
         logger.warning("push failed", extra={**log, "error": str(error), "attempts": attempts})
         _count("PushFailed")
         if attempts == ATTEMPTS_BEFORE_FAILING:
             _count("BalanceFailing")
         return PushResult.FAILED
+
+    def _hold_off_everyone(self, error: MomentRateLimited) -> None:
+        if self.backoff is None:
+            return
+        pause = error.retry_after if error.retry_after is not None else RATE_LIMITED_SECONDS
+        self.backoff.hold_off(self.now() + pause)
+        logger.warning("Moment rate limited: every worker holds off", extra={"seconds": pause})
+        _count("MomentRateLimited")
 
 
 _metrics_lock = threading.Lock()

@@ -17,6 +17,8 @@ from moment_sync.receiver import ReceiverSettings, SigningKeys
 from moment_sync.webhook_store import WebhookStore
 
 if TYPE_CHECKING:
+    from moment_sync.adapters.lambda_workers import LambdaWorkers
+    from moment_sync.adapters.lease import DynamoLeases
     from moment_sync.adapters.ledger_table import LedgerTable
     from moment_sync.adapters.webhook_events_table import WebhookEventsTable
     from moment_sync.moment_client import MomentClient
@@ -132,6 +134,7 @@ def moment_directory() -> MomentDirectory | None:
 
 def balance_pusher() -> BalancePusher:
     from moment_sync.adapters.dynamo_retry import ConflictRetryingClient  # noqa: PLC0415
+    from moment_sync.adapters.lease import DynamoBackoff  # noqa: PLC0415
     from moment_sync.adapters.ledger_table import LedgerTable  # noqa: PLC0415
     from moment_sync.pusher import BalancePusher  # noqa: PLC0415
 
@@ -147,6 +150,26 @@ def balance_pusher() -> BalancePusher:
         now=dependencies.clock,
         concurrency=int(os.environ.get("PUSH_CONCURRENCY", "8")),
         events=dependencies.events,
+        # Shared by the fanned-out workers: the per-customer create claim and Moment's 429 back-off.
+        leases=ledger.leases(),
+        backoff=DynamoBackoff(aws_client("dynamodb"), os.environ["LEDGER_TABLE"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PushDispatcher:
+    leases: DynamoLeases
+    workers: LambdaWorkers
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def push_dispatcher() -> PushDispatcher:
+    from moment_sync.adapters.lambda_workers import LambdaWorkers  # noqa: PLC0415
+    from moment_sync.adapters.lease import DynamoLeases  # noqa: PLC0415
+
+    return PushDispatcher(
+        leases=DynamoLeases(aws_client("dynamodb"), os.environ["LEDGER_TABLE"]),
+        workers=LambdaWorkers(aws_client("lambda"), os.environ["PUSH_WORKER_FUNCTION"]),
     )
 
 

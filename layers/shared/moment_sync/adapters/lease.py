@@ -8,6 +8,7 @@ and keeps `state`, which a PutItem would overwrite).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -103,3 +104,45 @@ class DynamoLease:
 
 def _number(seconds: float) -> Decimal:
     return Decimal(str(round(seconds, 3)))
+
+
+# The lease-table item every pusher worker reads before each push (push_run.SharedBackoff).
+MOMENT_BACKOFF = "moment-backoff"
+
+
+class DynamoBackoff:
+    """Moment's rate limit, shared by the pusher's workers: item `LEASE#moment-backoff` with `until`
+    (Unix seconds). Read at most once a `cache_seconds` per worker (a GetItem per push would add a
+    read to every push for a state that changes once per 429)."""
+
+    def __init__(self, client: Any, table_name: str, *, cache_seconds: float = 1.0) -> None:
+        self._client = client
+        self.table_name = table_name
+        self._cache_seconds = cache_seconds
+        self._read: tuple[float, float] | None = None  # (when read, until), Unix seconds
+
+    def until(self, now: float | None = None) -> float:
+        at = time.time() if now is None else now
+        if self._read is not None and 0 <= at - self._read[0] < self._cache_seconds:
+            return self._read[1]
+        response = self._client.get_item(
+            TableName=self.table_name, Key=lease_key(MOMENT_BACKOFF), ConsistentRead=True
+        )
+        until = float(from_item(response.get("Item") or {}).get("until", 0))
+        self._read = (at, until)
+        return until
+
+    def hold_off(self, until: float) -> None:
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=lease_key(MOMENT_BACKOFF),
+                UpdateExpression="SET #until = :until",
+                ConditionExpression="attribute_not_exists(#until) OR #until < :until",
+                ExpressionAttributeNames={"#until": "until"},
+                ExpressionAttributeValues=to_values({":until": _number(until)}),
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":  # a later until is already set
+                raise
+        self._read = None

@@ -9,6 +9,7 @@ head's `status` and listing key depend on the new total, which an update express
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -540,18 +541,21 @@ class LedgerBills:
 
     # --- the pusher's port --------------------------------------------------------------------
 
-    def pending_bill_pushes(self, now: float, limit: int = 1000) -> list[tuple[str, BillRef]]:
-        """Bills due a push and not backing off, oldest first across the `billpush#N` shards."""
+    def pending_bill_pushes(
+        self, now: float, limit: int = 1000, shards: Collection[int] | None = None
+    ) -> list[tuple[str, BillRef]]:
+        """Bills due a push and not backing off, oldest first across the `billpush#N` shards (or in the
+        one `shard` a fanned-out worker pushes)."""
         found: list[tuple[str, BillRef]] = []
         paginator = self._client.get_paginator("query")
-        for shard in range(PUSH_SHARDS):
+        for number in range(PUSH_SHARDS) if shards is None else sorted(shards):
             for page in paginator.paginate(
                 TableName=self.table_name,
                 IndexName=_PENDING_INDEX,
                 KeyConditionExpression="push_shard = :shard",
                 FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
                 ExpressionAttributeValues={
-                    ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{shard}"},
+                    ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
                     ":now": {"S": iso_time(now)},
                 },
                 PaginationConfig={"MaxItems": limit},

@@ -17,7 +17,7 @@ put it in the sparse `PendingPush` index the pusher reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -589,17 +589,20 @@ class LedgerTable(LedgerBills):
 
     # --- push state (the pusher's) ----------------------------------------------------------
 
-    def pending_pushes(self, now: float, limit: int = 1000) -> list[tuple[str, BalanceRef]]:
-        """Balances whose version is ahead of Moment's and not backing off, oldest first across shards."""
+    def pending_pushes(
+        self, now: float, limit: int = 1000, shards: Collection[int] | None = None
+    ) -> list[tuple[str, BalanceRef]]:
+        """Balances whose version is ahead of Moment's and not backing off, oldest first across shards
+        (or in `shards` only: a fanned-out worker's one)."""
         found: list[tuple[str, BalanceRef]] = []
-        for shard in range(PUSH_SHARDS):
+        for number in range(PUSH_SHARDS) if shards is None else sorted(shards):
             paginator = self._client.get_paginator("query")
             for page in paginator.paginate(
                 TableName=self.table_name,
                 IndexName=PENDING_INDEX,
                 KeyConditionExpression="push_shard = :shard",
                 FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
-                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}, ":now": {"S": iso_time(now)}},
+                ExpressionAttributeValues={":shard": {"S": f"push#{number}"}, ":now": {"S": iso_time(now)}},
                 PaginationConfig={"MaxItems": limit},
             ):
                 found.extend(
@@ -621,6 +624,7 @@ class LedgerTable(LedgerBills):
             ":version": read["version"],
             ":now": iso_time(now),
             ":zero": 0,
+            ":one": 1,
         }
         sets = ["pushed_version = :version", "pushed_at = :now", "push_attempts = :zero"]
         if moment_balance is not None:
@@ -639,7 +643,7 @@ class LedgerTable(LedgerBills):
         try:
             self._update_head(
                 balance,
-                f"SET {', '.join(sets)} ADD payments_since_push :used {removed}, "
+                f"SET {', '.join(sets)} ADD payments_since_push :used, push_seq :one {removed}, "
                 "payments_list, payments_pushed, payments_merged, payments_merged_count, "
                 "push_shard, pending_since",
                 condition + " AND version = :version",
@@ -659,7 +663,7 @@ class LedgerTable(LedgerBills):
             response = self._update_head(
                 balance,
                 f"SET {', '.join(sets)}, payments_pushed = :listed ADD payments_since_push :used, "
-                f"payments_merged :merged, payments_merged_count :merged_count {removed}",
+                f"push_seq :one, payments_merged :merged, payments_merged_count :merged_count {removed}",
                 condition,
                 {**values, **condition_values},
                 return_values="ALL_NEW",
@@ -1154,10 +1158,16 @@ def _head_refusal(head: dict[str, Any], currency: str, amount: int, balance_limi
 
 
 def _push_state_condition(read: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The head still has the push state the pusher read (only a push changes it)."""
+    """The head still has the push state the pusher read (only a push changes it). The push sequence
+    (`push_seq`, one more at every booking) makes it exact: the last pushed value alone is ABA-prone (a
+    stale worker's read of P = 100 would still match after pushes of 200 and then 100 again)."""
+    if read.get("push_seq") is None:
+        sequence, values = "attribute_not_exists(push_seq)", {}
+    else:
+        sequence, values = "push_seq = :read_seq", {":read_seq": read["push_seq"]}
     if read.get("pushed_balance") is None:
-        return "attribute_exists(version) AND attribute_not_exists(pushed_balance)", {}
-    return "pushed_balance = :read_pushed", {":read_pushed": read["pushed_balance"]}
+        return f"attribute_exists(version) AND attribute_not_exists(pushed_balance) AND {sequence}", values
+    return f"pushed_balance = :read_pushed AND {sequence}", {":read_pushed": read["pushed_balance"], **values}
 
 
 def _cancellation_codes(error: ClientError) -> list[str]:
