@@ -64,10 +64,10 @@ def _duplicates_that_differ(world: World) -> list[str]:
         first = applied.get(event.get("application_id"))
         if first is None:
             continue
+        # A bill payment's target is its bill id (the most specific id decides; parent ids are optional).
+        targets = ("bill_id",) if first.get("bill_id") else ("customer_id", "account_id")
         differs = [
-            name
-            for name in ("amount", "currency", "customer_id", "account_id")
-            if str(first.get(name)) != str(event.get(name))
+            name for name in ("amount", "currency", *targets) if str(first.get(name)) != str(event.get(name))
         ]
         if differs:
             problems.append(
