@@ -79,9 +79,18 @@ def parameter_default(value: Any) -> Any:
     return value
 
 
+# Not scheduled but started asynchronously by a scheduled function: the push workers, one per shard,
+# by the push dispatcher (docs/pusher.md#fan-out). A failed worker run is a failed push run too.
+WORKERS = {"BalancePusherFunction": "PushDispatcherFunction"}
+
+
+def asynchronous_functions() -> list[str]:
+    return sorted([*scheduled_functions(), *WORKERS])
+
+
 def test_the_template_has_the_three_scheduled_functions() -> None:
     assert set(scheduled_functions()) == {
-        "BalancePusherFunction",
+        "PushDispatcherFunction",
         "RedriveFunction",
         "DailyReconcileFunction",
     }
@@ -97,7 +106,14 @@ def test_each_scheduled_function_has_its_own_on_failure_queue(function: str) -> 
     assert queue not in others
 
 
-@pytest.mark.parametrize("function", sorted(scheduled_functions()))
+@pytest.mark.parametrize("worker", sorted(WORKERS))
+def test_a_worker_fails_into_its_dispatchers_queue(worker: str) -> None:
+    # Lambda's asynchronous queue retries or drops a worker's run like a scheduled one: it needs the
+    # same on-failure destination, the push run's, which the runbook already explains.
+    assert on_failure_queue(worker) == on_failure_queue(WORKERS[worker])
+
+
+@pytest.mark.parametrize("function", asynchronous_functions())
 def test_the_function_role_may_send_to_its_queue_and_only_there(function: str) -> None:
     role = resources()[resources()[function]["Properties"]["Role"]["Fn::GetAtt"][0]]
     sends = [
@@ -111,7 +127,7 @@ def test_the_function_role_may_send_to_its_queue_and_only_there(function: str) -
     ]
 
 
-@pytest.mark.parametrize("function", sorted(scheduled_functions()))
+@pytest.mark.parametrize("function", asynchronous_functions())
 def test_an_alarm_watches_the_queue_and_names_a_runbook_section(function: str) -> None:
     queue = on_failure_queue(function)
     alarms = [
@@ -135,11 +151,12 @@ def test_an_alarm_watches_the_queue_and_names_a_runbook_section(function: str) -
     assert queue in RUNBOOK.read_text(), "the runbook names the queue it is about"
 
 
-@pytest.mark.parametrize("function", ["BalancePusherFunction", "RedriveFunction"])
+@pytest.mark.parametrize("function", ["PushDispatcherFunction", "BalancePusherFunction", "RedriveFunction"])
 def test_a_sweep_on_a_rate_is_not_retried_and_ages_out_by_its_next_run(function: str) -> None:
     # The next scheduled run does what a retry would; a run older than one period is superseded.
     config = invoke_config(function)
-    period = schedule_seconds(parameter_default(scheduled_functions()[function]["ScheduleExpression"]))
+    scheduled = WORKERS.get(function, function)
+    period = schedule_seconds(parameter_default(scheduled_functions()[scheduled]["ScheduleExpression"]))
     assert period is not None
     assert config["MaximumRetryAttempts"] == 0
     assert 60 <= config["MaximumEventAgeInSeconds"] <= period
