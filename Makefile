@@ -121,7 +121,7 @@ mutants: venv ## Each patch in tests/simulation/mutants/ on a scratch copy: does
 	PYTHONPATH=$(SIM_PYTHONPATH) $(BIN)/python -m simulation.mutants $(MUTANTS)
 
 .PHONY: bench
-bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json (BENCH_ARGS="--quick" or "--only receiver")
+bench: venv ## Benchmarks as ratios against baselines measured in the same run -> benchmarks/results.json; timed goals on the median of 5 runs, exit 1 if one is missed (BENCH_ARGS="--quick" or "--only receiver"; BENCH_RUNS=1)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 .PHONY: sign-webhook-event

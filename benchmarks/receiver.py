@@ -171,7 +171,8 @@ _cross_checks = measure.cross_checks
 def _cold_rows(
     context: Context, environment: dict[str, str], handler: tuple[Path, str], scratch: Path
 ) -> list[Row]:
-    starts = context.iterations(full=15, quick=5)
+    # Three interleaved rounds per run: the gate is the median over the runs (context.runs).
+    starts = 3 * context.runs
     context.progress(f"receiver: cold starts, {starts} per subject, interleaved")
     real, baseline, boto3_alone, *peers = _cold_subjects(scratch, handler, bytecode=True)
     samples = measure.cold_start(context.python, [real, baseline, boto3_alone, *peers], starts, environment)
@@ -214,7 +215,7 @@ def _cold_rows(
         f"fastest start vs fastest start {checks['min_ratio']:.2f}x, "
         f"CPU time {checks['cpu_time_ratio']:.2f}x"
     )
-    groups = 5 if starts >= 5 else 1
+    groups = context.runs
     cpu_gate, cpu_ratios = _grouped_ratio(ours.through(1, cpu=True), theirs.cpu_import_ms, groups)
     gate_label = f"CPU, median of {groups} runs"
     peer_rows = [
@@ -227,7 +228,7 @@ def _cold_rows(
             unit="ms",
             measured_label="as receiver.cold_start",
             baseline_label=f"import benchmarks/{peer}.py (boto3, its libraries, and its client)",
-            gate=_grouped_ratio(ours.through(1, cpu=True), samples[peer].cpu_import_ms, groups)[0],
+            runs=_grouped_ratio(ours.through(1, cpu=True), samples[peer].cpu_import_ms, groups)[1],
             gate_label=gate_label,
             notes=[how, f"modules loaded: receiver {ours.modules}, peer {samples[peer].modules}"],
             details={"peer_ms": _spread(samples[peer].import_ms)},
@@ -248,6 +249,7 @@ def _cold_rows(
             goal=WITHIN_1_3,
             gate=cpu_gate,
             gate_label=gate_label,
+            runs=cpu_ratios,
             notes=[
                 how,
                 noise,
@@ -483,7 +485,7 @@ def _per_run_ratio(
 
 
 def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Path, str]) -> list[Row]:
-    runs = context.iterations(full=5, quick=3)
+    runs = context.runs
     calls = context.iterations(full=500, quick=200)
     context.progress(
         f"receiver: warm invocations, {runs} runs of {calls} new webhooks per side "
@@ -553,6 +555,7 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
             goal=WITHIN_1_25,
             gate=cpu_gate,
             gate_label=gate_label,
+            runs=cpu_ratios,
             notes=[
                 setup,
                 backend,
@@ -595,7 +598,7 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
             unit="µs",
             measured_label=f"{handler[1]}.lambda_handler (ALL_OLD item back, body compared)",
             baseline_label="baseline_receiver.lambda_handler",
-            gate=gate(BASELINE, "duplicate_cpu_us")[0],
+            runs=gate(BASELINE, "duplicate_cpu_us")[1],
             gate_label=gate_label,
             notes=[
                 "redeliveries of webhooks stored earlier in the same run, taking turns as above; the failed "
@@ -622,6 +625,7 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
                 baseline_label=f"benchmarks/{peer}.py: {label}",
                 gate=peer_gate,
                 gate_label=gate_label,
+                runs=peer_ratios,
                 notes=[
                     "the same runs and turns as receiver.warm_median; the ratio is the project's to the "
                     "peer's",
@@ -649,7 +653,7 @@ def _warm_rows(context: Context, environment: dict[str, str], handler: tuple[Pat
                 unit="µs",
                 measured_label=f"{handler[1]}.lambda_handler",
                 baseline_label=f"benchmarks/{peer}.py",
-                gate=gate(peer, "duplicate_cpu_us")[0],
+                runs=gate(peer, "duplicate_cpu_us")[1],
                 gate_label=gate_label,
             ),
         ]

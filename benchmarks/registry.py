@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,13 @@ AREAS: dict[str, str] = {
     "cost": "benchmarks.cost",
     "events_cost": "benchmarks.events_cost",
 }
+
+# Timed goals are judged on the median of this many runs (issue 16); `--runs N` or BENCH_RUNS=N for a
+# shorter development run, whose gates the header then marks as not the issue's.
+RUNS = 5
+
+# Units of timed rows (anything per second is a rate): these are the rows repeated and judged on runs.
+TIMED_UNITS = frozenset({"s", "ms", "µs"})
 
 # Areas later issues add; listed so `--list`, the table and docs/performance.md agree on what is missing.
 PLANNED: dict[str, str] = {}
@@ -88,8 +96,16 @@ class Row:
     details: dict[str, Any] = field(default_factory=dict)
     # For timed rows: the ratio the goal is judged on, when it is not `ratio` (the median over runs of
     # the CPU-time ratio, which the load of a shared machine distorts less than wall time), and what it is.
+    # Set from `runs` when only they are given.
     gate: float | None = None
     gate_label: str = ""
+    # For timed rows: the ratio of each repeated run (CPU time where the process works, the rate for a
+    # throughput). The gate is their median, the spread their min and max; all of them go to results.json.
+    runs: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.runs and self.gate is None:
+            self.gate = statistics.median(self.runs)
 
     @property
     def ratio(self) -> float:
@@ -98,14 +114,31 @@ class Row:
         return self.measured / self.baseline
 
     @property
+    def timed(self) -> bool:
+        return self.unit in TIMED_UNITS or self.unit.endswith("/s")
+
+    @property
     def judged_ratio(self) -> float:
         return self.ratio if self.gate is None else self.gate
+
+    @property
+    def unrepeated(self) -> bool:
+        """A timed goal measured once: one run on a shared machine proves nothing, so it cannot pass."""
+        return self.goal is not None and self.timed and not self.runs
 
     @property
     def status(self) -> str:
         if self.goal is None:
             return "info"
+        if self.unrepeated:
+            return "FAIL"
         return "pass" if self.goal.met_by(self.judged_ratio) else "FAIL"
+
+    def spread(self) -> str:
+        """`min-max (n runs)` of a repeated row, "-" otherwise."""
+        if not self.runs:
+            return "-"
+        return f"{min(self.runs):.2f}-{max(self.runs):.2f}x ({len(self.runs)})"
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,6 +146,14 @@ class Row:
             None if self.goal is None else {"operator": self.goal.operator, "bound": self.goal.bound}
         )
         data["ratio"] = round(self.ratio, 4)
+        data["runs"] = [round(ratio, 4) for ratio in self.runs]
+        if self.runs:
+            data["spread"] = {
+                "median": round(statistics.median(self.runs), 4),
+                "min": round(min(self.runs), 4),
+                "max": round(max(self.runs), 4),
+                "runs": len(self.runs),
+            }
         data["status"] = self.status
         return data
 
@@ -131,6 +172,8 @@ class Context:
     in this run (an area may model from another's figures: the cost model does)."""
 
     quick: bool
+    # How many times an area repeats what it times (each timed goal is judged on their median).
+    runs: int = RUNS
     python: str = sys.executable
     root: Path = ROOT
     progress: Callable[[str], None] = lambda message: print(f"  .. {message}", file=sys.stderr, flush=True)
@@ -174,7 +217,7 @@ def format_value(value: float, unit: str) -> str:
 def render(
     rows: Sequence[Row], *, header: str, skipped: Sequence[str], skipped_rows: Sequence[Skipped] = ()
 ) -> str:
-    columns = ("row", "measured", "baseline", "ratio", "gated on", "goal", "result")
+    columns = ("row", "measured", "baseline", "ratio", "gated on", "spread (runs)", "goal", "result")
     table = [
         (
             row.name,
@@ -182,6 +225,7 @@ def render(
             format_value(row.baseline, row.unit),
             f"{row.ratio:.2f}x",
             f"{row.gate:.2f}x {row.gate_label}" if row.gate is not None else "-",
+            row.spread(),
             str(row.goal) if row.goal else "-",
             row.status,
         )
@@ -204,6 +248,14 @@ def render(
         out.append(f"    baseline: {row.baseline_label}")
         if row.gate is not None:
             out.append(f"    gated on: {row.gate:.2f}x, {row.gate_label} (the ratio column is wall time)")
+        if row.runs:
+            each = ", ".join(f"{ratio:.2f}" for ratio in row.runs)
+            out.append(
+                f"    runs: {each} (median {row.judged_ratio:.2f}x, "
+                f"min {min(row.runs):.2f}x, max {max(row.runs):.2f}x)"
+            )
+        if row.unrepeated:
+            out.append("    FAIL: a timed goal measured once; only the median of repeated runs can pass it")
         out += [f"    - {note}" for note in row.notes]
     if skipped_rows:
         out.append("")
@@ -225,6 +277,7 @@ def save(
     quick: bool,
     seconds: float,
     skipped_rows: Sequence[Skipped] = (),
+    runs: int = RUNS,
 ) -> None:
     document = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -233,6 +286,7 @@ def save(
         "areas": list(areas),
         "not_built_yet": PLANNED,
         "seconds": round(seconds, 1),
+        "runs": runs,
         "rows": [row.as_json() for row in rows],
         "skipped": [asdict(row) for row in skipped_rows],
     }
