@@ -452,13 +452,18 @@ def test_python_m_local_stack_says_where_it_is_and_stops_on_ctrl_c(tmp_path: Pat
         text=True,
         env=environment,
     )
-    lines = list(_lines_until(process, "Ready.", timeout=30))
-    api = next(line.removeprefix("API: ") for line in lines if line.startswith("API: "))
-    assert api.startswith("http://127.0.0.1:")
-    assert any(line.startswith("Moment sandbox: http://127.0.0.1:") for line in lines), lines
-    assert any("moment-sync --local" in line for line in lines), lines  # how to point the CLI at it
-    status = httpx.get(f"{api}/_local/status", trust_env=False).json()
-    assert status["schedules"]["PushDispatcherFunction"]["interval_seconds"] == 5.0
+    try:
+        lines = list(_lines_until(process, "Ready.", timeout=30))
+        api = next(line.removeprefix("API: ") for line in lines if line.startswith("API: "))
+        assert api.startswith("http://127.0.0.1:")
+        assert any(line.startswith("Moment sandbox: http://127.0.0.1:") for line in lines), lines
+        assert any("moment-sync --local" in line for line in lines), lines  # how to point the CLI at it
+        status = httpx.get(f"{api}/_local/status", trust_env=False).json()
+        assert status["schedules"]["PushDispatcherFunction"]["interval_seconds"] == 5.0
+    except BaseException:
+        process.kill()  # a failed check must not leave the stack running
+        process.communicate(timeout=30)
+        raise
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=30)
     assert process.returncode == 0, out
