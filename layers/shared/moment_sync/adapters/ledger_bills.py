@@ -490,8 +490,14 @@ class LedgerBills:
         applied = self._application_guard(entry.source_id)
         if applied is not None:
             known = _duplicate_or_conflict(applied, bill, entry, currency)
-            if known.outcome is BillWriteOutcome.APPLICATION_CONFLICT or self._bill_entry_exists(bill, entry):
+            if known.outcome is BillWriteOutcome.APPLICATION_CONFLICT:
                 return known
+            stored = self.get_bill_entry(bill, entry.entry_id)
+            if stored is not None:
+                # The entry names who applied it: the claim's writer may have died before its transaction.
+                return BillWriteResult(
+                    known.outcome, guard={**applied, "webhook_id": stored.get("webhook_id")}
+                )
         if head.get("void_requested_at"):
             return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
         return BillWriteResult(BillWriteOutcome.CURRENCY_MISMATCH, head=head)
@@ -505,15 +511,6 @@ class LedgerBills:
         )
         item = response.get("Item")
         return from_item(item) if item else None
-
-    def _bill_entry_exists(self, bill: BillRef, entry: BillEntry) -> bool:
-        response = self._client.get_item(
-            TableName=self.table_name,
-            Key={"pk": {"S": bill.partition_key}, "sk": {"S": _ENTRY_PREFIX + entry.entry_id}},
-            ConsistentRead=True,
-            ProjectionExpression="pk",
-        )
-        return "Item" in response
 
     def _claim_for_bill(
         self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str
