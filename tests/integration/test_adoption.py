@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 
@@ -31,6 +32,7 @@ from moment_sync.pusher import BalancePusher
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness
 from support.ledger_api import LedgerApi
+from support.pushers import InFlight
 from support.webhooks import NOW
 
 
@@ -658,3 +660,44 @@ def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_in
     assert run(pusher) == {"pushed": 1}
     assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
     harness.assert_balances_equal_their_entries()
+
+
+def test_a_create_whose_lost_answer_met_the_merchants_object_does_not_defeat_the_operators_choice(
+    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
+    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
+    customer = harness.open_customer("MIG1")
+    charge(harness, customer, "c-1", 3000)
+    # AND Moment answers the create's POST (a 409: it has the object), but the answer is lost
+    transport = InFlight()
+
+    def lose_the_posts_answer(request: httpx.Request) -> None:
+        if request.method == "POST":
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    transport.after_send = lose_the_posts_answer
+    lossy = MomentClient(
+        LOCAL_MOMENT_API_KEY,
+        environment="dev",
+        base_url=sandbox.url,
+        transport=transport,
+        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
+        sleep=lambda _: None,
+    )
+    pusher = BalancePusher(
+        ledger=harness.ledger, moment=lossy, now=harness.clock, jitter=lambda: 0.5, events=harness.events
+    )
+    assert run(pusher) == {"failed": 1}
+    assert harness.head(customer)["push_intents"]  # the create may have reached Moment: kept open
+    transport.after_send = None
+    # WHEN the next run meets the merchant's object, it is held, and the operator says the ledger wins
+    harness.ledger.record_failure(customer, "due again", NOW, NOW)
+    assert run(pusher) == {"conflict": 1}
+    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
+    # THEN the ledger's balance is pushed: that create made nothing, so it explains nothing (it left the
+    # balance `deferred` for good, `DriftDetected` counted, Moment 500 and the ledger 3000)
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+    assert sync_state(harness.head(customer)) == "synced"
+    lossy.close()
