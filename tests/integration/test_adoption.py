@@ -663,7 +663,7 @@ def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_in
 
 
 def test_a_create_whose_lost_answer_met_the_merchants_object_does_not_defeat_the_operators_choice(
-    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient
+    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient, clock: list[float]
 ) -> None:
     # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
     moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
@@ -692,7 +692,7 @@ def test_a_create_whose_lost_answer_met_the_merchants_object_does_not_defeat_the
     assert harness.head(customer)["push_intents"]  # the create may have reached Moment: kept open
     transport.after_send = None
     # WHEN the next run meets the merchant's object, it is held, and the operator says the ledger wins
-    harness.ledger.record_failure(customer, "due again", NOW, NOW)
+    clock[0] += 2 * 3600  # past the failed push's backoff
     assert run(pusher) == {"conflict": 1}
     assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
     # THEN the ledger's balance is pushed: that create made nothing, so it explains nothing (it left the
