@@ -15,7 +15,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from moment_sandbox import MomentSandbox, SandboxSettings
@@ -30,6 +32,7 @@ from moment_sync.pusher import BalancePusher
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness
 from support.ledger_api import LedgerApi
+from support.pushers import InFlight
 from support.webhooks import NOW
 
 
@@ -601,3 +604,100 @@ def test_an_event_parked_again_for_another_reason_leaves_the_unmatched_index(har
     assert list(harness.events.unmatched_naming("bcus_9")) == ["msg_1"]
     harness.events.park("msg_1", ParkReason.APPLICATION_CONFLICT, "applied elsewhere", NOW + 1)
     assert list(harness.events.unmatched_naming("bcus_9")) == []
+
+
+# --- a create's intent that could not be dropped ----------------------------------------------------
+
+
+class RefuseIntentDrops:
+    """Throttles, past the SDK's tries, every write that drops an open intent (DynamoDB's 400 answer at
+    botocore's `before-call`, as tests/integration/test_push_conflicts.py gives it)."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.refused = 0
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        if not self.armed or not str(json.loads(params["body"]).get("UpdateExpression", "")).startswith(
+            "REMOVE push_intents["
+        ):
+            return None
+        self.refused += 1
+        refused = {
+            "Error": {"Code": "ProvisionedThroughputExceededException", "Message": "throttled"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        return AWSResponse("https://dynamodb.af-south-1.amazonaws.com/", 400, {}, None), refused
+
+
+def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_intent_stayed_open(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    moment: MomentClient,
+    clock: list[float],
+) -> None:
+    # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
+    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
+    customer = harness.open_customer("MIG1")
+    charge(harness, customer, "c-1", 3000)
+    # AND the write that drops the create's intent (Moment made nothing: it had the object) throttled
+    throttle = RefuseIntentDrops()
+    harness.ledger._client.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
+    assert run(pusher) == {"failed": 1}
+    assert throttle.refused and harness.head(customer)["push_intents"]  # the create's intent is open
+    throttle.armed = False
+    # WHEN the next run meets the object, linked and never pushed
+    clock[0] += 2 * 3600  # past the failed push's backoff
+    assert run(pusher) == {"conflict": 1}
+    # THEN it is held for an operator (the alarmed `conflict`), never `deferred` with drift: that
+    # create changed nothing at Moment, so it explains nothing
+    head = harness.head(customer)
+    assert sync_state(head) == "conflict" and head["adoption_held"] == 500
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 500
+    # AND the operator's choice goes through
+    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+    harness.assert_balances_equal_their_entries()
+
+
+def test_a_create_whose_lost_answer_met_the_merchants_object_does_not_defeat_the_operators_choice(
+    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient, clock: list[float]
+) -> None:
+    # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
+    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
+    customer = harness.open_customer("MIG1")
+    charge(harness, customer, "c-1", 3000)
+    # AND Moment answers the create's POST (a 409: it has the object), but the answer is lost
+    transport = InFlight()
+
+    def lose_the_posts_answer(request: httpx.Request) -> None:
+        if request.method == "POST":
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    transport.after_send = lose_the_posts_answer
+    lossy = MomentClient(
+        LOCAL_MOMENT_API_KEY,
+        environment="dev",
+        base_url=sandbox.url,
+        transport=transport,
+        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
+        sleep=lambda _: None,
+    )
+    pusher = BalancePusher(
+        ledger=harness.ledger, moment=lossy, now=harness.clock, jitter=lambda: 0.5, events=harness.events
+    )
+    assert run(pusher) == {"failed": 1}
+    assert harness.head(customer)["push_intents"]  # the create may have reached Moment: kept open
+    transport.after_send = None
+    # WHEN the next run meets the merchant's object, it is held, and the operator says the ledger wins
+    clock[0] += 2 * 3600  # past the failed push's backoff
+    assert run(pusher) == {"conflict": 1}
+    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
+    # THEN the ledger's balance is pushed: that create made nothing, so it explains nothing (it left the
+    # balance `deferred` for good, `DriftDetected` counted, Moment 500 and the ledger 3000)
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+    assert sync_state(harness.head(customer)) == "synced"
+    lossy.close()

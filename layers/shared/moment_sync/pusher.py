@@ -236,6 +236,9 @@ class BalancePusher:
             raise CurrencyDisagrees(
                 f"Moment keeps {balance} in {current.currency}, the ledger in {head['currency']}"
             )
+        # A create whose object Moment already had made nothing: its intent (left open when the write
+        # dropping it failed) explains no balance of an object the pusher did not make.
+        ours = _ours(current.raw)
         if head.get("pushed_balance") is None and current.balance not in (None, int(head["balance"])):
             # Never pushed to this object: any Moment balance counts as explained, so a payment whose
             # webhook is parked unmatched would be erased. Re-drive them; wait while any remain.
@@ -244,16 +247,16 @@ class BalancePusher:
                 return self._wait_for_payments(balance, head, current.balance, waiting, log)
             if (
                 current.balance != int(head["balance"])
-                and not head.get("push_intents")
+                and not _explaining_intents(head, creates_explain=ours)
                 and "adoption_decision" not in head
-                and not _ours(current.raw)
+                and not ours
             ):
                 # Linked without the pusher's adoption (the re-drive, an operator): the same hold.
                 self._hold_adoption(balance, moment_id, current.balance, head)
                 return PushResult.CONFLICT
         if head.get("push_waiting"):
             self.ledger.flag_push_waiting(balance, None)
-        decision = plan_push(_snapshot(head), current.balance)
+        decision = plan_push(_snapshot(head, creates_explain=ours), current.balance)
         if isinstance(decision, Defer):
             return self._defer(balance, head, decision, log)
         if isinstance(decision, AlreadyEqual):
@@ -313,7 +316,9 @@ class BalancePusher:
         # one, which is then adopted and compared), and an intent left out only narrows what counts as
         # explained: the next run defers rather than overwrites.
         at_cap = isinstance(may_send(_snapshot(head), None, Push(int(head["balance"]))), Defer)
-        intent = None if at_cap else self.ledger.record_intent(balance, head, int(head["balance"]))
+        intent = (
+            None if at_cap else self.ledger.record_intent(balance, head, int(head["balance"]), create=True)
+        )
         with self._dropped_if_never_sent(balance, head, intent):
             if balance.kind is BalanceKind.CUSTOMER:
                 moment_id, moment_balance, outcome, ours = self._create_customer(balance, head)
@@ -577,12 +582,17 @@ def _ours(document: Any) -> bool:
     return isinstance(metadata, dict) and all(metadata.get(key) == value for key, value in CREATED_BY.items())
 
 
-def _snapshot(head: dict[str, Any]) -> PushSnapshot:
+def _explaining_intents(head: dict[str, Any], *, creates_explain: bool) -> list[dict[str, Any]]:
+    """The open intents that may explain Moment's balance: a create's only on an object the pusher made."""
+    return [item for item in head.get("push_intents", []) if creates_explain or not item.get("create")]
+
+
+def _snapshot(head: dict[str, Any], *, creates_explain: bool = True) -> PushSnapshot:
     # The list's first `payments_pushed` entries are behind the last booked push (a watermark).
     behind = int(head.get("payments_pushed", 0))
     intents = [
         Intent(int(item["balance"]), int(item["listed"]) - behind, int(item.get("merged", 0)))
-        for item in head.get("push_intents", [])
+        for item in _explaining_intents(head, creates_explain=creates_explain)
     ]
     if head.get("push_intent") is not None:  # a head written before intents were a list
         intents.append(Intent(int(head["push_intent"]), int(head.get("push_intent_payments", 0))))

@@ -696,10 +696,13 @@ class LedgerTable(LedgerBills):
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
 
-    def record_intent(self, balance: BalanceRef, read: dict[str, Any], target: int) -> int:
+    def record_intent(
+        self, balance: BalanceRef, read: dict[str, Any], target: int, *, create: bool = False
+    ) -> int:
         """Before a PATCH or a create: remember what is about to be sent, so whatever becomes of its
         answer (lost, timed out, 5xx, the run stopped) the next run can explain Moment's balance.
-        Appended to the open intents (a booked push clears them all); returns its index."""
+        Appended to the open intents (a booked push clears them all); returns its index. A create's
+        is marked `create`: it can explain only an object the pusher made (docs/pusher.md)."""
         condition, condition_values = _push_state_condition(read)
         open_intents = len(read.get("push_intents", []))
         listed, merged, _count = _payments_read(read)
@@ -708,7 +711,10 @@ class LedgerTable(LedgerBills):
             "SET push_intents = list_append(if_not_exists(push_intents, :none), :intent)",
             condition + " AND " + _open_intents_condition(open_intents),
             {
-                ":intent": [{"balance": target, "listed": listed, "merged": merged}],
+                ":intent": [
+                    {"balance": target, "listed": listed, "merged": merged}
+                    | ({"create": True} if create else {})
+                ],
                 ":none": [],
                 ":open": open_intents,
                 **condition_values,
