@@ -489,10 +489,6 @@ def test_two_webhooks_of_one_bill_application_at_once_apply_it_once(
     assert_invariants(harness)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="left: a bill refuses another currency before it claims, so the id stays free for a balance",
-)
 def test_a_bill_payment_in_another_currency_parks_and_the_same_application_for_a_balance_too(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:

@@ -394,7 +394,7 @@ class LedgerBills:
             head = self.get_bill(bill)
             if head is None:
                 return BillWriteResult(BillWriteOutcome.NO_BILL)
-            refused = self._refused(bill, head, entry, currency)
+            refused = self._refused(bill, head, entry, currency, webhook_id)
             if refused is not None:
                 return refused
             if not claimed:
@@ -479,15 +479,21 @@ class LedgerBills:
         raise BillTransient(f"{bill} kept changing while a payment was applied")
 
     def _refused(
-        self, bill: BillRef, head: dict[str, Any], entry: BillEntry, currency: str
+        self, bill: BillRef, head: dict[str, Any], entry: BillEntry, currency: str, webhook_id: str
     ) -> BillWriteResult | None:
         """A voided bill or another currency takes no payment. An application applied already (before
         the void) is a duplicate or a conflict, never money to refund: the ledger-wide guard decides
         before the bill's state does, and for this bill its entry (a claim whose writer crashed before
-        its transaction applied nothing: that payment is refused like any other)."""
+        its transaction applied nothing: that payment is refused like any other). A payment refused
+        here still claims its application, as a parked balance payment does, so the same id sent for
+        another balance or bill is parked as a conflict, never applied there."""
         if not head.get("void_requested_at") and head.get("currency") == currency:
             return None
         applied = self._application_guard(entry.source_id)
+        if applied is None:
+            conflict = self._claim_for_bill(bill, entry, currency, webhook_id)
+            if conflict is not None:
+                return BillWriteResult(BillWriteOutcome.APPLICATION_CONFLICT, guard=conflict)
         if applied is not None:
             known = _duplicate_or_conflict(applied, bill, entry, currency)
             if known.outcome is BillWriteOutcome.APPLICATION_CONFLICT:
