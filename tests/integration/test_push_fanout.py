@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -19,58 +18,30 @@ from botocore.stub import Stubber
 import balance_pusher_handler
 from integration.test_balance_pusher import InFlight, charge
 from local_stack.lambda_context import LocalLambdaContext
-from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
 from local_stack.template import resource_properties
-from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sandbox import MomentSandbox
 from moment_sync.adapters.lambda_workers import LambdaWorkers
 from moment_sync.adapters.lease import MOMENT_BACKOFF, DynamoBackoff, DynamoLeases
 from moment_sync.leases import LEASE_MARGIN_SECONDS
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
-from moment_sync.moment_client import MomentClient, RetryPolicy
+from moment_sync.moment_client import MomentClient
 from moment_sync.push_fanout import FINISHED_AT, FanOutFailed, dispatch, shards_behind
 from moment_sync.pusher import BalancePusher, customer_claim, shard_lease
+from support import pushers
 from support.ledger import LedgerHarness
 from support.webhooks import NOW
 
-
-@pytest.fixture
-def clock() -> list[float]:
-    return [float(NOW)]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
+# The shared harness (support/pushers.py): pytest finds each fixture by the name bound here.
+clock = pushers.clock
+harness = pushers.harness
+sandbox = pushers.sandbox
+transport = pushers.transport
+moment = pushers.moment
 
 
 @pytest.fixture
 def leases(harness: LedgerHarness) -> DynamoLeases:
     return harness.ledger.leases()
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MomentSandbox]:
-    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
-        yield running
-
-
-@pytest.fixture
-def transport() -> InFlight:
-    return InFlight()
-
-
-@pytest.fixture
-def moment(sandbox: MomentSandbox, transport: InFlight) -> Iterator[MomentClient]:
-    client = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        transport=transport,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    yield client
-    client.close()
 
 
 @pytest.fixture
