@@ -183,19 +183,21 @@ def signed_event(
 class CannedDynamoDB:
     """The reconciler's DynamoDB calls answered with what DynamoDB would send back, and nothing kept.
 
-    TransactWriteItems and UpdateItem succeed with `{}` (no return values asked), or, with
-    `cancel_transactions` set, every transaction is cancelled with the answer it builds from the
-    request (`cancelled_as_already_applied`: the way a payment already applied by another webhook
-    is). GetItem answers from `items` by the key's `pk` (the Moment-id links the reconciler reads once
-    per execution environment). The work done here is a dict lookup and a counter: the same for both
-    sides of a comparison and small beside botocore's. `requests` counts each operation, so a timed loop can
-    prove afterwards that it made exactly the calls it should.
+    TransactWriteItems, UpdateItem and PutItem (the application's claim) succeed with `{}` (no return
+    values asked), or, with `cancel_transactions` set, every transaction is cancelled with the answer
+    it builds from the request (`cancelled_as_already_applied`: the way a payment already applied by
+    another webhook is), and with `refuse_claims` every claim refused with the guard that webhook
+    wrote (`claimed_by_another`). GetItem answers from `items` by the key's `pk` (the Moment-id links
+    the reconciler reads once per execution environment). The work done here is a dict lookup and a
+    counter: the same for both sides of a comparison and small beside botocore's. `requests` counts
+    each operation, so a timed loop can prove afterwards that it made exactly the calls it should.
     """
 
     def __init__(self, items: dict[str, dict[str, Any]] | None = None) -> None:
         self.items = items or {}
         self.requests: dict[str, int] = {}
         self.cancel_transactions: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.refuse_claims: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.last_body: dict[str, bytes] = {}
 
     def attach(self, events: Any) -> None:
@@ -211,11 +213,25 @@ class CannedDynamoDB:
             return _answer(request, 200, {}, _JSON_1_0)
         if operation == "UpdateItem":
             return _answer(request, 200, {}, _JSON_1_0)
+        if operation == "PutItem":
+            if self.refuse_claims is not None:
+                return _answer(request, 400, self.refuse_claims(json.loads(request.body)), _JSON_1_0)
+            return _answer(request, 200, {}, _JSON_1_0)
         if operation == "GetItem":
             key = json.loads(request.body)["Key"]["pk"]["S"]
             item = self.items.get(key)
             return _answer(request, 200, {"Item": item} if item else {}, _JSON_1_0)
         raise NotImplementedError(f"the canned DynamoDB does not do {operation}")
+
+
+def claimed_by_another(put: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB's answer to an application's claim when another webhook claimed the same payment (same
+    balance, same amount) first: the guard it would write, naming that webhook."""
+    return {
+        "__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+        "message": "The conditional request failed",
+        "Item": {**put["Item"], "webhook_id": {"S": "msg_bench_applied_first"}},
+    }
 
 
 def cancelled_as_already_applied(transaction: dict[str, Any]) -> dict[str, Any]:

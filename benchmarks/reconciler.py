@@ -755,9 +755,9 @@ def _warm_row_list(
             measured=measure.median(ours["duplicate_cpu_us"]),
             baseline=measure.median(theirs["duplicate_cpu_us"]),
             unit="µs",
-            measured_label="every transaction cancelled by the entry and the application guard another "
-            "webhook wrote; botocore parses the cancellation, then the event is marked duplicate "
-            "(UpdateItem)",
+            measured_label="every claim refused by the guard another webhook wrote (same balance and "
+            "amount, so the reconciler goes on), every transaction cancelled by that webhook's entry; "
+            "botocore parses both, then the event is marked duplicate (UpdateItem)",
             baseline_label="baseline_reconciler: the same plain UpdateItem (it cannot tell)",
             notes=["one pass over the same records, the canned backend cancelling every transaction"],
             details={
@@ -770,7 +770,11 @@ def _warm_row_list(
 
 def warm_child(params: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh interpreter: time one side's handler on the records, in batches, then one by one."""
-    from benchmarks.fake_aws import CannedDynamoDB, cancelled_as_already_applied  # noqa: PLC0415
+    from benchmarks.fake_aws import (  # noqa: PLC0415
+        CannedDynamoDB,
+        cancelled_as_already_applied,
+        claimed_by_another,
+    )
 
     side = params["side"]
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -807,6 +811,7 @@ def warm_child(params: dict[str, Any]) -> dict[str, Any]:
     processed = clock.records
     if side == REAL:
         dynamodb.cancel_transactions = cancelled_as_already_applied
+        dynamodb.refuse_claims = claimed_by_another
     _, duplicate_cpu = clock.run(batches)
     samples["duplicate_cpu_us"] = [
         value / len(batch) for value, batch in zip(duplicate_cpu, batches, strict=True)
@@ -862,7 +867,9 @@ def _check_requests(
 ) -> None:
     """Every record made exactly the calls it should (so the timings are of the right work)."""
     if side == REAL:
-        expected = {"TransactWriteItems": processed + duplicates, "GetItem": links, "UpdateItem": duplicates}
+        # Each record: the application's claim (PutItem), the transaction, the event's status (UpdateItem).
+        every = processed + duplicates
+        expected = {"PutItem": every, "TransactWriteItems": every, "GetItem": links, "UpdateItem": every}
     else:
         expected = {"UpdateItem": processed + duplicates}
     if requests != expected:
