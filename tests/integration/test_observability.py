@@ -104,3 +104,107 @@ def test_the_receiver_logs_the_payment_id_beside_the_webhook_id(capsys: pytest.C
     assert accepted["payment_id"] == "pay_ob_1"
     assert accepted["correlation_id"] == "msg_follow_me"
     assert accepted["event_type"] == "obligation.amount_applied"
+
+
+# The keys of the line every applied payment writes: what the saved queries read (level, message,
+# function_name, correlation_id, payment_id, reference, entry_id, amount, currency), the invocation it
+# belongs to (function_request_id), and the application, balance kind. Nothing a Powertools record
+# repeats on every line (timestamp, function_arn, function_memory_size, location, service, cold_start).
+APPLIED_LINE_KEYS = {
+    "level",
+    "message",
+    "function_name",
+    "function_request_id",
+    "correlation_id",
+    "application_id",
+    "payment_id",
+    "reference",
+    "balance_kind",
+    "entry_id",
+    "amount",
+    "currency",
+}
+
+
+def lines_of(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_an_applied_payment_is_one_short_line_with_what_an_operator_follows_and_its_metrics_in_one_blob(
+    dynamodb: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness = LedgerHarness(dynamodb)
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_short", payment("ob_short", 1500, customer_id="bcus_1"))
+    records = harness.next_batch()
+    capsys.readouterr()
+    # WHEN a one-record invocation applies the payment
+    assert harness.invoke(records) == []
+    lines = lines_of(capsys.readouterr().out)
+    # THEN one line an operator follows, with only the keys it needs
+    [applied] = [line for line in lines if line.get("message") == "payment applied"]
+    assert set(applied) == APPLIED_LINE_KEYS
+    assert {key: applied[key] for key in APPLIED_LINE_KEYS - {"function_request_id"}} == {
+        "level": "INFO",
+        "message": "payment applied",
+        "function_name": "reconciler",
+        "correlation_id": "msg_short",
+        "application_id": "ob_short",
+        "payment_id": "pay_ob_short",
+        "reference": "UCR1",
+        "balance_kind": "customer",
+        "entry_id": "payment:ob_short",
+        "amount": 1500,
+        "currency": "ZAR",
+    }
+    assert applied["function_request_id"]
+    # AND every metric the dashboard and alarms read, in the invocation's one EMF blob
+    [blob] = [line for line in lines if "_aws" in line and "PaymentApplied" in line]
+    assert metric_values(blob) == {"PaymentApplied": 1, "AmountApplied_ZAR": 1500, "RecordsReconciled": 1}
+    assert blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
+    # AND nothing else (no other log line, no other blob)
+    assert len([line for line in lines if "_aws" not in line]) == 1
+
+
+def test_at_log_level_warning_an_applied_payment_writes_no_line_but_still_counts(
+    dynamodb: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moment_sync.observability import logger
+
+    harness = LedgerHarness(dynamodb)
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_quiet", payment("ob_quiet", 700, customer_id="bcus_1"))
+    records = harness.next_batch()
+    capsys.readouterr()
+    level = logger.log_level
+    logger.setLevel("WARNING")
+    try:
+        assert harness.invoke(records) == []
+    finally:
+        logger.setLevel(level)
+    lines = lines_of(capsys.readouterr().out)
+    assert not [line for line in lines if "message" in line]
+    [blob] = [line for line in lines if "PaymentApplied" in line]
+    assert metric_values(blob)["PaymentApplied"] == 1
+
+
+def test_a_bill_payment_is_one_short_line_too(dynamodb: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from moment_sync.ledger import bill_service
+    from moment_sync.ledger.bills import BillRef
+
+    harness = LedgerHarness(dynamodb)
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    bill_service.put_bill(
+        harness.ledger, "FEE", {"customer": "UCR1", "currency": "ZAR", "amount_due": 900}, NOW
+    )
+    harness.ledger.link_bill(BillRef("FEE"), "bill_1")
+    harness.receive("msg_bill", payment("ob_bill", 400, customer_id="bcus_1", bill_id="bill_1"))
+    records = harness.next_batch()
+    capsys.readouterr()
+    assert harness.invoke(records) == []
+    [applied] = [
+        line for line in lines_of(capsys.readouterr().out) if line.get("message") == "bill payment applied"
+    ]
+    assert set(applied) == APPLIED_LINE_KEYS
+    assert (applied["reference"], applied["balance_kind"], applied["amount"]) == ("FEE", "bill", 400)
+    assert applied["correlation_id"] == "msg_bill"

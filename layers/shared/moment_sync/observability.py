@@ -8,6 +8,10 @@ work (the context decorators, a log record, a metric set flushed as a second lin
 webhook is one JSON line written directly, the log record with the EMF block for its metric inside
 (CloudWatch reads EMF from any JSON log line). Every other outcome goes through Powertools, set up
 only when it happens.
+
+`payment_line` is the reconciler's line per applied payment: one short JSON line written directly,
+without the keys a Powertools record repeats on every line and CloudWatch already keeps (the metrics
+stay in Powertools' one EMF blob per invocation, which a batch of records shares).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 logger = Logger()
 metrics = Metrics()
 
-__all__ = ["Invocation", "MetricUnit", "logger", "metrics"]
+__all__ = ["PAYMENT_LINE_KEYS", "Invocation", "MetricUnit", "logger", "metrics", "payment_line"]
 
 _cold_start = [True]  # per execution environment, for the handlers that use Invocation
 # Built once: json.dumps with options would build an encoder on every call.
@@ -116,3 +120,28 @@ class Invocation:
             "function_arn": context.invoked_function_arn,
             "function_request_id": context.aws_request_id,
         }
+
+
+# What a payment's line carries besides the caller's fields: enough to follow it (the saved queries read
+# level, message, function_name and correlation_id, the webhook id) and to find its invocation's REPORT
+# line (function_request_id). Left out, against a Powertools record: timestamp (CloudWatch's @timestamp),
+# function_arn and function_memory_size (the log group and the REPORT line say them), location, service
+# and cold_start (the ColdStart metric and REPORT's Init Duration): the line goes from 640 to 390 bytes.
+PAYMENT_LINE_KEYS = ("level", "message", "function_name", "function_request_id", "correlation_id")
+
+
+def payment_line(message: str, **fields: Any) -> None:
+    """One INFO line per applied payment, written directly as compact JSON (when INFO is enabled):
+    PAYMENT_LINE_KEYS from the logger's state (set by `inject_lambda_context` and the correlation id),
+    then `fields`; keys whose value is None are left out."""
+    if logger.log_level > logging.INFO:
+        return
+    state = logger.get_current_keys()
+    line: dict[str, Any] = {"level": "INFO", "message": message}
+    for key in PAYMENT_LINE_KEYS[2:]:
+        if state.get(key) is not None:
+            line[key] = state[key]
+    line |= {name: value for name, value in fields.items() if value is not None}
+    stream = sys.stdout
+    stream.write(_encode(line) + "\n")
+    stream.flush()

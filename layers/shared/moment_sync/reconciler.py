@@ -17,7 +17,7 @@ from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome, Trans
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of, iso_time
 from moment_sync.ledger.bills import BillEntry, BillEntryKind, amount_overpaid
 from moment_sync.ledger.model import Entry, EntryKind
-from moment_sync.observability import MetricUnit, logger, metrics
+from moment_sync.observability import MetricUnit, logger, metrics, payment_line
 from moment_sync.reconciliation import (
     BillPaymentApplication,
     EventStatus,
@@ -98,9 +98,8 @@ def _apply_payment(
 
     if result.outcome is PaymentOutcome.APPLIED:
         _finish_applied(events, webhook_id, entry.entry_id, balance.partition_key, moment)
-        logger.info(
-            "payment applied", extra={**log_fields, "amount": payment.amount, "currency": payment.currency}
-        )
+        # Every payment writes this line: the short one (no moment_id: the entry's source keeps it).
+        payment_line("payment applied", **_applied_fields(log_fields, payment.amount, payment.currency))
         metrics.add_metric(name="PaymentApplied", unit=MetricUnit.Count, value=1)
         _count_amount(payment)
         return Reconciled(webhook_id, EventStatus.APPLIED, entry_id=entry.entry_id)
@@ -182,10 +181,7 @@ def _apply_bill_payment(
     guard = result.guard or {}
     if result.outcome is BillWriteOutcome.APPLIED:
         _finish_applied(events, webhook_id, entry.entry_id, bill.partition_key, moment)
-        logger.info(
-            "bill payment applied",
-            extra={**log_fields, "amount": payment.amount, "currency": payment.currency},
-        )
+        payment_line("bill payment applied", **_applied_fields(log_fields, payment.amount, payment.currency))
         metrics.add_metric(name="PaymentApplied", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="BillPaymentApplied", unit=MetricUnit.Count, value=1)
         metrics.add_metric(
@@ -266,6 +262,13 @@ def _finish_applied(
     every path that finds this event's payment applied, so a crash between the two, or a redelivered
     record, still ends `applied`; False when it already was."""
     return events.finish(webhook_id, EventStatus.APPLIED, now, entry_id=entry_id, balance_key=balance_key)
+
+
+def _applied_fields(log_fields: dict[str, Any], amount: int, currency: str) -> dict[str, Any]:
+    """An applied payment's line: who (webhook, application, payment), where (reference, balance_kind,
+    entry_id), how much; the Moment id it named is left out (the entry's `source` keeps it)."""
+    kept = {name: value for name, value in log_fields.items() if name != "moment_id"}
+    return {**kept, "amount": amount, "currency": currency}
 
 
 def _count_amount(payment: PaymentApplication) -> None:
