@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.registry import Context, Row
+from benchmarks import events_cost
+from benchmarks.registry import Context, Goal, Row
 
 TITLE = "cost per million webhooks vs the minimal receiver (modelled)"
 AREA = "cost"
@@ -65,6 +66,10 @@ ASSUMPTIONS = {
     "moment_key_reads_per_month": 2 * 8_640 + 30,
 }
 SECONDS_PER_MONTH = 30 * 86_400
+
+# Issue 16, item 4: at most $8.50 per million webhooks, everything included (ingestion, the ledger, the
+# events out). The row's baseline is that budget, so its ratio is the share of it spent.
+BUDGET_USD_PER_MILLION = 8.50
 
 NEEDED = {
     "receiver": ("receiver.warm_median", "receiver.write_units_new"),
@@ -216,7 +221,38 @@ def run(context: Context) -> list[Row]:
             details={"prices": PRICES, "assumptions": ASSUMPTIONS, "memory_mb": memory_mb},
         )
     )
+    result.append(_everything_included(system))
     return result
+
+
+def _everything_included(system: Webhook) -> Row:
+    """Ingestion and the ledger (this model) plus the events out (events_cost's worst case), against the
+    issue's budget; the same at ten times the traffic, where the month's Secrets Manager bill is spread
+    ten times thinner."""
+    events = events_cost.per_million(bill_share=0.0, cycles_per_balance_payment=1.0)
+    events_usd = sum(events.values())
+    total = system.total * 1e6 + events_usd
+    at_ten_million = total - system.secrets_manager * 1e6 * 0.9
+    return Row(
+        area=AREA,
+        name="cost.everything_included",
+        title="cost per million webhooks, everything included (events out, worst case), against the budget",
+        measured=total,
+        baseline=BUDGET_USD_PER_MILLION,
+        unit="USD",
+        measured_label=f"cost.total ${system.total * 1e6:.3f} + events out ${events_usd:.2f} ("
+        + ", ".join(f"{name} ${value:.2f}" for name, value in events.items())
+        + f"), at {ASSUMPTIONS['webhooks_per_month']:,} webhooks a month",
+        baseline_label=f"issue 16's budget, ${BUDGET_USD_PER_MILLION:.2f} per million webhooks",
+        goal=Goal.at_most(1.0),
+        notes=[
+            f"at 10,000,000 webhooks a month (Secrets Manager a tenth per million): ${at_ten_million:.3f}",
+            "events out: every webhook a balance payment in a push cycle of its own (events_cost's worst "
+            "case; its typical row is within 0.1% of it at the stated traffic)",
+            "docs/performance.md, 'What $8.50 would take': the floor the other issues require",
+        ],
+        details={"events_out": events, "at_ten_million_webhooks_a_month": at_ten_million},
+    )
 
 
 def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
