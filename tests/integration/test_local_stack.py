@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from botocore.exceptions import ClientError
 
 from local_stack import demo
@@ -66,6 +67,7 @@ def call(request: Any, *args: Any, **kwargs: Any) -> httpx.Response:
 # --- the demo -------------------------------------------------------------------------------------
 
 
+@pytest.mark.long_running
 def test_the_demo_month_ends_with_the_ledger_and_moment_agreeing() -> None:
     """`make demo` plays it both ways; here the default way (the random month below plays both)."""
     lines: list[str] = []

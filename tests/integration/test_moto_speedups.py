@@ -182,6 +182,7 @@ ACTIONS = st.one_of(
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(transactions=st.lists(st.lists(ACTIONS, min_size=1, max_size=4), min_size=1, max_size=5))
+@pytest.mark.long_running
 def test_any_transactions_come_to_what_moto_makes_of_them(
     transactions: list[list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import boto3
+import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -121,4 +122,4 @@ class Deliveries(RuleBasedStateMachine):
 Deliveries.TestCase.settings = settings(
     max_examples=20, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
 )
-test_any_interleaving_applies_each_payment_exactly_once = Deliveries.TestCase
+test_any_interleaving_applies_each_payment_exactly_once = pytest.mark.long_running(Deliveries.TestCase)

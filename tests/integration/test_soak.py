@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from soak.faults import FaultRates
 from soak.run import SoakSettings, run_soak
 
@@ -36,6 +37,7 @@ SUMMARY = re.compile(
 )
 
 
+@pytest.mark.long_running
 def test_a_short_soak_under_every_fault_loses_nothing_and_applies_nothing_twice() -> None:
     print(f"seed {SEED} (SOAK_SEED={SEED} replays it)")
     lines: list[str] = []
@@ -56,6 +58,7 @@ def test_a_short_soak_under_every_fault_loses_nothing_and_applies_nothing_twice(
     assert len(result.faults) == 8, result.faults
 
 
+@pytest.mark.long_running
 def test_make_soak_s_command_prints_the_summary_line_and_exits_0(tmp_path: Path) -> None:
     """`python -m soak`, the other way Moment may treat a paid balance (it keeps it as it was). What
     the functions logged under all those faults holds no secret they were given."""

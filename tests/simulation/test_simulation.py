@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+
 from simulation.runner import run_seed
 
 # Fixed seeds keep `make test` reproducible; SIM_SEED picks another (the printed replay command).
@@ -17,6 +19,7 @@ STEPS = int(os.environ.get("SIM_TEST_STEPS") or 50)
 EXAMPLES = int(os.environ.get("SIM_TEST_EXAMPLES") or 10)  # one program per sequence rule (machine.SEQUENCES)
 
 
+@pytest.mark.long_running
 def test_the_simulation_keeps_every_invariant() -> None:
     from simulation import machine  # after conftest's environment: Powertools reads it at import
 
@@ -35,6 +38,7 @@ def test_the_simulation_keeps_every_invariant() -> None:
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.long_running
 def test_a_seed_replays_the_same_steps() -> None:
     """Determinism is what makes a printed seed worth anything: the same seed, the same steps."""
     seed = random.Random(FIRST_SEED).randrange(1, 2**31)
