@@ -37,7 +37,7 @@ from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -148,20 +148,16 @@ class BillPusher:
         head = self.ledger.get_bill(bill)
         if head is None or "push_shard" not in head:
             return BillPushResult.SKIPPED
-        # As the balance pusher: announce what changed since the last look (synced -> pending), then
-        # what this look did (blocked, conflict, failing, ...); booking `synced` announces itself.
-        head = self._announce(bill, head) or head
-        try:
-            return self._push_one(bill, head)
-        finally:
-            self._announce(bill, None)
-
-    def _announce(self, bill: BillRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            return self.ledger.settle_sync_state(bill, head, self.now())
-        except Exception:  # the next look announces it; a push must not fail for want of an announcement
-            logger.exception("bill sync state not announced yet", extra={"bill": bill.ref})
-            return None
+        # As the balance pusher: announced before and after the look (push_run.push_announced).
+        return push_announced(
+            bill,
+            head,
+            self._push_one,
+            settle=self.ledger.settle_sync_state,
+            now=self.now,
+            log={"bill": bill.ref},
+            not_announced="bill sync state not announced yet",
+        )
 
     def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillPushResult:
         log: dict[str, Any] = {"bill": bill.ref, "moment_id": head.get("moment_id")}
