@@ -8,10 +8,12 @@ head's `status` and listing key depend on the new total, which an update express
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -548,26 +550,40 @@ class LedgerBills:
         self, now: float, limit: int = 1000, shards: Collection[int] | None = None
     ) -> list[tuple[str, BillRef]]:
         """Bills due a push and not backing off, oldest first across the `billpush#N` shards (or in the
-        one `shard` a fanned-out worker pushes)."""
-        found: list[tuple[str, BillRef]] = []
+        one `shard` a fanned-out worker pushes): the first `limit` of `pending_bill_pages`."""
+        return next(iter(self.pending_bill_pages(now, limit, shards)), [])
+
+    def pending_bill_pages(
+        self, now: float, page_size: int = 1000, shards: Collection[int] | None = None
+    ) -> Iterator[list[tuple[str, BillRef]]]:
+        """Every bill due a push and not backing off, oldest first across the shards, a page at a time:
+        each page reads on where the last ended (each shard's own cursor, DynamoDB's
+        `LastEvaluatedKey`), never from the start again, so bills left pending by an earlier page
+        (waiting for their owner, moved while pushed) never hide the ones after them. A shard is read
+        only when the merge needs its next item, at most `page_size` items a query."""
+        streams = [
+            self._pending_in_shard(number, now, page_size)
+            for number in (range(PUSH_SHARDS) if shards is None else sorted(shards))
+        ]
+        merged = heapq.merge(*streams, key=lambda pending: pending[0])
+        while page := list(islice(merged, page_size)):
+            yield page
+
+    def _pending_in_shard(self, number: int, now: float, page_size: int) -> Iterator[tuple[str, BillRef]]:
         paginator = self._client.get_paginator("query")
-        for number in range(PUSH_SHARDS) if shards is None else sorted(shards):
-            for page in paginator.paginate(
-                TableName=self.table_name,
-                IndexName=_PENDING_INDEX,
-                KeyConditionExpression="push_shard = :shard",
-                FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
-                ExpressionAttributeValues={
-                    ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
-                    ":now": {"S": iso_time(now)},
-                },
-                PaginationConfig={"MaxItems": limit},
-            ):
-                found.extend(
-                    (item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"]))
-                    for item in page.get("Items", [])
-                )
-        return sorted(found)[:limit]
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            IndexName=_PENDING_INDEX,
+            KeyConditionExpression="push_shard = :shard",
+            FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
+            ExpressionAttributeValues={
+                ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
+                ":now": {"S": iso_time(now)},
+            },
+            PaginationConfig={"PageSize": page_size},
+        ):
+            for item in page.get("Items", []):
+                yield item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"])
 
     def link_bill(self, bill: BillRef, moment_id: str) -> None:
         """Moment knows `bill` as `moment_id` (a create or an adoption, or the re-drive's link): the
