@@ -689,6 +689,7 @@ class LedgerBills:
             ":now": iso_time(now),
             ":version": read["version"],
             ":zero": 0,
+            ":one": 1,
         }
         sets = (
             "SET outside_booked = :booked, pushed_amount_paid = :moment, pushed_at = :now, "
@@ -702,6 +703,8 @@ class LedgerBills:
             "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
             "blocked_since, push_conflict"
         )
+        # One more in the push sequence: a stale read of this push state can write nothing after it.
+        sets += " ADD push_seq :one"
         for update, extra_condition in (
             (f"{sets} {removed}, push_shard, pending_since", " AND version = :version"),
             (f"{sets} {removed}", ""),
@@ -731,9 +734,11 @@ class LedgerBills:
         self._client.update_item(
             TableName=self.table_name,
             Key=bill_head_key(bill),
+            # One more in the push sequence: a read from before the mark must not book the intent's
+            # outside payments as at Moment (the number of intents does not change).
             UpdateExpression=f"SET push_intents[{int(index)}].ignored = :yes, push_blocked = :detail, "
             "last_push_error = :detail, next_push_at = :retry, "
-            "blocked_since = if_not_exists(blocked_since, :now)",
+            "blocked_since = if_not_exists(blocked_since, :now) ADD push_seq :one",
             ConditionExpression=condition,
             ExpressionAttributeValues=to_values(
                 {
@@ -741,6 +746,7 @@ class LedgerBills:
                     ":detail": detail[:500],
                     ":retry": iso_time(retry_at),
                     ":now": iso_time(now),
+                    ":one": 1,
                     **values,
                 }
             ),
@@ -776,15 +782,24 @@ def _duplicate_or_conflict(
 
 
 def _bill_push_condition(read: dict[str, Any], open_intents: int | None = None) -> tuple[str, dict[str, Any]]:
-    """The bill still has the push state the pusher read: the same last booked push and the same
-    number of open intents (only the pusher changes either)."""
+    """The bill still has the push state the pusher read: the same push sequence, last booked push
+    and number of open intents (only the pusher changes them). The sequence (`push_seq`, one more at
+    every booking and at every intent marked ignored) makes it exact, as the balances' does: the
+    booking's time alone comes back when two bookings share a millisecond (two execution
+    environments' clocks, a clock set back), and marking an intent ignored changes neither it nor
+    the number of intents."""
     count = len(read.get("push_intents", [])) if open_intents is None else open_intents
     values: dict[str, Any] = {":open": count}
     if count == 0:
         intents = "(attribute_not_exists(push_intents) OR size(push_intents) = :open)"
     else:
         intents = "size(push_intents) = :open"
+    if read.get("push_seq") is None:
+        sequence = "attribute_not_exists(push_seq)"
+    else:
+        sequence, values[":read_seq"] = "push_seq = :read_seq", read["push_seq"]
     if read.get("pushed_at") is None:
-        return f"attribute_exists(pk) AND attribute_not_exists(pushed_at) AND {intents}", values
+        never_booked = "attribute_exists(pk) AND attribute_not_exists(pushed_at)"
+        return f"{never_booked} AND {sequence} AND {intents}", values
     values[":read_pushed"] = read["pushed_at"]
-    return f"pushed_at = :read_pushed AND {intents}", values
+    return f"pushed_at = :read_pushed AND {sequence} AND {intents}", values
