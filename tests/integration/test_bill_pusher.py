@@ -5,6 +5,7 @@ lost answers, the read→PATCH window repaired in the same run, blocked bills, v
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -137,6 +138,70 @@ def test_a_bill_moment_already_has_is_adopted_only_when_it_is_the_same_bill(
     assert "amount_due 999, not 120000" in conflicted["push_conflict"]
     assert "moment_id" not in conflicted
     assert len(sandbox.state()["bills"]) == 2
+
+
+# --- a billing run: more than a page of bills -------------------------------------------------------
+
+
+def test_a_run_pushes_every_pending_bill_a_page_at_a_time_while_its_time_lasts(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, clock: list[float]
+) -> None:
+    # GIVEN a month's bills: 7 pending, read 3 at a time (1,000 in production)
+    bills = []
+    for number in range(7):
+        clock[0] += 1
+        bills.append(raise_bill(harness, f"FEE-{number}"))
+    paged = replace(bill_pusher, batch=3)
+    # WHEN one run pushes them
+    report = paged.push_pending(time_left=lambda: 300)
+    # THEN every one is created in that run, none left for the next
+    assert (report.results, report.not_reached) == ({"created": 7}, 0)
+    assert sorted(item["external_reference"] for item in sandbox.state()["bills"]) == [b.ref for b in bills]
+    assert harness.ledger.pending_bill_pushes(clock[0] + 10**6) == []
+
+
+def test_a_page_of_bills_waiting_for_their_owner_hides_none_of_the_bills_after_it(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, clock: list[float]
+) -> None:
+    # GIVEN the oldest bills are a new member's, whom Moment lacks: they stay pending (waiting, no
+    # backoff), more than a page of them
+    harness.open_customer("NEW1")
+    for number in range(4):
+        clock[0] += 1
+        raise_bill(harness, f"NEW-{number}", owner="NEW1")
+    # AND after them bills of a member Moment has
+    for number in range(3):
+        clock[0] += 1
+        raise_bill(harness, f"FEE-{number}")
+    # WHEN one run reads them 3 at a time
+    report = replace(bill_pusher, batch=3).push_pending(time_left=lambda: 300)
+    # THEN it reads on past the waiting ones (a page is read on from where the last ended, not from the
+    # start again, where the waiting bills still are): every bill looked at, the member's created
+    assert (report.results, report.not_reached) == ({"waiting": 4, "created": 3}, 0)
+    assert sorted(item["external_reference"] for item in sandbox.state()["bills"]) == [
+        "FEE-0",
+        "FEE-1",
+        "FEE-2",
+    ]
+
+
+def test_a_run_out_of_time_counts_the_page_it_stopped_in_not_reached_and_the_next_run_goes_on(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    for number in range(5):
+        raise_bill(harness, f"FEE-{number}")
+    paged = replace(bill_pusher, batch=3, concurrency=1)
+
+    def time_left() -> float:  # GIVEN time for the first page's 3 creates only
+        creates = sum(request == "POST /billing/bills" for request in transport.requests)
+        return 300.0 if creates < 3 else 0.0
+
+    report = paged.push_pending(time_left=time_left)
+    # THEN the second page is read and counted, not started
+    assert (report.results, report.not_reached) == ({"created": 3}, 2)
+    # AND the next run pushes what is left
+    assert run(paged) == {"created": 2}
+    assert len(sandbox.state()["bills"]) == 5
 
 
 # --- outside payments -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A push run fans out one worker per shard (docs/pusher.md#fan-out), against the sandbox over HTTP and
 the Ledger table in moto: a late duplicate of a worker's invocation pushes nothing twice, a stale read of
 the push state (ABA) can write nothing, two shards' workers create a new customer once, and a 429 one
-worker meets holds every worker off."""
+worker meets holds every worker off; for bills too (their push sequence, their late duplicate)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ from moment_sandbox import MomentSandbox
 from moment_sync.adapters.lambda_workers import LambdaWorkers
 from moment_sync.adapters.lease import MOMENT_BACKOFF, DynamoBackoff, DynamoLeases
 from moment_sync.leases import LEASE_MARGIN_SECONDS
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.moment_client import MomentClient
 from moment_sync.push_fanout import FINISHED_AT, FanOutFailed, dispatch, shards_behind
 from moment_sync.pusher import BalancePusher, customer_claim, shard_lease
 from support import pushers
 from support.ledger import LedgerHarness
+from support.pushers import cash, head, raise_bill
 from support.webhooks import NOW
 
 # The shared harness (support/pushers.py): pytest finds each fixture by the name bound here.
@@ -37,6 +39,8 @@ harness = pushers.harness
 sandbox = pushers.sandbox
 transport = pushers.transport
 moment = pushers.moment
+pusher = pushers.pusher
+member = pushers.member
 
 
 @pytest.fixture
@@ -319,3 +323,118 @@ def test_a_worker_reads_its_shard_again_while_time_is_left_so_a_billing_run_is_n
     pusher.batch = 2  # the index read 2 at a time (1,000 deployed)
     assert invoke(pusher, {"shard": 4})["results"] == {"created": 5}
     assert len(writes(transport)) == 5  # each once: no balance read again after its push
+
+
+# --- bills: the same sequence, the same late duplicate -------------------------------------------------
+
+
+def bill_refs_in_shard(shard: int, prefix: str, count: int) -> list[str]:
+    found: list[str] = []
+    number = 0
+    while len(found) < count:
+        if BillRef(f"{prefix}{number}").push_shard == f"billpush#{shard}":
+            found.append(f"{prefix}{number}")
+        number += 1
+    return found
+
+
+def test_a_stale_read_of_a_bills_push_state_can_write_nothing_after_a_push_booked_in_the_same_millisecond(
+    harness: LedgerHarness,
+) -> None:
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    bill = raise_bill(harness)
+    harness.ledger.link_bill(bill, "bill_1")
+    assert harness.ledger.record_bill_push(bill, head(harness, bill), 0, NOW)  # its create, booked
+    cash(harness, bill, "cash-1", 30000)
+    # GIVEN a worker read the push state (booked at NOW, no intent open) and stalled
+    stale = head(harness, bill)
+    # WHEN meanwhile another push of the cash is booked, stamped the same millisecond (another
+    # execution environment's clock): the time booked and the open intents are as the stale worker read
+    fresh = head(harness, bill)
+    harness.ledger.record_bill_intent(bill, fresh, 30000)
+    assert harness.ledger.record_bill_push(bill, head(harness, bill), 30000, NOW)
+    booked = head(harness, bill)
+    assert (booked["pushed_at"], booked.get("push_intents")) == (
+        stale["pushed_at"],
+        stale.get("push_intents"),
+    )
+    # THEN the stale worker can neither record an intent (so never PATCHes) nor book: the sequence moved on
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        harness.ledger.record_bill_intent(bill, stale, 30000)
+    assert harness.ledger.record_bill_push(bill, stale, 60000, NOW) is False
+    booked = head(harness, bill)
+    assert (booked["pushed_amount_paid"], booked["push_seq"], booked.get("push_intents")) == (30000, 2, None)
+
+
+def test_a_read_from_before_an_intent_was_marked_ignored_cannot_book_its_outside_payments(
+    harness: LedgerHarness,
+) -> None:
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    bill = raise_bill(harness)
+    harness.ledger.link_bill(bill, "bill_1")
+    assert harness.ledger.record_bill_push(bill, head(harness, bill), 0, NOW)
+    cash(harness, bill, "cash-1", 30000)
+    before_intent = head(harness, bill)
+    harness.ledger.record_bill_intent(bill, before_intent, 30000)
+    # GIVEN a worker read the bill with that intent open (its PATCH's landing unknown)
+    stale = head(harness, bill)
+    # WHEN the worker that sent it learns Moment ignored it (answered without taking the amount)
+    harness.ledger.record_bill_patch_ignored(bill, before_intent, 0, "not taken", NOW + 1, NOW + 3600)
+    # THEN the stale read, whose intent is not marked, cannot book its outside payments as at Moment
+    assert harness.ledger.record_bill_push(bill, stale, 30000, NOW + 2) is False
+    marked = head(harness, bill)
+    assert (marked["push_intents"][0]["ignored"], marked["outside_booked"], marked["push_seq"]) == (
+        True,
+        0,
+        2,
+    )
+
+
+def test_a_late_duplicate_of_a_shards_worker_pushes_no_bill_twice(
+    harness: LedgerHarness,
+    moment: MomentClient,
+    transport: InFlight,
+    sandbox: MomentSandbox,
+    leases: DynamoLeases,
+    clock: list[float],
+    member: str,
+) -> None:
+    shard = 2
+    bills = [raise_bill(harness, ref) for ref in bill_refs_in_shard(shard, "FEE", 3)]
+    elsewhere = raise_bill(harness, bill_refs_in_shard(6, "OTH", 1)[0])
+    # GIVEN the first worker of shard 2 ran: it created its shard's bills, not the other shard's
+    first = invoke(worker(harness, moment), {"shard": shard})
+    assert (first["bills"]["results"], first["shards"]) == ({"created": 3}, [shard])
+    assert "push_shard" in head(harness, elsewhere)
+    # AND cash was taken on each: the next scheduled run's worker PATCHes them
+    for number, bill in enumerate(bills):
+        cash(harness, bill, f"cash-{number}", 10000 + number)
+    clock[0] += timeout_of("BalancePusherFunction") + LEASE_MARGIN_SECONDS + 1  # the first lease long expired
+    duplicates: list[dict[str, Any]] = []
+    once = threading.Lock()
+
+    def duplicate_arrives(request: httpx.Request) -> None:
+        if once.acquire(blocking=False):  # WHEN the first run's invocation is delivered again, late
+            duplicates.append(invoke(worker(harness, moment), {"shard": shard}))
+
+    transport.before_send = duplicate_arrives
+    before = len(transport.requests)
+    later = invoke(worker(harness, moment), {"shard": shard})
+    # THEN the duplicate, arriving while the later worker holds the shard, does nothing
+    assert duplicates == [{"skipped": "another push run holds the lease", "shard": shard}]
+    assert later["bills"]["results"] == {"pushed": 3}
+    sent = [request for request in transport.requests[before:] if request.startswith("PATCH")]
+    assert len(sent) == 3 and len(set(sent)) == 3  # one PATCH per bill
+    # AND delivered once more after everything finished, it finds its shard pushed: no Moment call
+    transport.before_send = None
+    before = len(transport.requests)
+    again = invoke(worker(harness, moment), {"shard": shard})
+    assert (again["results"], again["bills"]["results"]) == ({}, {})
+    assert transport.requests[before:] == []
+    at_moment = {item["external_reference"]: item["amount_paid"] for item in sandbox.state()["bills"]}
+    assert at_moment == {bill.ref: 10000 + number for number, bill in enumerate(bills)}
+    assert [head(harness, bill)["push_seq"] for bill in bills] == [
+        2,
+        2,
+        2,
+    ]  # the create's booking, the cash's

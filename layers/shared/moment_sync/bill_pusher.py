@@ -1,7 +1,8 @@
 """The bill pusher's use case: bring Moment's bills in step with the ledger's, oldest change first.
 
 Per run (after the balances, in the same function): read the `billpush#N` shards of the PendingPush
-index, then push each bill with bounded concurrency until the run's time budget is nearly spent.
+index a page at a time (reading on while time is left), and push each bill with bounded concurrency
+until the run's time budget is nearly spent.
 Per bill: create it on Moment if it has no Moment id yet (its owner must be at Moment already; an
 existing bill under its reference is adopted only when its owner, amount and currency match), then
 read Moment's bill and do what `bill_push_plan` decides: nothing, a PATCH of `amount_paid` (an
@@ -37,7 +38,7 @@ from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -101,6 +102,7 @@ class BillPusher:
     events: WebhookEventsTable | None = None
     # Moment's 429 back-off shared by the fanned-out workers (push_run.SharedBackoff; None: not shared).
     backoff: SharedBackoff | None = None
+    batch: int = 1000  # bills read from the index at a time; a run reads on while time is left
 
     @property
     def seconds_per_push(self) -> float:
@@ -112,21 +114,25 @@ class BillPusher:
     ) -> BillPushReport:
         """Push what is pending: every `billpush#N` shard, or only `shards` (a fanned-out worker's one)."""
         report = BillPushReport()
-        pending = self.ledger.pending_bill_pushes(self.now(), shards=shards)
         # As the balances': a client that starts no attempt the run's time cannot fit (a bill push makes
         # several calls: a create, up to 3 PATCHes each re-read, a void), so a run is never killed inside
         # a call, between a PATCH and its booking.
         run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
-        report.not_reached = push_each(
-            pending,
-            run.push_one,
-            concurrency=self.concurrency,
-            time_left=time_left,
-            seconds_per_push=self.seconds_per_push,
-            collect=lambda done: self._collect(done, report),
-            thread_name_prefix="bill-push",
-            held_off=lambda: self.backoff is not None and self.backoff.until() > self.now(),
-        )
+        # A page at a time (a merchant's month of bills is far more than one), read on from where the
+        # last page ended while time is left: what is not reached is the rest of the page it stopped in.
+        for page in self.ledger.pending_bill_pages(self.now(), self.batch, shards=shards):
+            report.not_reached = push_each(
+                page,
+                run.push_one,
+                concurrency=self.concurrency,
+                time_left=time_left,
+                seconds_per_push=self.seconds_per_push,
+                collect=lambda done: self._collect(done, report),
+                thread_name_prefix="bill-push",
+                held_off=lambda: self.backoff is not None and self.backoff.until() > self.now(),
+            )
+            if report.not_reached:
+                break
         for result, count in report.results.items():
             _count(f"Bills{result.title().replace('_', '')}", count)
         _count("BillsNotReached", report.not_reached)
@@ -148,20 +154,16 @@ class BillPusher:
         head = self.ledger.get_bill(bill)
         if head is None or "push_shard" not in head:
             return BillPushResult.SKIPPED
-        # As the balance pusher: announce what changed since the last look (synced -> pending), then
-        # what this look did (blocked, conflict, failing, ...); booking `synced` announces itself.
-        head = self._announce(bill, head) or head
-        try:
-            return self._push_one(bill, head)
-        finally:
-            self._announce(bill, None)
-
-    def _announce(self, bill: BillRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            return self.ledger.settle_sync_state(bill, head, self.now())
-        except Exception:  # the next look announces it; a push must not fail for want of an announcement
-            logger.exception("bill sync state not announced yet", extra={"bill": bill.ref})
-            return None
+        # As the balance pusher: announced before and after the look (push_run.push_announced).
+        return push_announced(
+            bill,
+            head,
+            self._push_one,
+            settle=self.ledger.settle_sync_state,
+            now=self.now,
+            log={"bill": bill.ref},
+            not_announced="bill sync state not announced yet",
+        )
 
     def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillPushResult:
         log: dict[str, Any] = {"bill": bill.ref, "moment_id": head.get("moment_id")}

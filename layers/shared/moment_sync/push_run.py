@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
+from moment_sync.observability import logger
+
 Ref = TypeVar("Ref")
 Result = TypeVar("Result")
 
@@ -54,3 +56,40 @@ def push_each(
             running.add(pool.submit(push_one, ref))
         collect(wait(running).done)
     return not_reached
+
+
+def push_announced(
+    ref: Ref,
+    head: dict[str, Any],
+    push: Callable[[Ref, dict[str, Any]], Result],
+    *,
+    settle: Callable[[Ref, dict[str, Any] | None, float], dict[str, Any] | None],
+    now: Callable[[], float],
+    log: dict[str, Any],
+    not_announced: str = "sync state not announced yet",
+) -> Result:
+    """One push between two announcements of its sync state (`settle`: the ledger's
+    `settle_sync_state`): what changed since the last look first (a payment, a charge, an outside
+    payment: synced -> pending), then what this push did (deferred, blocked, failing, conflict, pending
+    again); booking `synced` announces itself. A crash in between only delays an announcement to the
+    next look (docs/events.md)."""
+    head = _announce(ref, head, settle, now, log, not_announced) or head
+    try:
+        return push(ref, head)
+    finally:
+        _announce(ref, None, settle, now, log, not_announced)
+
+
+def _announce(
+    ref: Ref,
+    head: dict[str, Any] | None,
+    settle: Callable[[Ref, dict[str, Any] | None, float], dict[str, Any] | None],
+    now: Callable[[], float],
+    log: dict[str, Any],
+    not_announced: str,
+) -> dict[str, Any] | None:
+    try:
+        return settle(ref, head, now())
+    except Exception:  # the next look announces it; a push must not fail for want of an announcement
+        logger.exception(not_announced, extra=log)
+        return None

@@ -44,7 +44,7 @@ from moment_sync.push_plan import (
     may_send,
     plan_push,
 )
-from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -186,21 +186,14 @@ class BalancePusher:
         head = self.ledger.get_head(balance)
         if head is None or "push_shard" not in head or "version" not in head:
             return PushResult.SKIPPED
-        # Announce what changed since the last look (a payment or a charge: synced -> pending), then
-        # what this push did (deferred, failing, conflict, pending again); booking `synced` announces
-        # itself. A crash in between only delays an announcement to the next look (docs/events.md).
-        head = self._settle(balance, head) or head
-        try:
-            return self._push_one(balance, head)
-        finally:
-            self._settle(balance, None)
-
-    def _settle(self, balance: BalanceRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            return self.ledger.settle_sync_state(balance, head, self.now())
-        except Exception:  # the next look announces it; a push must not fail for want of an announcement
-            logger.exception("sync state not announced yet", extra={"reference": balance.ref})
-            return None
+        return push_announced(
+            balance,
+            head,
+            self._push_one,
+            settle=self.ledger.settle_sync_state,
+            now=self.now,
+            log={"reference": balance.ref},
+        )
 
     def _push_one(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult:
         log = {

@@ -8,10 +8,12 @@ head's `status` and listing key depend on the new total, which an update express
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -548,26 +550,40 @@ class LedgerBills:
         self, now: float, limit: int = 1000, shards: Collection[int] | None = None
     ) -> list[tuple[str, BillRef]]:
         """Bills due a push and not backing off, oldest first across the `billpush#N` shards (or in the
-        one `shard` a fanned-out worker pushes)."""
-        found: list[tuple[str, BillRef]] = []
+        one `shard` a fanned-out worker pushes): the first `limit` of `pending_bill_pages`."""
+        return next(iter(self.pending_bill_pages(now, limit, shards)), [])
+
+    def pending_bill_pages(
+        self, now: float, page_size: int = 1000, shards: Collection[int] | None = None
+    ) -> Iterator[list[tuple[str, BillRef]]]:
+        """Every bill due a push and not backing off, oldest first across the shards, a page at a time:
+        each page reads on where the last ended (each shard's own cursor, DynamoDB's
+        `LastEvaluatedKey`), never from the start again, so bills left pending by an earlier page
+        (waiting for their owner, moved while pushed) never hide the ones after them. A shard is read
+        only when the merge needs its next item, at most `page_size` items a query."""
+        streams = [
+            self._pending_in_shard(number, now, page_size)
+            for number in (range(PUSH_SHARDS) if shards is None else sorted(shards))
+        ]
+        merged = heapq.merge(*streams, key=lambda pending: pending[0])
+        while page := list(islice(merged, page_size)):
+            yield page
+
+    def _pending_in_shard(self, number: int, now: float, page_size: int) -> Iterator[tuple[str, BillRef]]:
         paginator = self._client.get_paginator("query")
-        for number in range(PUSH_SHARDS) if shards is None else sorted(shards):
-            for page in paginator.paginate(
-                TableName=self.table_name,
-                IndexName=_PENDING_INDEX,
-                KeyConditionExpression="push_shard = :shard",
-                FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
-                ExpressionAttributeValues={
-                    ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
-                    ":now": {"S": iso_time(now)},
-                },
-                PaginationConfig={"MaxItems": limit},
-            ):
-                found.extend(
-                    (item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"]))
-                    for item in page.get("Items", [])
-                )
-        return sorted(found)[:limit]
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            IndexName=_PENDING_INDEX,
+            KeyConditionExpression="push_shard = :shard",
+            FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
+            ExpressionAttributeValues={
+                ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
+                ":now": {"S": iso_time(now)},
+            },
+            PaginationConfig={"PageSize": page_size},
+        ):
+            for item in page.get("Items", []):
+                yield item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"])
 
     def link_bill(self, bill: BillRef, moment_id: str) -> None:
         """Moment knows `bill` as `moment_id` (a create or an adoption, or the re-drive's link): the
@@ -673,6 +689,7 @@ class LedgerBills:
             ":now": iso_time(now),
             ":version": read["version"],
             ":zero": 0,
+            ":one": 1,
         }
         sets = (
             "SET outside_booked = :booked, pushed_amount_paid = :moment, pushed_at = :now, "
@@ -686,6 +703,8 @@ class LedgerBills:
             "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
             "blocked_since, push_conflict"
         )
+        # One more in the push sequence: a stale read of this push state can write nothing after it.
+        sets += " ADD push_seq :one"
         for update, extra_condition in (
             (f"{sets} {removed}, push_shard, pending_since", " AND version = :version"),
             (f"{sets} {removed}", ""),
@@ -715,9 +734,11 @@ class LedgerBills:
         self._client.update_item(
             TableName=self.table_name,
             Key=bill_head_key(bill),
+            # One more in the push sequence: a read from before the mark must not book the intent's
+            # outside payments as at Moment (the number of intents does not change).
             UpdateExpression=f"SET push_intents[{int(index)}].ignored = :yes, push_blocked = :detail, "
             "last_push_error = :detail, next_push_at = :retry, "
-            "blocked_since = if_not_exists(blocked_since, :now)",
+            "blocked_since = if_not_exists(blocked_since, :now) ADD push_seq :one",
             ConditionExpression=condition,
             ExpressionAttributeValues=to_values(
                 {
@@ -725,6 +746,7 @@ class LedgerBills:
                     ":detail": detail[:500],
                     ":retry": iso_time(retry_at),
                     ":now": iso_time(now),
+                    ":one": 1,
                     **values,
                 }
             ),
@@ -760,15 +782,24 @@ def _duplicate_or_conflict(
 
 
 def _bill_push_condition(read: dict[str, Any], open_intents: int | None = None) -> tuple[str, dict[str, Any]]:
-    """The bill still has the push state the pusher read: the same last booked push and the same
-    number of open intents (only the pusher changes either)."""
+    """The bill still has the push state the pusher read: the same push sequence, last booked push
+    and number of open intents (only the pusher changes them). The sequence (`push_seq`, one more at
+    every booking and at every intent marked ignored) makes it exact, as the balances' does: the
+    booking's time alone comes back when two bookings share a millisecond (two execution
+    environments' clocks, a clock set back), and marking an intent ignored changes neither it nor
+    the number of intents."""
     count = len(read.get("push_intents", [])) if open_intents is None else open_intents
     values: dict[str, Any] = {":open": count}
     if count == 0:
         intents = "(attribute_not_exists(push_intents) OR size(push_intents) = :open)"
     else:
         intents = "size(push_intents) = :open"
+    if read.get("push_seq") is None:
+        sequence = "attribute_not_exists(push_seq)"
+    else:
+        sequence, values[":read_seq"] = "push_seq = :read_seq", read["push_seq"]
     if read.get("pushed_at") is None:
-        return f"attribute_exists(pk) AND attribute_not_exists(pushed_at) AND {intents}", values
+        never_booked = "attribute_exists(pk) AND attribute_not_exists(pushed_at)"
+        return f"{never_booked} AND {sequence} AND {intents}", values
     values[":read_pushed"] = read["pushed_at"]
-    return f"pushed_at = :read_pushed AND {intents}", values
+    return f"pushed_at = :read_pushed AND {sequence} AND {intents}", values
