@@ -35,6 +35,7 @@ from support.pushers import InFlight, balance_pusher
 from support.webhooks import NOW
 
 
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
 def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
     # With the events table: a link it makes re-drives the payments parked unmatched that name it.

@@ -101,6 +101,7 @@ def test_no_scheduled_function_uses_reserved_concurrency() -> None:
 # --- the pusher, invoked twice at once -----------------------------------------------------------------
 
 
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
 def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
     return BalancePusher(ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=1)

@@ -29,6 +29,7 @@ from support.pushers import balance_pusher, invoke_pusher, timeout_of
 from support.webhooks import NOW
 
 
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
 def backoff(harness: LedgerHarness) -> DynamoBackoff:
     return DynamoBackoff(harness.dynamodb, harness.ledger.table_name, cache_seconds=0)
