@@ -15,66 +15,31 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
-from moment_sandbox import MomentSandbox, SandboxSettings
+from integration.test_balance_pusher import answer_lost_for
+from moment_sandbox import MomentSandbox
 from moment_sync import redrive as redrive_module
 from moment_sync.adapters.ledger_table import LedgerTable, TransientLedgerError
 from moment_sync.cli import main
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import SYNC_STATES, sync_state
-from moment_sync.moment_client import MomentClient, NewAccount, NewCustomer, RetryPolicy
+from moment_sync.moment_client import MomentClient, NewAccount, NewCustomer
 from moment_sync.observability import metrics
 from moment_sync.pusher import BalancePusher
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness
 from support.ledger_api import LedgerApi
-from support.pushers import InFlight
+from support.pushers import InFlight, balance_pusher
 from support.webhooks import NOW
 
 
-@pytest.fixture
-def sandbox() -> Iterator[MomentSandbox]:
-    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
-        yield running
-
-
-@pytest.fixture
-def moment(sandbox: MomentSandbox) -> Iterator[MomentClient]:
-    client = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clock() -> list[float]:
-    return [float(NOW)]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
-
-
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
 def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
-    return BalancePusher(
-        ledger=harness.ledger,
-        moment=moment,
-        now=harness.clock,
-        concurrency=2,
-        jitter=lambda: 0.5,
-        events=harness.events,
-    )
+    # With the events table: a link it makes re-drives the payments parked unmatched that name it.
+    return balance_pusher(harness, moment, concurrency=2, events=harness.events)
 
 
 @pytest.fixture(autouse=True)
@@ -630,6 +595,23 @@ class RefuseIntentDrops:
         return AWSResponse("https://dynamodb.af-south-1.amazonaws.com/", 400, {}, None), refused
 
 
+def merchants_customer_at_moment(harness: LedgerHarness, moment: MomentClient) -> BalanceRef:
+    """MIG1, made by the merchant at Moment with 500 (no `created_by`); the ledger's owes 3000."""
+    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
+    customer = harness.open_customer("MIG1")
+    charge(harness, customer, "c-1", 3000)
+    return customer
+
+
+def the_ledger_wins(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, moment: MomentClient
+) -> None:
+    """The operator's `adopt --ledger-wins` on MIG1, held: the next run pushes the ledger's 3000."""
+    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
+    assert run(pusher) == {"pushed": 1}
+    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+
+
 def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_intent_stayed_open(
     harness: LedgerHarness,
     pusher: BalancePusher,
@@ -638,9 +620,7 @@ def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_in
     clock: list[float],
 ) -> None:
     # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
-    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
-    customer = harness.open_customer("MIG1")
-    charge(harness, customer, "c-1", 3000)
+    customer = merchants_customer_at_moment(harness, moment)
     # AND the write that drops the create's intent (Moment made nothing: it had the object) throttled
     throttle = RefuseIntentDrops()
     harness.ledger._client.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
@@ -656,48 +636,29 @@ def test_a_create_that_met_the_merchants_object_never_explains_it_even_if_its_in
     assert sync_state(head) == "conflict" and head["adoption_held"] == 500
     assert on_moment(sandbox, "customer", "MIG1")["balance"] == 500
     # AND the operator's choice goes through
-    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
-    assert run(pusher) == {"pushed": 1}
-    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+    the_ledger_wins(harness, pusher, sandbox, moment)
     harness.assert_balances_equal_their_entries()
 
 
 def test_a_create_whose_lost_answer_met_the_merchants_object_does_not_defeat_the_operators_choice(
-    harness: LedgerHarness, sandbox: MomentSandbox, moment: MomentClient, clock: list[float]
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    moment: MomentClient,
+    transport: InFlight,
+    clock: list[float],
 ) -> None:
     # GIVEN a customer the merchant made at Moment with 500, and the ledger's with 3000
-    moment.create_customer(NewCustomer("MIG1", balance=500, currency="ZAR"))
-    customer = harness.open_customer("MIG1")
-    charge(harness, customer, "c-1", 3000)
+    customer = merchants_customer_at_moment(harness, moment)
     # AND Moment answers the create's POST (a 409: it has the object), but the answer is lost
-    transport = InFlight()
-
-    def lose_the_posts_answer(request: httpx.Request) -> None:
-        if request.method == "POST":
-            raise httpx.ReadTimeout("answer lost", request=request)
-
-    transport.after_send = lose_the_posts_answer
-    lossy = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        transport=transport,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    pusher = BalancePusher(
-        ledger=harness.ledger, moment=lossy, now=harness.clock, jitter=lambda: 0.5, events=harness.events
-    )
+    transport.after_send = answer_lost_for("POST")
     assert run(pusher) == {"failed": 1}
     assert harness.head(customer)["push_intents"]  # the create may have reached Moment: kept open
     transport.after_send = None
     # WHEN the next run meets the merchant's object, it is held, and the operator says the ledger wins
     clock[0] += 2 * 3600  # past the failed push's backoff
     assert run(pusher) == {"conflict": 1}
-    assert cli(harness, moment, "adopt", "customer", "MIG1", "--ledger-wins")[0] == 0
     # THEN the ledger's balance is pushed: that create made nothing, so it explains nothing (it left the
     # balance `deferred` for good, `DriftDetected` counted, Moment 500 and the ledger 3000)
-    assert run(pusher) == {"pushed": 1}
-    assert on_moment(sandbox, "customer", "MIG1")["balance"] == 3000
+    the_ledger_wins(harness, pusher, sandbox, moment)
     assert sync_state(harness.head(customer)) == "synced"
-    lossy.close()

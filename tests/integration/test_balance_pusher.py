@@ -429,6 +429,38 @@ def test_creates_refused_up_to_the_open_intents_cap_do_not_keep_the_balance_from
     assert on_moment(sandbox, "customer", "OUT1")["balance"] == 1000
 
 
+def test_creates_whose_answers_were_lost_count_once_toward_the_cap_so_the_balance_is_pushed(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    """A balance that needed several creates: the first made Moment's object, the answers of it and of
+    every later create (409s) were lost, and the ledger changed between runs. Counted one by one, the
+    creates' intents filled the cap, so once the object was adopted no PATCH was ever sent: `deferred`
+    for good, DriftDetected sending the operator after a webhook that does not exist."""
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-0", 1000)
+    # GIVEN MAX_OPEN_INTENTS runs whose creates' answers were all lost, a charge before each next run
+    transport.after_send = answer_lost_for("POST")
+    for number in range(1, MAX_OPEN_INTENTS + 1):
+        clock[0] += 7200
+        assert run(pusher) == {"failed": 1}
+        charge(harness, customer, f"inv-{number}", 1)
+    intents = harness.head(customer)["push_intents"]
+    assert [intent.get("create") for intent in intents] == [True] * MAX_OPEN_INTENTS
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == 1000  # the first create made it
+    # WHEN Moment answers again
+    transport.after_send = None
+    clock[0] += 7200
+    # THEN the object is adopted and the ledger's balance pushed (the creates count once): synced
+    assert run(pusher) == {"pushed": 1}
+    head = harness.head(customer)
+    assert sync_state(head) == "synced" and "push_intents" not in head
+    assert on_moment(sandbox, "customer", "UCR1")["balance"] == head["balance"] == 1000 + MAX_OPEN_INTENTS
+
+
 def test_a_create_whose_answer_was_lost_is_explained_by_its_intent_not_by_anything(
     harness: LedgerHarness,
     pusher: BalancePusher,

@@ -6,45 +6,27 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-import balance_pusher_handler
 import daily_reconcile_handler
 import redrive_handler
 from integration.test_balance_pusher import InFlight, charge
 from local_stack.lambda_context import LocalLambdaContext
-from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
-from local_stack.template import load_template, resource_properties
-from moment_sandbox import MomentSandbox, SandboxSettings
+from local_stack.template import load_template
 from moment_sync.adapters.lease import DynamoLeases
 from moment_sync.leases import LEASE_MARGIN_SECONDS
 from moment_sync.ledger.model import BalanceKind
-from moment_sync.moment_client import MomentClient, RetryPolicy
+from moment_sync.moment_client import MomentClient
 from moment_sync.pusher import PUSHER_LEASE, BalancePusher
 from moment_sync.reconcile_report import DAILY_CHECK_LEASE, DailyCheck
 from moment_sync.redrive import REDRIVE_LEASE
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness, payment
+from support.pushers import invoke_pusher, timeout_of
 from support.webhooks import NOW
-
-
-@pytest.fixture
-def clock() -> list[float]:
-    return [float(NOW)]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
-
-
-@pytest.fixture
-def leases(harness: LedgerHarness) -> DynamoLeases:
-    return harness.ledger.leases()
 
 
 def emf_blobs(output: str) -> list[dict[str, Any]]:
@@ -58,10 +40,6 @@ def counted(output: str) -> list[dict[str, Any]]:
 
 def metric_names(blob: dict[str, Any]) -> set[str]:
     return {metric["Name"] for metric in blob["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-
-
-def timeout_of(function: str) -> float:
-    return float(resource_properties(function)["Timeout"])
 
 
 # --- the lease itself ----------------------------------------------------------------------------------
@@ -123,34 +101,10 @@ def test_no_scheduled_function_uses_reserved_concurrency() -> None:
 # --- the pusher, invoked twice at once -----------------------------------------------------------------
 
 
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
-def sandbox() -> Iterator[MomentSandbox]:
-    with MomentSandbox(SandboxSettings(webhook_url=None)) as running:
-        yield running
-
-
-@pytest.fixture
-def transport() -> InFlight:
-    return InFlight()
-
-
-@pytest.fixture
-def pusher(harness: LedgerHarness, sandbox: MomentSandbox, transport: InFlight) -> Iterator[BalancePusher]:
-    client = MomentClient(
-        LOCAL_MOMENT_API_KEY,
-        environment="dev",
-        base_url=sandbox.url,
-        transport=transport,
-        retry=RetryPolicy(max_attempts=2, base_delay_seconds=0, max_delay_seconds=0),
-        sleep=lambda _: None,
-    )
-    yield BalancePusher(ledger=harness.ledger, moment=client, now=harness.clock, concurrency=1)
-    client.close()
-
-
-def push_run(pusher: BalancePusher) -> dict[str, Any]:
-    context = LocalLambdaContext("pusher", timeout_seconds=timeout_of("BalancePusherFunction"))
-    return balance_pusher_handler.lambda_handler({}, context, pusher)
+def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
+    return BalancePusher(ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=1)
 
 
 def test_a_second_push_run_while_the_first_is_inside_a_moment_call_does_nothing(
@@ -171,12 +125,12 @@ def test_a_second_push_run_while_the_first_is_inside_a_moment_call_does_nothing(
         if once.acquire(blocking=False):  # GIVEN the first run is inside its first Moment call
             held.append(leases.current(PUSHER_LEASE) or {})
             before = len(transport.requests)
-            second.append(push_run(pusher))  # WHEN a second invocation runs meanwhile
+            second.append(invoke_pusher(pusher))  # WHEN a second invocation runs meanwhile
             moment_calls_by_the_second.append(len(transport.requests) - before)
 
     transport.before_send = second_run_starts
     capsys.readouterr()
-    first = push_run(pusher)
+    first = invoke_pusher(pusher)
     # THEN the second did nothing: no Moment call, no balance touched, no heartbeat, a skip counted
     assert second == [{"skipped": "another push run holds the lease"}]
     assert moment_calls_by_the_second == [0]
@@ -202,10 +156,10 @@ def test_a_push_run_killed_leaves_a_lease_that_expires_and_the_next_run_takes_ov
     assert killed is not None
     # WHEN the next runs come: one still inside the killed run's lease does nothing
     clock[0] = NOW + timeout
-    assert push_run(pusher) == {"skipped": "another push run holds the lease"}
+    assert invoke_pusher(pusher) == {"skipped": "another push run holds the lease"}
     # THEN the first after it expired takes it over and pushes
     clock[0] = NOW + timeout + LEASE_MARGIN_SECONDS
-    assert push_run(pusher)["results"] == {"created": 1}
+    assert invoke_pusher(pusher)["results"] == {"created": 1}
 
 
 # --- the re-drive, invoked twice at once ---------------------------------------------------------------
@@ -271,7 +225,7 @@ def test_a_second_daily_check_while_the_first_is_inside_a_moment_call_does_nothi
 ) -> None:
     for number in range(3):
         charge(harness, harness.open_customer(f"UCR{number}"), f"inv-{number}", 100)
-    assert push_run(pusher)["results"] == {"created": 3}  # linked to Moment
+    assert invoke_pusher(pusher)["results"] == {"created": 3}  # linked to Moment
     check = DailyCheck(harness.ledger, pusher.moment, now=harness.clock, sleep=lambda _: None)
     context = LocalLambdaContext("daily", timeout_seconds=timeout_of("DailyReconcileFunction"))
     second: list[dict[str, Any]] = []

@@ -15,10 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-import balance_pusher_handler
 from integration.test_balance_pusher import InFlight, charge
-from local_stack.lambda_context import LocalLambdaContext
-from local_stack.template import resource_properties
 from moment_sandbox import MomentSandbox
 from moment_sync.adapters.lambda_workers import LambdaWorkers
 from moment_sync.adapters.lease import MOMENT_BACKOFF, DynamoBackoff, DynamoLeases
@@ -30,24 +27,14 @@ from moment_sync.push_fanout import FINISHED_AT, FanOutFailed, dispatch, shards_
 from moment_sync.pusher import BalancePusher, customer_claim, shard_lease
 from support import pushers
 from support.ledger import LedgerHarness
-from support.pushers import cash, head, raise_bill
+from support.pushers import balance_pusher, cash, head, invoke_pusher, raise_bill, timeout_of
 from support.webhooks import NOW
 
-# The shared harness (support/pushers.py): pytest finds each fixture by the name bound here.
-clock = pushers.clock
-harness = pushers.harness
-sandbox = pushers.sandbox
-transport = pushers.transport
-moment = pushers.moment
 pusher = pushers.pusher
 member = pushers.member
 
 
-@pytest.fixture
-def leases(harness: LedgerHarness) -> DynamoLeases:
-    return harness.ledger.leases()
-
-
+# sandbox, transport, moment, clock, harness, leases: tests/integration/conftest.py (support/pushers.py)
 @pytest.fixture
 def backoff(harness: LedgerHarness) -> DynamoBackoff:
     return DynamoBackoff(harness.dynamodb, harness.ledger.table_name, cache_seconds=0)
@@ -57,24 +44,7 @@ def worker(
     harness: LedgerHarness, moment: MomentClient, backoff: DynamoBackoff | None = None
 ) -> BalancePusher:
     """One worker's pusher, as runtime.balance_pusher builds it in its own execution environment."""
-    return BalancePusher(
-        ledger=harness.ledger,
-        moment=moment,
-        now=harness.clock,
-        concurrency=2,
-        jitter=lambda: 0.5,
-        leases=harness.ledger.leases(),
-        backoff=backoff,
-    )
-
-
-def timeout_of(function: str) -> float:
-    return float(resource_properties(function)["Timeout"])
-
-
-def invoke(pusher: BalancePusher, event: dict[str, Any]) -> dict[str, Any]:
-    context = LocalLambdaContext("pusher", timeout_seconds=timeout_of("BalancePusherFunction"))
-    return balance_pusher_handler.lambda_handler(event, context, pusher)
+    return balance_pusher(harness, moment, concurrency=2, leases=harness.ledger.leases(), backoff=backoff)
 
 
 def refs_in_shard(shard: int, prefix: str, count: int) -> list[str]:
@@ -142,7 +112,7 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_balance_twice(
     for number, balance in enumerate([*balances, elsewhere]):
         charge(harness, balance, f"inv-{number}", 100)
     # GIVEN the first worker of shard 3 ran: it created its shard's balances, not the other shard's
-    first = invoke(worker(harness, moment), {"shard": shard})
+    first = invoke_pusher(worker(harness, moment), {"shard": shard})
     assert (first["results"], first["shards"]) == ({"created": 3}, [shard])
     assert len(writes(transport)) == 3
     assert "holder" not in (leases.current(shard_lease(shard)) or {})
@@ -157,11 +127,11 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_balance_twice(
     def duplicate_arrives(request: httpx.Request) -> None:
         if once.acquire(blocking=False):  # WHEN the first run's invocation is delivered again, late
             held.append(leases.current(shard_lease(shard)) or {})
-            duplicates.append(invoke(worker(harness, moment), {"shard": shard}))
+            duplicates.append(invoke_pusher(worker(harness, moment), {"shard": shard}))
 
     transport.before_send = duplicate_arrives
     before = len(transport.requests)
-    later = invoke(worker(harness, moment), {"shard": shard})
+    later = invoke_pusher(worker(harness, moment), {"shard": shard})
     # THEN the duplicate, arriving while the later worker holds the shard, does nothing
     assert duplicates == [{"skipped": "another push run holds the lease", "shard": shard}]
     assert later["results"] == {"pushed": 3}
@@ -172,7 +142,7 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_balance_twice(
     # AND delivered once more after everything finished, it finds its shard pushed: no Moment call
     transport.before_send = None
     before = len(transport.requests)
-    assert invoke(worker(harness, moment), {"shard": shard})["results"] == {}
+    assert invoke_pusher(worker(harness, moment), {"shard": shard})["results"] == {}
     assert transport.requests[before:] == []
     assert [harness.head(balance)["pushed_balance"] for balance in balances] == [150, 150, 150]
     # AND each worker left its shard's heartbeat for the dispatcher
@@ -184,7 +154,7 @@ def test_a_worker_invoked_with_a_shard_out_of_range_is_refused_clearly(
 ) -> None:
     for shard in (PUSH_SHARDS, -1, "3", True):
         with pytest.raises(ValueError, match="shard must be a whole number from 0 to 7"):
-            invoke(worker(harness, moment), {"shard": shard})
+            invoke_pusher(worker(harness, moment), {"shard": shard})
 
 
 # --- composite creates across shards -------------------------------------------------------------------
@@ -213,7 +183,7 @@ def test_two_shards_workers_creating_accounts_of_a_new_customer_at_once_create_i
 
     def run(shard: int) -> None:
         creates.wait()
-        results[shard] = invoke(worker(harness, moment), {"shard": shard})
+        results[shard] = invoke_pusher(worker(harness, moment), {"shard": shard})
 
     threads = [threading.Thread(target=run, args=(shard,)) for shard in shards]
     for thread in threads:
@@ -253,19 +223,19 @@ def test_a_429_one_worker_meets_holds_every_worker_off_for_moments_retry_after(
         429, headers={"Retry-After": "120"}, json={"title": "Too Many Requests", "status": 429}
     )
     # GIVEN shard 1's worker met Moment's 429 (after its client's own retries), Retry-After 120 s
-    assert invoke(worker(harness, moment, backoff), {"shard": 1})["results"] == {"failed": 1}
+    assert invoke_pusher(worker(harness, moment, backoff), {"shard": 1})["results"] == {"failed": 1}
     stored = leases.current(MOMENT_BACKOFF) or {}
     assert float(stored["until"]) == NOW + 120
     transport.before_send = None
     # WHEN shard 2's worker runs inside that minute-and-a-bit: it starts no push, asks Moment nothing
     clock[0] = NOW + 119
     before = len(transport.requests)
-    held_off = invoke(worker(harness, moment, backoff), {"shard": 2})
+    held_off = invoke_pusher(worker(harness, moment, backoff), {"shard": 2})
     assert (held_off["results"], held_off["not_reached"]) == ({}, 2)
     assert transport.requests[before:] == []
     # THEN once the back-off is over, it pushes them
     clock[0] = NOW + 121
-    assert invoke(worker(harness, moment, backoff), {"shard": 2})["results"] == {"created": 2}
+    assert invoke_pusher(worker(harness, moment, backoff), {"shard": 2})["results"] == {"created": 2}
     # AND a shorter back-off never shortens a longer one already set
     backoff.hold_off(NOW + 30)
     assert float((leases.current(MOMENT_BACKOFF) or {})["until"]) == NOW + 120
@@ -321,7 +291,7 @@ def test_a_worker_reads_its_shard_again_while_time_is_left_so_a_billing_run_is_n
         charge(harness, balance, f"inv-{number}", 100)
     pusher = worker(harness, moment)
     pusher.batch = 2  # the index read 2 at a time (1,000 deployed)
-    assert invoke(pusher, {"shard": 4})["results"] == {"created": 5}
+    assert invoke_pusher(pusher, {"shard": 4})["results"] == {"created": 5}
     assert len(writes(transport)) == 5  # each once: no balance read again after its push
 
 
@@ -403,7 +373,7 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_bill_twice(
     bills = [raise_bill(harness, ref) for ref in bill_refs_in_shard(shard, "FEE", 3)]
     elsewhere = raise_bill(harness, bill_refs_in_shard(6, "OTH", 1)[0])
     # GIVEN the first worker of shard 2 ran: it created its shard's bills, not the other shard's
-    first = invoke(worker(harness, moment), {"shard": shard})
+    first = invoke_pusher(worker(harness, moment), {"shard": shard})
     assert (first["bills"]["results"], first["shards"]) == ({"created": 3}, [shard])
     assert "push_shard" in head(harness, elsewhere)
     # AND cash was taken on each: the next scheduled run's worker PATCHes them
@@ -415,11 +385,11 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_bill_twice(
 
     def duplicate_arrives(request: httpx.Request) -> None:
         if once.acquire(blocking=False):  # WHEN the first run's invocation is delivered again, late
-            duplicates.append(invoke(worker(harness, moment), {"shard": shard}))
+            duplicates.append(invoke_pusher(worker(harness, moment), {"shard": shard}))
 
     transport.before_send = duplicate_arrives
     before = len(transport.requests)
-    later = invoke(worker(harness, moment), {"shard": shard})
+    later = invoke_pusher(worker(harness, moment), {"shard": shard})
     # THEN the duplicate, arriving while the later worker holds the shard, does nothing
     assert duplicates == [{"skipped": "another push run holds the lease", "shard": shard}]
     assert later["bills"]["results"] == {"pushed": 3}
@@ -428,7 +398,7 @@ def test_a_late_duplicate_of_a_shards_worker_pushes_no_bill_twice(
     # AND delivered once more after everything finished, it finds its shard pushed: no Moment call
     transport.before_send = None
     before = len(transport.requests)
-    again = invoke(worker(harness, moment), {"shard": shard})
+    again = invoke_pusher(worker(harness, moment), {"shard": shard})
     assert (again["results"], again["bills"]["results"]) == ({}, {})
     assert transport.requests[before:] == []
     at_moment = {item["external_reference"]: item["amount_paid"] for item in sandbox.state()["bills"]}

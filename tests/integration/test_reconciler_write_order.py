@@ -5,12 +5,14 @@ once, the event `applied` (never left `received`), the claim naming the only pla
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from moment_sync.adapters.ledger_table import application_key
+from moment_sync.cli import main
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.bills import BillRef
 from moment_sync.redrive import redrive
@@ -72,6 +74,12 @@ def _guard(harness: LedgerHarness, application_id: str) -> dict[str, Any]:
     return {name: next(iter(value.values())) for name, value in item.get("Item", {}).items()}
 
 
+def _cli(harness: LedgerHarness, *argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    tables = ["--events-table", harness.events_name, "--ledger-table", harness.ledger_name]
+    return main([*tables, *argv], out=out), out.getvalue()
+
+
 def _redrive(harness: LedgerHarness, *webhook_ids: str) -> dict[str, int]:
     report = redrive(
         list(webhook_ids), events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock
@@ -124,6 +132,75 @@ def test_a_claim_left_by_a_crash_still_stops_the_same_application_for_another_ba
     assert harness.head(first)["balance"] == -1500
     assert harness.event("msg_1")["status"] == "applied"
     harness.assert_balances_equal_their_entries()
+
+
+def test_a_claim_never_applied_then_re_linked_is_parked_as_claimed_not_applied_and_settled_by_adjust(
+    harness: LedgerHarness,
+) -> None:
+    """A claim whose delivery died before its transaction, and whose Moment id an operator then linked
+    to another balance: the conflict said the claim's webhook had *applied* it, sending the operator
+    after an entry that does not exist. The message says what is known: claimed, never applied."""
+    # GIVEN ob_1 claimed for UCR1 by msg_1, which died before its transaction
+    first = harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    records = harness.next_batch()
+    restore = _crashing(harness, "transact_write_items", after=False)
+    harness.invoke(records)
+    restore()
+    # AND an operator moves bcus_1 to UCR2, whose object it really is
+    harness.ledger.unlink_moment_id(first, "bcus_1", NOW)
+    second = harness.open_customer("UCR2")
+    harness.ledger.link_moment_id(second, "bcus_1")
+    # WHEN Moment sends ob_1 again under a new message id, and the re-drive finishes msg_1
+    harness.receive("msg_2", payment("ob_1", 1500, customer_id="bcus_1"))
+    assert harness.invoke(harness.next_batch()) == []
+    assert _redrive(harness, "msg_1") == {"parked:application_conflict": 1}
+    # THEN both are parked naming the claim's webhook, and say it was claimed, never applied
+    for webhook_id in ("msg_1", "msg_2"):
+        event = harness.event(webhook_id)
+        assert (event["reason"], event["conflicts_with"]) == ("application_conflict", "msg_1")
+        detail = event["reason_detail"]
+        assert "was applied" not in detail
+        assert "claimed for customer UCR1 as 1500 ZAR by webhook msg_1 but never applied" in detail
+    assert harness.head(first)["balance"] == harness.head(second)["balance"] == 0
+    # AND the runbook's way out (docs/operations.md): an audited adjustment of the balance the Moment
+    # id is linked to now, under an id, so a repeat changes nothing; the claim still refuses ob_1
+    codes = [
+        _cli(
+            harness,
+            "adjust",
+            "customer",
+            "UCR2",
+            "--amount=-1500",
+            "--id",
+            "claim-ob_1",
+            "--operator",
+            "ops",
+            "--reason",
+            "Moment application ob_1 claimed for UCR1 by msg_1, never applied",
+        )[0]
+        for _ in range(2)
+    ]
+    assert codes == [0, 1]  # the same id again is refused (adjustment-id-reused): credited once
+    assert _redrive(harness, "msg_1", "msg_2") == {"parked:application_conflict": 2}
+    assert (harness.head(first)["balance"], harness.head(second)["balance"]) == (0, -1500)
+    harness.assert_balances_equal_their_entries()
+
+
+def test_a_conflict_with_an_applied_claim_says_applied_and_names_the_entrys_webhook(
+    harness: LedgerHarness,
+) -> None:
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.open_customer("UCR2", moment_id="bcus_2")
+    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    harness.invoke(harness.next_batch())
+    harness.receive("msg_2", payment("ob_1", 1500, customer_id="bcus_2"))
+    harness.invoke(harness.next_batch())
+    event = harness.event("msg_2")
+    assert event["conflicts_with"] == "msg_1"
+    assert event["reason_detail"].startswith(
+        "application ob_1 was applied to customer UCR1 as 1500 ZAR by webhook msg_1"
+    )
 
 
 def test_a_duplicate_webhook_completes_a_crashed_claim_and_the_first_ends_duplicate(

@@ -36,16 +36,6 @@ class Crash(Exception):
     """The function died here: nothing after this point ran."""
 
 
-@pytest.fixture
-def clock() -> list[float]:
-    return [NOW]
-
-
-@pytest.fixture
-def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
-    return LedgerHarness(dynamodb, clock=lambda: clock[0])
-
-
 # --- faults at botocore's hooks ---------------------------------------------------------------
 
 
@@ -130,6 +120,13 @@ def assert_invariants(harness: LedgerHarness, *, settled: bool = True) -> None:
         assert event["status"] in FINAL, (event["webhook_id"], event["status"])
 
 
+def assert_settled(harness: LedgerHarness, *, entries: list[str]) -> None:
+    """ob_1 has entries exactly on `entries` (invariant 2: one balance or bill at most), and the
+    invariants hold with every event final."""
+    assert entries_of(harness, "ob_1") == entries
+    assert_invariants(harness)
+
+
 def run_redrive(harness: LedgerHarness, *webhook_ids: str) -> dict[str, int]:
     report = redrive(
         list(webhook_ids), events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock
@@ -148,8 +145,7 @@ def cli(harness: LedgerHarness, *argv: str) -> tuple[int, str]:
 
 def claimed_then_crashed(harness: LedgerHarness, webhook_id: str, body: bytes) -> list[dict[str, Any]]:
     """`webhook_id` is delivered; its function dies after the claim, before the transaction."""
-    harness.receive(webhook_id, body)
-    records = harness.next_batch()
+    records = stored(harness, webhook_id, body)
     crash_once(harness, "TransactWriteItems", after=False)
     assert len(harness.invoke(records)) == 1
     assert harness.event(webhook_id)["status"] == "received"
@@ -157,13 +153,45 @@ def claimed_then_crashed(harness: LedgerHarness, webhook_id: str, body: bytes) -
     return records
 
 
+def another_delivery_between(harness: LedgerHarness, second: bytes) -> None:
+    """msg_1 (ob_1, 1500 for bcus_1) claims and dies before its transaction; msg_2 (`second`) is
+    delivered; then the stream delivers msg_1 again."""
+    records = claimed_then_crashed(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    deliver(harness, "msg_2", second)
+    assert harness.invoke(records) == []
+
+
 def body_application(body: bytes) -> str:
     return str(json.loads(body)["data"]["id"])
 
 
-def deliver(harness: LedgerHarness, webhook_id: str, body: bytes) -> None:
+def stored(harness: LedgerHarness, webhook_id: str, body: bytes) -> list[dict[str, Any]]:
+    """`webhook_id` stored by the receiver; its stream records, not delivered yet."""
     harness.receive(webhook_id, body)
-    assert harness.invoke(harness.next_batch()) == []
+    return harness.next_batch()
+
+
+def deliver(harness: LedgerHarness, webhook_id: str, body: bytes) -> None:
+    assert harness.invoke(stored(harness, webhook_id, body)) == []
+
+
+def assert_parked_conflict(harness: LedgerHarness, webhook_id: str, conflicts_with: str) -> None:
+    event = harness.event(webhook_id)
+    assert (event["status"], event["reason"], event["conflicts_with"]) == (
+        "parked",
+        "application_conflict",
+        conflicts_with,
+    )
+
+
+def redrive_stuck_past_the_grace(harness: LedgerHarness, clock: list[float]) -> dict[str, int]:
+    """The scheduled re-drive an hour later: it finds the one event still `received` and finishes it."""
+    clock[0] += 3600
+    report = redrive_stuck(
+        events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock, grace_seconds=600
+    )
+    assert report.found_received == 1
+    return report.outcomes
 
 
 @pytest.fixture
@@ -201,47 +229,31 @@ def test_after_the_claim_the_next_attempt_applies_it_once(
     elif finisher == "redrive":
         assert run_redrive(harness, "msg_1") == {"applied": 1}
     else:
-        clock[0] += 3600
-        report = redrive_stuck(
-            events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock, grace_seconds=600
-        )
-        assert (report.outcomes, report.found_received) == ({"applied": 1}, 1)
+        assert redrive_stuck_past_the_grace(harness, clock) == {"applied": 1}
     assert (harness.head(first)["balance"], harness.head(first)["version"]) == (-1500, 1)
-    assert entries_of(harness, "ob_1") == ["CUSTOMER#UCR1"]
     assert harness.event("msg_1")["status"] == "applied"
-    assert_invariants(harness)
+    assert_settled(harness, entries=["CUSTOMER#UCR1"])
 
 
 def test_after_the_claim_a_duplicate_webhook_applies_it_and_the_crashed_one_ends_duplicate(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     first, _ = customers
-    records = claimed_then_crashed(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    deliver(harness, "msg_2", payment("ob_1", 1500, customer_id="bcus_1"))
-    assert harness.invoke(records) == []
+    another_delivery_between(harness, payment("ob_1", 1500, customer_id="bcus_1"))
     assert (harness.event("msg_2")["status"], harness.event("msg_1")["status"]) == ("applied", "duplicate")
     assert harness.event("msg_1")["duplicate_of"] == "msg_2"
     assert harness.head(first)["balance"] == -1500
-    assert entries_of(harness, "ob_1") == ["CUSTOMER#UCR1"]
-    assert_invariants(harness)
+    assert_settled(harness, entries=["CUSTOMER#UCR1"])
 
 
 def test_after_the_claim_a_conflicting_application_parks_and_the_claimed_one_still_applies(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     first, second = customers
-    records = claimed_then_crashed(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    deliver(harness, "msg_2", payment("ob_1", 1500, customer_id="bcus_2"))
-    assert harness.invoke(records) == []
-    parked = harness.event("msg_2")
-    assert (parked["status"], parked["reason"], parked["conflicts_with"]) == (
-        "parked",
-        "application_conflict",
-        "msg_1",
-    )
+    another_delivery_between(harness, payment("ob_1", 1500, customer_id="bcus_2"))
+    assert_parked_conflict(harness, "msg_2", "msg_1")
     assert (harness.head(first)["balance"], harness.head(second)["balance"]) == (-1500, 0)
-    assert entries_of(harness, "ob_1") == ["CUSTOMER#UCR1"]
-    assert_invariants(harness)
+    assert_settled(harness, entries=["CUSTOMER#UCR1"])
 
 
 def test_after_the_claim_an_operator_forget_still_lets_it_apply_once(
@@ -283,17 +295,12 @@ def test_after_the_transaction_a_stream_that_gives_up_leaves_it_for_the_redrive(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef], clock: list[float]
 ) -> None:
     first, _ = customers
-    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    records = harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
     crash_once(harness, "TransactWriteItems", after=True)
     assert len(harness.invoke(records)) == 1  # and the stream gives up on it (the on-failure queue)
     assert (harness.head(first)["balance"], harness.event("msg_1")["status"]) == (-1500, "received")
     assert_invariants(harness, settled=False)
-    clock[0] += 3600
-    report = redrive_stuck(
-        events=harness.events, ledger=harness.ledger, directory=None, now=harness.clock, grace_seconds=600
-    )
-    assert (report.outcomes, report.found_received) == ({"applied": 1}, 1)
+    assert redrive_stuck_past_the_grace(harness, clock) == {"applied": 1}
     event = harness.event("msg_1")
     assert (event["status"], event["entry_id"], event["balance_key"]) == (
         "applied",
@@ -308,8 +315,7 @@ def test_a_throttled_status_update_is_retried_and_ends_applied_once(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     first, _ = customers
-    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    records = harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
     left = throttle(harness, "UpdateItem", harness.events_name, times=2)
     harness.deliver_with_retries(records)
     assert left == [0]
@@ -335,8 +341,7 @@ def test_the_same_event_twice_at_once_applies_once_and_ends_applied(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef], point: str
 ) -> None:
     first, _ = customers
-    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    records = harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
     between(harness, point, _reconcile(harness, "msg_1"))  # the re-drive, while the stream has it
     assert harness.invoke(records) == []
     assert harness.event("msg_1")["status"] == "applied"
@@ -349,10 +354,8 @@ def test_two_webhooks_of_one_application_at_once_apply_it_once(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef], point: str
 ) -> None:
     first, _ = customers
-    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    records = harness.next_batch()
-    harness.receive("msg_2", payment("ob_1", 1500, customer_id="bcus_1"))
-    harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    stored(harness, "msg_2", payment("ob_1", 1500, customer_id="bcus_1"))
     between(harness, point, _reconcile(harness, "msg_2"))  # another shard
     assert harness.invoke(records) == []
     statuses = sorted((harness.event("msg_1")["status"], harness.event("msg_2")["status"]))
@@ -370,10 +373,8 @@ def test_two_webhooks_of_one_application_for_two_balances_at_once_change_one(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     first, second = customers
-    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
-    records = harness.next_batch()
-    harness.receive("msg_2", payment("ob_1", 1500, customer_id="bcus_2"))
-    harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    stored(harness, "msg_2", payment("ob_1", 1500, customer_id="bcus_2"))
     between(harness, "PutItem", _reconcile(harness, "msg_2"))
     assert harness.invoke(records) == []
     assert (harness.event("msg_1")["status"], harness.event("msg_2")["reason"]) == (
@@ -400,16 +401,10 @@ def test_a_parked_claim_stops_the_same_application_for_another_balance_and_both_
     assert (harness.event("msg_1")["status"], harness.event("msg_1")["reason"]) == ("parked", reason)
     assert guard(harness, "ob_1")["webhook_id"] == "msg_1"
     deliver(harness, "msg_2", payment("ob_1", 1500, customer_id="bcus_2"))
-    event = harness.event("msg_2")
-    assert (event["status"], event["reason"], event["conflicts_with"]) == (
-        "parked",
-        "application_conflict",
-        "msg_1",
-    )
-    assert entries_of(harness, "ob_1") == []
+    assert_parked_conflict(harness, "msg_2", "msg_1")
     assert harness.head(other)["balance"] == 0
     assert "balance" not in harness.head(parked) or harness.head(parked)["balance"] == 0
-    assert_invariants(harness)
+    assert_settled(harness, entries=[])
 
 
 # --- bills -------------------------------------------------------------------------------------
@@ -429,13 +424,9 @@ def test_a_bill_claimed_then_voided_parks_the_payment_and_the_claim_still_stops_
     assert (event["status"], event["reason"]) == ("parked", "bill_voided")
     assert bill_paid(harness, bill) == 0
     deliver(harness, "msg_2", payment("ob_1", 400, customer_id="bcus_1"))
-    assert (harness.event("msg_2")["reason"], harness.event("msg_2")["conflicts_with"]) == (
-        "application_conflict",
-        "msg_1",
-    )
+    assert_parked_conflict(harness, "msg_2", "msg_1")
     assert harness.head(first)["balance"] == 0
-    assert entries_of(harness, "ob_1") == []
-    assert_invariants(harness)
+    assert_settled(harness, entries=[])
 
 
 def test_a_bill_claimed_by_one_webhook_applied_by_another_then_voided_names_the_entrys_webhook(
@@ -453,16 +444,14 @@ def test_a_bill_claimed_by_one_webhook_applied_by_another_then_voided_names_the_
     event = harness.event("msg_1")
     assert (event["status"], event.get("duplicate_of")) == ("duplicate", "msg_2")
     assert bill_paid(harness, bill) == 400
-    assert entries_of(harness, "ob_1") == ["BILL#FEE"]
-    assert_invariants(harness)
+    assert_settled(harness, entries=["BILL#FEE"])
 
 
 def test_a_bill_payment_after_the_transaction_ends_applied_by_the_redrive_even_once_voided(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     bill = open_bill(harness)
-    harness.receive("msg_1", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
-    records = harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
     crash_once(harness, "TransactWriteItems", after=True)
     assert len(harness.invoke(records)) == 1
     bill_service.void_bill(harness.ledger, "FEE", NOW)
@@ -475,10 +464,8 @@ def test_two_webhooks_of_one_bill_application_at_once_apply_it_once(
     harness: LedgerHarness, customers: tuple[BalanceRef, BalanceRef]
 ) -> None:
     bill = open_bill(harness)
-    harness.receive("msg_1", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
-    records = harness.next_batch()
-    harness.receive("msg_2", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
-    harness.next_batch()
+    records = stored(harness, "msg_1", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
+    stored(harness, "msg_2", payment("ob_1", 400, customer_id="bcus_1", bill_id="bill_1"))
     between(harness, "PutItem", _reconcile(harness, "msg_2"))
     assert harness.invoke(records) == []
     assert sorted((harness.event("msg_1")["status"], harness.event("msg_2")["status"])) == [

@@ -16,8 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+import balance_pusher_handler
+from local_stack.lambda_context import LocalLambdaContext
 from local_stack.made_up_values import LOCAL_MOMENT_API_KEY
+from local_stack.template import resource_properties
 from moment_sandbox import MomentSandbox, SandboxSettings
+from moment_sync.adapters.lease import DynamoLeases
 from moment_sync.bill_pusher import BillPusher
 from moment_sync.ledger import bill_service
 from moment_sync.ledger.bills import BillRef
@@ -63,6 +67,17 @@ class InFlight(httpx.BaseTransport):
                 self.now -= 1
 
 
+def timeout_of(function: str) -> float:
+    """The function's `Timeout` in template.yaml."""
+    return float(resource_properties(function)["Timeout"])
+
+
+def invoke_pusher(pusher: BalancePusher, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The balance pusher's handler as Lambda invokes it (the template's timeout), with this pusher."""
+    context = LocalLambdaContext("pusher", timeout_seconds=timeout_of("BalancePusherFunction"))
+    return balance_pusher_handler.lambda_handler(event or {}, context, pusher)
+
+
 # --- fixtures --------------------------------------------------------------------------------------
 
 
@@ -102,10 +117,21 @@ def harness(dynamodb: Any, clock: list[float]) -> LedgerHarness:
 
 
 @pytest.fixture
-def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
+def leases(harness: LedgerHarness) -> DynamoLeases:
+    return harness.ledger.leases()
+
+
+def balance_pusher(harness: LedgerHarness, moment: MomentClient, **options: Any) -> BalancePusher:
+    """A balance pusher on the harness's ledger and clock, with a fixed jitter; `options` as the
+    function's runtime would give them (concurrency, events, leases, backoff)."""
     return BalancePusher(
-        ledger=harness.ledger, moment=moment, now=harness.clock, concurrency=4, jitter=lambda: 0.5
+        ledger=harness.ledger, moment=moment, now=harness.clock, jitter=lambda: 0.5, **options
     )
+
+
+@pytest.fixture
+def pusher(harness: LedgerHarness, moment: MomentClient) -> BalancePusher:
+    return balance_pusher(harness, moment, concurrency=4)
 
 
 @pytest.fixture

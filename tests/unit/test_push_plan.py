@@ -139,6 +139,19 @@ def test_past_the_open_intents_cap_nothing_more_is_sent() -> None:
     assert plan_push(snapshot, 2000) == AlreadyEqual()
 
 
+def test_creates_count_once_toward_the_open_intents_cap() -> None:
+    # GIVEN MAX_OPEN_INTENTS creates left open (Moment keeps one object per reference: one made it)
+    creates = tuple(Intent(1000 + number, 0, create=True) for number in range(MAX_OPEN_INTENTS))
+    snapshot = PushSnapshot(balance=1005, version=6, pushed_balance=None, intents=creates)
+    # THEN Moment's balance one of them explains is pushed over, not deferred at the cap
+    assert plan_push(snapshot, 1000) == Push(1005)
+    # AND PATCHes still count one by one: with the creates as one, MAX_OPEN_INTENTS - 1 more fill it
+    patches = tuple(Intent(1005, 0) for _ in range(MAX_OPEN_INTENTS - 1))
+    full = PushSnapshot(balance=1006, version=7, pushed_balance=None, intents=creates + patches)
+    decision = plan_push(full, 1005)
+    assert isinstance(decision, Defer) and decision.too_many_intents
+
+
 def test_the_remaining_window_an_unseen_payment_that_equals_a_difference_of_explanations() -> None:
     """The documented window (docs/pusher.md): with P = 5000 and an open intent of 5100 (sent, answer
     lost, it reached Moment), an unseen payment of exactly 100 brings Moment to 5000, which P explains.

@@ -46,6 +46,7 @@ class Intent:
     balance: int
     payments_read: int  # how many of the listed payments it had read
     merged_read: int = 0  # the sum of the merged (unlisted) payments it had read
+    create: bool = False  # a create (POST), not a PATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +111,19 @@ def plan_push(snapshot: PushSnapshot, moment_balance: int | None) -> PushDecisio
 
 
 def may_send(snapshot: PushSnapshot, moment_balance: int | None, decision: Push) -> PushDecision:
-    """A push (or a create) adds an open intent: refused once MAX_OPEN_INTENTS are open."""
-    if len(snapshot.intents) >= MAX_OPEN_INTENTS:
+    """A push adds an open intent: refused once MAX_OPEN_INTENTS are open (see open_intents)."""
+    if open_intents(snapshot) >= MAX_OPEN_INTENTS:
         return _defer(snapshot, moment_balance, too_many_intents=True)
     return decision
+
+
+def open_intents(snapshot: PushSnapshot) -> int:
+    """How many open intents count toward the cap: every PATCH, and the creates together as one. Moment
+    keeps one object per reference, so at most one create made it, and creates are bounded on their own
+    (one at the cap is sent without an intent). Counted one by one, creates left open by lost answers
+    could fill the cap before the first PATCH, and the balance stayed deferred for good."""
+    creates = sum(1 for intent in snapshot.intents if intent.create)
+    return len(snapshot.intents) - creates + min(creates, 1)
 
 
 def explained(snapshot: PushSnapshot, moment_balance: int) -> bool:

@@ -36,12 +36,12 @@ from moment_sync.moment_client import (
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import MetricUnit, logger, metrics
 from moment_sync.push_plan import (
+    MAX_OPEN_INTENTS,
     AlreadyEqual,
     Defer,
     Intent,
     Push,
     PushSnapshot,
-    may_send,
     plan_push,
 )
 from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
@@ -308,7 +308,7 @@ class BalancePusher:
         # long enough outage). A create erases nothing (Moment makes a new object or answers that it has
         # one, which is then adopted and compared), and an intent left out only narrows what counts as
         # explained: the next run defers rather than overwrites.
-        at_cap = isinstance(may_send(_snapshot(head), None, Push(int(head["balance"]))), Defer)
+        at_cap = len(_snapshot(head).intents) >= MAX_OPEN_INTENTS  # creates count one by one here
         intent = (
             None if at_cap else self.ledger.record_intent(balance, head, int(head["balance"]), create=True)
         )
@@ -584,7 +584,12 @@ def _snapshot(head: dict[str, Any], *, creates_explain: bool = True) -> PushSnap
     # The list's first `payments_pushed` entries are behind the last booked push (a watermark).
     behind = int(head.get("payments_pushed", 0))
     intents = [
-        Intent(int(item["balance"]), int(item["listed"]) - behind, int(item.get("merged", 0)))
+        Intent(
+            int(item["balance"]),
+            int(item["listed"]) - behind,
+            int(item.get("merged", 0)),
+            create=bool(item.get("create")),
+        )
         for item in _explaining_intents(head, creates_explain=creates_explain)
     ]
     if head.get("push_intent") is not None:  # a head written before intents were a list

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from moment_sync.adapters.ledger_bills import BillTransient, BillWriteOutcome
-from moment_sync.adapters.ledger_table import LedgerTable, PaymentOutcome, TransientLedgerError
+from moment_sync.adapters.ledger_table import (
+    AppliedApplication,
+    LedgerTable,
+    PaymentOutcome,
+    TransientLedgerError,
+)
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of, iso_time
-from moment_sync.ledger.bills import BillEntry, BillEntryKind, amount_overpaid
-from moment_sync.ledger.model import Entry, EntryKind
+from moment_sync.ledger.bills import BillEntry, BillEntryKind, BillRef, amount_overpaid, is_bill_key
+from moment_sync.ledger.model import BalanceRef, Entry, EntryKind
 from moment_sync.observability import MetricUnit, logger, metrics, payment_line
 from moment_sync.reconciliation import (
     BillPaymentApplication,
@@ -127,15 +132,9 @@ def _apply_payment(
         detail = f"{balance} is on the account-balance model and carries no balance of its own"
         return _park(events, webhook_id, Park(ParkReason.UNSUPPORTED, detail), now, log_fields)
     if result.outcome is PaymentOutcome.APPLICATION_CONFLICT and result.applied_as is not None:
-        applied = result.applied_as
-        detail = (
-            f"application {payment.application_id} was applied to {applied.balance} as {applied.amount} "
-            f"{applied.currency} by webhook {applied.webhook_id}; this one names {balance} with "
-            f"{payment.amount} {payment.currency}"
-        )
-        park = Park(ParkReason.APPLICATION_CONFLICT, detail)
-        return _park(
-            events, webhook_id, park, now, log_fields, conflicts_with=applied.webhook_id or "unknown"
+        this = f"{balance} with {payment.amount} {payment.currency}"
+        return _park_conflict(
+            events, ledger, webhook_id, payment.application_id, result.applied_as, this, now, log_fields
         )
     detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
     return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
@@ -209,19 +208,18 @@ def _apply_bill_payment(
         metrics.add_metric(name="PaymentDuplicate", unit=MetricUnit.Count, value=1)
         return Reconciled(webhook_id, EventStatus.DUPLICATE, entry_id=entry.entry_id, changed=changed)
     if result.outcome is BillWriteOutcome.APPLICATION_CONFLICT:
-        detail = (
-            f"application {payment.application_id} was applied to {guard.get('balance_pk')} as "
-            f"{guard.get('amount')} {guard.get('currency')} by webhook {guard.get('webhook_id')}; this one "
-            f"names {bill} with {payment.amount} {payment.currency}"
+        target = str(guard.get("balance_pk", ""))
+        claimed = AppliedApplication(
+            BillRef.from_partition_key(target)
+            if is_bill_key(target)
+            else BalanceRef.from_partition_key(target),
+            int(guard.get("amount", 0)),
+            str(guard.get("currency")),
+            guard.get("webhook_id"),
         )
-        park = Park(ParkReason.APPLICATION_CONFLICT, detail)
-        return _park(
-            events,
-            webhook_id,
-            park,
-            now,
-            log_fields,
-            conflicts_with=str(guard.get("webhook_id") or "unknown"),
+        this = f"{bill} with {payment.amount} {payment.currency}"
+        return _park_conflict(
+            events, ledger, webhook_id, payment.application_id, claimed, this, now, log_fields
         )
     if result.outcome is BillWriteOutcome.VOIDED:
         detail = (
@@ -253,6 +251,36 @@ def _park(
     )
     metrics.add_metric(name=f"EventParked_{park.reason.value}", unit=MetricUnit.Count, value=1)
     return Reconciled(webhook_id, EventStatus.PARKED, reason=park.reason, changed=changed)
+
+
+def _park_conflict(
+    events: WebhookEventsTable,
+    ledger: LedgerTable,
+    webhook_id: str,
+    application_id: str,
+    claimed: AppliedApplication,
+    this: str,
+    now: Callable[[], float],
+    log_fields: dict[str, Any],
+) -> Reconciled:
+    """Park an application the ledger holds elsewhere, saying only what is known. A claim is written
+    before its payment's transaction and never removed, so it proves the application was applied only
+    if its entry is there (its writer may have died first, or its payment been parked): one GetItem,
+    on a path taken only by a conflict. The entry, not the claim, names the webhook that applied it."""
+    entry = ledger.get_entry(claimed.balance, f"payment:{application_id}")
+    held = f"{claimed.balance} as {claimed.amount} {claimed.currency}"
+    if entry is not None:
+        first = str(entry.get("webhook_id") or claimed.webhook_id or "unknown")
+        detail = f"application {application_id} was applied to {held} by webhook {first}"
+    else:
+        first = str(claimed.webhook_id or "unknown")
+        detail = (
+            f"application {application_id} was claimed for {held} by webhook {first} but never "
+            f"applied there (no entry payment:{application_id} on {claimed.balance}: that delivery "
+            "stopped before its transaction, or its payment was parked)"
+        )
+    park = Park(ParkReason.APPLICATION_CONFLICT, f"{detail}; this one names {this}")
+    return _park(events, webhook_id, park, now, log_fields, conflicts_with=first)
 
 
 def _finish_applied(

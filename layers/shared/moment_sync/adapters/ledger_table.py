@@ -578,7 +578,7 @@ class LedgerTable(LedgerBills):
             return None
         return applied
 
-    def get_entry(self, balance: BalanceRef, entry_id: str) -> dict[str, Any] | None:
+    def get_entry(self, balance: BalanceRef | BillRef, entry_id: str) -> dict[str, Any] | None:
         response = self._client.get_item(
             TableName=self.table_name,
             Key={"pk": {"S": balance.partition_key}, "sk": {"S": ENTRY_PREFIX + entry_id}},
