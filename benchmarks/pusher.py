@@ -213,9 +213,10 @@ def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
                 f"{MEMORY_MB} MB Lambda has {MEMORY_MB / 1769:.2f} of a vCPU, which caps the pusher near "
                 f"{1000 / (cpu_ms * 1769 / MEMORY_MB):.0f} pushes/s whatever the concurrency (if its cores "
                 "are as fast as this machine's)",
-                "on AWS each of the 3 DynamoDB requests of a push adds a round trip of r ms to it: the ratio "
-                f"becomes about {CALLS_PER_PUSH * LATENCY_MS} / (time per push here + 3r), so r = 5 ms costs "
-                "about 0.1 of it",
+                f"on AWS each of the {steady_dynamodb:.0f} DynamoDB requests of a push adds a round trip of "
+                f"r ms to it: the ratio becomes about {CALLS_PER_PUSH * LATENCY_MS} / (time per push here + "
+                f"{steady_dynamodb:.0f}r), so r = 5 ms costs about "
+                f"{1 - 110 / (110 + 5 * round(steady_dynamodb)):.2f} of it (at 110 ms per push)",
             ],
             details={"runs": [_summary(run) for run in runs], "ceiling": ceiling},
         ),
