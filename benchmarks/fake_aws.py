@@ -257,20 +257,48 @@ def cancelled_as_already_applied(transaction: dict[str, Any]) -> dict[str, Any]:
 
 
 class SnapshotLedger:
-    """The pusher's DynamoDB calls answered from a snapshot of the ledger, for timing without an emulator.
+    """The pusher's DynamoDB calls answered from a snapshot of the ledger, kept up to date by the run's
+    own writes, for timing without an emulator.
 
-    GetItem and Query (the PendingPush index) answer from items read from moto just before the timed
-    run; UpdateItem (the pusher's conditional bookkeeping) answers `{}` and keeps the request, so the
-    benchmark can replay every write on moto afterwards and prove each one would have been accepted.
-    Registered first on `before-send`, so it answers before moto's own hook. Thread-safe: the pusher
-    calls it from its worker threads, as it would call DynamoDB.
+    The items (heads, links, leases) are read from moto just before the timed runs. GetItem answers
+    from them; UpdateItem evaluates its condition and applies its update to them as DynamoDB would
+    (benchmarks/dynamodb_expressions.py), refusing with ConditionalCheckFailedException when the
+    condition does not hold; Query on the PendingPush index answers from the items as they are now (the
+    sparse index: items with both of its keys, sorted by `pending_since`, with its projection and the
+    request's filter). So a read after a write sees it, as the pusher's re-read of a head after its
+    push must. Every write is kept in the order it was applied, with whether it was accepted
+    (`writes`), so the benchmark can replay them on moto and check that moto agrees on each one and
+    ends with the same items. `reset()` sets the items back to the snapshot. Registered first on
+    `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each request,
+    as DynamoDB makes each single-item request atomic.
     """
 
-    def __init__(self, heads: dict[str, dict[str, Any]], pending: dict[str, list[dict[str, Any]]]) -> None:
-        self.heads = heads  # by partition key
-        self.pending = pending  # PendingPush items by push_shard
+    INDEX = "PendingPush"
+    INDEX_KEYS = ("push_shard", "pending_since")
+    INDEX_PROJECTED = ("pk", "sk", "push_shard", "pending_since", "next_push_at")
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        import threading  # noqa: PLC0415 -- see the module's note on imports
+
+        from benchmarks import dynamodb_expressions  # noqa: PLC0415
+
+        self._expressions = dynamodb_expressions
+        self._snapshot = {self._key(item): item for item in items}
+        self.items = dict(self._snapshot)  # by (pk, sk); items are replaced on write, never changed
+        self._lock = threading.Lock()
         self.requests: list[str] = []
-        self.updates: list[dict[str, Any]] = []
+        self.writes: list[tuple[dict[str, Any], bool]] = []  # (UpdateItem request, accepted), applied order
+
+    @staticmethod
+    def _key(item: dict[str, Any]) -> tuple[str, str]:
+        return item["pk"]["S"], item["sk"]["S"]
+
+    def reset(self) -> None:
+        """Back to the snapshot, for the next run; the requests and writes are cleared."""
+        with self._lock:
+            self.items = dict(self._snapshot)
+            self.requests.clear()
+            self.writes.clear()
 
     def attach(self, events: Any) -> None:
         events.register_first("before-send.dynamodb", self._send)
@@ -278,16 +306,70 @@ class SnapshotLedger:
     def _send(self, request: Any, event_name: str = "", **_: Any) -> AWSResponse:
         operation = event_name.rsplit(".", 1)[-1]
         call = json.loads(request.body)
-        self.requests.append(operation)  # list.append is atomic under the GIL
-        if operation == "GetItem":
-            item = self.heads.get(call["Key"]["pk"]["S"]) if call["Key"]["sk"]["S"] == "HEAD" else None
-            return _answer(request, 200, {"Item": item} if item else {}, _JSON_1_0)
-        if operation == "UpdateItem":
-            self.updates.append(call)
-            return _answer(request, 200, {}, _JSON_1_0)
-        if operation == "Query":
-            items = self.pending.get(call["ExpressionAttributeValues"][":shard"]["S"], [])
-            return _answer(
-                request, 200, {"Items": items, "Count": len(items), "ScannedCount": len(items)}, _JSON_1_0
-            )
-        raise NotImplementedError(f"the snapshot ledger does not do {operation}")
+        with self._lock:
+            self.requests.append(operation)
+            if operation == "GetItem":
+                if "ProjectionExpression" in call:
+                    raise NotImplementedError("the snapshot ledger does not project GetItem")
+                item = self.items.get(self._key(call["Key"]))
+                status, document = 200, ({"Item": item} if item else {})
+            elif operation == "UpdateItem":
+                status, document = self._update(call)
+            elif operation == "Query":
+                status, document = 200, self._query(call)
+            else:
+                raise NotImplementedError(f"the snapshot ledger does not do {operation}")
+        # Items are replaced on write, never changed in place: serialising outside the lock is safe.
+        return _answer(request, status, document, _JSON_1_0)
+
+    def _update(self, call: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        expressions = self._expressions
+        names = expressions.Names(call)
+        key = self._key(call["Key"])
+        old = self.items.get(key)
+        current = old if old is not None else dict(call["Key"])
+        condition = call.get("ConditionExpression")
+        if condition and not expressions.condition(condition)(current if old is not None else {}, names):
+            self.writes.append((call, False))
+            error: dict[str, Any] = {
+                "__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+                "message": "The conditional request failed",
+            }
+            if old is not None and call.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD":
+                error["Item"] = old
+            return 400, error
+        new, touched = expressions.update(call["UpdateExpression"])(current, names)
+        self.items[key] = new
+        self.writes.append((call, True))
+        returned = call.get("ReturnValues", "NONE")
+        if returned == "NONE":
+            return 200, {}
+        if returned == "ALL_NEW":
+            return 200, {"Attributes": new}
+        if returned == "UPDATED_NEW":
+            return 200, {"Attributes": {name: new[name] for name in touched if name in new}}
+        raise NotImplementedError(f"the snapshot ledger does not return {returned}")
+
+    def _query(self, call: dict[str, Any]) -> dict[str, Any]:
+        expressions = self._expressions
+        unsupported = {"Limit", "ExclusiveStartKey", "ProjectionExpression", "Select"} & set(call)
+        if call.get("IndexName") != self.INDEX or unsupported:
+            raise NotImplementedError(f"the snapshot ledger queries only {self.INDEX}, plainly: {call}")
+        names = expressions.Names(call)
+        key_condition = expressions.condition(call["KeyConditionExpression"])
+        # The sparse index holds the items that have both of its keys, with its projection.
+        indexed = [
+            {name: item[name] for name in self.INDEX_PROJECTED if name in item}
+            for item in self.items.values()
+            if all(name in item for name in self.INDEX_KEYS)
+        ]
+        found = sorted(
+            (item for item in indexed if key_condition(item, names)),
+            key=lambda item: str(item["pending_since"]["S"]),
+            reverse=call.get("ScanIndexForward") is False,
+        )
+        scanned = len(found)
+        if "FilterExpression" in call:
+            kept = expressions.condition(call["FilterExpression"])
+            found = [item for item in found if kept(item, names)]
+        return {"Items": found, "Count": len(found), "ScannedCount": scanned}
