@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 import balance_pusher_handler
 from local_stack.lambda_context import LocalLambdaContext
 from moment_sandbox import MomentSandbox
+from moment_sync.adapters.webhook_events_table import iso_time
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_state
 from moment_sync.moment_client import MomentClient, NewCustomer
@@ -31,8 +33,12 @@ harness = pushers.harness
 pusher = pushers.pusher
 
 
-def charge(harness: LedgerHarness, balance: BalanceRef, charge_id: str, amount: int) -> None:
-    entry = Entry(EntryKind.CHARGE, amount, charge_id, {"charge_id": charge_id}, "2026-09-21T00:00:00.000Z")
+def charge(
+    harness: LedgerHarness, balance: BalanceRef, charge_id: str, amount: int, at: float | None = None
+) -> None:
+    """A charge made 2026-09-21, or `at` (a pending balance's `pending_since`: its place in the index)."""
+    created_at = "2026-09-21T00:00:00.000Z" if at is None else iso_time(at)
+    entry = Entry(EntryKind.CHARGE, amount, charge_id, {"charge_id": charge_id}, created_at)
     head = harness.head(balance)
     assert harness.ledger.apply_entry(balance, entry, head["currency"]).outcome.value == "applied"
 
@@ -196,6 +202,62 @@ def test_the_time_budget_leaves_the_rest_for_the_next_run(
     assert sum(report.results.values()) == 2
     assert report.not_reached == 3
     assert run(pusher) == {"created": 3}
+
+
+def test_a_page_of_deferred_balances_hides_none_of_the_balances_after_it(
+    harness: LedgerHarness, pusher: BalancePusher, sandbox: MomentSandbox, clock: list[float]
+) -> None:
+    # GIVEN the oldest pending balances are 4 that stay pending with no backoff when looked at: Moment
+    # applied a payment whose webhook the ledger has not seen, so each push is deferred
+    for number in range(4):
+        charge(harness, harness.open_customer(f"OLD{number}"), f"inv-{number}", 5000)
+    assert run(pusher) == {"created": 4}
+    for number in range(4):
+        clock[0] += 1
+        sandbox.pay(customer=f"OLD{number}", amount=10)
+        charge(harness, BalanceRef(BalanceKind.CUSTOMER, f"OLD{number}"), f"more-{number}", 1, at=clock[0])
+    # AND behind them 3 new balances Moment has never seen
+    for number in range(3):
+        clock[0] += 1
+        charge(harness, harness.open_customer(f"NEW{number}"), f"new-{number}", 100, at=clock[0])
+    # WHEN one run reads the index 3 at a time (1,000 deployed)
+    report = replace(pusher, batch=3).push_pending(time_left=lambda: 300)
+    # THEN it reads on past the deferred ones (each page on from where the last ended, not from the start
+    # again, where the deferred balances still are): every balance looked at once, the new ones created
+    assert (report.results, report.not_reached) == ({"deferred": 4, "created": 3}, 0)
+    assert sorted(item["external_reference"] for item in sandbox.state()["customers"]) == [
+        "NEW0",
+        "NEW1",
+        "NEW2",
+        "OLD0",
+        "OLD1",
+        "OLD2",
+        "OLD3",
+    ]
+
+
+def test_a_run_out_of_time_counts_the_page_it_stopped_in_not_reached_and_the_next_run_goes_on(
+    harness: LedgerHarness,
+    pusher: BalancePusher,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+    clock: list[float],
+) -> None:
+    for number in range(5):
+        clock[0] += 1
+        charge(harness, harness.open_customer(f"UCR{number}"), f"inv-{number}", 100, at=clock[0])
+    paged = replace(pusher, batch=3, concurrency=1)
+
+    def time_left() -> float:  # GIVEN time for the first page's 3 creates only
+        creates = sum(request == "POST /billing/customers" for request in transport.requests)
+        return 300.0 if creates < 3 else 0.0
+
+    report = paged.push_pending(time_left=time_left)
+    # THEN the second page is read and counted, not started
+    assert (report.results, report.not_reached) == ({"created": 3}, 2)
+    # AND the next run pushes what is left
+    assert run(paged) == {"created": 2}
+    assert len(sandbox.state()["customers"]) == 5
 
 
 def test_concurrency_is_bounded(

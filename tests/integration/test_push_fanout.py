@@ -295,6 +295,43 @@ def test_a_worker_reads_its_shard_again_while_time_is_left_so_a_billing_run_is_n
     assert len(writes(transport)) == 5  # each once: no balance read again after its push
 
 
+def test_a_worker_reads_on_past_a_page_of_its_deferred_balances_and_queries_only_its_shard(
+    harness: LedgerHarness, moment: MomentClient, sandbox: MomentSandbox, clock: list[float]
+) -> None:
+    # GIVEN shard 4's oldest pending balances are 3 deferred ones (Moment applied a payment whose
+    # webhook the ledger has not seen: pending, no backoff), more than a page of 2
+    old = refs_in_shard(4, "OLD", 3)
+    for number, ref in enumerate(old):
+        charge(harness, harness.open_customer(ref), f"inv-{number}", 5000)
+    assert invoke(worker(harness, moment), {"shard": 4})["results"] == {"created": 3}
+    for number, ref in enumerate(old):
+        clock[0] += 1
+        sandbox.pay(customer=ref, amount=10)
+        charge(harness, BalanceRef(BalanceKind.CUSTOMER, ref), f"more-{number}", 1, at=clock[0])
+    # AND behind them 2 new balances of shard 4, and 2 of shard 5 (another worker's)
+    for shard in (4, 5):
+        for number, ref in enumerate(refs_in_shard(shard, "NEW", 2)):
+            clock[0] += 1
+            charge(harness, harness.open_customer(ref), f"new-{shard}-{number}", 100, at=clock[0])
+    shards_read: list[str] = []
+
+    def read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("IndexName") == "PendingPush":
+            shards_read.append(params["ExpressionAttributeValues"][":shard"]["S"])
+
+    harness.dynamodb.meta.events.register("before-parameter-build.dynamodb.Query", read)
+    pusher = worker(harness, moment)
+    pusher.batch = 2  # the index read 2 at a time (1,000 deployed)
+    # WHEN shard 4's worker runs
+    assert invoke(pusher, {"shard": 4})["results"] == {"deferred": 3, "created": 2}
+    # THEN it read on past its deferred balances, and only its own shard's keys (balances, then bills)
+    assert set(shards_read) == {"push#4", "billpush#4"}
+    assert {balance.ref for _since, balance in harness.ledger.pending_pushes(clock[0])} == {
+        *old,
+        *refs_in_shard(5, "NEW", 2),
+    }
+
+
 # --- bills: the same sequence, the same late duplicate -------------------------------------------------
 
 

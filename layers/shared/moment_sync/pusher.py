@@ -1,7 +1,8 @@
 """The balance pusher's use case: bring Moment's balances up to the ledger's, oldest change first.
 
-Per run: read the sparse, sharded PendingPush index, then push each balance with bounded
-concurrency until the run's time budget is nearly spent (what is not reached waits for the next run).
+Per run: read the sparse, sharded PendingPush index a page at a time (reading on while time is left),
+and push each balance with bounded concurrency until the run's time budget is nearly spent (what is
+not reached waits for the next run).
 Per balance: create it on Moment if it has no Moment id yet (adopting an existing object only when it
 is this balance's: its external_reference, and for an account its customer), otherwise read Moment's
 balance and push only what `push_plan` allows. A failure is counted on that balance, with a backoff; it
@@ -120,7 +121,7 @@ class BalancePusher:
     leases: Leases | None = None
     backoff: SharedBackoff | None = None
     claim_wait_seconds: float = CUSTOMER_CLAIM_WAIT_SECONDS
-    batch: int = 1000  # balances read from the index at a time; a run reads again while time is left
+    batch: int = 1000  # balances read from the index at a time; a run reads on while time is left
     time_left: Callable[[], float] = lambda: 900.0  # the run's, set by push_pending
     _lanes: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
     _lanes_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -139,15 +140,14 @@ class BalancePusher:
         run = replace(
             self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS), time_left=time_left
         )
-        seen: set[BalanceRef] = set()
-        while True:
-            # The index a batch at a time (a billing run leaves far more than one batch pending): read
-            # again while time is left, skipping what this run already pushed or deferred.
-            batch = self.ledger.pending_pushes(self.now(), limit=self.batch, shards=shards)
-            pending = [(since, balance) for since, balance in batch if balance not in seen]
-            seen.update(balance for _since, balance in pending)
+        # The index a page at a time (a billing run leaves far more than one pending), read on from where
+        # the last page ended while time is left: a balance looked at and still pending with no backoff
+        # (deferred, waiting, skipped, changed while pushed) is behind the cursor, never read again in
+        # this run, so a page of those cannot hide the balances after them. What is not reached is the
+        # rest of the page the run stopped in.
+        for page in self.ledger.pending_push_pages(self.now(), self.batch, shards=shards):
             report.not_reached = push_each(
-                pending,
+                page,
                 run.push_one,
                 concurrency=self.concurrency,
                 time_left=time_left,
@@ -156,7 +156,7 @@ class BalancePusher:
                 thread_name_prefix="push",
                 held_off=self.held_off,
             )
-            if report.not_reached or len(batch) < self.batch or not pending:
+            if report.not_reached:
                 break
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)

@@ -8,17 +8,16 @@ head's `status` and listing key depend on the new total, which an update express
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
+from moment_sync.adapters.pending_index import pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import (
     BILL_PAID,
@@ -36,11 +35,9 @@ from moment_sync.ledger.bills import (
     listing_order,
     status_for,
 )
-from moment_sync.ledger.model import PUSH_SHARDS
 
 BILLS_BY_OWNER_INDEX = "BillsByOwner"
 LINKED_INDEX_NAME = "LinkedBalances"
-_PENDING_INDEX = "PendingPush"
 _HEAD = "HEAD"
 _ENTRY_PREFIX = "ENTRY#"
 # A bill whose head keeps moving under a payment (many payments at once) is retried this many
@@ -559,31 +556,17 @@ class LedgerBills:
         """Every bill due a push and not backing off, oldest first across the shards, a page at a time:
         each page reads on where the last ended (each shard's own cursor, DynamoDB's
         `LastEvaluatedKey`), never from the start again, so bills left pending by an earlier page
-        (waiting for their owner, moved while pushed) never hide the ones after them. A shard is read
-        only when the merge needs its next item, at most `page_size` items a query."""
-        streams = [
-            self._pending_in_shard(number, now, page_size)
-            for number in (range(PUSH_SHARDS) if shards is None else sorted(shards))
-        ]
-        merged = heapq.merge(*streams, key=lambda pending: pending[0])
-        while page := list(islice(merged, page_size)):
-            yield page
-
-    def _pending_in_shard(self, number: int, now: float, page_size: int) -> Iterator[tuple[str, BillRef]]:
-        paginator = self._client.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self.table_name,
-            IndexName=_PENDING_INDEX,
-            KeyConditionExpression="push_shard = :shard",
-            FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
-            ExpressionAttributeValues={
-                ":shard": {"S": f"{BILL_PUSH_SHARD_PREFIX}{number}"},
-                ":now": {"S": iso_time(now)},
-            },
-            PaginationConfig={"PageSize": page_size},
-        ):
-            for item in page.get("Items", []):
-                yield item["pending_since"]["S"], BillRef.from_partition_key(item["pk"]["S"])
+        (waiting for their owner, moved while pushed) never hide the ones after them (the balances'
+        reading too: `pending_index.pending_pages`)."""
+        return pending_pages(
+            self._client,
+            self.table_name,
+            shard_prefix=BILL_PUSH_SHARD_PREFIX,
+            shards=shards,
+            now=now,
+            page_size=page_size,
+            ref_of=BillRef.from_partition_key,
+        )
 
     def link_bill(self, bill: BillRef, moment_id: str) -> None:
         """Moment knows `bill` as `moment_id` (a create or an adoption, or the re-drive's link): the

@@ -26,10 +26,11 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.ledger_bills import LedgerBills
+from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import entry_event_attributes
 from moment_sync.ledger.bills import BillRef, is_bill_key
-from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.model import PUSH_SHARD_PREFIX, PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.ledger.sync import sync_state
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 HEAD = "HEAD"
 ENTRY_PREFIX = "ENTRY#"
 ENTRIES_INDEX = "EntriesNewestFirst"
-PENDING_INDEX = "PendingPush"
 LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
 APPLICATION_PREFIX = "APPLICATION#"
@@ -593,23 +593,24 @@ class LedgerTable(LedgerBills):
         self, now: float, limit: int = 1000, shards: Collection[int] | None = None
     ) -> list[tuple[str, BalanceRef]]:
         """Balances whose version is ahead of Moment's and not backing off, oldest first across shards
-        (or in `shards` only: a fanned-out worker's one)."""
-        found: list[tuple[str, BalanceRef]] = []
-        for number in range(PUSH_SHARDS) if shards is None else sorted(shards):
-            paginator = self._client.get_paginator("query")
-            for page in paginator.paginate(
-                TableName=self.table_name,
-                IndexName=PENDING_INDEX,
-                KeyConditionExpression="push_shard = :shard",
-                FilterExpression="attribute_not_exists(next_push_at) OR next_push_at <= :now",
-                ExpressionAttributeValues={":shard": {"S": f"push#{number}"}, ":now": {"S": iso_time(now)}},
-                PaginationConfig={"MaxItems": limit},
-            ):
-                found.extend(
-                    (item["pending_since"]["S"], BalanceRef.from_partition_key(item["pk"]["S"]))
-                    for item in page.get("Items", [])
-                )
-        return sorted(found)[:limit]
+        (or in `shards` only: a fanned-out worker's one): the first `limit` of `pending_push_pages`."""
+        return next(iter(self.pending_push_pages(now, limit, shards)), [])
+
+    def pending_push_pages(
+        self, now: float, page_size: int = 1000, shards: Collection[int] | None = None
+    ) -> Iterator[list[tuple[str, BalanceRef]]]:
+        """Every balance due a push and not backing off, oldest first across the `push#N` shards, a page
+        at a time, each page read on where the last ended (as the bills': `pending_index.pending_pages`),
+        so balances left pending by an earlier page never hide the ones after them."""
+        return pending_pages(
+            self._client,
+            self.table_name,
+            shard_prefix=PUSH_SHARD_PREFIX,
+            shards=shards,
+            now=now,
+            page_size=page_size,
+            ref_of=BalanceRef.from_partition_key,
+        )
 
     def record_push(
         self, balance: BalanceRef, read: dict[str, Any], moment_balance: int | None, now: float

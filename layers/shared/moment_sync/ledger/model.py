@@ -30,6 +30,7 @@ def reserved_reference(reference: str) -> bool:
 
 # The pending-push index is sharded so the pusher never reads one hot partition.
 PUSH_SHARDS = 8
+PUSH_SHARD_PREFIX = "push#"  # a balance's shard of the PendingPush index: push#0 .. push#7
 
 
 class BalanceKind(StrEnum):
@@ -63,7 +64,7 @@ class BalanceRef:
     @property
     def push_shard(self) -> str:
         digest = hashlib.sha256(self.partition_key.encode()).digest()
-        return f"push#{digest[0] % PUSH_SHARDS}"
+        return f"{PUSH_SHARD_PREFIX}{digest[0] % PUSH_SHARDS}"
 
     def __str__(self) -> str:
         return f"{self.kind.value} {self.ref}"
