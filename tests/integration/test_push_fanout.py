@@ -303,7 +303,7 @@ def test_a_worker_reads_on_past_a_page_of_its_deferred_balances_and_queries_only
     old = refs_in_shard(4, "OLD", 3)
     for number, ref in enumerate(old):
         charge(harness, harness.open_customer(ref), f"inv-{number}", 5000)
-    assert invoke(worker(harness, moment), {"shard": 4})["results"] == {"created": 3}
+    assert invoke_pusher(worker(harness, moment), {"shard": 4})["results"] == {"created": 3}
     for number, ref in enumerate(old):
         clock[0] += 1
         sandbox.pay(customer=ref, amount=10)
@@ -323,7 +323,7 @@ def test_a_worker_reads_on_past_a_page_of_its_deferred_balances_and_queries_only
     pusher = worker(harness, moment)
     pusher.batch = 2  # the index read 2 at a time (1,000 deployed)
     # WHEN shard 4's worker runs
-    assert invoke(pusher, {"shard": 4})["results"] == {"deferred": 3, "created": 2}
+    assert invoke_pusher(pusher, {"shard": 4})["results"] == {"deferred": 3, "created": 2}
     # THEN it read on past its deferred balances, and only its own shard's keys (balances, then bills)
     assert set(shards_read) == {"push#4", "billpush#4"}
     assert {balance.ref for _since, balance in harness.ledger.pending_pushes(clock[0])} == {
