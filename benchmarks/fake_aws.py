@@ -265,10 +265,12 @@ class SnapshotLedger:
     (benchmarks/dynamodb_expressions.py), refusing with ConditionalCheckFailedException when the
     condition does not hold; Query on the PendingPush index answers from the items as they are now (the
     sparse index: items with both of its keys, sorted by `pending_since`, with its projection and the
-    request's filter). So a read after a write sees it, as the pusher's re-read of a head after its
-    push must. Every write is kept in the order it was applied, with whether it was accepted
-    (`writes`), so the benchmark can replay them on moto and check that moto agrees on each one and
-    ends with the same items. `reset()` sets the items back to the snapshot. Registered first on
+    request's filter), a page at a time when asked (`Limit` before the filter, `ExclusiveStartKey`,
+    `LastEvaluatedKey`: the pending bills' pages). So a read after a write sees it, as the pusher's
+    re-read of a head after its push must. Every write is kept in the order it was applied, with whether
+    it was accepted (`writes`), so the benchmark can replay them on moto and check that moto agrees on
+    each one and ends with the same items. `reset()` sets the items back to the snapshot. Registered
+    first on
     `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each request,
     as DynamoDB makes each single-item request atomic.
     """
