@@ -270,9 +270,8 @@ class SnapshotLedger:
     re-read of a head after its push must. Every write is kept in the order it was applied, with whether
     it was accepted (`writes`), so the benchmark can replay them on moto and check that moto agrees on
     each one and ends with the same items. `reset()` sets the items back to the snapshot. Registered
-    first on
-    `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each request,
-    as DynamoDB makes each single-item request atomic.
+    first on `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each
+    request, as DynamoDB makes each single-item request atomic.
     """
 
     INDEX = "PendingPush"
