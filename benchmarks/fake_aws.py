@@ -265,12 +265,13 @@ class SnapshotLedger:
     (benchmarks/dynamodb_expressions.py), refusing with ConditionalCheckFailedException when the
     condition does not hold; Query on the PendingPush index answers from the items as they are now (the
     sparse index: items with both of its keys, sorted by `pending_since`, with its projection and the
-    request's filter). So a read after a write sees it, as the pusher's re-read of a head after its
-    push must. Every write is kept in the order it was applied, with whether it was accepted
-    (`writes`), so the benchmark can replay them on moto and check that moto agrees on each one and
-    ends with the same items. `reset()` sets the items back to the snapshot. Registered first on
-    `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each request,
-    as DynamoDB makes each single-item request atomic.
+    request's filter), a page at a time when asked (`Limit` before the filter, `ExclusiveStartKey`,
+    `LastEvaluatedKey`: the pending bills' pages). So a read after a write sees it, as the pusher's
+    re-read of a head after its push must. Every write is kept in the order it was applied, with whether
+    it was accepted (`writes`), so the benchmark can replay them on moto and check that moto agrees on
+    each one and ends with the same items. `reset()` sets the items back to the snapshot. Registered
+    first on `before-send`, so it answers before moto's own hook. Thread-safe: one lock around each
+    request, as DynamoDB makes each single-item request atomic.
     """
 
     INDEX = "PendingPush"
@@ -352,7 +353,7 @@ class SnapshotLedger:
 
     def _query(self, call: dict[str, Any]) -> dict[str, Any]:
         expressions = self._expressions
-        unsupported = {"Limit", "ExclusiveStartKey", "ProjectionExpression", "Select"} & set(call)
+        unsupported = {"ProjectionExpression", "Select"} & set(call)
         if call.get("IndexName") != self.INDEX or unsupported:
             raise NotImplementedError(f"the snapshot ledger queries only {self.INDEX}, plainly: {call}")
         names = expressions.Names(call)
@@ -363,13 +364,27 @@ class SnapshotLedger:
             for item in self.items.values()
             if all(name in item for name in self.INDEX_KEYS)
         ]
-        found = sorted(
-            (item for item in indexed if key_condition(item, names)),
-            key=lambda item: str(item["pending_since"]["S"]),
-            reverse=call.get("ScanIndexForward") is False,
-        )
+
+        # Ties of the sort key in the table's key order (DynamoDB's own order of ties is unspecified).
+        def order(item: dict[str, Any]) -> tuple[str, str, str]:
+            return str(item["pending_since"]["S"]), str(item["pk"]["S"]), str(item["sk"]["S"])
+
+        backwards = call.get("ScanIndexForward") is False
+        found = sorted((item for item in indexed if key_condition(item, names)), key=order, reverse=backwards)
+        if "ExclusiveStartKey" in call:  # a page reads on just after the last one's key
+            start = order(call["ExclusiveStartKey"])
+            found = [item for item in found if (order(item) < start if backwards else order(item) > start)]
+        # `Limit` bounds the items evaluated, before the filter; a query it stopped returns the
+        # last one's key (the pending bills' pages: adapters/ledger_bills.pending_bill_pages).
+        last_key: dict[str, Any] | None = None
+        if "Limit" in call and len(found) >= int(call["Limit"]):
+            found = found[: int(call["Limit"])]
+            last_key = {name: found[-1][name] for name in ("pk", "sk", *self.INDEX_KEYS)}
         scanned = len(found)
         if "FilterExpression" in call:
             kept = expressions.condition(call["FilterExpression"])
             found = [item for item in found if kept(item, names)]
-        return {"Items": found, "Count": len(found), "ScannedCount": scanned}
+        answer: dict[str, Any] = {"Items": found, "Count": len(found), "ScannedCount": scanned}
+        if last_key is not None:
+            answer["LastEvaluatedKey"] = last_key
+        return answer

@@ -22,6 +22,7 @@ from moment_sync.adapters.lease import MOMENT_BACKOFF, DynamoBackoff, DynamoLeas
 from moment_sync.leases import LEASE_MARGIN_SECONDS
 from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.sync import Booking
 from moment_sync.moment_client import MomentClient
 from moment_sync.push_fanout import FINISHED_AT, FanOutFailed, dispatch, shards_behind
 from moment_sync.pusher import BalancePusher, customer_claim, shard_lease
@@ -84,7 +85,7 @@ def test_a_stale_read_of_the_push_state_can_write_nothing_after_pushes_brought_i
     # THEN the stale worker can neither record an intent nor book a push: the sequence moved on
     with pytest.raises(ClientError, match="ConditionalCheckFailed"):
         harness.ledger.record_intent(balance, stale, 300)
-    assert harness.ledger.record_push(balance, stale, 300, NOW + 3) is False
+    assert harness.ledger.record_push(balance, stale, 300, NOW + 3) is Booking.REFUSED
     head = harness.head(balance)
     assert (head["pushed_balance"], head["push_seq"], head.get("push_intents")) == (100, 3, None)
 
@@ -368,7 +369,7 @@ def test_a_stale_read_of_a_bills_push_state_can_write_nothing_after_a_push_booke
     # THEN the stale worker can neither record an intent (so never PATCHes) nor book: the sequence moved on
     with pytest.raises(ClientError, match="ConditionalCheckFailed"):
         harness.ledger.record_bill_intent(bill, stale, 30000)
-    assert harness.ledger.record_bill_push(bill, stale, 60000, NOW) is False
+    assert harness.ledger.record_bill_push(bill, stale, 60000, NOW) is Booking.REFUSED
     booked = head(harness, bill)
     assert (booked["pushed_amount_paid"], booked["push_seq"], booked.get("push_intents")) == (30000, 2, None)
 
@@ -388,7 +389,7 @@ def test_a_read_from_before_an_intent_was_marked_ignored_cannot_book_its_outside
     # WHEN the worker that sent it learns Moment ignored it (answered without taking the amount)
     harness.ledger.record_bill_patch_ignored(bill, before_intent, 0, "not taken", NOW + 1, NOW + 3600)
     # THEN the stale read, whose intent is not marked, cannot book its outside payments as at Moment
-    assert harness.ledger.record_bill_push(bill, stale, 30000, NOW + 2) is False
+    assert harness.ledger.record_bill_push(bill, stale, 30000, NOW + 2) is Booking.REFUSED
     marked = head(harness, bill)
     assert (marked["push_intents"][0]["ignored"], marked["outside_booked"], marked["push_seq"]) == (
         True,

@@ -122,3 +122,37 @@ def test_what_it_cannot_judge_it_refuses_to_answer(dynamodb: Any) -> None:
             ConditionExpression="contains(ref, :part)",
             ExpressionAttributeValues={":zero": {"N": "0"}, ":part": {"S": "SNAP"}},
         )
+
+
+def test_a_query_in_pages_reads_on_from_each_pages_last_key_as_moto_does(dynamodb: Any) -> None:
+    """The pending bills are read a page at a time (`Limit`, `ExclusiveStartKey`): the snapshot pages
+    the PendingPush index as moto does."""
+    ledger = LedgerTable(dynamodb, create_table(dynamodb, "LedgerTable", "Ledger"))
+    for number in range(24):
+        balance = BalanceRef(BalanceKind.CUSTOMER, f"SNAP{number:04}")
+        ledger.open_balance(balance, "ZAR", NOW, moment_id=f"cus_snap_{number:04}")
+        at = iso_time(NOW + number)
+        entry = Entry(EntryKind.CHARGE, 500, f"charge-{number}", {"charge_id": f"charge-{number}"}, at)
+        assert ledger.apply_entry(balance, entry, "ZAR").outcome.value == "applied"
+    on_snapshot, _snapshot = _on_snapshot(dynamodb, ledger.table_name)
+
+    def pages(client: Any, shard: int) -> list[list[str]]:
+        paginator = client.get_paginator("query")
+        return [
+            [item["pk"]["S"] for item in page["Items"]]
+            for page in paginator.paginate(
+                TableName=ledger.table_name,
+                IndexName="PendingPush",
+                KeyConditionExpression="push_shard = :shard",
+                ExpressionAttributeValues={":shard": {"S": f"push#{shard}"}},
+                PaginationConfig={"PageSize": 2},
+            )
+        ]
+
+    on_moto = [pages(dynamodb, shard) for shard in range(8)]
+    on_snap = [pages(on_snapshot._client, shard) for shard in range(8)]
+    assert sum(len(page) for shard in on_moto for page in shard) == 24
+    assert max(len(shard) for shard in on_snap) > 1  # some shard took more than one page
+    assert [[pk for page in shard for pk in page] for shard in on_snap] == [
+        [pk for page in shard for pk in page] for shard in on_moto
+    ]

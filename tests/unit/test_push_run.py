@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from moment_sync.push_run import push_announced
+from moment_sync.push_run import Booked, push_announced
 
 
 def test_a_push_runs_between_two_announcements_and_sees_the_head_the_first_wrote() -> None:
@@ -51,3 +51,27 @@ def test_an_announcement_that_fails_neither_fails_the_push_nor_hides_its_error()
 
     with pytest.raises(ValueError, match="a bug in one push"):
         push_announced("UCR1", {"v": 1}, failing_push, settle=settle, now=lambda: 0.0, log={})
+
+
+@pytest.mark.parametrize(("synced", "settles"), [(True, 1), (False, 2)])
+def test_the_head_is_read_again_after_the_push_unless_its_booking_announced_synced(
+    synced: bool, settles: int
+) -> None:
+    """`Booked.synced`: the booking wrote `synced` with its transition, nothing came since the read, so
+    the read after the push would find nothing to write; any other booking is read again."""
+    settled: list[dict[str, Any] | None] = []
+
+    def settle(ref: str, head: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+        settled.append(head)
+        return head
+
+    result = push_announced(
+        "UCR1",
+        {"v": 1},
+        lambda ref, head: Booked("pushed", synced),
+        settle=settle,
+        now=lambda: 0.0,
+        log={"reference": "UCR1"},
+    )
+    assert result == "pushed"  # the push's own result, unwrapped
+    assert settled == [{"v": 1}, None][:settles]

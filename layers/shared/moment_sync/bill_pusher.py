@@ -34,11 +34,11 @@ from moment_sync.bill_push_plan import (
 )
 from moment_sync.ledger.bills import MAX_OPEN_BILL_INTENTS, BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
-from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, Booking
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_each
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -66,6 +66,10 @@ class BillPushResult(StrEnum):
     CONFLICT = "conflict"
     BLOCKED = "blocked"
     WAITING = "waiting"  # for its owner, which the balance pusher is now asked to create first
+
+
+# What one look at a bill ends with: a booked push also says whether its booking announced `synced`.
+BillLooked = BillPushResult | Booked[BillPushResult]
 
 
 class OwnerNotAtMoment(MomentError):
@@ -165,7 +169,7 @@ class BillPusher:
             not_announced="bill sync state not announced yet",
         )
 
-    def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillPushResult:
+    def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillLooked:
         log: dict[str, Any] = {"bill": bill.ref, "moment_id": head.get("moment_id")}
         try:
             created = False
@@ -178,9 +182,11 @@ class BillPusher:
                 current, created = found
                 head = self.ledger.get_bill(bill) or head
                 log["moment_id"] = current.id
-            result = self._settle(bill, head, current, log)
+            looked = self._settle(bill, head, current, log)
             settled = (BillPushResult.PUSHED, BillPushResult.IN_SYNC)
-            return BillPushResult.CREATED if created and result in settled else result
+            if created and isinstance(looked, Booked) and looked.result in settled:
+                return Booked(BillPushResult.CREATED, looked.synced)
+            return BillPushResult.CREATED if created and looked in settled else looked
         except (MomentNotOurs, MappingConflict) as error:
             return self._conflict(bill, head, str(error), log)
         except OwnerNotAtMoment as waiting:
@@ -271,7 +277,7 @@ class BillPusher:
 
     def _settle(
         self, bill: BillRef, head: dict[str, Any], current: MomentBill, log: dict[str, Any]
-    ) -> BillPushResult:
+    ) -> BillLooked:
         """Decide, act, re-read both sides, and decide again until nothing is left to send (bounded)."""
         pushed = False
         for _ in range(MAX_ROUNDS_PER_BILL):
@@ -365,14 +371,14 @@ class BillPusher:
 
     def _book(
         self, bill: BillRef, head: dict[str, Any], decision: Book, log: dict[str, Any], result: BillPushResult
-    ) -> BillPushResult:
-        booked = self.ledger.record_bill_push(
+    ) -> Booked[BillPushResult]:
+        booking = self.ledger.record_bill_push(
             bill, head, decision.moment_amount_paid, self.now(), voided_at_moment=decision.voided_at_moment
         )
-        if not booked:
+        if not booking:
             logger.warning("bill push state changed while pushing; left for the next run", extra=log)
-            return BillPushResult.SKIPPED
-        return result
+            return Booked(BillPushResult.SKIPPED, synced=False)
+        return Booked(result, synced=booking is Booking.SYNCED)
 
     def _blocked(
         self, bill: BillRef, head: dict[str, Any], detail: str, log: dict[str, Any]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from moment_sync.observability import logger
 
@@ -58,10 +59,20 @@ def push_each(
     return not_reached
 
 
+@dataclass(frozen=True)
+class Booked(Generic[Result]):
+    """A push's result with what its booking wrote: `synced` when the booking made the head `synced`
+    and announced it in the same write (`Booking.SYNCED`), so there is nothing left to announce. Each
+    push returns its own (pushes run in threads: no shared state)."""
+
+    result: Result
+    synced: bool
+
+
 def push_announced(
     ref: Ref,
     head: dict[str, Any],
-    push: Callable[[Ref, dict[str, Any]], Result],
+    push: Callable[[Ref, dict[str, Any]], Result | Booked[Result]],
     *,
     settle: Callable[[Ref, dict[str, Any] | None, float], dict[str, Any] | None],
     now: Callable[[], float],
@@ -72,12 +83,21 @@ def push_announced(
     `settle_sync_state`): what changed since the last look first (a payment, a charge, an outside
     payment: synced -> pending), then what this push did (deferred, blocked, failing, conflict, pending
     again); booking `synced` announces itself. A crash in between only delays an announcement to the
-    next look (docs/events.md)."""
+    next look (docs/events.md). The head is read again after the push unless its booking wrote
+    `synced` with nothing come since the read (`Booked.synced`): that read would find nothing to write
+    (one DynamoDB request less per push). Every other end (booked but still pending, deferred, blocked,
+    failed, conflict, skipped, an exception) reads it again, since it may have changed the state."""
     head = _announce(ref, head, settle, now, log, not_announced) or head
+    announced = False
     try:
-        return push(ref, head)
+        pushed = push(ref, head)
+        if isinstance(pushed, Booked):
+            announced = pushed.synced
+            return pushed.result
+        return pushed
     finally:
-        _announce(ref, None, settle, now, log, not_announced)
+        if not announced:
+            _announce(ref, None, settle, now, log, not_announced)
 
 
 def _announce(

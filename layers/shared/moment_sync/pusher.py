@@ -26,7 +26,7 @@ from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.leases import LEASE_MARGIN_SECONDS, Leases, new_holder
 from moment_sync.ledger.model import BalanceKind, BalanceRef
-from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT, Booking
 from moment_sync.moment_client import (
     CreateOutcome,
     MomentClient,
@@ -45,7 +45,7 @@ from moment_sync.push_plan import (
     PushSnapshot,
     plan_push,
 )
-from moment_sync.push_run import RATE_LIMITED_SECONDS, SharedBackoff, push_announced, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_each
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -95,6 +95,10 @@ class PushResult(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"  # no longer pending, or its state changed under us
     CONFLICT = "conflict"  # Moment's object is not this balance's, or an adoption awaits an operator
+
+
+# What one look at a balance ends with: a booked push also says whether its booking announced `synced`.
+Looked = PushResult | Booked[PushResult]
 
 
 @dataclass
@@ -195,7 +199,7 @@ class BalancePusher:
             log={"reference": balance.ref},
         )
 
-    def _push_one(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult:
+    def _push_one(self, balance: BalanceRef, head: dict[str, Any]) -> Looked:
         log = {
             "reference": balance.ref,
             "balance_kind": balance.kind.value,
@@ -218,7 +222,7 @@ class BalancePusher:
                 logger.exception("push of one balance failed", extra=log)
             return self._failed(balance, head, error, log)
 
-    def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> PushResult:
+    def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> Looked:
         moment_id = head["moment_id"]
         current = (
             self.moment.get_account(moment_id)
@@ -253,8 +257,8 @@ class BalancePusher:
         if isinstance(decision, Defer):
             return self._defer(balance, head, decision, log)
         if isinstance(decision, AlreadyEqual):
-            self._book(balance, head, current.balance, log, PushResult.IN_SYNC)
-            return PushResult.IN_SYNC
+            booked = self._book(balance, head, current.balance, log, PushResult.IN_SYNC)
+            return Booked(PushResult.IN_SYNC, booked.synced)
         assert isinstance(decision, Push)  # noqa: S101 -- the three decisions are exhaustive
         currency = head["currency"]
         intent = self.ledger.record_intent(balance, head, decision.balance)
@@ -299,7 +303,7 @@ class BalancePusher:
                 self.ledger.drop_intent(balance, head, intent)
             raise
 
-    def _create_on_moment(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult | None:
+    def _create_on_moment(self, balance: BalanceRef, head: dict[str, Any]) -> Looked | None:
         """Create the object on Moment with the ledger's balance; None when an existing one was adopted
         (then its balance is Moment's, and the normal push follows). The create is an intent like a
         PATCH: if its answer is lost, the balance it was created with explains Moment's on the next run."""
@@ -336,7 +340,7 @@ class BalancePusher:
         logger.info("balance created on Moment", extra={**log, "balance": moment_balance})
         return self._book(balance, head, moment_balance, log, PushResult.CREATED)
 
-    def _create_claimed(self, balance: BalanceRef, head: dict[str, Any]) -> PushResult | None:
+    def _create_claimed(self, balance: BalanceRef, head: dict[str, Any]) -> Looked | None:
         """The first push of an account whose customer Moment lacks runs under the customer's claim:
         another shard's worker may be creating the same customer for a sibling account right now."""
         if balance.kind is not BalanceKind.ACCOUNT or self.leases is None:
@@ -529,11 +533,12 @@ class BalancePusher:
         moment_balance: int | None,
         log: dict[str, Any],
         result: PushResult,
-    ) -> PushResult:
-        if not self.ledger.record_push(balance, head, moment_balance, self.now()):
+    ) -> Booked[PushResult]:
+        booking = self.ledger.record_push(balance, head, moment_balance, self.now())
+        if not booking:
             logger.warning("push state changed while pushing; left for the next run", extra=log)
-            return PushResult.SKIPPED
-        return result
+            return Booked(PushResult.SKIPPED, synced=False)
+        return Booked(result, synced=booking is Booking.SYNCED)
 
     def _failed(
         self, balance: BalanceRef, head: dict[str, Any], error: Exception, log: dict[str, Any]

@@ -35,6 +35,7 @@ from moment_sync.ledger.bills import (
     listing_order,
     status_for,
 )
+from moment_sync.ledger.sync import Booking
 
 BILLS_BY_OWNER_INDEX = "BillsByOwner"
 LINKED_INDEX_NAME = "LinkedBalances"
@@ -653,11 +654,12 @@ class LedgerBills:
         now: float,
         *,
         voided_at_moment: bool = False,
-    ) -> bool:
+    ) -> Booking:
         """After Moment shows what the push meant (re-read): the outside payments read are booked at
         Moment (`outside_booked := outside_paid` read), every open intent is cleared, backoff and flags
-        reset; the pending marker goes only if the bill's version is still the one read. False if
-        another push booked since the read (conditional on the push state read)."""
+        reset; the pending marker goes only if the bill's version is still the one read. REFUSED if
+        another push booked since the read (conditional on the push state read); SYNCED when the bill
+        left the pending list and this write announced `-> synced` (`Booking`)."""
         from moment_sync.adapters.ledger_table import _synced_transition  # noqa: PLC0415 -- a cycle
 
         condition, values = _bill_push_condition(read)
@@ -688,9 +690,13 @@ class LedgerBills:
         )
         # One more in the push sequence: a stale read of this push state can write nothing after it.
         sets += " ADD push_seq :one"
-        for update, extra_condition in (
-            (f"{sets} {removed}, push_shard, pending_since", " AND version = :version"),
-            (f"{sets} {removed}", ""),
+        for update, extra_condition, booking in (
+            (
+                f"{sets} {removed}, push_shard, pending_since",
+                " AND version = :version",
+                Booking.SYNCED if synced_sets else Booking.BOOKED,
+            ),
+            (f"{sets} {removed}", "", Booking.BOOKED),  # still pending: the look's end announces it
         ):
             try:
                 self._client.update_item(
@@ -700,11 +706,11 @@ class LedgerBills:
                     ConditionExpression=condition + extra_condition,
                     ExpressionAttributeValues=to_values(values),
                 )
-                return True
+                return booking
             except ClientError as error:
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
-        return False
+        return Booking.REFUSED
 
     def record_bill_patch_ignored(
         self, bill: BillRef, read: dict[str, Any], index: int, detail: str, now: float, retry_at: float

@@ -31,7 +31,7 @@ from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_ti
 from moment_sync.events_out import entry_event_attributes
 from moment_sync.ledger.bills import BillRef, is_bill_key
 from moment_sync.ledger.model import PUSH_SHARD_PREFIX, PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
-from moment_sync.ledger.sync import sync_state
+from moment_sync.ledger.sync import Booking, sync_state
 
 if TYPE_CHECKING:
     from moment_sync.adapters.lease import DynamoLeases
@@ -614,12 +614,13 @@ class LedgerTable(LedgerBills):
 
     def record_push(
         self, balance: BalanceRef, read: dict[str, Any], moment_balance: int | None, now: float
-    ) -> bool:
+    ) -> Booking:
         """After Moment took (or already had) the balance read: P := what Moment shows, the payments
         this push read are behind it, every open intent is superseded, attempts and deferrals reset;
         the pending marker goes only if no change came since. Conditional on the push state read, so
         two pushers could never both book one push. Every expression is the same size however many
-        payments or intents there are (DynamoDB's 4 KB / 300-operator limits)."""
+        payments or intents there are (DynamoDB's 4 KB / 300-operator limits). Returns what it did
+        (`Booking`: SYNCED tells the pusher the head needs no announcing after the push)."""
         values: dict[str, Any] = {
             ":used": -int(read.get("payments_since_push", 0)),
             ":version": read["version"],
@@ -650,7 +651,7 @@ class LedgerTable(LedgerBills):
                 condition + " AND version = :version",
                 {**values, **condition_values},
             )
-            return True
+            return Booking.SYNCED if synced_sets else Booking.BOOKED
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
@@ -671,10 +672,10 @@ class LedgerTable(LedgerBills):
             )
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
-                return False
+                return Booking.REFUSED
             raise
         self._compact_payments(balance, from_item(response.get("Attributes", {})))
-        return True
+        return Booking.BOOKED
 
     def _compact_payments(self, balance: BalanceRef, head: dict[str, Any]) -> None:
         """Drop the payments behind the watermark, if no payment comes meanwhile (best effort: the

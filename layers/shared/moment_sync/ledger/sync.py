@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any, Final
 
 # Consecutive pushes deferred because Moment's balance is unexplained, before an operator is told.
@@ -16,6 +17,19 @@ ATTEMPTS_BEFORE_FAILING = 5
 # `blocked` (bills only): an outside payment Moment's reference does not say it can take (the bill is
 # paid at Moment, or amount_paid would pass amount_due); nothing is sent until an operator acts.
 SYNC_STATES: Final = ("synced", "pending", "deferred", "failing", "conflict", "blocked")
+
+
+class Booking(IntEnum):
+    """What booking a push did (the ledger's `record_push`, `record_bill_push`). Falsy only when
+    refused, so `if not record_push(...)` reads as it did when it returned a bool."""
+
+    REFUSED = 0  # another push booked since the read: nothing written
+    # Booked, but the head's sync state may still need announcing: a change came during the push (it
+    # stays pending), or the state read was already `synced`, so the write did not check it.
+    BOOKED = 1
+    # Booked with nothing come since the read: the head is `synced`, and this write announced it (its
+    # transition, conditional on the transitions read). Nothing is left for a look to announce.
+    SYNCED = 2
 
 
 def sync_state(head: dict[str, Any]) -> str:

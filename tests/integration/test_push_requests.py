@@ -1,0 +1,136 @@
+"""What one push costs in DynamoDB requests, and that the cheaper path still announces every sync state
+(docs/events.md, docs/pusher.md#the-calls-of-a-push): a push whose booking wrote `synced` with its
+transition does not read the head again after it (nothing came since the read, so that read would find
+nothing to write); a booking that leaves the balance pending still reads it again and announces what
+changed. Real parts: the ledger in moto, the Moment sandbox over HTTP, requests counted with botocore's
+`before-call` hook on the ledger's own client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from moment_sandbox import MomentSandbox
+from moment_sync.bill_pusher import BillPusher
+from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, sync_state
+from moment_sync.pusher import BalancePusher
+from support import pushers
+from support.ledger import LedgerHarness
+from support.pushers import InFlight
+
+sandbox = pushers.sandbox
+transport = pushers.transport
+moment = pushers.moment
+clock = pushers.clock
+harness = pushers.harness
+pusher = pushers.pusher
+bill_pusher = pushers.bill_pusher
+member = pushers.member
+
+
+@contextmanager
+def dynamodb_requests(harness: LedgerHarness) -> Iterator[list[str]]:
+    """The DynamoDB operations the ledger's client sends meanwhile, in order."""
+    sent: list[str] = []
+    events = harness.dynamodb.meta.events
+
+    def record(model: Any, **_: Any) -> None:
+        sent.append(model.name)
+
+    events.register("before-call.dynamodb.*", record, unique_id="test_push_requests")
+    try:
+        yield sent
+    finally:
+        events.unregister("before-call.dynamodb.*", unique_id="test_push_requests")
+
+
+def charge(harness: LedgerHarness, balance: BalanceRef, charge_id: str, amount: int) -> None:
+    entry = Entry(EntryKind.CHARGE, amount, charge_id, {"charge_id": charge_id}, "2026-09-21T00:00:00.000Z")
+    assert harness.ledger.apply_entry(balance, entry, "ZAR").outcome.value == "applied"
+
+
+def transition(head: dict[str, Any]) -> tuple[str, str, str]:
+    return head["sync_transition"]["id"], head["sync_transition"]["from"], head["sync_transition"]["to"]
+
+
+def test_a_clean_push_makes_four_dynamodb_requests_and_announces_pending_then_synced(
+    harness: LedgerHarness, pusher: BalancePusher, member: str, transport: InFlight
+) -> None:
+    customer = BalanceRef(BalanceKind.CUSTOMER, "UCR1")
+    synced_before = harness.head(customer)
+    assert sync_state(synced_before) == synced_before["sync_state"] == "synced"
+    transitions = int(synced_before.get("sync_transitions", 0))
+    charge(harness, customer, "inv-1", 45000)
+    transport.requests.clear()
+
+    with dynamodb_requests(harness) as sent:
+        assert pusher.push_one(customer) == "pushed"
+
+    # The head, `synced -> pending` announced, the intent, the booking (with `pending -> synced`);
+    # no re-read of the head after the booking (it was a fifth request, a GetItem).
+    assert sent == ["GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
+    assert [request.split(" ")[0] for request in transport.requests] == ["GET", "PATCH"]
+    head = harness.head(customer)
+    assert (head["sync_state"], sync_state(head), head["sync_transitions"]) == (
+        "synced",
+        "synced",
+        transitions + 2,
+    )
+    assert transition(head) == (f"CUSTOMER#UCR1|sync|{transitions + 2}", "pending", "synced")
+    # Nothing was left to announce: a look now writes nothing.
+    assert harness.ledger.settle_sync_state(customer, None, harness.clock() + 1) == head
+
+
+def test_a_booking_that_leaves_the_balance_pending_still_reads_it_again_and_announces_the_change(
+    harness: LedgerHarness, pusher: BalancePusher, member: str, transport: InFlight
+) -> None:
+    """Failing before the push, booked while a charge came (still pending, attempts reset): the re-read
+    after the push announces `failing -> pending`; skipping it would leave `failing` announced."""
+    customer = BalanceRef(BalanceKind.CUSTOMER, "UCR1")
+    charge(harness, customer, "inv-1", 45000)
+    now = harness.clock()
+    for _ in range(ATTEMPTS_BEFORE_FAILING):
+        harness.ledger.record_failure(customer, "Moment answered 503", now, now)
+    failing = harness.ledger.settle_sync_state(customer, None, now)
+    assert failing is not None and failing["sync_state"] == "failing"
+
+    def charge_while_patching(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            charge(harness, customer, "inv-2", 30)
+
+    transport.before_send = charge_while_patching
+    assert pusher.push_one(customer) == "pushed"
+
+    head = harness.head(customer)
+    assert "push_shard" in head and head["push_attempts"] == 0  # booked, still pending
+    assert (head["sync_state"], sync_state(head)) == ("pending", "pending")
+    assert transition(head)[1:] == ("failing", "pending")
+
+
+def test_a_bills_clean_push_does_not_read_its_head_again_after_the_booking(
+    harness: LedgerHarness,
+    bill_pusher: BillPusher,
+    member: str,
+    sandbox: MomentSandbox,
+    transport: InFlight,
+) -> None:
+    bill = pushers.raise_bill(harness)
+    assert pushers.run(bill_pusher) == {"created": 1}
+    pushers.cash(harness, bill, "cash-1", 20000)  # an outside payment: the bill is pending again
+    transport.requests.clear()
+
+    with dynamodb_requests(harness) as sent:
+        assert bill_pusher.push_one(bill) == "pushed"
+
+    # The bill, `synced -> pending`, the intent, the bill again (the PATCH's round), the booking.
+    assert sent == ["GetItem", "UpdateItem", "UpdateItem", "GetItem", "UpdateItem"]
+    assert [request.split(" ")[0] for request in transport.requests] == ["GET", "PATCH", "GET"]
+    assert pushers.on_moment(sandbox)["amount_paid"] == 20000
+    head = pushers.head(harness, bill)
+    assert (head["sync_state"], sync_state(head)) == ("synced", "synced")
+    assert transition(head)[1:] == ("pending", "synced")
+    assert harness.ledger.settle_sync_state(bill, None, harness.clock() + 1) == head
