@@ -62,13 +62,14 @@ format: venv ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# pytest-xdist: one worker per core (PYTEST_WORKERS=0 for one process, e.g. to read a failure's order).
+# pytest-xdist: one worker per core (PYTEST_WORKERS=0 for one process, e.g. to read a failure's order);
+# loadgroup keeps a module marked xdist_group on one worker, in order (the contract fuzzing's last test).
 PYTEST_WORKERS ?= auto
 
 .PHONY: unit
 unit: venv ## Unit and integration tests (moto, in-process; loopback only), the link check, client and CLI tests
 	@mkdir -p build
-	PYTEST_SUMMARY_FILE=build/pytest-summary.txt $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
+	PYTEST_SUMMARY_FILE=build/pytest-summary.txt $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: template-check
 template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-lint over the samtranslator output
