@@ -63,13 +63,17 @@ format: venv ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 # pytest-xdist: one worker per core (PYTEST_WORKERS=0 for one process, e.g. to read a failure's order);
-# loadgroup keeps a module marked xdist_group on one worker, in order (the contract fuzzing's last test).
+# worksteal: an idle worker takes tests queued for the other. The contract fuzzing runs alone, without xdist:
+# schemathesis gives its operations one node id, by which xdist tells a worker what to run.
+CONTRACT_FUZZ = tests/integration/test_api_contract_fuzz.py
 PYTEST_WORKERS ?= auto
 
 .PHONY: unit
 unit: venv ## Unit and integration tests (moto, in-process; loopback only), the link check, client and CLI tests
 	@mkdir -p build
-	PYTEST_SUMMARY_FILE=build/pytest-summary.txt $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	PYTEST_SUMMARY_FILE=build/pytest-summary.txt $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal \
+		--ignore $(CONTRACT_FUZZ)
+	PYTEST_SUMMARY_FILE=build/pytest-summary-fuzz.txt $(BIN)/python -m pytest -p no:xdist $(CONTRACT_FUZZ)
 
 .PHONY: template-check
 template-check: venv $(SAM_VENV)/bin/.installed ## sam validate --lint, and cfn-lint over the samtranslator output
@@ -88,7 +92,7 @@ security-check: venv $(CHECKOV_VENV)/bin/.installed ## checkov over template.yam
 
 .PHONY: test
 test: lint unit template-check security-check ## The whole gate: what CI runs
-	@echo "make test: all checks passed: ruff, ruff format, mypy --strict; pytest $$(cat build/pytest-summary.txt 2>/dev/null || echo '(no summary)') (unit, integration, soak, Markdown links, client, CLI); sam validate --lint, cfn-lint on the translated template; checkov on both templates"
+	@echo "make test: all checks passed: ruff, ruff format, mypy --strict; pytest $$(cat build/pytest-summary.txt 2>/dev/null || echo '(no summary)'), then the contract fuzzing $$(cat build/pytest-summary-fuzz.txt 2>/dev/null || echo '(no summary)') (unit, integration, soak, Markdown links, client, CLI); sam validate --lint, cfn-lint on the translated template; checkov on both templates"
 
 # The functions' and the layer's processor (the template's Architecture parameter): x86_64 for sam
 # local on an x86_64 machine. Exported: the layer's own Makefile picks its wheels' platform from it.

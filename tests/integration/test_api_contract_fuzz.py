@@ -58,10 +58,9 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "api" / "openapi.yaml", config=CONFIG)
 
 # (operation, generation mode, status) of every answer, for `test_the_fuzzing_is_not_vacuous`.
-# The last test reads what the fuzzing before it collected in this process: under pytest-xdist the
-# module's tests go to one worker, in order (`make unit` runs `--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("api_contract_fuzz")
-
+# The last test reads what the fuzzing before it collected in this process, and schemathesis gives every
+# operation's test the same node id, by which pytest-xdist tells a worker what to run (each would run the
+# first operation): `make unit` runs this module in a pytest of its own, without xdist.
 ANSWERS: Counter[tuple[str, str, int]] = Counter()
 
 
