@@ -37,7 +37,7 @@ def test_the_checker_catches_a_missing_file_a_missing_anchor_and_a_file_beside_t
             "README.md": "# Top\nSee [the guide](docs/guide.md#set-up), [gone](docs/gone.md), "
             "[nowhere](docs/guide.md#no-such-heading), [web](https://example.com/x.md) and "
             "[here](#top).\n```\n[in code](not/checked.md)\n```\n",
-            "docs/guide.md": "# Guide\n## Set up\nAs `../shared/DESIGN.md` says.\n",
+            "docs/guide.md": "# Guide\n## Set up\nAs `../beside/NOTES.md` says.\n",
         },
     )
     assert checker.broken_links(root) == [
@@ -47,7 +47,7 @@ def test_the_checker_catches_a_missing_file_a_missing_anchor_and_a_file_beside_t
     assert checker.dangling_mentions(root) == [
         "README.md:2: docs/gone.md: names a file not in the repository",
         "README.md:4: not/checked.md: names a file not in the repository",
-        "docs/guide.md:3: ../shared/DESIGN.md: names a file not in the repository",
+        "docs/guide.md:3: ../beside/NOTES.md: names a file not in the repository",
     ]
 
 

@@ -38,7 +38,7 @@ from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, Booking
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_pages
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -124,19 +124,16 @@ class BillPusher:
         run = replace(self, moment=self.moment.within(time_left, keep_seconds=BOOKING_SECONDS))
         # A page at a time (a merchant's month of bills is far more than one), read on from where the
         # last page ended while time is left: what is not reached is the rest of the page it stopped in.
-        for page in self.ledger.pending_bill_pages(self.now(), self.batch, shards=shards):
-            report.not_reached = push_each(
-                page,
-                run.push_one,
-                concurrency=self.concurrency,
-                time_left=time_left,
-                seconds_per_push=self.seconds_per_push,
-                collect=lambda done: self._collect(done, report),
-                thread_name_prefix="bill-push",
-                held_off=lambda: self.backoff is not None and self.backoff.until() > self.now(),
-            )
-            if report.not_reached:
-                break
+        report.not_reached = push_pages(
+            self.ledger.pending_bill_pages(self.now(), self.batch, shards=shards),
+            run.push_one,
+            concurrency=self.concurrency,
+            time_left=time_left,
+            seconds_per_push=self.seconds_per_push,
+            collect=lambda done: self._collect(done, report),
+            thread_name_prefix="bill-push",
+            held_off=lambda: self.backoff is not None and self.backoff.until() > self.now(),
+        )
         for result, count in report.results.items():
             _count(f"Bills{result.title().replace('_', '')}", count)
         _count("BillsNotReached", report.not_reached)

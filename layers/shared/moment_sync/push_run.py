@@ -3,7 +3,7 @@ once, and none started once the run's time left cannot hold a push's worst case.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -28,6 +28,18 @@ class SharedBackoff(Protocol):
     def hold_off(self, until: float) -> None:
         """Push `until` later (never earlier)."""
         ...
+
+
+def push_pages(
+    pages: Iterable[Sequence[tuple[Any, Ref]]], push_one: Callable[[Ref], Result], **each: Any
+) -> int:
+    """`push_each` over the pending index a page at a time, read on while the run's time is left;
+    what is not reached is the rest of the page the run stopped in (`each`: push_each's options)."""
+    for page in pages:
+        not_reached = push_each(page, push_one, **each)
+        if not_reached:
+            return not_reached
+    return 0
 
 
 def push_each(

@@ -45,7 +45,7 @@ from moment_sync.push_plan import (
     PushSnapshot,
     plan_push,
 )
-from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_each
+from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_pages
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -149,19 +149,16 @@ class BalancePusher:
         # (deferred, waiting, skipped, changed while pushed) is behind the cursor, never read again in
         # this run, so a page of those cannot hide the balances after them. What is not reached is the
         # rest of the page the run stopped in.
-        for page in self.ledger.pending_push_pages(self.now(), self.batch, shards=shards):
-            report.not_reached = push_each(
-                page,
-                run.push_one,
-                concurrency=self.concurrency,
-                time_left=time_left,
-                seconds_per_push=self.seconds_per_push,
-                collect=lambda done: self._collect(done, report),
-                thread_name_prefix="push",
-                held_off=self.held_off,
-            )
-            if report.not_reached:
-                break
+        report.not_reached = push_pages(
+            self.ledger.pending_push_pages(self.now(), self.batch, shards=shards),
+            run.push_one,
+            concurrency=self.concurrency,
+            time_left=time_left,
+            seconds_per_push=self.seconds_per_push,
+            collect=lambda done: self._collect(done, report),
+            thread_name_prefix="push",
+            held_off=self.held_off,
+        )
         for result, count in report.results.items():
             _count(f"Balances{result.title().replace('_', '')}", count)
         _count("BalancesNotReached", report.not_reached)
