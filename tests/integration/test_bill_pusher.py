@@ -34,6 +34,7 @@ from support.pushers import (
     raise_bill,
     run,
 )
+from support.sync_state_pipe import ledger_stream, sync_state_changed
 from support.webhooks import NOW
 
 # The shared harness (support/pushers.py): pytest finds each fixture by the name bound here.
@@ -329,6 +330,36 @@ def test_a_moment_payment_overwritten_inside_the_push_window_is_put_back_in_the_
     assert on_moment(sandbox)["amount_paid"] == 37000
     assert len(patches(transport)) == 2
     assert sync_state(head(harness, bill)) == "synced"
+
+
+def test_a_moment_payment_reconciled_between_the_re_read_and_the_booking_never_announces_synced(
+    harness: LedgerHarness, bill_pusher: BillPusher, sandbox: MomentSandbox, member: str, transport: InFlight
+) -> None:
+    bill = raise_bill(harness)
+    run(bill_pusher)
+    cash(harness, bill, "cash-1", 30000)
+    stream = ledger_stream(harness.dynamodb, harness.ledger_name)
+    sync_state_changed(stream)  # read past what came before: what the pipe publishes from here on
+
+    # GIVEN a payment lands at Moment, and is reconciled, after the re-read that decides the booking
+    paid: list[int] = []
+
+    def pay_after_the_re_read(request: httpx.Request) -> None:
+        if request.method == "GET" and len(patches(transport)) == 1 and not paid:
+            paid.append(7000)
+            pay_at_moment(sandbox, harness, bill, 7000)
+
+    transport.after_send = pay_after_the_re_read
+    # WHEN pushed: the PATCH lands, the booking is written, the bill stays pending
+    assert run(bill_pusher) == {"pushed": 1}
+    assert paid and sync_state(head(harness, bill)) == "pending"
+    # THEN the stream announced `pending` once, never `synced` for a bill still in the pusher's list
+    assert [(old, new) for _id, old, new in sync_state_changed(stream)] == [("synced", "pending")]
+    # AND the next run books it: `synced` once
+    transport.after_send = None
+    assert run(bill_pusher) == {"in_sync": 1}
+    assert [(old, new) for _id, old, new in sync_state_changed(stream)] == [("pending", "synced")]
+    assert on_moment(sandbox)["amount_paid"] == head(harness, bill)["amount_paid"] == 37000
 
 
 # --- blocked: what Moment's reference does not say it takes -----------------------------------------

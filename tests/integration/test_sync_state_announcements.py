@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from moment_sync.ledger.sync import sync_state
+import pytest
+
+from moment_sync.ledger.sync import Booking, sync_state
 from support.ledger import NOW, LedgerHarness, payment
+from support.sync_state_pipe import ledger_stream, sync_state_changed
 
 
 def test_a_change_is_written_once_with_its_transition_and_a_stale_second_writer_writes_nothing(
@@ -96,3 +99,78 @@ def test_a_bills_states_are_announced_once_each_blocked_included_and_its_booking
     assert booked is not None and "push_shard" not in booked
     assert (booked["sync_state"], sync_state(booked), booked["sync_transitions"]) == ("synced", "synced", 3)
     assert booked["sync_transition"]["id"] == "BILL#FEE-1|sync|3"
+
+
+# --- a booking that leaves the head pending (a change came between the read and the booking) -------
+
+
+def test_a_balance_booked_while_a_payment_keeps_it_pending_is_never_announced_synced(dynamodb: Any) -> None:
+    """The balances' `record_push`, which the bills' follows: a booking that keeps the head pending
+    writes no transition."""
+    harness = LedgerHarness(dynamodb)
+    stream = ledger_stream(dynamodb, harness.ledger_name)
+    balance = harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    harness.invoke(harness.next_batch())
+    read = harness.ledger.settle_sync_state(balance, None, NOW)
+    assert read is not None
+    assert sync_state_changed(stream) == [("CUSTOMER#UCR1|sync|1", "synced", "pending")]
+    harness.receive("msg_2", payment("ob_2", 700, customer_id="bcus_1"))  # lands after the read
+    harness.invoke(harness.next_batch())
+
+    assert harness.ledger.record_push(balance, read, int(read["balance"]), NOW + 1) is Booking.BOOKED
+    harness.ledger.settle_sync_state(balance, None, NOW + 2)
+    assert sync_state(harness.head(balance)) == "pending"
+    assert sync_state_changed(stream) == []
+    again = harness.head(balance)
+    assert harness.ledger.record_push(balance, again, int(again["balance"]), NOW + 3) is Booking.SYNCED
+    assert sync_state_changed(stream) == [("CUSTOMER#UCR1|sync|2", "pending", "synced")]
+
+
+@pytest.mark.parametrize("blocked_when_read", [False, True], ids=["pending", "blocked"])
+def test_a_bill_booked_while_a_payment_keeps_it_pending_is_never_announced_synced(
+    dynamodb: Any, blocked_when_read: bool
+) -> None:
+    """A payment lands between the bill pusher's read and its booking: the booking is written, the
+    bill stays in the pusher's list, so its write announces nothing (as a balance's `record_push`);
+    the look's end announces what the bill is. `synced` only when a booking takes it off the list."""
+    from moment_sync.ledger import bill_service
+    from moment_sync.ledger.bills import BillRef
+
+    harness = LedgerHarness(dynamodb)
+    stream = ledger_stream(dynamodb, harness.ledger_name)
+    harness.open_customer("UCR1", moment_id="bcus_1")
+    bill_service.put_bill(
+        harness.ledger, "FEE-1", {"customer": "UCR1", "currency": "ZAR", "amount_due": 5000}, NOW
+    )
+    bill = BillRef("FEE-1")
+    # GIVEN the look's first announcement (and a block, announced once) before the pusher's read
+    read = harness.ledger.settle_sync_state(bill, None, NOW)
+    expected = [("BILL#FEE-1|sync|1", "synced", "pending")]
+    if blocked_when_read:
+        harness.ledger.record_bill_blocked(bill, "Moment shows it paid", NOW + 1, NOW + 3600)
+        read = harness.ledger.settle_sync_state(bill, None, NOW + 1)
+        expected.append(("BILL#FEE-1|sync|2", "pending", "blocked"))
+    assert read is not None
+    assert sync_state_changed(stream) == expected
+    # AND a payment lands after the read
+    bill_service.pay_bill(harness.ledger, "FEE-1", {"id": "cash-1", "amount": 1000}, NOW + 2)
+
+    # WHEN the push is booked on that read, and the look ends
+    assert harness.ledger.record_bill_push(bill, read, 0, NOW + 3) is Booking.BOOKED
+    harness.ledger.settle_sync_state(bill, None, NOW + 4)
+
+    # THEN the bill is still pending, and the stream never said it was synced
+    head = harness.ledger.get_bill(bill)
+    assert head is not None and "push_shard" in head and "pushed_at" in head
+    assert (head["sync_state"], sync_state(head)) == ("pending", "pending")
+    announced = sync_state_changed(stream)
+    unblocked = [("blocked", "pending")] if blocked_when_read else []
+    assert [(old, new) for _id, old, new in announced] == unblocked
+    # AND the next look's booking, with nothing come since, announces `synced` once
+    again = harness.ledger.get_bill(bill)
+    assert again is not None
+    assert harness.ledger.record_bill_push(bill, again, 1000, NOW + 5) is Booking.SYNCED
+    [(event_id, old, new)] = sync_state_changed(stream)
+    count = len(expected) + len(announced) + 1
+    assert (event_id, old, new) == (f"BILL#FEE-1|sync|{count}", "pending", "synced")

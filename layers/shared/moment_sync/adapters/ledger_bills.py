@@ -659,15 +659,11 @@ class LedgerBills:
         Moment (`outside_booked := outside_paid` read), every open intent is cleared, backoff and flags
         reset; the pending marker goes only if the bill's version is still the one read. REFUSED if
         another push booked since the read (conditional on the push state read); SYNCED when the bill
-        left the pending list and this write announced `-> synced` (`Booking`)."""
+        left the pending list and this write announced `-> synced` (`Booking`); BOOKED when it stays
+        pending (a change came since the read: no transition written) or was read `synced` already."""
         from moment_sync.adapters.ledger_table import _synced_transition  # noqa: PLC0415 -- a cycle
 
         condition, values = _bill_push_condition(read)
-        # The booking announces `-> synced` itself (docs/events.md): once booked, the bill leaves the
-        # pusher's list, so no later look would.
-        synced_sets, synced_condition, synced_values = _synced_transition(bill, read, now)
-        condition += synced_condition
-        values |= synced_values
         values |= {
             ":booked": int(read.get("outside_paid", 0)),
             ":moment": moment_amount_paid,
@@ -682,21 +678,26 @@ class LedgerBills:
         )
         if voided_at_moment:
             sets += ", voided_at_moment = if_not_exists(voided_at_moment, :now)"
-        if synced_sets:
-            sets += ", " + ", ".join(synced_sets)
         removed = (
             "REMOVE push_intents, last_push_error, next_push_at, defer_count, push_blocked, "
             "blocked_since, push_conflict"
         )
         # One more in the push sequence: a stale read of this push state can write nothing after it.
-        sets += " ADD push_seq :one"
-        for update, extra_condition, booking in (
+        added = " ADD push_seq :one"
+        # Only the write that takes the bill off the pusher's list announces `-> synced` (docs/events.md):
+        # no later look would. A booking that keeps it pending writes no transition (as the balances'
+        # `record_push`): the look's end announces what the bill is.
+        synced_sets, synced_condition, synced_values = _synced_transition(bill, read, now)
+        synced = "".join(", " + clause for clause in synced_sets)
+        for update, extra_condition, extra_values, booking in (
             (
-                f"{sets} {removed}, push_shard, pending_since",
-                " AND version = :version",
+                f"{sets}{synced}{added} {removed}, push_shard, pending_since",
+                synced_condition + " AND version = :version",
+                synced_values,
                 Booking.SYNCED if synced_sets else Booking.BOOKED,
             ),
-            (f"{sets} {removed}", "", Booking.BOOKED),  # still pending: the look's end announces it
+            # still pending: the look's end announces it
+            (f"{sets}{added} {removed}", "", {}, Booking.BOOKED),
         ):
             try:
                 self._client.update_item(
@@ -704,7 +705,7 @@ class LedgerBills:
                     Key=bill_head_key(bill),
                     UpdateExpression=update,
                     ConditionExpression=condition + extra_condition,
-                    ExpressionAttributeValues=to_values(values),
+                    ExpressionAttributeValues=to_values(values | extra_values),
                 )
                 return booking
             except ClientError as error:
