@@ -82,7 +82,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(values)
 def test_every_value_is_written_as_boto3_writes_it(value: Any) -> None:
     assert repr(ours(value)) == repr(boto3_value(value))
@@ -113,7 +113,7 @@ attribute_values: st.SearchStrategy[dict[str, Any]] = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(attribute_values, st.booleans())
 def test_every_value_is_read_as_boto3_reads_it(value: dict[str, Any], as_text: bool) -> None:
     # repr: a Decimal NaN (boto3 reads "1_000" so) is not equal to itself
