@@ -15,9 +15,12 @@ import pytest
 
 import redrive_handler
 from local_stack.lambda_context import LocalLambdaContext
+from moment_sync.ledger.model import BalanceRef, Entry, EntryKind
+from moment_sync.pusher import BalancePusher
 from moment_sync.receiver import ReceiverSettings, WebhookRequest, receive_webhook
 from moment_sync.runtime import LedgerDependencies
 from moment_sync.webhook_store import ReceivedWebhook, StoreResult
+from support import pushers
 from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW, TEST_SECRET, key_bytes, webhook_event
 
@@ -208,3 +211,95 @@ def test_a_bill_payment_is_one_short_line_too(dynamodb: Any, capsys: pytest.Capt
     assert set(applied) == APPLIED_LINE_KEYS
     assert (applied["reference"], applied["balance_kind"], applied["amount"]) == ("FEE", "bill", 400)
     assert applied["correlation_id"] == "msg_bill"
+
+
+# --- The pusher's line per pushed or created balance -------------------------------------------------
+
+# The keys of the line every pushed balance writes: what the saved queries read (level, message,
+# function_name, reference, balance, was), the invocation it belongs to (function_request_id), and what
+# was pushed where (balance_kind, moment_id). The pusher sets no correlation id, so none is written.
+PUSHED_LINE_KEYS = {
+    "level",
+    "message",
+    "function_name",
+    "function_request_id",
+    "reference",
+    "balance_kind",
+    "moment_id",
+    "balance",
+    "was",
+}
+
+# The pusher's harness (support/pushers.py): pytest finds each fixture by the name bound here.
+sandbox = pushers.sandbox
+transport = pushers.transport
+moment = pushers.moment
+clock = pushers.clock
+harness = pushers.harness
+pusher = pushers.pusher
+
+
+def charge(harness: LedgerHarness, balance: BalanceRef, charge_id: str, amount: int) -> None:
+    entry = Entry(EntryKind.CHARGE, amount, charge_id, {"charge_id": charge_id}, "2026-09-21T00:00:00.000Z")
+    assert harness.ledger.apply_entry(balance, entry, "ZAR").outcome.value == "applied"
+
+
+def pushed_once(
+    harness: LedgerHarness, pusher: BalancePusher, capsys: pytest.CaptureFixture[str]
+) -> tuple[BalanceRef, list[dict[str, Any]]]:
+    """UCR1 created on Moment at 2000, then charged 550: the lines of the run that created it."""
+    customer = harness.open_customer("UCR1")
+    charge(harness, customer, "inv-1", 2000)
+    capsys.readouterr()
+    assert pushers.invoke_pusher(pusher)["results"] == {"created": 1}
+    created = lines_of(capsys.readouterr().out)
+    charge(harness, customer, "inv-2", 550)
+    return customer, created
+
+
+def test_a_pushed_balance_is_one_short_line_with_what_an_operator_follows_and_its_metrics_in_one_blob(
+    harness: LedgerHarness, pusher: BalancePusher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    customer, created_lines = pushed_once(harness, pusher, capsys)
+    moment_id = harness.head(customer)["moment_id"]
+    [created] = [line for line in created_lines if line.get("message") == "balance created on Moment"]
+    assert set(created) == PUSHED_LINE_KEYS - {"was"}
+    assert (created["reference"], created["moment_id"], created["balance"]) == ("UCR1", moment_id, 2000)
+    # WHEN the run pushes the charged balance
+    assert pushers.invoke_pusher(pusher)["results"] == {"pushed": 1}
+    lines = lines_of(capsys.readouterr().out)
+    # THEN one line an operator follows, with only the keys it needs
+    [pushed] = [line for line in lines if line.get("message") == "balance pushed"]
+    assert set(pushed) == PUSHED_LINE_KEYS
+    assert {key: pushed[key] for key in PUSHED_LINE_KEYS - {"function_request_id"}} == {
+        "level": "INFO",
+        "message": "balance pushed",
+        "function_name": "pusher",
+        "reference": "UCR1",
+        "balance_kind": "customer",
+        "moment_id": moment_id,
+        "balance": 2550,
+        "was": 2000,
+    }
+    assert pushed["function_request_id"]
+    # AND the run's metrics are unchanged, in its one EMF blob
+    [blob] = [line for line in lines if "_aws" in line]
+    assert metric_values(blob) == {"BalancesPushed": 1, "BalancesNotReached": 0, "BillsNotReached": 0}
+
+
+def test_at_log_level_warning_a_pushed_balance_writes_no_line_but_still_counts(
+    harness: LedgerHarness, pusher: BalancePusher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moment_sync.observability import logger
+
+    pushed_once(harness, pusher, capsys)
+    level = logger.log_level
+    logger.setLevel("WARNING")
+    try:
+        assert pushers.invoke_pusher(pusher)["results"] == {"pushed": 1}
+    finally:
+        logger.setLevel(level)
+    lines = lines_of(capsys.readouterr().out)
+    assert not [line for line in lines if "message" in line]
+    [blob] = [line for line in lines if "_aws" in line]
+    assert metric_values(blob)["BalancesPushed"] == 1

@@ -11,7 +11,8 @@ only when it happens.
 
 `payment_line` is the reconciler's line per applied payment: one short JSON line written directly,
 without the keys a Powertools record repeats on every line and CloudWatch already keeps (the metrics
-stay in Powertools' one EMF blob per invocation, which a batch of records shares).
+stay in Powertools' one EMF blob per invocation, which a batch of records shares). `push_line` is the
+same line for the pusher's pushed or created balance (a billing run pushes as many as payments come).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,7 +30,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 logger = Logger()
 metrics = Metrics()
 
-__all__ = ["PAYMENT_LINE_KEYS", "Invocation", "MetricUnit", "logger", "metrics", "payment_line"]
+__all__ = [
+    "PAYMENT_LINE_KEYS",
+    "Invocation",
+    "MetricUnit",
+    "logger",
+    "metrics",
+    "payment_line",
+    "push_line",
+]
 
 _cold_start = [True]  # per execution environment, for the handlers that use Invocation
 # Built once: json.dumps with options would build an encoder on every call.
@@ -128,6 +138,8 @@ class Invocation:
 # function_arn and function_memory_size (the log group and the REPORT line say them), location, service
 # and cold_start (the ColdStart metric and REPORT's Init Duration): the line goes from 640 to 390 bytes.
 PAYMENT_LINE_KEYS = ("level", "message", "function_name", "function_request_id", "correlation_id")
+# logging's handlers write under a lock; the lines written directly do too.
+_write_lock = threading.Lock()
 
 
 def payment_line(message: str, **fields: Any) -> None:
@@ -142,6 +154,14 @@ def payment_line(message: str, **fields: Any) -> None:
         if state.get(key) is not None:
             line[key] = state[key]
     line |= {name: value for name, value in fields.items() if value is not None}
-    stream = sys.stdout
-    stream.write(_encode(line) + "\n")
-    stream.flush()
+    text = _encode(line) + "\n"
+    with _write_lock:  # the pusher writes from its worker threads: one whole line at a time
+        stream = sys.stdout
+        stream.write(text)
+        stream.flush()
+
+
+def push_line(message: str, **fields: Any) -> None:
+    """One INFO line per balance pushed or created on Moment: the same short line as `payment_line`
+    (PAYMENT_LINE_KEYS, then `fields`; correlation_id is left out, as the pusher sets none)."""
+    payment_line(message, **fields)
