@@ -1,6 +1,7 @@
-"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched).
-Invoked with `{"ignore_backoff": true}` (an operator), it tries every unmatched event now. One run at a
-time: a run that finds the `redrive` lease held does nothing."""
+"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched),
+reading the `Unfinished` index forward from the cursors kept in the `redrive` lease's state.
+Invoked with `{"ignore_backoff": true}` (an operator), it does the same and tries every unmatched event
+now. One run at a time: a run that finds the `redrive` lease held does nothing."""
 
 import os
 from dataclasses import asdict
@@ -59,6 +60,8 @@ def lambda_handler(
             back_off=event.get("ignore_backoff") is not True,
             # An unmatched event's questions to Moment are asked only with time for their worst case.
             lookup_seconds=LOOKUPS_PER_EVENT * moment_worst_call_seconds(),
+            # The cursors and the retry list live in the lease's state (docs/ledger.md#re-drive).
+            lease=lease,
         )
     logger.info("re-drive finished", extra=asdict(report))
     return asdict(report)

@@ -17,14 +17,21 @@ function invoked with `{"ignore_backoff": true}`) tries them all at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
+from moment_sync.adapters.webhook_events_table import (
+    UNFINISHED_SHARDS,
+    WebhookEventsTable,
+    envelope_of,
+    iso_time,
+)
 from moment_sync.envelope import read_envelope
+from moment_sync.leases import HeldLease
 from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
@@ -38,6 +45,10 @@ from moment_sync.reconciliation import (
 )
 
 MAX_BACKOFF_SECONDS = 6 * 3600
+# Events whose reconcile raised, kept in the lease state and tried first on every run. Bounded: at
+# most 100 webhook ids of 255 characters, about 26 KB of the lease item's 400 KB. Once it is full the
+# cursor stops before the next such event instead of passing it.
+RETRY_LIMIT = 100
 # The lease a scheduled re-drive run holds (leases.py): runs never overlap.
 REDRIVE_LEASE = "redrive"
 # Moment calls for one unmatched event at worst: the object by its id, and for an account its
@@ -87,6 +98,11 @@ class RedriveReport:
     stopped_early: bool = False
     # Unmatched events left for a later run (backing off); not counted in `examined`.
     not_due: int = 0
+    # The scheduled sweep: events whose status it read past its cursors, how far its oldest cursor is
+    # behind now (seconds), and how many events wait in its retry list.
+    read: int = 0
+    cursor_lag_seconds: float | None = None
+    retry_list: int = 0
 
     def count(self, result: Reconciled) -> None:
         key = result.status.value + (f":{result.reason.value}" if result.reason else "")
@@ -103,19 +119,223 @@ def redrive_stuck(
     time_left: Callable[[], float] = lambda: float("inf"),
     back_off: bool = True,
     lookup_seconds: float = 0.0,
+    lease: HeldLease | None = None,
+    state: Mapping[str, Any] | None = None,
+    min_seconds_left: float = 5.0,
 ) -> RedriveReport:
-    """Every event received more than `grace_seconds` ago that is still unfinished (with `back_off`,
-    an unmatched one only when its next try is due)."""
-    return redrive(
-        events.unfinished_ids(now() - grace_seconds),
+    """Every event received more than `grace_seconds` ago that is not final (with `back_off`, an
+    unmatched one only when its next try is due): first the events earlier runs could not finish (the
+    retry list), then each `Unfinished` shard forward from its cursor, then the payments parked
+    unmatched (`Parked`). With a `lease` (the scheduled run) the cursors and the retry list live in its
+    state and are saved after each page and when the run stops; without one they start from `state`
+    (the operator's read-only look from the scheduled run's cursors; none: every event stored) and are
+    never saved."""
+    sweep = _Sweep(
         events=events,
         ledger=ledger,
         directory=directory,
         now=now,
         time_left=time_left,
+        min_seconds_left=min_seconds_left,
         backoff_from_seconds=grace_seconds if back_off else None,
         lookup_seconds=lookup_seconds,
+        lease=lease,
+        state=dict(lease.state if lease is not None else state or {}),
+        cutoff=iso_time(now() - grace_seconds),
     )
+    sweep.run()
+    return sweep.report
+
+
+@dataclass
+class _Sweep:
+    """One pass of `redrive_stuck`. The lease state it keeps (docs/ledger.md#re-drive):
+    `cursors` {shard: received_at}: every event of the shard received up to then is final, parked,
+    or in `retry`; `retry` [webhook id]: events whose reconcile raised, tried first on every run
+    (at most RETRY_LIMIT); `since`: when the first run started (a shard not read through yet lags
+    from then)."""
+
+    events: WebhookEventsTable
+    ledger: LedgerTable
+    directory: MomentDirectory | None
+    now: Callable[[], float]
+    time_left: Callable[[], float]
+    min_seconds_left: float
+    backoff_from_seconds: float | None
+    lookup_seconds: float
+    lease: HeldLease | None
+    state: dict[str, Any]
+    cutoff: str
+    report: RedriveReport = field(default_factory=RedriveReport)
+
+    def run(self) -> None:
+        self.state.setdefault("since", iso_time(self.now()))
+        self.state["cursors"] = dict(self.state.get("cursors") or {})
+        self.state["retry"] = list(self.state.get("retry") or [])
+        try:
+            if self._retry_list() and self._shards():
+                self._unmatched()
+        finally:
+            self._save()
+            logger.set_correlation_id(None)
+            self._emit_counts()
+
+    def _out_of_time(self) -> bool:
+        if self.time_left() < self.min_seconds_left:
+            self.report.stopped_early = True
+        return self.report.stopped_early
+
+    def _one(self, webhook_id: str) -> bool:
+        """Reconcile one event; False when it raised (logged and counted in `errors`)."""
+        logger.set_correlation_id(webhook_id)
+        try:
+            _redrive_one(
+                webhook_id,
+                events=self.events,
+                ledger=self.ledger,
+                directory=self.directory,
+                now=self.now,
+                backoff_from_seconds=self.backoff_from_seconds,
+                report=self.report,
+                moment_time=lambda: self.time_left() >= self.lookup_seconds + self.min_seconds_left,
+            )
+        except _OutOfTime:
+            raise
+        except Exception as error:
+            logger.exception("re-drive of one event failed")
+            self.report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
+            return False
+        return True
+
+    def _retry_list(self) -> bool:
+        """The events earlier runs could not finish: each leaves the list once it no longer raises."""
+        waiting: list[str] = self.state["retry"]
+        for webhook_id in list(waiting):
+            if self._out_of_time():
+                return False
+            try:
+                finished = self._one(webhook_id)
+            except _OutOfTime:
+                self.report.stopped_early = True
+                return False
+            if finished:
+                waiting.remove(webhook_id)
+        return True
+
+    def _shards(self) -> bool:
+        return all(self._shard(shard) for shard in range(UNFINISHED_SHARDS))
+
+    def _shard(self, shard: int) -> bool:
+        """Read one shard forward from its cursor; False when the run must stop (out of time)."""
+        cursors: dict[str, str] = self.state["cursors"]
+        key = str(shard)
+        # Every event received up to `done` is final, parked, or in the retry list. Events received in
+        # the same millisecond may come in any order: `done` moves only past a whole millisecond.
+        done = last = cursors.get(key)
+        try:
+            for page in self.events.received_pages(shard, done, self.cutoff):
+                statuses = self.events.statuses([webhook_id for webhook_id, _ in page])
+                self.report.read += len(page)
+                for webhook_id, received_at in page:
+                    if last is not None and received_at > last:
+                        done = last
+                    last = received_at
+                    if statuses.get(webhook_id) != EventStatus.RECEIVED:
+                        continue  # final, parked (unmatched: found through `Parked`), or gone (TTL)
+                    if self._out_of_time():
+                        self._move(key, done)
+                        return False
+                    if self._one(webhook_id) or self._hold(webhook_id):
+                        continue
+                    # The retry list is full: the cursor stops before this event, the next run reads
+                    # it again; the other shards go on.
+                    self._move(key, done)
+                    return True
+                # Not past `last`: the next page may hold more events of its millisecond.
+                self._move(key, done)
+        except _OutOfTime:  # not raised for a received event; kept for safety
+            self.report.stopped_early = True
+            return False
+        except Exception as error:  # the index or the statuses unread: this shard waits for the next run
+            logger.exception("re-drive could not read a shard", extra={"shard": key})
+            self.report.errors.append(f"shard u#{shard}: {type(error).__name__}: {error}")
+            return True
+        self._move(key, self.cutoff)
+        return True
+
+    def _hold(self, webhook_id: str) -> bool:
+        """Keep an event whose reconcile raised for the next runs; False when the list is full."""
+        waiting: list[str] = self.state["retry"]
+        if webhook_id in waiting:
+            return True
+        if len(waiting) >= RETRY_LIMIT:
+            return False
+        waiting.append(webhook_id)
+        return True
+
+    def _move(self, key: str, done: str | None) -> None:
+        if done is None:
+            return
+        cursors: dict[str, str] = self.state["cursors"]
+        if done > cursors.get(key, ""):
+            cursors[key] = done
+            self._save()
+
+    def _unmatched(self) -> None:
+        """Payments parked unmatched: through `Parked`, each when its backoff says so. One that raises
+        stays parked unmatched, so the next run finds it again through the same index."""
+        for webhook_id in self.events.parked_unmatched_ids(self.cutoff):
+            if self._out_of_time():
+                return
+            try:
+                self._one(webhook_id)
+            except _OutOfTime:
+                self.report.stopped_early = True
+                return
+
+    def _save(self) -> None:
+        # A deep copy: the lease keeps what it saved, and this sweep goes on changing its own lists.
+        if self.lease is not None and dict(self.lease.state) != self.state:
+            self.lease.save(copy.deepcopy(self.state))
+
+    def _emit_counts(self) -> None:
+        now = self.now()
+        since = _seconds(str(self.state["since"]))
+        cursors = self.state["cursors"]
+        oldest = min(
+            (_seconds(cursors[str(shard)]) if str(shard) in cursors else since)
+            for shard in range(UNFINISHED_SHARDS)
+        )
+        self.report.cursor_lag_seconds = max(0.0, round(now - oldest, 3))
+        self.report.retry_list = len(self.state["retry"])
+        # Watched by alarms (docs/operations.md#redrive-cursor-behind, #redrive-retry-list-not-draining).
+        if self.lease is not None:
+            metrics.add_metric(
+                name="RedriveCursorLagSeconds", unit=MetricUnit.Seconds, value=self.report.cursor_lag_seconds
+            )
+            metrics.add_metric(
+                name="RedriveRetryListLength", unit=MetricUnit.Count, value=self.report.retry_list
+            )
+        _count_run(self.report)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
+    """Whether the scheduled re-drive, with this lease `state`, will still look at an event that is not
+    final: received after its shard's cursor, in the retry list, or parked unmatched (through
+    `Parked`). The invariant (docs/ledger.md#re-drive): every event is final or found so."""
+    if event.get("status") == EventStatus.PARKED:
+        return event.get("parked_reason") == ParkReason.UNMATCHED
+    if event.get("status") != EventStatus.RECEIVED:
+        return False
+    if event.get("webhook_id") in (state.get("retry") or []):
+        return True
+    shard = str(event.get("unfinished_shard", "")).removeprefix("u#")
+    cursor = (state.get("cursors") or {}).get(shard)
+    return bool(shard) and (cursor is None or str(event.get("received_at")) > str(cursor))
 
 
 def unmatched_retry_due(event: dict[str, Any], backoff_from_seconds: float) -> float:
@@ -167,11 +387,15 @@ def redrive(
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
     logger.set_correlation_id(None)
+    _count_run(report)
+    return report
+
+
+def _count_run(report: RedriveReport) -> None:
     metrics.add_metric(name="RedriveExamined", unit=MetricUnit.Count, value=report.examined)
     # Watched by an alarm (docs/operations.md#events-still-received): every event should end final.
     metrics.add_metric(name="RedriveFoundReceived", unit=MetricUnit.Count, value=report.found_received)
     metrics.add_metric(name="RedriveErrors", unit=MetricUnit.Count, value=len(report.errors))
-    return report
 
 
 def _redrive_one(
