@@ -234,6 +234,8 @@ class _Sweep:
         done = last = cursors.get(key)
         try:
             for page in self.events.received_pages(shard, done, self.cutoff):
+                if self._out_of_time():  # a long run of final events: the cursor is saved already
+                    return False
                 statuses = self.events.statuses([webhook_id for webhook_id, _ in page])
                 self.report.read += len(page)
                 for webhook_id, received_at in page:
@@ -253,7 +255,7 @@ class _Sweep:
                     return True
                 # Not past `last`: the next page may hold more events of its millisecond.
                 self._move(key, done)
-        except _OutOfTime:  # not raised for a received event; kept for safety
+        except _OutOfTime:  # an event the stream parked unmatched meanwhile, no time for Moment
             self.report.stopped_early = True
             return False
         except Exception as error:  # the index or the statuses unread: this shard waits for the next run
