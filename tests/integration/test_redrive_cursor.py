@@ -40,7 +40,17 @@ class Reads:
     def __init__(self, client: Any) -> None:
         self.items: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        # DynamoDB refuses `BETWEEN :a AND :b` with a > b (ValidationException); moto answers nothing.
+        self.refused_between: list[dict[str, Any]] = []
         client.meta.events.register("after-call.dynamodb.*", self._count)
+        client.meta.events.register("before-parameter-build.dynamodb.Query", self._check_between)
+
+    def _check_between(self, params: dict[str, Any], **_: Any) -> None:
+        values = params.get("ExpressionAttributeValues", {})
+        if "BETWEEN" in params.get("KeyConditionExpression", "") and (
+            values[":after"]["S"] > values[":through"]["S"]
+        ):
+            self.refused_between.append(values)
 
     def _count(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
         self.requests[model.name] += 1
@@ -245,7 +255,7 @@ def test_a_run_out_of_time_saves_its_cursor_and_the_next_continues_without_rerea
     harness.next_batch()
     clock[0] += GRACE + 10
     # WHEN a run has time for two events only (the second one of the three in one millisecond)
-    budget = iter([100.0, 100.0, 0.0])
+    budget = iter([100.0, 100.0, 100.0, 0.0])  # the page, then two events
     report = scheduled(harness, clock, time_left=lambda: next(budget, 0.0))
     assert report.stopped_early
     statuses = [harness.event(webhook_id)["status"] for webhook_id in ids]
@@ -317,3 +327,33 @@ def test_a_full_retry_list_and_every_cursor_fit_in_the_lease_item(harness: Ledge
     }
     assert lease.save(state)
     assert lease_state(harness) == state
+
+
+def test_a_run_with_no_grace_leaves_the_cursor_behind_for_an_event_the_index_shows_late(
+    harness: LedgerHarness, clock: list[float], reads: Reads
+) -> None:
+    # GIVEN a run with no grace (the local stack's POST /_local/redrive), then the usual 600 s again
+    lease = harness.ledger.leases().acquire(REDRIVE_LEASE, "now", now=clock[0], expires_at=clock[0] + 60)
+    no_grace = redrive_stuck(
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=None,
+        now=harness.clock,
+        grace_seconds=0,
+        lease=lease,
+    )
+    assert no_grace.errors == []
+    # THEN its cursors stopped 120 s short of now, not at now
+    assert set(lease_state(harness)["cursors"].values()) == {iso_time(clock[0] - 120)}
+    # WHEN an event stamped 30 s before that run reaches the index only after it, its record lost
+    harness.receive("late", payment("ob_late", 100, customer_id="bcus_1"), at=clock[0] - 30)
+    harness.next_batch()
+    # AND the next runs use the usual grace (a cutoff behind the first run's cursors)
+    clock[0] += 300
+    assert scheduled(harness, clock).errors == []
+    clock[0] += 400
+    report = scheduled(harness, clock)
+    # THEN the late event is found and applied, and no query asked for a range DynamoDB refuses
+    assert (report.errors, report.outcomes) == ([], {"applied": 1})
+    assert harness.event("late")["status"] == "applied"
+    assert reads.refused_between == []
