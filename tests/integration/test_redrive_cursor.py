@@ -357,3 +357,43 @@ def test_a_run_with_no_grace_leaves_the_cursor_behind_for_an_event_the_index_sho
     assert (report.errors, report.outcomes) == ([], {"applied": 1})
     assert harness.event("late")["status"] == "applied"
     assert reads.refused_between == []
+
+
+def test_statuses_left_unprocessed_are_asked_again_and_a_shard_never_read_keeps_its_cursor(
+    harness: LedgerHarness, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a payment the stream missed, and DynamoDB leaving BatchGetItem keys unprocessed (throttled)
+    [webhook_id] = ids_in_shard(2, 1)
+    harness.receive(webhook_id, payment("ob_throttled", 100, customer_id="bcus_1"), at=clock[0])
+    harness.next_batch()
+    clock[0] += GRACE + 1
+    client = harness.events._client
+    real = client.batch_get_item
+    unprocessed = [1]
+
+    def throttled(RequestItems: dict[str, Any]) -> dict[str, Any]:
+        if unprocessed[0] > 0:
+            unprocessed[0] -= 1
+            return {"Responses": {}, "UnprocessedKeys": RequestItems}
+        return dict(real(RequestItems=RequestItems))
+
+    monkeypatch.setattr(client, "batch_get_item", throttled)
+    monkeypatch.setattr("moment_sync.adapters.webhook_events_table.time.sleep", lambda _: None)
+    # WHEN the run meets one unprocessed answer, THEN it asks again and applies the payment
+    assert scheduled(harness, clock).outcomes == {"applied": 1}
+    # WHEN the keys stay unprocessed past every retry, THEN the shard's cursor stays where it was and
+    # the run says so (RedriveErrors), the other shards go on
+    harness.receive("later", payment("ob_later", 100, customer_id="bcus_1"), at=clock[0])
+    harness.next_batch()
+    before = lease_state(harness)["cursors"]
+    unprocessed[0] = 10**6
+    clock[0] += GRACE + 1
+    report = scheduled(harness, clock)
+    shard = unfinished_shard("later").removeprefix("u#")
+    assert any(error.startswith(f"shard u#{shard}: StatusesUnread") for error in report.errors)
+    assert lease_state(harness)["cursors"][shard] == before[shard]
+    assert harness.event("later")["status"] == "received"
+    # AND once DynamoDB answers again, the next run finishes it
+    unprocessed[0] = 0
+    clock[0] += 300
+    assert scheduled(harness, clock).outcomes == {"applied": 1}
