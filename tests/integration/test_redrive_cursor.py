@@ -207,7 +207,7 @@ def test_an_event_whose_reconcile_raises_waits_in_the_retry_list_while_the_curso
     harness.assert_balances_equal_their_entries()
 
 
-def test_a_full_retry_list_stops_the_cursor_before_the_next_failing_event(
+def test_a_full_retry_list_keeps_the_cursor_before_the_next_failing_event_and_reads_on_past_it(
     harness: LedgerHarness, clock: list[float], failing: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redrive_module, "RETRY_LIMIT", 1)
@@ -222,25 +222,34 @@ def test_a_full_retry_list_stops_the_cursor_before_the_next_failing_event(
     failing.update({listed, blocked})
     clock[0] += GRACE + 10
     # WHEN the scheduled re-drive runs
-    scheduled(harness, clock)
+    report = scheduled(harness, clock)
     # THEN the first fills the list, the cursor stops before the second (never past it, so nothing is
-    # forgotten), the shard's later events wait, and the other shards go on
+    # forgotten), the run reads on past it and applies the shard's later good event (it used to wait
+    # as long as the faults lasted), and the shard counts as blocked
     state = lease_state(harness)
     assert state["retry"] == [listed]
     assert state["cursors"].get("5", "") < iso_time(NOW + 1)
+    assert state["ahead"] == {"5": iso_time(clock[0] - GRACE)}
+    assert (report.blocked_shards, report.retry_list) == (1, 1)
     assert [harness.event(webhook_id)["status"] for webhook_id in (listed, blocked, after, elsewhere)] == [
         "received",
         "received",
-        "received",
+        "applied",
         "applied",
     ]
+    # AND while the faults last, the cursor's lag grows (its alarm) and the list stays full (its alarm)
+    clock[0] += 3600
+    still = scheduled(harness, clock)
+    assert (still.blocked_shards, still.retry_list) == (1, 1)
+    assert still.cursor_lag_seconds is not None and still.cursor_lag_seconds > 3600 + GRACE
     # WHEN the faults are gone, THEN one run finishes all of them and the cursor reaches the cutoff
     failing.clear()
     clock[0] += 300
-    scheduled(harness, clock)
+    fixed = scheduled(harness, clock)
     assert {harness.event(webhook_id)["status"] for webhook_id in (listed, blocked, after)} == {"applied"}
     state = lease_state(harness)
-    assert (state["retry"], state["cursors"]["5"]) == ([], iso_time(clock[0] - GRACE))
+    assert (state["retry"], state["cursors"]["5"], state["ahead"]) == ([], iso_time(clock[0] - GRACE), {})
+    assert fixed.blocked_shards == 0
     harness.assert_balances_equal_their_entries()
 
 
@@ -289,7 +298,7 @@ def test_payments_parked_unmatched_are_found_through_parked_not_the_cursor(
     assert harness.event("nobody")["status"] == EventStatus.APPLIED
 
 
-def test_the_operators_stuck_redrive_reads_from_the_scheduled_cursor_and_saves_nothing(
+def test_the_operators_stuck_redrive_reads_the_whole_index_and_saves_nothing(
     harness: LedgerHarness, clock: list[float], reads: Reads
 ) -> None:
     applied_by_the_stream(harness, 20, at=clock[0])
@@ -310,10 +319,88 @@ def test_the_operators_stuck_redrive_reads_from_the_scheduled_cursor_and_saves_n
         back_off=False,
         state=saved,
     )
-    # THEN it reads only what lies past the cursors, applies the miss, and leaves the lease's state alone
-    assert (report.read, report.outcomes) == (1, {"applied": 1})
-    assert reads.items["BatchGetItem"] == 1
+    # THEN it reads every event from the start of retention, not from the cursors (an event may have
+    # reached the index behind one), applies the miss, and leaves the lease's state alone
+    assert (report.read, report.outcomes, report.found_behind_cursor) == (21, {"applied": 1}, 0)
+    assert reads.items["BatchGetItem"] == 21
     assert lease_state(harness) == saved
+
+
+def skewed_miss(harness: LedgerHarness, clock: list[float], shard: int, behind: float) -> str:
+    """Runs in step, then a payment stored by a receiver whose clock is `behind` seconds slow, its
+    stream record lost: its received_at lies behind its shard's cursor when it reaches the index."""
+    scheduled(harness, clock)
+    clock[0] += 300
+    scheduled(harness, clock)
+    [webhook_id] = ids_in_shard(shard, 1, "skew")
+    harness.receive(webhook_id, payment(f"ob_{webhook_id}", 100, customer_id="bcus_1"), at=clock[0] - behind)
+    harness.next_batch()
+    assert harness.event(webhook_id)["received_at"] <= lease_state(harness)["cursors"][str(shard)]
+    return webhook_id
+
+
+def test_the_operators_stuck_redrive_applies_an_event_behind_the_cursor_and_counts_it(
+    harness: LedgerHarness, clock: list[float]
+) -> None:
+    # GIVEN a payment that reached the index behind its shard's cursor
+    webhook_id = skewed_miss(harness, clock, shard=3, behind=900)
+    # WHEN an operator runs `redrive --stuck` (the scheduled run's state, no lease)
+    report = redrive_stuck(
+        events=harness.events,
+        ledger=harness.ledger,
+        directory=None,
+        now=harness.clock,
+        grace_seconds=0,
+        back_off=False,
+        state=lease_state(harness),
+    )
+    # THEN it is applied, and counted as found behind a cursor (RedriveFoundBehindCursor)
+    assert harness.event(webhook_id)["status"] == "applied"
+    assert (report.found_behind_cursor, report.outcomes) == (1, {"applied": 1})
+
+
+def test_the_late_sweep_applies_an_event_that_reached_the_index_behind_the_cursor_within_a_day(
+    harness: LedgerHarness, clock: list[float], reads: Reads
+) -> None:
+    # GIVEN a payment that reached the index 15 minutes behind its shard's cursor
+    webhook_id = skewed_miss(harness, clock, shard=1, behind=900)
+    # WHEN the scheduled runs go on: the forward read never sees it
+    clock[0] += 300
+    assert scheduled(harness, clock).found_received == 0
+    assert harness.event(webhook_id)["status"] == "received"
+    # THEN once the late sweep, a day behind the cursors, passes it, a scheduled run applies it and
+    # counts it as found behind a cursor (the metric its alarm watches)
+    clock[0] += redrive_module.LATE_HORIZON_SECONDS
+    reads.reset()
+    report = scheduled(harness, clock)
+    assert harness.event(webhook_id)["status"] == "applied"
+    assert report.found_behind_cursor == 1
+    # AND the sweep reads each event once: the next run reads nothing behind the cursors again
+    clock[0] += 300
+    reads.reset()
+    scheduled(harness, clock)
+    assert reads.items["BatchGetItem"] == 0
+    harness.assert_balances_equal_their_entries()
+
+
+def test_an_operators_full_pass_through_the_function_is_carried_on_by_the_scheduled_runs(
+    harness: LedgerHarness, clock: list[float]
+) -> None:
+    # GIVEN a payment that reached the index two days behind its shard's cursor (past the late sweep)
+    webhook_id = skewed_miss(harness, clock, shard=2, behind=2 * 86400)
+    clock[0] += redrive_module.LATE_HORIZON_SECONDS + 300
+    scheduled(harness, clock)
+    assert harness.event(webhook_id)["status"] == "received"
+    # WHEN the operator invokes the function with `{"ignore_backoff": true}`, and its run has no time
+    # left by the time the full pass reaches the event
+    cut = scheduled(harness, clock, full_pass=True, back_off=False, time_left=lambda: 0.0)
+    assert cut.stopped_early and "full" in lease_state(harness)
+    # THEN the next scheduled run carries the pass on, applies it, counts it, and ends the pass
+    clock[0] += 300
+    report = scheduled(harness, clock)
+    assert harness.event(webhook_id)["status"] == "applied"
+    assert (report.found_behind_cursor, report.full_pass_done) == (1, True)
+    assert "full" not in lease_state(harness)
 
 
 def test_a_full_retry_list_and_every_cursor_fit_in_the_lease_item(harness: LedgerHarness) -> None:

@@ -344,8 +344,9 @@ def _redrive(
             now=time.time,
             grace_seconds=arguments.grace_minutes * 60,
             back_off=False,  # an operator asked for it now
-            # Read-only from the scheduled run's cursors and retry list: every event not final is past
-            # a cursor, in that list or parked unmatched (docs/ledger.md#re-drive).
+            # A full pass over every shard from the start of retention, whatever the cursors say (an
+            # event may have reached the index behind one); the scheduled run's state, read-only,
+            # gives its retry list and tells which events lay behind a cursor (docs/ledger.md#re-drive).
             state=(ledger.leases().current(REDRIVE_LEASE) or {}).get("state"),
         )
         progress.finish()

@@ -57,6 +57,11 @@ RETRY_LIMIT = 100
 CURSOR_MIN_LAG_SECONDS = 120
 # The lease a scheduled re-drive run holds (leases.py): runs never overlap.
 REDRIVE_LEASE = "redrive"
+# The late sweep reads each shard's index again this far behind its cursor: an event whose received_at
+# the cursor had passed when it reached the index (a receiver clock behind by more than the grace, an
+# index that lagged as long) is found if it arrived less than this late. Later than that, only a full
+# pass finds it (docs/ledger.md#the-cursor-and-the-retry-list says why not a scheduled full pass).
+LATE_HORIZON_SECONDS = 24 * 3600
 # Moment calls for one unmatched event at worst: the object by its id, and for an account its
 # customer's (account_owner: the account, then the customer).
 LOOKUPS_PER_EVENT = 3
@@ -109,6 +114,13 @@ class RedriveReport:
     read: int = 0
     cursor_lag_seconds: float | None = None
     retry_list: int = 0
+    # Shards whose cursor waits before an event the full retry list had no room for (read on past it).
+    blocked_shards: int = 0
+    # Events still `received` that a full pass or the late sweep found at or behind their shard's
+    # cursor: they reached the index late (docs/operations.md#redrive-found-behind-cursor).
+    found_behind_cursor: int = 0
+    # A full pass (the operator's) reached the end of every shard in this run.
+    full_pass_done: bool = False
 
     def count(self, result: Reconciled) -> None:
         key = result.status.value + (f":{result.reason.value}" if result.reason else "")
@@ -128,14 +140,18 @@ def redrive_stuck(
     lease: HeldLease | None = None,
     state: Mapping[str, Any] | None = None,
     min_seconds_left: float = 5.0,
+    full_pass: bool = False,
 ) -> RedriveReport:
     """Every event received more than `grace_seconds` ago that is not final (with `back_off`, an
     unmatched one only when its next try is due): first the events earlier runs could not finish (the
     retry list), then each `Unfinished` shard forward from its cursor, then the payments parked
-    unmatched (`Parked`). With a `lease` (the scheduled run) the cursors and the retry list live in its
-    state and are saved after each page and when the run stops; without one they start from `state`
-    (the operator's read-only look from the scheduled run's cursors; none: every event stored) and are
-    never saved."""
+    unmatched (`Parked`), then the late sweep (events that reached the index behind a cursor) and a
+    full pass when one is under way. With a `lease` (the scheduled run) the cursors and the retry list
+    live in its state and are saved after each page and when the run stops; `full_pass` starts a pass
+    over every shard from the start of retention that later runs carry on until it is through (the
+    operator's `{"ignore_backoff": true}`). Without a lease (the operator's `redrive --stuck`) the run
+    reads every shard from the start of retention, whatever the cursors say, and saves nothing;
+    `state` (the scheduled run's) only tells which events it finds behind a cursor."""
     sweep = _Sweep(
         events=events,
         ledger=ledger,
@@ -146,12 +162,28 @@ def redrive_stuck(
         backoff_from_seconds=grace_seconds if back_off else None,
         lookup_seconds=lookup_seconds,
         lease=lease,
-        state=dict(lease.state if lease is not None else state or {}),
+        state=copy.deepcopy(dict(lease.state if lease is not None else state or {})),
         cutoff=iso_time(now() - grace_seconds),
         cursor_limit=iso_time(now() - max(grace_seconds, CURSOR_MIN_LAG_SECONDS)),
     )
+    if full_pass or lease is None:
+        sweep.state["full"] = {}
     sweep.run()
     return sweep.report
+
+
+@dataclass
+class _Walk:
+    """Where a read of one shard got to: every event up to `settled` is final, parked, in the retry
+    list or passed to another reader; every event up to `read` was read; `through`: the read reached
+    its end (False: out of time, or stopped at a page holding an event it could not settle)."""
+
+    settled: str | None
+    read: str | None
+    through: bool = False
+    # The last event's received_at, and whether an event could not be settled.
+    last: str | None = None
+    blocked: bool = False
 
 
 @dataclass
@@ -159,8 +191,11 @@ class _Sweep:
     """One pass of `redrive_stuck`. The lease state it keeps (docs/ledger.md#re-drive):
     `cursors` {shard: received_at}: every event of the shard received up to then is final, parked,
     or in `retry`; `retry` [webhook id]: events whose reconcile raised, tried first on every run
-    (at most RETRY_LIMIT); `since`: when the first run started (a shard not read through yet lags
-    from then)."""
+    (at most RETRY_LIMIT); `ahead` {shard: received_at}: a shard blocked by an event the full retry
+    list had no room for was read on up to there (its cursor stays before the blocked event);
+    `late` {shard: received_at}: the late sweep's position, LATE_HORIZON_SECONDS behind the cursors;
+    `full` {shard: received_at}: a full pass under way ("" not started); `since`: when the first run
+    started (a shard not read through yet lags from then)."""
 
     events: WebhookEventsTable
     ledger: LedgerTable
@@ -178,11 +213,20 @@ class _Sweep:
 
     def run(self) -> None:
         self.state.setdefault("since", iso_time(self.now()))
-        self.state["cursors"] = dict(self.state.get("cursors") or {})
+        for name in ("cursors", "ahead", "late"):
+            self.state[name] = dict(self.state.get(name) or {})
         self.state["retry"] = list(self.state.get("retry") or [])
         try:
-            if self._retry_list() and self._shards():
-                self._unmatched()
+            if not self._retry_list():
+                return
+            if self.lease is None:  # the operator's look: every event stored, nothing saved
+                if self._full():
+                    self._unmatched()
+                return
+            if self._shards() and self._unmatched() and self._late():
+                self._full()
+        except _OutOfTime:  # an event the stream parked unmatched meanwhile, no time for Moment
+            self.report.stopped_early = True
         finally:
             self._save()
             logger.set_correlation_id(None)
@@ -230,52 +274,198 @@ class _Sweep:
                 waiting.remove(webhook_id)
         return True
 
-    def _shards(self) -> bool:
-        return all(self._shard(shard) for shard in range(UNFINISHED_SHARDS) if not self._read_through(shard))
+    def _settle(self, webhook_id: str, received_at: str) -> bool:
+        """An event still `received`: reconciled, or kept in the retry list; False when the list is
+        full (the event stays where a cursor before it finds it again)."""
+        if webhook_id in self.state["retry"]:
+            return True  # tried at the start of this run
+        return self._one(webhook_id) or self._hold(webhook_id)
 
-    def _read_through(self, shard: int) -> bool:
-        """A run with a shorter grace (the local stack's) read this shard past this run's cutoff."""
-        cursor = self.state["cursors"].get(str(shard))
-        return cursor is not None and str(cursor) >= self.cutoff
+    def _walk(
+        self,
+        shard: int,
+        after: str | None,
+        through: str,
+        settle: Callable[[str, str], bool],
+        moved: Callable[[_Walk], None],
+        *,
+        read_on: bool,
+        consistent: bool = True,
+    ) -> _Walk:
+        """Read the events of one shard received in (after, through], a page at a time, and `settle`
+        each one still `received`; `moved` after each page. After an event it could not settle,
+        `settled` stays before it; with `read_on` the read goes on to its end, without, it stops at the
+        end of that page (a blocked stretch costs a page a run, not the whole stretch)."""
+        walk = _Walk(settled=after, read=after, last=after)
+        for page in self.events.received_pages(shard, after, through):
+            if self._out_of_time():  # the position is saved already
+                return walk
+            statuses = self.events.statuses([webhook_id for webhook_id, _ in page], consistent=consistent)
+            self.report.read += len(page)
+            if not self._page(page, statuses, settle, walk):
+                moved(walk)
+                return walk
+            # Not past the page's last millisecond: the next page may hold more events of it.
+            moved(walk)
+            if walk.blocked and not read_on:
+                return walk
+        walk.read = through
+        if not walk.blocked:
+            walk.settled = through
+        walk.through = True
+        moved(walk)
+        return walk
+
+    def _page(
+        self,
+        page: list[tuple[str, str]],
+        statuses: Mapping[str, str],
+        settle: Callable[[str, str], bool],
+        walk: _Walk,
+    ) -> bool:
+        """Settle the page's events still `received`; False when out of time."""
+        for webhook_id, received_at in page:
+            # Events received in the same millisecond may come in any order: a position moves only
+            # past a whole millisecond.
+            if walk.last is not None and received_at > walk.last:
+                walk.read = walk.last
+                if not walk.blocked:
+                    walk.settled = walk.last
+            walk.last = received_at
+            if statuses.get(webhook_id) != EventStatus.RECEIVED:
+                continue  # final, parked (unmatched: found through `Parked`), or gone (TTL)
+            if self._out_of_time():
+                return False
+            if not settle(webhook_id, received_at):
+                walk.blocked = True
+        return True
+
+    def _shards(self) -> bool:
+        return all(self._shard(shard) for shard in range(UNFINISHED_SHARDS))
 
     def _shard(self, shard: int) -> bool:
-        """Read one shard forward from its cursor; False when the run must stop (out of time)."""
-        cursors: dict[str, str] = self.state["cursors"]
+        """Read one shard forward from its cursor; False when the run must stop (out of time). A shard
+        blocked by an event the full retry list has no room for keeps its cursor before that event and
+        reads on past it (`ahead`), so the good events behind it are applied; each run reads the
+        blocked stretch again from the cursor, at most to the end of the page that still blocks."""
         key = str(shard)
-        # Every event received up to `done` is final, parked, or in the retry list. Events received in
-        # the same millisecond may come in any order: `done` moves only past a whole millisecond.
-        done = last = cursors.get(key)
+        cursors: dict[str, str] = self.state["cursors"]
+        ahead: dict[str, str] = self.state["ahead"]
         try:
-            for page in self.events.received_pages(shard, done, self.cutoff):
-                if self._out_of_time():  # a long run of final events: the cursor is saved already
+            if key in ahead:
+                self._walk(
+                    shard,
+                    cursors.get(key),
+                    min(ahead[key], self.cutoff),
+                    self._settle,
+                    lambda walk: self._move(cursors, key, walk.settled),
+                    read_on=False,
+                )
+                if self.report.stopped_early:
                     return False
-                statuses = self.events.statuses([webhook_id for webhook_id, _ in page])
-                self.report.read += len(page)
-                for webhook_id, received_at in page:
-                    if last is not None and received_at > last:
-                        done = last
-                    last = received_at
-                    if statuses.get(webhook_id) != EventStatus.RECEIVED:
-                        continue  # final, parked (unmatched: found through `Parked`), or gone (TTL)
-                    if self._out_of_time():
-                        self._move(key, done)
-                        return False
-                    if self._one(webhook_id) or self._hold(webhook_id):
-                        continue
-                    # The retry list is full: the cursor stops before this event, the next run reads
-                    # it again; the other shards go on.
-                    self._move(key, done)
-                    return True
-                # Not past `last`: the next page may hold more events of its millisecond.
-                self._move(key, done)
-        except _OutOfTime:  # an event the stream parked unmatched meanwhile, no time for Moment
-            self.report.stopped_early = True
-            return False
+            start = ahead.get(key, cursors.get(key))
+            if start is not None and start >= self.cutoff:
+                return True  # read through already (a run with a shorter grace: the local stack's)
+            was_blocked = key in ahead
+
+            def moved(walk: _Walk) -> None:
+                if not was_blocked:
+                    self._move(cursors, key, walk.settled)
+                if was_blocked or walk.settled != walk.read:
+                    self._move(ahead, key, walk.read)
+
+            self._walk(shard, start, self.cutoff, self._settle, moved, read_on=True)
+        except _OutOfTime:
+            raise
         except Exception as error:  # the index or the statuses unread: this shard waits for the next run
             logger.exception("re-drive could not read a shard", extra={"shard": key})
             self.report.errors.append(f"shard u#{shard}: {type(error).__name__}: {error}")
             return True
-        self._move(key, self.cutoff)
+        return not self.report.stopped_early
+
+    def _behind(self, shard: int) -> Callable[[str, str], bool]:
+        """Settle an event a full pass or the late sweep reads, counting it when it lies at or behind
+        its shard's cursor (no forward read will ever find it: it reached the index late)."""
+        cursor = self.state["cursors"].get(str(shard))
+
+        def settle(webhook_id: str, received_at: str) -> bool:
+            if webhook_id in self.state["retry"]:
+                return True
+            found = self.report.found_received
+            settled = self._one(webhook_id) or self._hold(webhook_id)
+            if cursor is not None and received_at <= cursor and self.report.found_received > found:
+                self.report.found_behind_cursor += 1
+                logger.warning(
+                    "an event still received lay behind its shard's cursor",
+                    extra={"shard": shard, "received_at": received_at, "cursor": cursor},
+                )
+            return settled
+
+        return settle
+
+    def _late(self) -> bool:
+        """The late sweep: each shard's index again, LATE_HORIZON_SECONDS behind its cursor (eventually
+        consistent statuses: a stale one only shows `received`, which the event's own read corrects),
+        for events that reached the index after the cursor had passed their received_at."""
+        late: dict[str, str] = self.state["late"]
+        horizon = iso_time(self.now() - LATE_HORIZON_SECONDS)
+        for shard in range(UNFINISHED_SHARDS):
+            key = str(shard)
+            cursor = self.state["cursors"].get(key)
+            if cursor is None:
+                continue
+            through = min(cursor, horizon)
+            if late.get(key, "") >= through:
+                continue
+            try:
+                self._walk(
+                    shard,
+                    late.get(key),
+                    through,
+                    self._behind(shard),
+                    self._mover(late, key),
+                    read_on=False,
+                    consistent=False,
+                )
+            except _OutOfTime:
+                raise
+            except Exception as error:
+                logger.exception("the late sweep could not read a shard", extra={"shard": key})
+                self.report.errors.append(f"late sweep u#{shard}: {type(error).__name__}: {error}")
+            if self.report.stopped_early:
+                return False
+        return True
+
+    def _full(self) -> bool:
+        """A pass over every shard's whole index from the start of retention, up to this run's cutoff:
+        the operator's, or one under way (its position saved in the lease state until it is through)."""
+        if "full" not in self.state:
+            return True
+        full: dict[str, str] = self.state["full"]
+        # A position is never saved past `cursor_limit`: what lies after it the forward read finds.
+        for shard in range(UNFINISHED_SHARDS):
+            key = str(shard)
+            if full.get(key, "") >= self.cursor_limit:
+                continue
+            try:
+                self._walk(
+                    shard,
+                    full.get(key) or None,
+                    self.cutoff,
+                    self._behind(shard),
+                    self._mover(full, key),
+                    read_on=True,
+                )
+            except _OutOfTime:
+                raise
+            except Exception as error:
+                logger.exception("a full pass could not read a shard", extra={"shard": key})
+                self.report.errors.append(f"full pass u#{shard}: {type(error).__name__}: {error}")
+            if self.report.stopped_early:
+                return False
+        if all(full.get(str(shard), "") >= self.cursor_limit for shard in range(UNFINISHED_SHARDS)):
+            del self.state["full"]
+            self.report.full_pass_done = True
         return True
 
     def _hold(self, webhook_id: str) -> bool:
@@ -288,26 +478,32 @@ class _Sweep:
         waiting.append(webhook_id)
         return True
 
-    def _move(self, key: str, done: str | None) -> None:
+    def _mover(self, positions: dict[str, str], key: str) -> Callable[[_Walk], None]:
+        return lambda walk: self._move(positions, key, walk.settled)
+
+    def _move(self, positions: dict[str, str], key: str, done: str | None) -> None:
         if done is None:
             return
         done = min(done, self.cursor_limit)
-        cursors: dict[str, str] = self.state["cursors"]
-        if done > cursors.get(key, ""):
-            cursors[key] = done
+        if done > positions.get(key, ""):
+            positions[key] = done
+            ahead: dict[str, str] = self.state["ahead"]
+            if key in ahead and self.state["cursors"].get(key, "") >= ahead[key]:
+                del ahead[key]  # the blocked stretch is read through: the shard is unblocked
             self._save()
 
-    def _unmatched(self) -> None:
+    def _unmatched(self) -> bool:
         """Payments parked unmatched: through `Parked`, each when its backoff says so. One that raises
         stays parked unmatched, so the next run finds it again through the same index."""
         for webhook_id in self.events.parked_unmatched_ids(self.cutoff):
             if self._out_of_time():
-                return
+                return False
             try:
                 self._one(webhook_id)
             except _OutOfTime:
                 self.report.stopped_early = True
-                return
+                return False
+        return True
 
     def _save(self) -> None:
         # A deep copy: the lease keeps what it saved, and this sweep goes on changing its own lists.
@@ -324,6 +520,7 @@ class _Sweep:
         )
         self.report.cursor_lag_seconds = max(0.0, round(now - oldest, 3))
         self.report.retry_list = len(self.state["retry"])
+        self.report.blocked_shards = len(self.state["ahead"])
         # Watched by alarms (docs/operations.md#redrive-cursor-behind, #redrive-retry-list-not-draining).
         if self.lease is not None:
             metrics.add_metric(
@@ -341,8 +538,9 @@ def _seconds(iso: str) -> float:
 
 def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
     """Whether the scheduled re-drive, with this lease `state`, will still look at an event that is not
-    final: received after its shard's cursor, in the retry list, or parked unmatched (through
-    `Parked`). The invariant (docs/ledger.md#re-drive): every event is final or found so."""
+    final: received after its shard's cursor, at or behind it but not yet passed by the late sweep or
+    a full pass under way, in the retry list, or parked unmatched (through `Parked`). The invariant
+    (docs/ledger.md#re-drive): every event is final or found so."""
     if event.get("status") == EventStatus.PARKED:
         return event.get("parked_reason") == ParkReason.UNMATCHED
     if event.get("status") != EventStatus.RECEIVED:
@@ -350,8 +548,21 @@ def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool
     if event.get("webhook_id") in (state.get("retry") or []):
         return True
     shard = str(event.get("unfinished_shard", "")).removeprefix("u#")
+    if not shard:
+        return False
+    received_at = str(event.get("received_at"))
     cursor = (state.get("cursors") or {}).get(shard)
-    return bool(shard) and (cursor is None or str(event.get("received_at")) > str(cursor))
+    # Past the cursor: the forward read. At or behind it (it reached the index late): the late sweep,
+    # until its position passes it, or a full pass under way.
+    late = (state.get("late") or {}).get(shard)
+    full = state.get("full")
+    return (
+        cursor is None
+        or received_at > str(cursor)
+        or late is None
+        or received_at > str(late)
+        or (full is not None and received_at > str(full.get(shard) or ""))
+    )
 
 
 def unmatched_retry_due(event: dict[str, Any], backoff_from_seconds: float) -> float:
@@ -412,6 +623,10 @@ def _count_run(report: RedriveReport) -> None:
     # Watched by an alarm (docs/operations.md#events-still-received): every event should end final.
     metrics.add_metric(name="RedriveFoundReceived", unit=MetricUnit.Count, value=report.found_received)
     metrics.add_metric(name="RedriveErrors", unit=MetricUnit.Count, value=len(report.errors))
+    # Watched by an alarm (docs/operations.md#redrive-found-behind-cursor): the cursor passed them.
+    metrics.add_metric(
+        name="RedriveFoundBehindCursor", unit=MetricUnit.Count, value=report.found_behind_cursor
+    )
 
 
 def _redrive_one(

@@ -243,10 +243,11 @@ class WebhookEventsTable:
             if found:
                 yield found
 
-    def statuses(self, webhook_ids: list[str]) -> dict[str, str]:
-        """The status of each event (strongly consistent BatchGetItem, at most 100 ids a request; an
-        event no longer stored is absent). Read units are charged on each item's whole size, 1 per
-        4 KB, whatever is projected: the projection only keeps the answer small."""
+    def statuses(self, webhook_ids: list[str], *, consistent: bool = True) -> dict[str, str]:
+        """The status of each event (BatchGetItem, at most 100 ids a request; an event no longer stored
+        is absent). Read units are charged on each item's whole size, 1 per 4 KB strongly consistent,
+        half that eventually consistent, whatever is projected: the projection only keeps the answer
+        small. A stale answer can only show an earlier status (`received`), never a later one."""
         found: dict[str, str] = {}
         for start in range(0, len(webhook_ids), _BATCH_GET_LIMIT):
             keys = [
@@ -256,7 +257,7 @@ class WebhookEventsTable:
             request: dict[str, Any] = {
                 self.table_name: {
                     "Keys": keys,
-                    "ConsistentRead": True,
+                    "ConsistentRead": consistent,
                     "ProjectionExpression": "webhook_id, #status",
                     "ExpressionAttributeNames": {"#status": "status"},
                 }
