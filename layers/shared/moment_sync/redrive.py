@@ -438,7 +438,8 @@ class _Sweep:
 
     def _full(self) -> bool:
         """A pass over every shard's whole index from the start of retention, up to this run's cutoff:
-        the operator's, or one under way (its position saved in the lease state until it is through)."""
+        the operator's, or one under way (its position saved in the lease state until it is through).
+        Eventually consistent statuses: half a read unit per stored event."""
         if "full" not in self.state:
             return True
         full: dict[str, str] = self.state["full"]
@@ -455,6 +456,7 @@ class _Sweep:
                     self._behind(shard),
                     self._mover(full, key),
                     read_on=True,
+                    consistent=False,  # a stale status only shows `received`: the event's read corrects it
                 )
             except _OutOfTime:
                 raise
