@@ -66,6 +66,8 @@ def test_the_redrive_counts_events_it_finds_still_received_with_the_service_dime
         # Every cursor read through to now - grace; nothing waits in the retry list.
         "RedriveCursorLagSeconds": GRACE_SECONDS,
         "RedriveRetryListLength": 0,
+        # Events the late sweep found behind a cursor (docs/operations.md#redrive-found-behind-cursor).
+        "RedriveFoundBehindCursor": 0,
     }
 
     # WHEN it runs after the grace period

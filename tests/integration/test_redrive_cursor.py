@@ -383,6 +383,45 @@ def test_the_late_sweep_applies_an_event_that_reached_the_index_behind_the_curso
     harness.assert_balances_equal_their_entries()
 
 
+def test_the_late_sweep_reads_on_past_an_event_a_full_retry_list_has_no_room_for(
+    harness: LedgerHarness, clock: list[float], failing: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redrive_module, "RETRY_LIMIT", 1)
+    # GIVEN runs in step, then three payments of one shard that reach the index 15 minutes behind its
+    # cursor: the first two keep raising (the list holds one), the third is good
+    scheduled(harness, clock)
+    clock[0] += 300
+    scheduled(harness, clock)
+    listed, blocked, good = ids_in_shard(4, 3, "late")
+    for offset, webhook_id in enumerate((listed, blocked, good)):
+        harness.receive(
+            webhook_id, payment(f"ob_{webhook_id}", 100, customer_id="bcus_1"), at=clock[0] - 900 + offset
+        )
+    harness.next_batch()
+    failing.update({listed, blocked})
+    # WHEN the late sweep passes them
+    clock[0] += redrive_module.LATE_HORIZON_SECONDS + 300
+    report = scheduled(harness, clock)
+    # THEN the good one is applied, the first waits in the list, the blocked one stays where the late
+    # sweep's position (before it) finds it again, and all three were counted behind the cursor
+    state = lease_state(harness)
+    assert [harness.event(webhook_id)["status"] for webhook_id in (listed, blocked, good)] == [
+        "received",
+        "received",
+        "applied",
+    ]
+    assert state["retry"] == [listed] and "4" in state["late_ahead"]
+    assert report.found_behind_cursor == 3
+    assert redrive_module.found_by_redrive(harness.event(blocked), state)
+    # AND once the faults are gone, the next run finishes both and the sweep is unblocked
+    failing.clear()
+    clock[0] += 300
+    scheduled(harness, clock)
+    assert {harness.event(webhook_id)["status"] for webhook_id in (listed, blocked)} == {"applied"}
+    assert lease_state(harness)["late_ahead"] == {}
+    harness.assert_balances_equal_their_entries()
+
+
 def test_an_operators_full_pass_through_the_function_is_carried_on_by_the_scheduled_runs(
     harness: LedgerHarness, clock: list[float]
 ) -> None:

@@ -62,6 +62,8 @@ REDRIVE_LEASE = "redrive"
 # index that lagged as long) is found if it arrived less than this late. Later than that, only a full
 # pass finds it (docs/ledger.md#the-cursor-and-the-retry-list says why not a scheduled full pass).
 LATE_HORIZON_SECONDS = 24 * 3600
+# Each position in the lease state, and where a blocked shard records how far it was read on past it.
+_AHEAD = {"cursors": "ahead", "late": "late_ahead", "full": "full_ahead"}
 # Moment calls for one unmatched event at worst: the object by its id, and for an account its
 # customer's (account_owner: the account, then the customer).
 LOOKUPS_PER_EVENT = 3
@@ -167,7 +169,7 @@ def redrive_stuck(
         cursor_limit=iso_time(now() - max(grace_seconds, CURSOR_MIN_LAG_SECONDS)),
     )
     if full_pass or lease is None:
-        sweep.state["full"] = {}
+        sweep.state["full"], sweep.state["full_ahead"] = {}, {}
     sweep.run()
     return sweep.report
 
@@ -194,8 +196,9 @@ class _Sweep:
     (at most RETRY_LIMIT); `ahead` {shard: received_at}: a shard blocked by an event the full retry
     list had no room for was read on up to there (its cursor stays before the blocked event);
     `late` {shard: received_at}: the late sweep's position, LATE_HORIZON_SECONDS behind the cursors;
-    `full` {shard: received_at}: a full pass under way ("" not started); `since`: when the first run
-    started (a shard not read through yet lags from then)."""
+    `full` {shard: received_at}: a full pass under way (a shard absent: not started); `late_ahead`,
+    `full_ahead`: as `ahead`, for those; `since`: when the first run started (a shard not read
+    through yet lags from then)."""
 
     events: WebhookEventsTable
     ledger: LedgerTable
@@ -213,8 +216,11 @@ class _Sweep:
 
     def run(self) -> None:
         self.state.setdefault("since", iso_time(self.now()))
-        for name in ("cursors", "ahead", "late"):
+        for name in ("cursors", "ahead", "late", "late_ahead"):
             self.state[name] = dict(self.state.get(name) or {})
+        if "full" in self.state:
+            self.state["full"] = dict(self.state["full"] or {})
+            self.state["full_ahead"] = dict(self.state.get("full_ahead") or {})
         self.state["retry"] = list(self.state.get("retry") or [])
         try:
             if not self._retry_list():
@@ -344,44 +350,59 @@ class _Sweep:
         return all(self._shard(shard) for shard in range(UNFINISHED_SHARDS))
 
     def _shard(self, shard: int) -> bool:
-        """Read one shard forward from its cursor; False when the run must stop (out of time). A shard
-        blocked by an event the full retry list has no room for keeps its cursor before that event and
-        reads on past it (`ahead`), so the good events behind it are applied; each run reads the
-        blocked stretch again from the cursor, at most to the end of the page that still blocks."""
-        key = str(shard)
-        cursors: dict[str, str] = self.state["cursors"]
-        ahead: dict[str, str] = self.state["ahead"]
+        """Read one shard forward from its cursor; False when the run must stop (out of time)."""
         try:
-            if key in ahead:
-                self._walk(
-                    shard,
-                    cursors.get(key),
-                    min(ahead[key], self.cutoff),
-                    self._settle,
-                    lambda walk: self._move(cursors, key, walk.settled),
-                    read_on=False,
-                )
-                if self.report.stopped_early:
-                    return False
-            start = ahead.get(key, cursors.get(key))
-            if start is not None and start >= self.cutoff:
-                return True  # read through already (a run with a shorter grace: the local stack's)
-            was_blocked = key in ahead
-
-            def moved(walk: _Walk) -> None:
-                if not was_blocked:
-                    self._move(cursors, key, walk.settled)
-                if was_blocked or walk.settled != walk.read:
-                    self._move(ahead, key, walk.read)
-
-            self._walk(shard, start, self.cutoff, self._settle, moved, read_on=True)
+            self._forward(shard, "cursors", self.cutoff, self._settle, consistent=True)
         except _OutOfTime:
             raise
         except Exception as error:  # the index or the statuses unread: this shard waits for the next run
-            logger.exception("re-drive could not read a shard", extra={"shard": key})
+            logger.exception("re-drive could not read a shard", extra={"shard": str(shard)})
             self.report.errors.append(f"shard u#{shard}: {type(error).__name__}: {error}")
             return True
         return not self.report.stopped_early
+
+    def _forward(
+        self,
+        shard: int,
+        name: str,
+        through: str,
+        settle: Callable[[str, str], bool],
+        *,
+        consistent: bool,
+    ) -> None:
+        """Read one shard forward from its position in `state[name]` (the cursors, the late sweep's,
+        a full pass's) up to `through`. A shard blocked by an event the full retry list has no room for
+        keeps its position before that event and reads on past it (`state[name + "_ahead"]`; the
+        cursors' is `ahead`), so the events behind it are settled; each run reads the blocked stretch
+        again from the position, at most to the end of the page that still blocks, then goes on from
+        where it read to."""
+        key = str(shard)
+        positions: dict[str, str] = self.state[name]
+        ahead: dict[str, str] = self.state[_AHEAD[name]]
+        if key in ahead:
+            self._walk(
+                shard,
+                positions.get(key) or None,
+                min(ahead[key], through),
+                settle,
+                lambda walk: self._move(name, key, walk.settled),
+                read_on=False,
+                consistent=consistent,
+            )
+            if self.report.stopped_early:
+                return
+        start = ahead.get(key, positions.get(key)) or None
+        if start is not None and start >= through:
+            return  # read through already (a run with a shorter grace: the local stack's)
+        was_blocked = key in ahead
+
+        def moved(walk: _Walk) -> None:
+            if not was_blocked:
+                self._move(name, key, walk.settled)
+            if was_blocked or walk.settled != walk.read:
+                self._move(_AHEAD[name], key, walk.read)
+
+        self._walk(shard, start, through, settle, moved, read_on=True, consistent=consistent)
 
     def _behind(self, shard: int) -> Callable[[str, str], bool]:
         """Settle an event a full pass or the late sweep reads, counting it when it lies at or behind
@@ -407,26 +428,14 @@ class _Sweep:
         """The late sweep: each shard's index again, LATE_HORIZON_SECONDS behind its cursor (eventually
         consistent statuses: a stale one only shows `received`, which the event's own read corrects),
         for events that reached the index after the cursor had passed their received_at."""
-        late: dict[str, str] = self.state["late"]
         horizon = iso_time(self.now() - LATE_HORIZON_SECONDS)
         for shard in range(UNFINISHED_SHARDS):
             key = str(shard)
             cursor = self.state["cursors"].get(key)
             if cursor is None:
                 continue
-            through = min(cursor, horizon)
-            if late.get(key, "") >= through:
-                continue
             try:
-                self._walk(
-                    shard,
-                    late.get(key),
-                    through,
-                    self._behind(shard),
-                    self._mover(late, key),
-                    read_on=False,
-                    consistent=False,
-                )
+                self._forward(shard, "late", min(cursor, horizon), self._behind(shard), consistent=False)
             except _OutOfTime:
                 raise
             except Exception as error:
@@ -445,28 +454,19 @@ class _Sweep:
         full: dict[str, str] = self.state["full"]
         # A position is never saved past `cursor_limit`: what lies after it the forward read finds.
         for shard in range(UNFINISHED_SHARDS):
-            key = str(shard)
-            if full.get(key, "") >= self.cursor_limit:
+            if full.get(str(shard), "") >= self.cursor_limit:
                 continue
             try:
-                self._walk(
-                    shard,
-                    full.get(key) or None,
-                    self.cutoff,
-                    self._behind(shard),
-                    self._mover(full, key),
-                    read_on=True,
-                    consistent=False,  # a stale status only shows `received`: the event's read corrects it
-                )
+                self._forward(shard, "full", self.cutoff, self._behind(shard), consistent=False)
             except _OutOfTime:
                 raise
             except Exception as error:
-                logger.exception("a full pass could not read a shard", extra={"shard": key})
+                logger.exception("a full pass could not read a shard", extra={"shard": str(shard)})
                 self.report.errors.append(f"full pass u#{shard}: {type(error).__name__}: {error}")
             if self.report.stopped_early:
                 return False
         if all(full.get(str(shard), "") >= self.cursor_limit for shard in range(UNFINISHED_SHARDS)):
-            del self.state["full"]
+            del self.state["full"], self.state["full_ahead"]
             self.report.full_pass_done = True
         return True
 
@@ -480,18 +480,18 @@ class _Sweep:
         waiting.append(webhook_id)
         return True
 
-    def _mover(self, positions: dict[str, str], key: str) -> Callable[[_Walk], None]:
-        return lambda walk: self._move(positions, key, walk.settled)
-
-    def _move(self, positions: dict[str, str], key: str, done: str | None) -> None:
+    def _move(self, name: str, key: str, done: str | None) -> None:
+        """Move a position forward (never past `cursor_limit`) and save; a position that reaches its
+        read-ahead mark unblocks the shard."""
         if done is None:
             return
         done = min(done, self.cursor_limit)
+        positions: dict[str, str] = self.state[name]
         if done > positions.get(key, ""):
             positions[key] = done
-            ahead: dict[str, str] = self.state["ahead"]
-            if key in ahead and self.state["cursors"].get(key, "") >= ahead[key]:
-                del ahead[key]  # the blocked stretch is read through: the shard is unblocked
+            ahead: dict[str, str] = self.state.get(_AHEAD.get(name, ""), {})
+            if key in ahead and done >= ahead[key]:
+                del ahead[key]  # the blocked stretch is read through
             self._save()
 
     def _unmatched(self) -> bool:
