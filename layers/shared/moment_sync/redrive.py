@@ -3,8 +3,10 @@
 Finds events still `received` after a grace period (a record that went to the on-failure queue,
 or any other miss) through the `Unfinished` index read forward from cursors kept in the `redrive`
 lease (a final status leaves an event in that index, so it never shrinks: docs/ledger.md#re-drive),
-and events parked `unmatched` through `Parked` (never a table scan), and reconciles them again with
-the same function the stream uses. For an unmatched
+again a day behind those cursors (the late sweep: events that reached the index after a cursor had
+passed them), or from the start of retention (an operator's full pass), and events parked
+`unmatched` through `Parked` (never a table scan), and reconciles them again with the same function
+the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
 has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
 decides from each event's stored summary, never its body (which `forget` may have erased); each event
