@@ -67,6 +67,22 @@ ASSUMPTIONS = {
 }
 SECONDS_PER_MONTH = 30 * 86_400
 
+# The re-drive's reads per webhook received (docs/ledger.md#the-cursor-and-the-retry-list): its status
+# once by the forward read (a strongly consistent BatchGetItem: 1 read unit for an item under 4 KB)
+# and once by the late sweep a day behind (eventually consistent: 0.5), plus the event's ~100 bytes of
+# KEYS_ONLY `Unfinished` index read by each (an eventually consistent Query, 0.5 unit per 4 KB).
+REDRIVE_READS = {
+    "forward_status": 1.0,
+    "late_sweep_status": 0.5,
+    "index_bytes": 2 * 100,
+}
+
+
+def redrive_read_units_per_webhook() -> float:
+    index_units = REDRIVE_READS["index_bytes"] / 4096 * 0.5
+    return REDRIVE_READS["forward_status"] + REDRIVE_READS["late_sweep_status"] + index_units
+
+
 # Issue 16, item 4: at most $8.50 per million webhooks, everything included (ingestion, the ledger, the
 # events out). The row's baseline is that budget, so its ratio is the share of it spent.
 BUDGET_USD_PER_MILLION = 8.50
@@ -275,10 +291,12 @@ def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
         + 2 * ASSUMPTIONS["platform_log_bytes_per_invocation"]
     )
     units = receiver_units + reconciler_units
+    reads = redrive_read_units_per_webhook()
     return Webhook(
         api_gateway=PRICES["http_api_per_million_requests"] / 1e6,
         lambda_=_lambda_usd(receiver_ms, memory_mb) + _lambda_usd(reconciler_ms, memory_mb),
-        dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6,
+        dynamodb=units * PRICES["dynamodb_per_million_write_request_units"] / 1e6
+        + reads * PRICES["dynamodb_per_million_read_request_units"] / 1e6,
         logs=_logs_usd(printed),
         secrets_manager=secrets_usd,
         explained={
@@ -292,8 +310,10 @@ def _system(rows: dict[str, Row], memory_mb: int) -> Webhook:
             "UpdateItem)",
             "dynamodb": f"{units:g} write request units: receiver {receiver_units:g} (item and Unfinished "
             f"index), reconciler {reconciler_units:g} (the application's claim 1, a transaction of entry "
-            "and head at 2 per KB, the event's status 1, and 3 index writes); no read units (links are "
-            "cached per environment)",
+            "and head at 2 per KB, the event's status 1, and the index writes); "
+            f"{reads:.3f} read request units by the re-drive (the status read by its forward read 1 and "
+            "by its late sweep 0.5, and the Unfinished index's keys by each; links are cached per "
+            "environment)",
             "logs": f"{printed:,.0f} bytes: receiver "
             f"{warm.details['stdout_per_call']['webhook_receiver']['bytes']:.0f} (log line and EMF), "
             f"reconciler {_reconciler_printed(rows):.0f} (log line and EMF of a one-record invocation), "

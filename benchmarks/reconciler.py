@@ -223,8 +223,8 @@ def _storage_rows(found: dict[str, Any]) -> list[Row]:
             notes=[
                 units_how,
                 f"requests: {conflict['requests']}: the claim refused (the guard names another balance), "
-                "no transaction, then the event parked application_conflict (it leaves Unfinished and "
-                "enters Parked)",
+                "no transaction, then the event parked application_conflict (it enters Parked and stays "
+                "in Unfinished, which no final status leaves: the re-drive reads it from a cursor)",
             ],
             details={"conflict": conflict},
         ),

@@ -1,6 +1,9 @@
-"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched).
-Invoked with `{"ignore_backoff": true}` (an operator), it tries every unmatched event now. One run at a
-time: a run that finds the `redrive` lease held does nothing."""
+"""On a schedule: reconcile events still unfinished after the grace period (stream misses, unmatched),
+reading the `Unfinished` index forward from the cursors kept in the `redrive` lease's state.
+Invoked with `{"ignore_backoff": true}` (an operator), it does the same, tries every unmatched event
+now, and starts a full pass over the whole index from the start of retention (for events that reached
+it behind a cursor) that the scheduled runs carry on until it is through. One run at a time: a run
+that finds the `redrive` lease held does nothing."""
 
 import os
 from dataclasses import asdict
@@ -57,8 +60,11 @@ def lambda_handler(
             grace_seconds=int(os.environ.get("REDRIVE_GRACE_SECONDS", "600")),
             time_left=time_left,
             back_off=event.get("ignore_backoff") is not True,
+            full_pass=event.get("ignore_backoff") is True,
             # An unmatched event's questions to Moment are asked only with time for their worst case.
             lookup_seconds=LOOKUPS_PER_EVENT * moment_worst_call_seconds(),
+            # The cursors and the retry list live in the lease's state (docs/ledger.md#re-drive).
+            lease=lease,
         )
     logger.info("re-drive finished", extra=asdict(report))
     return asdict(report)

@@ -42,7 +42,8 @@ def _assert_parked_conflict(harness: LedgerHarness, webhook_id: str, first_webho
     assert (event["status"], event["reason"], event["parked_reason"]) == ("parked", CONFLICT, CONFLICT)
     assert event["conflicts_with"] == first_webhook
     assert first_webhook in event["reason_detail"]
-    assert "unfinished_shard" not in event  # nothing retries it by itself: an operator decides
+    # Nothing retries it by itself (the re-drive tries only `received` and unmatched): an operator decides.
+    assert webhook_id not in set(harness.events.parked_unmatched_ids("9999"))
     assert list(harness.events.parked_ids(ParkReason.APPLICATION_CONFLICT)) == [webhook_id]
 
 

@@ -62,7 +62,16 @@ def test_the_redrive_counts_events_it_finds_still_received_with_the_service_dime
 
     # WHEN the re-drive runs before the grace period is over, THEN it finds nothing, and still counts
     quiet = redrive_run(harness, capsys)
-    assert metric_values(quiet) == {"RedriveExamined": 0, "RedriveFoundReceived": 0, "RedriveErrors": 0}
+    assert metric_values(quiet) == {
+        "RedriveExamined": 0,
+        "RedriveFoundReceived": 0,
+        "RedriveErrors": 0,
+        # Every cursor read through to now - grace; nothing waits in the retry list.
+        "RedriveCursorLagSeconds": GRACE_SECONDS,
+        "RedriveRetryListLength": 0,
+        # Events the late sweep found behind a cursor (docs/operations.md#redrive-found-behind-cursor).
+        "RedriveFoundBehindCursor": 0,
+    }
 
     # WHEN it runs after the grace period
     now[0] += GRACE_SECONDS + 1

@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from moment_sync.ledger.sync import sync_state
+from moment_sync.redrive import found_by_redrive
 from simulation import bill_checks
 from simulation.world import World, alarmed_metrics
 
@@ -43,9 +44,25 @@ def every_step(world: World) -> list[str]:
                 f"invariant 2: application {application_id} changed {len(balances)} balances: {balances}"
             )
     problems.extend(_duplicates_that_differ(world))
+    problems.extend(_events_found_by_the_redrive(world, ledger))
     problems.extend(_links_disagreeing_with_moment(world, ledger))
     problems.extend(bill_checks.every_step(world))
     return problems
+
+
+def _events_found_by_the_redrive(world: World, ledger: list[dict[str, Any]]) -> list[str]:
+    """5, at every step: an event not final is where the scheduled re-drive still looks: received after
+    its shard's cursor, in the retry list (both in the `redrive` lease's state), or parked unmatched.
+    The `Unfinished` index no longer shrinks, so being in it says nothing."""
+    [state] = [item.get("state") or {} for item in ledger if item["pk"] == "LEASE#redrive"] or [{}]
+    return [
+        f"invariant 5: {event['webhook_id']} is {event.get('status')!r} where no re-drive will look "
+        f"(received_at {event.get('received_at')}, cursors {state.get('cursors')}, "
+        f"retry {state.get('retry')})"
+        for event in world.scan(world.events_table)
+        if (event.get("status") not in FINAL or event.get("parked_reason") == "unmatched")
+        and not found_by_redrive(event, state)
+    ]
 
 
 def _duplicates_that_differ(world: World) -> list[str]:

@@ -80,3 +80,13 @@ def test_everything_included_is_the_model_plus_the_events_against_the_budget() -
     assert row.goal is not None and not row.goal.met_by(row.ratio)
     # Ten times the webhooks: the month's Secrets Manager bill spread ten times thinner.
     assert row.details["at_ten_million_webhooks_a_month"] == pytest.approx(9.5 + 5.45 - 0.9)
+
+
+def test_the_redrive_reads_each_webhooks_status_twice_and_its_index_keys_twice() -> None:
+    # The forward read's strongly consistent status (1), the late sweep's eventually consistent one
+    # (0.5), and 2 x 100 bytes of KEYS_ONLY index at 0.5 unit per 4 KB.
+    assert cost.redrive_read_units_per_webhook() == pytest.approx(1.5 + 200 / 4096 * 0.5)
+    per_million = (
+        cost.redrive_read_units_per_webhook() * cost.PRICES["dynamodb_per_million_read_request_units"]
+    )
+    assert per_million == pytest.approx(0.19, abs=0.005)

@@ -43,7 +43,7 @@ from moment_sync.ledger.service import LedgerProblem
 from moment_sync.ledger.sync import sync_state
 from moment_sync.observability import metrics
 from moment_sync.reconciliation import ParkReason
-from moment_sync.redrive import RedriveReport, redrive, redrive_stuck
+from moment_sync.redrive import REDRIVE_LEASE, RedriveReport, redrive, redrive_stuck
 from moment_sync.republish import recorded_between, republish
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -344,6 +344,10 @@ def _redrive(
             now=time.time,
             grace_seconds=arguments.grace_minutes * 60,
             back_off=False,  # an operator asked for it now
+            # A full pass over every shard from the start of retention, whatever the cursors say (an
+            # event may have reached the index behind one); the scheduled run's state, read-only,
+            # gives its retry list and tells which events lay behind a cursor (docs/ledger.md#re-drive).
+            state=(ledger.leases().current(REDRIVE_LEASE) or {}).get("state"),
         )
         progress.finish()
     elif arguments.reason:

@@ -1,8 +1,12 @@
 """Re-drive: finish what the stream did not, on a schedule and on an operator's word.
 
 Finds events still `received` after a grace period (a record that went to the on-failure queue,
-or any other miss) and events parked `unmatched`, through the sparse `Unfinished` index (never a
-table scan), and reconciles them again with the same function the stream uses. For an unmatched
+or any other miss) through the `Unfinished` index read forward from cursors kept in the `redrive`
+lease (a final status leaves an event in that index, so it never shrinks: docs/ledger.md#re-drive),
+again a day behind those cursors (the late sweep: events that reached the index after a cursor had
+passed them), or from the start of retention (an operator's full pass), and events parked
+`unmatched` through `Parked` (never a table scan), and reconciles them again with the same function
+the stream uses. For an unmatched
 payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
 has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
 decides from each event's stored summary, never its body (which `forget` may have erased); each event
@@ -17,14 +21,21 @@ function invoked with `{"ignore_backoff": true}`) tries them all at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
-from moment_sync.adapters.webhook_events_table import WebhookEventsTable, envelope_of
+from moment_sync.adapters.webhook_events_table import (
+    UNFINISHED_SHARDS,
+    WebhookEventsTable,
+    envelope_of,
+    iso_time,
+)
 from moment_sync.envelope import read_envelope
+from moment_sync.leases import HeldLease
 from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.observability import MetricUnit, logger, metrics
@@ -38,8 +49,23 @@ from moment_sync.reconciliation import (
 )
 
 MAX_BACKOFF_SECONDS = 6 * 3600
+# Events whose reconcile raised, kept in the lease state and tried first on every run. Bounded: at
+# most 100 webhook ids of 255 characters, about 26 KB of the lease item's 400 KB. Once it is full the
+# cursor stops before the next such event instead of passing it.
+RETRY_LIMIT = 100
+# A saved cursor never comes closer to now than this (the template's least RedriveGraceSeconds), even
+# after a run with a shorter grace (the local stack's, 0): an event stamped just before such a run may
+# reach the index a moment after it, and must still lie past the cursor.
+CURSOR_MIN_LAG_SECONDS = 120
 # The lease a scheduled re-drive run holds (leases.py): runs never overlap.
 REDRIVE_LEASE = "redrive"
+# The late sweep reads each shard's index again this far behind its cursor: an event whose received_at
+# the cursor had passed when it reached the index (a receiver clock behind by more than the grace, an
+# index that lagged as long) is found if it arrived less than this late. Later than that, only a full
+# pass finds it (docs/ledger.md#the-cursor-and-the-retry-list says why not a scheduled full pass).
+LATE_HORIZON_SECONDS = 24 * 3600
+# Each position in the lease state, and where a blocked shard records how far it was read on past it.
+_AHEAD = {"cursors": "ahead", "late": "late_ahead", "full": "full_ahead"}
 # Moment calls for one unmatched event at worst: the object by its id, and for an account its
 # customer's (account_owner: the account, then the customer).
 LOOKUPS_PER_EVENT = 3
@@ -87,6 +113,18 @@ class RedriveReport:
     stopped_early: bool = False
     # Unmatched events left for a later run (backing off); not counted in `examined`.
     not_due: int = 0
+    # The scheduled sweep: events whose status it read past its cursors, how far its oldest cursor is
+    # behind now (seconds), and how many events wait in its retry list.
+    read: int = 0
+    cursor_lag_seconds: float | None = None
+    retry_list: int = 0
+    # Shards whose cursor waits before an event the full retry list had no room for (read on past it).
+    blocked_shards: int = 0
+    # Events still `received` that a full pass or the late sweep found at or behind their shard's
+    # cursor: they reached the index late (docs/operations.md#redrive-found-behind-cursor).
+    found_behind_cursor: int = 0
+    # A full pass (the operator's) reached the end of every shard in this run.
+    full_pass_done: bool = False
 
     def count(self, result: Reconciled) -> None:
         key = result.status.value + (f":{result.reason.value}" if result.reason else "")
@@ -103,18 +141,431 @@ def redrive_stuck(
     time_left: Callable[[], float] = lambda: float("inf"),
     back_off: bool = True,
     lookup_seconds: float = 0.0,
+    lease: HeldLease | None = None,
+    state: Mapping[str, Any] | None = None,
+    min_seconds_left: float = 5.0,
+    full_pass: bool = False,
 ) -> RedriveReport:
-    """Every event received more than `grace_seconds` ago that is still unfinished (with `back_off`,
-    an unmatched one only when its next try is due)."""
-    return redrive(
-        events.unfinished_ids(now() - grace_seconds),
+    """Every event received more than `grace_seconds` ago that is not final (with `back_off`, an
+    unmatched one only when its next try is due): first the events earlier runs could not finish (the
+    retry list), then each `Unfinished` shard forward from its cursor, then the payments parked
+    unmatched (`Parked`), then the late sweep (events that reached the index behind a cursor) and a
+    full pass when one is under way. With a `lease` (the scheduled run) the cursors and the retry list
+    live in its state and are saved after each page and when the run stops; `full_pass` starts a pass
+    over every shard from the start of retention that later runs carry on until it is through (the
+    operator's `{"ignore_backoff": true}`). Without a lease (the operator's `redrive --stuck`) the run
+    reads every shard from the start of retention, whatever the cursors say, and saves nothing;
+    `state` (the scheduled run's) only tells which events it finds behind a cursor."""
+    sweep = _Sweep(
         events=events,
         ledger=ledger,
         directory=directory,
         now=now,
         time_left=time_left,
+        min_seconds_left=min_seconds_left,
         backoff_from_seconds=grace_seconds if back_off else None,
         lookup_seconds=lookup_seconds,
+        lease=lease,
+        state=copy.deepcopy(dict(lease.state if lease is not None else state or {})),
+        cutoff=iso_time(now() - grace_seconds),
+        cursor_limit=iso_time(now() - max(grace_seconds, CURSOR_MIN_LAG_SECONDS)),
+    )
+    if full_pass or lease is None:
+        sweep.state["full"], sweep.state["full_ahead"] = {}, {}
+    sweep.run()
+    return sweep.report
+
+
+@dataclass
+class _Walk:
+    """Where a read of one shard got to: every event up to `settled` is final, parked, in the retry
+    list or passed to another reader; every event up to `read` was read; `through`: the read reached
+    its end (False: out of time, or stopped at a page holding an event it could not settle)."""
+
+    settled: str | None
+    read: str | None
+    through: bool = False
+    # The last event's received_at, and whether an event could not be settled.
+    last: str | None = None
+    blocked: bool = False
+
+
+@dataclass
+class _Sweep:
+    """One pass of `redrive_stuck`. The lease state it keeps (docs/ledger.md#re-drive):
+    `cursors` {shard: received_at}: every event of the shard received up to then is final, parked,
+    or in `retry`; `retry` [webhook id]: events whose reconcile raised, tried first on every run
+    (at most RETRY_LIMIT); `ahead` {shard: received_at}: a shard blocked by an event the full retry
+    list had no room for was read on up to there (its cursor stays before the blocked event);
+    `late` {shard: received_at}: the late sweep's position, LATE_HORIZON_SECONDS behind the cursors;
+    `full` {shard: received_at}: a full pass under way (a shard absent: not started); `late_ahead`,
+    `full_ahead`: as `ahead`, for those; `since`: when the first run started (a shard not read
+    through yet lags from then)."""
+
+    events: WebhookEventsTable
+    ledger: LedgerTable
+    directory: MomentDirectory | None
+    now: Callable[[], float]
+    time_left: Callable[[], float]
+    min_seconds_left: float
+    backoff_from_seconds: float | None
+    lookup_seconds: float
+    lease: HeldLease | None
+    state: dict[str, Any]
+    cutoff: str
+    cursor_limit: str
+    report: RedriveReport = field(default_factory=RedriveReport)
+
+    def run(self) -> None:
+        self.state.setdefault("since", iso_time(self.now()))
+        for name in ("cursors", "ahead", "late", "late_ahead"):
+            self.state[name] = dict(self.state.get(name) or {})
+        if "full" in self.state:
+            self.state["full"] = dict(self.state["full"] or {})
+            self.state["full_ahead"] = dict(self.state.get("full_ahead") or {})
+        self.state["retry"] = list(self.state.get("retry") or [])
+        try:
+            if not self._retry_list():
+                return
+            if self.lease is None:  # the operator's look: every event stored, nothing saved
+                if self._full():
+                    self._unmatched()
+                return
+            if self._shards() and self._unmatched() and self._late():
+                self._full()
+        except _OutOfTime:  # an event the stream parked unmatched meanwhile, no time for Moment
+            self.report.stopped_early = True
+        finally:
+            self._save()
+            logger.set_correlation_id(None)
+            self._emit_counts()
+
+    def _out_of_time(self) -> bool:
+        if self.time_left() < self.min_seconds_left:
+            self.report.stopped_early = True
+        return self.report.stopped_early
+
+    def _one(self, webhook_id: str) -> bool:
+        """Reconcile one event; False when it raised (logged and counted in `errors`)."""
+        logger.set_correlation_id(webhook_id)
+        try:
+            _redrive_one(
+                webhook_id,
+                events=self.events,
+                ledger=self.ledger,
+                directory=self.directory,
+                now=self.now,
+                backoff_from_seconds=self.backoff_from_seconds,
+                report=self.report,
+                moment_time=lambda: self.time_left() >= self.lookup_seconds + self.min_seconds_left,
+            )
+        except _OutOfTime:
+            raise
+        except Exception as error:
+            logger.exception("re-drive of one event failed")
+            self.report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
+            return False
+        return True
+
+    def _retry_list(self) -> bool:
+        """The events earlier runs could not finish: each leaves the list once it no longer raises."""
+        waiting: list[str] = self.state["retry"]
+        for webhook_id in list(waiting):
+            if self._out_of_time():
+                return False
+            try:
+                finished = self._one(webhook_id)
+            except _OutOfTime:
+                self.report.stopped_early = True
+                return False
+            if finished:
+                waiting.remove(webhook_id)
+        return True
+
+    def _settle(self, webhook_id: str, received_at: str) -> bool:
+        """An event still `received`: reconciled, or kept in the retry list; False when the list is
+        full (the event stays where a cursor before it finds it again)."""
+        if webhook_id in self.state["retry"]:
+            return True  # tried at the start of this run
+        return self._one(webhook_id) or self._hold(webhook_id)
+
+    def _walk(
+        self,
+        shard: int,
+        after: str | None,
+        through: str,
+        settle: Callable[[str, str], bool],
+        moved: Callable[[_Walk], None],
+        *,
+        read_on: bool,
+        consistent: bool = True,
+    ) -> _Walk:
+        """Read the events of one shard received in (after, through], a page at a time, and `settle`
+        each one still `received`; `moved` after each page. After an event it could not settle,
+        `settled` stays before it; with `read_on` the read goes on to its end, without, it stops at the
+        end of that page (a blocked stretch costs a page a run, not the whole stretch)."""
+        walk = _Walk(settled=after, read=after, last=after)
+        for page in self.events.received_pages(shard, after, through):
+            if self._out_of_time():  # the position is saved already
+                return walk
+            statuses = self.events.statuses([webhook_id for webhook_id, _ in page], consistent=consistent)
+            self.report.read += len(page)
+            if not self._page(page, statuses, settle, walk):
+                moved(walk)
+                return walk
+            # Not past the page's last millisecond: the next page may hold more events of it.
+            moved(walk)
+            if walk.blocked and not read_on:
+                return walk
+        walk.read = through
+        if not walk.blocked:
+            walk.settled = through
+        walk.through = True
+        moved(walk)
+        return walk
+
+    def _page(
+        self,
+        page: list[tuple[str, str]],
+        statuses: Mapping[str, str],
+        settle: Callable[[str, str], bool],
+        walk: _Walk,
+    ) -> bool:
+        """Settle the page's events still `received`; False when out of time."""
+        for webhook_id, received_at in page:
+            # Events received in the same millisecond may come in any order: a position moves only
+            # past a whole millisecond.
+            if walk.last is not None and received_at > walk.last:
+                walk.read = walk.last
+                if not walk.blocked:
+                    walk.settled = walk.last
+            walk.last = received_at
+            if statuses.get(webhook_id) != EventStatus.RECEIVED:
+                continue  # final, parked (unmatched: found through `Parked`), or gone (TTL)
+            if self._out_of_time():
+                return False
+            if not settle(webhook_id, received_at):
+                walk.blocked = True
+        return True
+
+    def _shards(self) -> bool:
+        return all(self._shard(shard) for shard in range(UNFINISHED_SHARDS))
+
+    def _shard(self, shard: int) -> bool:
+        """Read one shard forward from its cursor; False when the run must stop (out of time)."""
+        try:
+            self._forward(shard, "cursors", self.cutoff, self._settle, consistent=True)
+        except _OutOfTime:
+            raise
+        except Exception as error:  # the index or the statuses unread: this shard waits for the next run
+            logger.exception("re-drive could not read a shard", extra={"shard": str(shard)})
+            self.report.errors.append(f"shard u#{shard}: {type(error).__name__}: {error}")
+            return True
+        return not self.report.stopped_early
+
+    def _forward(
+        self,
+        shard: int,
+        name: str,
+        through: str,
+        settle: Callable[[str, str], bool],
+        *,
+        consistent: bool,
+    ) -> None:
+        """Read one shard forward from its position in `state[name]` (the cursors, the late sweep's,
+        a full pass's) up to `through`. A shard blocked by an event the full retry list has no room for
+        keeps its position before that event and reads on past it (`state[name + "_ahead"]`; the
+        cursors' is `ahead`), so the events behind it are settled; each run reads the blocked stretch
+        again from the position, at most to the end of the page that still blocks, then goes on from
+        where it read to."""
+        key = str(shard)
+        positions: dict[str, str] = self.state[name]
+        ahead: dict[str, str] = self.state[_AHEAD[name]]
+        if key in ahead:
+            self._walk(
+                shard,
+                positions.get(key) or None,
+                min(ahead[key], through),
+                settle,
+                lambda walk: self._move(name, key, walk.settled),
+                read_on=False,
+                consistent=consistent,
+            )
+            if self.report.stopped_early:
+                return
+        start = ahead.get(key, positions.get(key)) or None
+        if start is not None and start >= through:
+            return  # read through already (a run with a shorter grace: the local stack's)
+        was_blocked = key in ahead
+
+        def moved(walk: _Walk) -> None:
+            if not was_blocked:
+                self._move(name, key, walk.settled)
+            if was_blocked or walk.settled != walk.read:
+                self._move(_AHEAD[name], key, walk.read)
+
+        self._walk(shard, start, through, settle, moved, read_on=True, consistent=consistent)
+
+    def _behind(self, shard: int) -> Callable[[str, str], bool]:
+        """Settle an event a full pass or the late sweep reads, counting it when it lies at or behind
+        its shard's cursor (no forward read will ever find it: it reached the index late)."""
+        cursor = self.state["cursors"].get(str(shard))
+
+        def settle(webhook_id: str, received_at: str) -> bool:
+            if webhook_id in self.state["retry"]:
+                return True
+            found = self.report.found_received
+            settled = self._one(webhook_id) or self._hold(webhook_id)
+            if cursor is not None and received_at <= cursor and self.report.found_received > found:
+                self.report.found_behind_cursor += 1
+                logger.warning(
+                    "an event still received lay behind its shard's cursor",
+                    extra={"shard": shard, "received_at": received_at, "cursor": cursor},
+                )
+            return settled
+
+        return settle
+
+    def _late(self) -> bool:
+        """The late sweep: each shard's index again, LATE_HORIZON_SECONDS behind its cursor (eventually
+        consistent statuses: a stale one only shows `received`, which the event's own read corrects),
+        for events that reached the index after the cursor had passed their received_at."""
+        horizon = iso_time(self.now() - LATE_HORIZON_SECONDS)
+        for shard in range(UNFINISHED_SHARDS):
+            key = str(shard)
+            cursor = self.state["cursors"].get(key)
+            if cursor is None:
+                continue
+            try:
+                self._forward(shard, "late", min(cursor, horizon), self._behind(shard), consistent=False)
+            except _OutOfTime:
+                raise
+            except Exception as error:
+                logger.exception("the late sweep could not read a shard", extra={"shard": key})
+                self.report.errors.append(f"late sweep u#{shard}: {type(error).__name__}: {error}")
+            if self.report.stopped_early:
+                return False
+        return True
+
+    def _full(self) -> bool:
+        """A pass over every shard's whole index from the start of retention, up to this run's cutoff:
+        the operator's, or one under way (its position saved in the lease state until it is through).
+        Eventually consistent statuses: half a read unit per stored event."""
+        if "full" not in self.state:
+            return True
+        full: dict[str, str] = self.state["full"]
+        # A position is never saved past `cursor_limit`: what lies after it the forward read finds.
+        for shard in range(UNFINISHED_SHARDS):
+            if full.get(str(shard), "") >= self.cursor_limit:
+                continue
+            try:
+                self._forward(shard, "full", self.cutoff, self._behind(shard), consistent=False)
+            except _OutOfTime:
+                raise
+            except Exception as error:
+                logger.exception("a full pass could not read a shard", extra={"shard": str(shard)})
+                self.report.errors.append(f"full pass u#{shard}: {type(error).__name__}: {error}")
+            if self.report.stopped_early:
+                return False
+        if all(full.get(str(shard), "") >= self.cursor_limit for shard in range(UNFINISHED_SHARDS)):
+            del self.state["full"], self.state["full_ahead"]
+            self.report.full_pass_done = True
+        return True
+
+    def _hold(self, webhook_id: str) -> bool:
+        """Keep an event whose reconcile raised for the next runs; False when the list is full."""
+        waiting: list[str] = self.state["retry"]
+        if webhook_id in waiting:
+            return True
+        if len(waiting) >= RETRY_LIMIT:
+            return False
+        waiting.append(webhook_id)
+        return True
+
+    def _move(self, name: str, key: str, done: str | None) -> None:
+        """Move a position forward (never past `cursor_limit`) and save; a position that reaches its
+        read-ahead mark unblocks the shard."""
+        if done is None:
+            return
+        done = min(done, self.cursor_limit)
+        positions: dict[str, str] = self.state[name]
+        if done > positions.get(key, ""):
+            positions[key] = done
+            ahead: dict[str, str] = self.state.get(_AHEAD.get(name, ""), {})
+            if key in ahead and done >= ahead[key]:
+                del ahead[key]  # the blocked stretch is read through
+            self._save()
+
+    def _unmatched(self) -> bool:
+        """Payments parked unmatched: through `Parked`, each when its backoff says so. One that raises
+        stays parked unmatched, so the next run finds it again through the same index."""
+        for webhook_id in self.events.parked_unmatched_ids(self.cutoff):
+            if self._out_of_time():
+                return False
+            try:
+                self._one(webhook_id)
+            except _OutOfTime:
+                self.report.stopped_early = True
+                return False
+        return True
+
+    def _save(self) -> None:
+        # A deep copy: the lease keeps what it saved, and this sweep goes on changing its own lists.
+        if self.lease is not None and dict(self.lease.state) != self.state:
+            self.lease.save(copy.deepcopy(self.state))
+
+    def _emit_counts(self) -> None:
+        now = self.now()
+        since = _seconds(str(self.state["since"]))
+        cursors = self.state["cursors"]
+        oldest = min(
+            (_seconds(cursors[str(shard)]) if str(shard) in cursors else since)
+            for shard in range(UNFINISHED_SHARDS)
+        )
+        self.report.cursor_lag_seconds = max(0.0, round(now - oldest, 3))
+        self.report.retry_list = len(self.state["retry"])
+        self.report.blocked_shards = len(self.state["ahead"])
+        # Watched by alarms (docs/operations.md#redrive-cursor-behind, #redrive-retry-list-not-draining).
+        if self.lease is not None:
+            metrics.add_metric(
+                name="RedriveCursorLagSeconds", unit=MetricUnit.Seconds, value=self.report.cursor_lag_seconds
+            )
+            metrics.add_metric(
+                name="RedriveRetryListLength", unit=MetricUnit.Count, value=self.report.retry_list
+            )
+        _count_run(self.report)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
+    """Whether the scheduled re-drive, with this lease `state`, will still look at an event that is not
+    final: received after its shard's cursor, at or behind it but not yet passed by the late sweep or
+    a full pass under way, in the retry list, or parked unmatched (through `Parked`). The invariant
+    (docs/ledger.md#re-drive): every event is final or found so."""
+    if event.get("status") == EventStatus.PARKED:
+        return event.get("parked_reason") == ParkReason.UNMATCHED
+    if event.get("status") != EventStatus.RECEIVED:
+        return False
+    if event.get("webhook_id") in (state.get("retry") or []):
+        return True
+    shard = str(event.get("unfinished_shard", "")).removeprefix("u#")
+    if not shard:
+        return False
+    received_at = str(event.get("received_at"))
+    cursor = (state.get("cursors") or {}).get(shard)
+    # Past the cursor: the forward read. At or behind it (it reached the index late): the late sweep,
+    # until its position passes it, or a full pass under way.
+    late = (state.get("late") or {}).get(shard)
+    full = state.get("full")
+    return (
+        cursor is None
+        or received_at > str(cursor)
+        or late is None
+        or received_at > str(late)
+        or (full is not None and received_at > str(full.get(shard) or ""))
     )
 
 
@@ -167,11 +618,19 @@ def redrive(
             logger.exception("re-drive of one event failed")
             report.errors.append(f"{webhook_id}: {type(error).__name__}: {error}")
     logger.set_correlation_id(None)
+    _count_run(report)
+    return report
+
+
+def _count_run(report: RedriveReport) -> None:
     metrics.add_metric(name="RedriveExamined", unit=MetricUnit.Count, value=report.examined)
     # Watched by an alarm (docs/operations.md#events-still-received): every event should end final.
     metrics.add_metric(name="RedriveFoundReceived", unit=MetricUnit.Count, value=report.found_received)
     metrics.add_metric(name="RedriveErrors", unit=MetricUnit.Count, value=len(report.errors))
-    return report
+    # Watched by an alarm (docs/operations.md#redrive-found-behind-cursor): the cursor passed them.
+    metrics.add_metric(
+        name="RedriveFoundBehindCursor", unit=MetricUnit.Count, value=report.found_behind_cursor
+    )
 
 
 def _redrive_one(

@@ -1,15 +1,18 @@
 """The WebhookEvents table: one conditional PutItem per delivery, then one status per event.
 
 Attribute names here are the table's contract with the reconciler, the ledger API and the CLI;
-the key schema and indexes live in template.yaml. Two sparse indexes keep operators and the
-re-drive off table scans: `Unfinished` holds events still `received` or parked `unmatched`
-(attribute `unfinished_shard`), `Parked` holds every parked event by reason (`parked_reason`), and
-`UnmatchedByMomentId` holds payments parked unmatched by the Moment id they name (`unmatched_moment_id`).
+the key schema and indexes live in template.yaml. Indexes keep operators and the re-drive off table
+scans: `Unfinished` holds every event by its shard (`unfinished_shard`, written by the receiver and
+never removed: a status write that removed it would cost a second write unit, so the re-drive reads
+it forward from a cursor instead, docs/ledger.md#re-drive), `Parked` holds every parked event by
+reason (`parked_reason`), and `UnmatchedByMomentId` holds payments parked unmatched by the Moment id
+they name (`unmatched_moment_id`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +28,15 @@ UNFINISHED_SHARDS = 8
 UNFINISHED_INDEX = "Unfinished"
 PARKED_INDEX = "Parked"
 UNMATCHED_INDEX = "UnmatchedByMomentId"
+# BatchGetItem's limit, and how often its unprocessed keys are asked for again before giving up.
+_BATCH_GET_LIMIT = 100
+_UNPROCESSED_ATTEMPTS = 6
 # An event may only move out of these; applied, duplicate and ignored are final.
 _OPEN = "attribute_exists(webhook_id) AND #status IN (:received, :parked)"
+
+
+class StatusesUnread(Exception):
+    """DynamoDB kept some of a BatchGetItem's keys unprocessed after every retry (throttled)."""
 
 
 def iso_time(unix_seconds: float) -> str:
@@ -142,7 +152,8 @@ class WebhookEventsTable:
         for name, value in fields.items():
             values[f":{name}"] = {"S": str(value)}
             sets.append(f"{name} = :{name}")
-        removals = ["reason", "reason_detail", "parked_reason", "unfinished_shard", "unmatched_moment_id"]
+        # Not `unfinished_shard`: leaving the Unfinished index would cost this write a second unit.
+        removals = ["reason", "reason_detail", "parked_reason", "unmatched_moment_id"]
         return {
             "TableName": self.table_name,
             "Key": {"webhook_id": {"S": webhook_id}},
@@ -176,18 +187,16 @@ class WebhookEventsTable:
         sets += ", parked_at = if_not_exists(parked_at, :resolved_at)"
         removals = ""
         if reason is ParkReason.UNMATCHED:
-            # The scheduled re-drive keeps trying these: they stay in the Unfinished index.
-            values[":shard"] = {"S": unfinished_shard(webhook_id)}
-            sets += ", unfinished_shard = :shard"
+            # The scheduled re-drive keeps trying these: it finds them through `Parked`.
             if moment_id:
                 sets += ", unmatched_moment_id = :moment_id"
                 values[":moment_id"] = {"S": moment_id}
             sets += " ADD redrive_attempts :one"
             values[":one"] = {"N": "1"}
         else:
-            # Out of both unfinished indexes: an event once parked unmatched and now parked for another
+            # Out of UnmatchedByMomentId: an event once parked unmatched and now parked for another
             # reason (an application conflict, say) must not hold a first push waiting for ever.
-            removals = " REMOVE unfinished_shard, unmatched_moment_id"
+            removals = " REMOVE unmatched_moment_id"
         update["UpdateExpression"] = sets + removals
         return self._update_if_open(update)
 
@@ -209,14 +218,69 @@ class WebhookEventsTable:
         item = response.get("Item")
         return event_from_item(item) if item else None
 
-    def unfinished_ids(self, received_before: float) -> Iterator[str]:
-        """Events still received or parked unmatched received before the cutoff, oldest first by shard."""
-        for shard in range(UNFINISHED_SHARDS):
-            yield from self._query_ids(
-                UNFINISHED_INDEX,
-                "unfinished_shard = :shard AND received_at < :cutoff",
-                {":shard": {"S": f"u#{shard}"}, ":cutoff": {"S": iso_time(received_before)}},
-            )
+    def received_pages(
+        self, shard: int, after: str | None, through: str, page_size: int = 100
+    ) -> Iterator[list[tuple[str, str]]]:
+        """(webhook id, received_at) of the events of one `Unfinished` shard received in (after,
+        through], oldest first, a page at a time (KEYS_ONLY: about 100 bytes an event). The index never
+        shrinks, so the re-drive asks only for what lies past its cursor."""
+        values: dict[str, Any] = {":shard": {"S": f"u#{shard}"}, ":through": {"S": through}}
+        condition = "unfinished_shard = :shard AND received_at <= :through"
+        if after is not None:
+            # BETWEEN is inclusive: the events received exactly at `after` are dropped below.
+            condition = "unfinished_shard = :shard AND received_at BETWEEN :after AND :through"
+            values[":after"] = {"S": after}
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            IndexName=UNFINISHED_INDEX,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            PaginationConfig={"PageSize": page_size},
+        ):
+            found = [(item["webhook_id"]["S"], item["received_at"]["S"]) for item in page.get("Items", [])]
+            found = [(webhook_id, at) for webhook_id, at in found if after is None or at > after]
+            if found:
+                yield found
+
+    def statuses(self, webhook_ids: list[str], *, consistent: bool = True) -> dict[str, str]:
+        """The status of each event (BatchGetItem, at most 100 ids a request; an event no longer stored
+        is absent). Read units are charged on each item's whole size, 1 per 4 KB strongly consistent,
+        half that eventually consistent, whatever is projected: the projection only keeps the answer
+        small. A stale answer can only show an earlier status (`received`), never a later one."""
+        found: dict[str, str] = {}
+        for start in range(0, len(webhook_ids), _BATCH_GET_LIMIT):
+            keys = [
+                {"webhook_id": {"S": webhook_id}}
+                for webhook_id in webhook_ids[start : start + _BATCH_GET_LIMIT]
+            ]
+            request: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": keys,
+                    "ConsistentRead": consistent,
+                    "ProjectionExpression": "webhook_id, #status",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                }
+            }
+            for attempt in range(_UNPROCESSED_ATTEMPTS):
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    found[item["webhook_id"]["S"]] = item.get("status", {}).get("S", "")
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: DynamoDB's advice is to back off
+            else:
+                raise StatusesUnread(f"{len(request[self.table_name]['Keys'])} events left unprocessed")
+        return found
+
+    def parked_unmatched_ids(self, received_before: str) -> Iterator[str]:
+        """Payments parked unmatched received before the cutoff (sparse `Parked` index, oldest first)."""
+        yield from self._query_ids(
+            PARKED_INDEX,
+            "parked_reason = :reason AND received_at < :before",
+            {":reason": {"S": ParkReason.UNMATCHED.value}, ":before": {"S": received_before}},
+        )
 
     def unmatched_naming(self, moment_id: str) -> Iterator[str]:
         """Payments parked unmatched that name this Moment id (sparse `UnmatchedByMomentId` index)."""
