@@ -304,10 +304,12 @@ def _reads_of_a_quiet_run(
     clock[0] += GRACE + PERIOD
     scheduled(harness, clock)
     clock[0] += PERIOD
+    waiting = len(harness.all_events())
     reads.reset()
     report = scheduled(harness, clock)
-    assert report.not_due == len(harness.all_events()) and report.examined == 0
-    return reads.items + Counter({f"{name} requests": count for name, count in reads.requests.items()})
+    found = reads.items + Counter({f"{name} requests": count for name, count in reads.requests.items()})
+    assert report.not_due == waiting and report.examined == 0
+    return found
 
 
 @pytest.mark.xfail(
@@ -583,6 +585,9 @@ STEP = st.one_of(
     st.tuples(st.just("throttle"), st.integers(1, 8)),
     st.tuples(st.just("run"), st.sampled_from([None, None, 3, 8, 20]), st.sampled_from([0, 0, 0, 1, 3])),
     st.tuples(st.just("tick"), st.sampled_from([PERIOD, PERIOD, 3600.0])),
+    st.tuples(st.just("operator")),
+    st.tuples(st.just("overlap"), st.integers(1, 12)),
+    st.tuples(st.just("expire"), st.integers(0, 50)),
 )
 
 
@@ -655,24 +660,111 @@ def _halve_batch_gets(world: World) -> None:
     client.batch_get_item = halved
 
 
-def _step(world: World, step: tuple[Any, ...]) -> None:
-    kind = step[0]
-    if kind == "receive":
-        _receive(world, *step[1:])
-    elif kind == "deliver_later":
-        for webhook_id in world.held_back:
+def _deliver_later(world: World) -> None:
+    for webhook_id in world.held_back:
+        if world.harness.events.get(webhook_id) is not None:  # a record of an expired event: no item
             delivered(world.harness, webhook_id)
-        world.held_back.clear()
-    elif kind == "fail" and world.received:
-        world.failing.add(f"gen_{step[1] % world.received}")
-    elif kind == "heal":
-        world.failing.clear()
-    elif kind == "throttle":
-        world.unprocessed[0] = step[1]
-    elif kind == "run":
-        _run(world, step[1], step[2])
-    elif kind == "tick":
-        world.clock[0] += step[1]
+    world.held_back.clear()
+
+
+def _fail(world: World, number: int) -> None:
+    if world.received:
+        world.failing.add(f"gen_{number % world.received}")
+
+
+def _expire(world: World, number: int) -> None:
+    """DynamoDB's TTL deleting an event (its retention is over)."""
+    if world.received:
+        world.harness.dynamodb.delete_item(
+            TableName=world.harness.events_name, Key={"webhook_id": {"S": f"gen_{number % world.received}"}}
+        )
+
+
+def _throttle(world: World, calls: int) -> None:
+    world.unprocessed[0] = calls
+
+
+def _tick(world: World, seconds: float) -> None:
+    world.clock[0] += seconds
+
+
+def _heal(world: World) -> None:
+    world.failing.clear()
+
+
+def _failing(world: World) -> Callable[..., Any]:
+    def reconcile(event: dict[str, Any], **kwargs: Any) -> Any:
+        if event["webhook_id"] in world.failing:
+            raise RuntimeError("throttled")
+        return reconcile_event(event, **kwargs)
+
+    return reconcile
+
+
+def _operator(world: World) -> None:
+    """`redrive --stuck --grace-minutes 0`: no lease, the scheduled run's state read, nothing saved."""
+    harness = world.harness
+    before = saved_state(harness)
+    with mock.patch.object(redrive_module, "reconcile_event", _failing(world)):
+        redrive_stuck(
+            events=harness.events,
+            ledger=harness.ledger,
+            directory=None,
+            now=harness.clock,
+            grace_seconds=0,
+            back_off=False,
+            state=before,
+        )
+    assert saved_state(harness) == before
+    assert_found(harness)
+
+
+def _overlap(world: World, at_check: int) -> None:
+    """Run A's lease expires in its middle (a clock step, a late asynchronous retry); run B takes it
+    over and runs to its end inside A; then A goes on, its saves refused."""
+    harness, clock = world.harness, world.clock
+    lease = harness.ledger.leases().acquire(
+        REDRIVE_LEASE, f"A@{clock[0]}", now=clock[0], expires_at=clock[0] + 30
+    )
+    assert lease is not None
+    checks = [0]
+
+    def a_time_left() -> float:
+        checks[0] += 1
+        if checks[0] == at_check:
+            clock[0] += 40
+            with mock.patch.object(redrive_module, "reconcile_event", _failing(world)):
+                scheduled(harness, clock)
+        return 100.0
+
+    with mock.patch.object(redrive_module, "reconcile_event", _failing(world)):
+        redrive_stuck(
+            events=harness.events,
+            ledger=harness.ledger,
+            directory=None,
+            now=harness.clock,
+            grace_seconds=GRACE,
+            lease=lease,
+            time_left=a_time_left,
+        )
+    lease.release()
+    if checks[0] < at_check:  # B never ran: A had the whole run; the lease is over by now anyway
+        clock[0] += 40
+    assert_found(harness)
+
+
+STEPS: dict[str, Callable[..., None]] = {
+    "receive": _receive,
+    "deliver_later": _deliver_later,
+    "fail": _fail,
+    "heal": _heal,
+    "throttle": _throttle,
+    "run": _run,
+    "tick": _tick,
+    "operator": _operator,
+    "overlap": _overlap,
+    "expire": _expire,
+}
 
 
 @contextlib.contextmanager
@@ -693,6 +785,7 @@ def generated_world(retry_limit: int) -> Iterator[World]:
     max_examples=8,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(retry_limit=st.sampled_from([1, 2, 100]), steps=st.lists(STEP, min_size=4, max_size=14))
@@ -705,8 +798,8 @@ def test_generated_histories_end_with_every_event_final_and_every_payment_applie
     leave every event final, each application applied once."""
     with generated_world(retry_limit) as world:
         harness, clock = world.harness, world.clock
-        for step in steps:
-            _step(world, step)
+        for kind, *arguments in steps:
+            STEPS[kind](world, *arguments)
         # WHEN the faults are gone (the late stream records never come) and the runs go on for a day
         world.failing.clear()
         world.unprocessed[0] = 0
