@@ -266,13 +266,6 @@ def test_with_moment_answering_fast_the_late_sweep_finds_an_event_behind_the_cur
     assert_money_once(harness)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT late sweep starved: the late sweep and a full pass run after the parked-unmatched "
-    "step, which stops the run (_OutOfTime) whenever a due unmatched payment finds less than its "
-    "Moment worst case left; with Moment slow and strangers arriving, no run reaches the late sweep, "
-    "the event behind the cursor stays received and no alarmed metric counts it",
-)
 def test_with_moment_slow_the_late_sweep_still_runs_or_an_alarmed_metric_says_it_did_not(
     harness: LedgerHarness, clock: list[float]
 ) -> None:
