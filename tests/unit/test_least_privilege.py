@@ -40,7 +40,7 @@ EXPECTED_ACTIONS = {
     | LEDGER_WRITES
     | MOMENT_KEY
     | FAILED_RUNS
-    | {"dynamodb:Query", "pipes:DescribePipe"},
+    | {"dynamodb:Query", "dynamodb:BatchGetItem", "pipes:DescribePipe"},
     "BalancePusherFunction": LOGS | LEDGER_WRITES | MOMENT_KEY | FAILED_RUNS | {"dynamodb:Query"},
     "PushDispatcherFunction": LOGS | FAILED_RUNS | {"lambda:InvokeFunction", "dynamodb:GetItem"},
     "LedgerApiFunction": LOGS | LEDGER_WRITES | {"dynamodb:Query"},
@@ -184,3 +184,39 @@ def test_the_push_dispatcher_starts_only_the_worker_and_reads_only_the_shard_lea
     # The worker is the dispatcher's target, by name, on the push schedule's behalf.
     variables = resources()["PushDispatcherFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["PUSH_WORKER_FUNCTION"] == {"Ref": "BalancePusherFunction"}
+
+
+# Each index a function's code queries (grep `IndexName`), by table. moto enforces no IAM, so without
+# this a query the role does not allow passes every local test and is refused on AWS.
+INDEX_QUERIES = {
+    "RedriveFunction": {
+        ("WebhookEventsTable", "Unfinished"),  # the cursors' reads
+        ("WebhookEventsTable", "Parked"),  # payments parked unmatched
+        ("WebhookEventsTable", "UnmatchedByMomentId"),
+    },
+    "BalancePusherFunction": {("LedgerTable", "PendingPush")},
+    "LedgerApiFunction": {("LedgerTable", "EntriesNewestFirst"), ("LedgerTable", "BillsByOwner")},
+}
+
+
+def _index_arns(function: str) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for statement in statements(function):
+        if "dynamodb:Query" not in as_list(statement["Action"]):
+            continue
+        for resource in as_list(statement["Resource"]):
+            text = resource.get("Fn::Sub") if isinstance(resource, dict) else None
+            if isinstance(text, str) and "/index/" in text:
+                table = text.split("${", 1)[1].split(".Arn}", 1)[0]
+                found.add((table, text.rsplit("/index/", 1)[1]))
+    return found
+
+
+@pytest.mark.parametrize("function", sorted(INDEX_QUERIES))
+def test_each_index_a_function_queries_is_granted(function: str) -> None:
+    assert INDEX_QUERIES[function] <= _index_arns(function)
+
+
+def test_the_redrive_may_read_statuses_a_hundred_at_a_time() -> None:
+    [status] = [s for s in statements("RedriveFunction") if "dynamodb:BatchGetItem" in as_list(s["Action"])]
+    assert status["Resource"] == {"Fn::GetAtt": ["WebhookEventsTable", "Arn"]}
