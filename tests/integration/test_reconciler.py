@@ -10,8 +10,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from moment_sync.ledger.model import BalanceKind
+from moment_sync.reconciler import MAX_BACKOFF_SECONDS
 from moment_sync.reconciliation import ParkReason
-from moment_sync.redrive import MAX_BACKOFF_SECONDS, RedriveReport, redrive, redrive_stuck
+from moment_sync.redrive import RedriveReport, redrive, redrive_stuck
 from support.ledger import LedgerHarness, payment
 from support.webhooks import NOW
 
@@ -343,14 +344,15 @@ def test_scheduled_redrive_backs_off_from_a_payment_that_stays_unmatched(dynamod
         if report.examined:
             tried_at.append(now[0] - NOW)
     gaps = [later - earlier for earlier, later in zip([0, *tried_at], tried_at, strict=False)]
-    # The first run that finds it in the index (received more than the grace ago), then backing off.
-    assert gaps[:6] == [900, 1200, 2400, 4800, 9600, 19200]
+    # The first run the grace after its parking (`UnmatchedDue` finds it then), then backing off.
+    assert gaps[:6] == [600, 1200, 2400, 4800, 9600, 19200]
     assert gaps[6:] == [MAX_BACKOFF_SECONDS] * 2
     assert directory.lookups == ["bcus_nobody"] * len(gaps)  # one call to Moment per try, no more
     assert harness.event("msg_nobody")["redrive_attempts"] == len(gaps) + 1
 
-    now[0] += 60  # not due for hours; the operator's re-drive tries it anyway
-    assert scheduled().not_due == 1
+    now[0] += 60  # not due for hours: not even read (its key keeps it out of the query); the
+    # operator's re-drive tries it anyway
+    assert (scheduled().examined, scheduled().not_due) == (0, 0)
     assert scheduled(back_off=False).examined == 1
 
 

@@ -191,7 +191,8 @@ def test_the_push_dispatcher_starts_only_the_worker_and_reads_only_the_shard_lea
 INDEX_QUERIES = {
     "RedriveFunction": {
         ("WebhookEventsTable", "Unfinished"),  # the cursors' reads
-        ("WebhookEventsTable", "Parked"),  # payments parked unmatched
+        ("WebhookEventsTable", "UnmatchedDue"),  # payments parked unmatched, due
+        ("WebhookEventsTable", "Parked"),  # all of them (an operator's run, the one unkeyed pass)
         ("WebhookEventsTable", "UnmatchedByMomentId"),
     },
     "BalancePusherFunction": {("LedgerTable", "PendingPush")},

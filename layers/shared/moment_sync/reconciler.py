@@ -33,6 +33,17 @@ from moment_sync.reconciliation import (
     decide,
 )
 
+# A payment that stays unmatched is tried by the scheduled re-drive at most this far apart.
+MAX_BACKOFF_SECONDS = 6 * 3600
+
+
+def unmatched_wait_seconds(attempts: int, grace_seconds: float) -> float:
+    """How much longer than the re-drive's grace a payment parked unmatched for the `attempts`-th time
+    waits for its next try: the grace doubled for each try before this parking, at most
+    MAX_BACKOFF_SECONDS in all (the first parking waits the grace alone)."""
+    delay = grace_seconds * float(2 ** min(max(attempts, 1) - 1, 32))
+    return max(0.0, min(delay, MAX_BACKOFF_SECONDS) - grace_seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class Reconciled:
@@ -50,10 +61,16 @@ def reconcile_event(
     ledger: LedgerTable,
     events: WebhookEventsTable,
     now: Callable[[], float],
+    grace_seconds: float = 0.0,
 ) -> Reconciled:
     """`event` is the stored item as plain values (webhook_id, the summary, …). The decision comes
-    from the stored summary alone: a body erased by `forget` changes nothing."""
+    from the stored summary alone: a body erased by `forget` changes nothing. `grace_seconds`: the
+    scheduled re-drive's, which backs off from a payment left unmatched again (0, the stream's and
+    any other caller's: tried again the re-drive's grace after this parking, whatever tries came
+    before; `redrive_attempts` still counts them)."""
     webhook_id = str(event["webhook_id"])
+    # Parked unmatched now, it would be so for the (redrive_attempts + 1)-th time.
+    wait = unmatched_wait_seconds(int(event.get("redrive_attempts") or 0) + 1, grace_seconds)
     decision = decide(envelope_of(event))
     if isinstance(decision, Ignore):
         changed = events.finish(webhook_id, EventStatus.IGNORED, now(), ignored_type=decision.event_type)
@@ -61,10 +78,10 @@ def reconcile_event(
         logger.info("event ignored", extra={"event_type": decision.event_type})
         return Reconciled(webhook_id, EventStatus.IGNORED, changed=changed)
     if isinstance(decision, Park):
-        return _park(events, webhook_id, decision, now)
+        return _park(events, webhook_id, decision, now, wait=wait)
     if isinstance(decision, BillPaymentApplication):
-        return _apply_bill_payment(decision, webhook_id, ledger=ledger, events=events, now=now)
-    return _apply_payment(decision, webhook_id, ledger=ledger, events=events, now=now)
+        return _apply_bill_payment(decision, webhook_id, ledger=ledger, events=events, now=now, wait=wait)
+    return _apply_payment(decision, webhook_id, ledger=ledger, events=events, now=now, wait=wait)
 
 
 def _apply_payment(
@@ -74,6 +91,7 @@ def _apply_payment(
     ledger: LedgerTable,
     events: WebhookEventsTable,
     now: Callable[[], float],
+    wait: float,
 ) -> Reconciled:
     log_fields = {
         "application_id": payment.application_id,
@@ -83,7 +101,7 @@ def _apply_payment(
     balance = ledger.resolve_moment_id(payment.moment_id)
     if balance is None or balance.kind is not payment.target_kind:
         detail = f"no {payment.target_kind.value} in the ledger is linked to {payment.moment_id}"
-        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields, wait=wait)
 
     moment = now()
     entry = Entry(
@@ -137,7 +155,7 @@ def _apply_payment(
             events, ledger, webhook_id, payment.application_id, result.applied_as, this, now, log_fields
         )
     detail = f"{payment.moment_id} is linked to {balance}, which is not in the ledger"
-    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields, wait=wait)
 
 
 def _apply_bill_payment(
@@ -147,6 +165,7 @@ def _apply_bill_payment(
     ledger: LedgerTable,
     events: WebhookEventsTable,
     now: Callable[[], float],
+    wait: float,
 ) -> Reconciled:
     """A payment Moment applied to a bill: raises that bill's amount_paid once per application id (the
     guard is ledger-wide, across bills and balances); never changes a balance (docs/ledger.md#bills)."""
@@ -158,7 +177,7 @@ def _apply_bill_payment(
     bill = ledger.resolve_bill_id(payment.bill_id)
     if bill is None:
         detail = f"no bill in the ledger is linked to {payment.bill_id}"
-        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+        return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields, wait=wait)
     moment = now()
     entry = BillEntry(
         kind=BillEntryKind.PAYMENT,
@@ -232,7 +251,7 @@ def _apply_bill_payment(
         detail = f"payment in {payment.currency}, but {bill} is in {kept}"
         return _park(events, webhook_id, Park(ParkReason.CURRENCY_MISMATCH, detail), now, log_fields)
     detail = f"{payment.bill_id} is linked to {bill}, which is not in the ledger"
-    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields)
+    return _park(events, webhook_id, Park(ParkReason.UNMATCHED, detail), now, log_fields, wait=wait)
 
 
 def _park(
@@ -241,11 +260,16 @@ def _park(
     park: Park,
     now: Callable[[], float],
     log_fields: dict[str, Any] | None = None,
+    *,
+    wait: float = 0.0,
     **fields: str,
 ) -> Reconciled:
-    # An unmatched payment is indexed by the Moment id it names, so linking that id re-drives it.
+    # An unmatched payment is indexed by the Moment id it names, so linking that id re-drives it, and
+    # by when its next try is due (its backoff, `wait`), so a re-drive run reads only those due.
     named = (log_fields or {}).get("moment_id") if park.reason is ParkReason.UNMATCHED else None
-    changed = events.park(webhook_id, park.reason, park.detail, now(), moment_id=named, **fields)
+    changed = events.park(
+        webhook_id, park.reason, park.detail, now(), moment_id=named, unmatched_wait=wait, **fields
+    )
     logger.warning(
         "event parked", extra={**(log_fields or {}), "reason": park.reason.value, "detail": park.detail}
     )

@@ -5,18 +5,21 @@ or any other miss) through the `Unfinished` index read forward from cursors kept
 lease (a final status leaves an event in that index, so it never shrinks: docs/ledger.md#re-drive),
 again a day behind those cursors (the late sweep: events that reached the index after a cursor had
 passed them), or from the start of retention (an operator's full pass), and events parked
-`unmatched` through `Parked` (never a table scan), and reconciles them again with the same function
-the stream uses. For an unmatched
-payment it first asks Moment which reference the Moment id belongs to and links it when the ledger
-has that reference. Safe to run at any time: applying a payment is idempotent. Like the stream, it
-decides from each event's stored summary, never its body (which `forget` may have erased); each event
-is read and reconciled inside its own error handling, so one bad event never stops a run.
+`unmatched` whose next try is due through `UnmatchedDue` (never a table scan; an operator's re-drive:
+all of them, through `Parked`), and reconciles them again with the same function the stream uses.
+For an unmatched payment it first asks Moment which reference the Moment id belongs to and links it
+when the ledger has that reference. Safe to run at any time: applying a payment is idempotent. Like
+the stream, it decides from each event's stored summary, never its body (which `forget` may have
+erased); each event is read and reconciled inside its own error handling, so one bad event never
+stops a run.
 
 The scheduled re-drive backs off from a payment that stays unmatched: it is tried `grace` after it
 was first parked, then twice as long after each try that left it unmatched, at most every
 MAX_BACKOFF_SECONDS. Without that, every payment for someone the merchant never opened would cost a
-call to Moment and a write on every run, forever. An operator's re-drive (by id, by reason, or the
-function invoked with `{"ignore_backoff": true}`) tries them all at once.
+call to Moment and a write on every run, forever. The parking write says when (`unmatched_grace_from`,
+the key of `UnmatchedDue`): a run reads only the payments due, not every one waiting. An operator's
+re-drive (by id, by reason, or the function invoked with `{"ignore_backoff": true}`) tries them all
+at once.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from moment_sync.reconciliation import (
     decide,
 )
 
-MAX_BACKOFF_SECONDS = 6 * 3600
 # Events whose reconcile raised, kept in the lease state and tried first on every run. Bounded: at
 # most 100 webhook ids of 255 characters, about 26 KB of the lease item's 400 KB. Once it is full the
 # cursor stops before the next such event instead of passing it.
@@ -69,6 +71,10 @@ _AHEAD = {"cursors": "ahead", "late": "late_ahead", "full": "full_ahead"}
 # Moment calls for one unmatched event at worst: the object by its id, and for an account its
 # customer's (account_owner: the account, then the customer).
 LOOKUPS_PER_EVENT = 3
+# The one pass over `Parked` for payments an earlier version parked unmatched without
+# `unmatched_grace_from` (absent from `UnmatchedDue`) starts this long after the first run of this
+# version: by then no function of the earlier version is still running to park one more.
+UNKEYED_PASS_WAIT_SECONDS = 3600
 
 
 class _OutOfTime(Exception):
@@ -148,14 +154,16 @@ def redrive_stuck(
 ) -> RedriveReport:
     """Every event received more than `grace_seconds` ago that is not final (with `back_off`, an
     unmatched one only when its next try is due): first the events earlier runs could not finish (the
-    retry list), then each `Unfinished` shard forward from its cursor, then the payments parked
-    unmatched (`Parked`), then the late sweep (events that reached the index behind a cursor) and a
-    full pass when one is under way. With a `lease` (the scheduled run) the cursors and the retry list
-    live in its state and are saved after each page and when the run stops; `full_pass` starts a pass
-    over every shard from the start of retention that later runs carry on until it is through (the
-    operator's `{"ignore_backoff": true}`). Without a lease (the operator's `redrive --stuck`) the run
-    reads every shard from the start of retention, whatever the cursors say, and saves nothing;
-    `state` (the scheduled run's) only tells which events it finds behind a cursor."""
+    retry list), then each `Unfinished` shard forward from its cursor, then the late sweep (events
+    that reached the index behind a cursor), then the payments parked unmatched that are due
+    (`UnmatchedDue`; without `back_off`, all of them through `Parked`), then, once, those an earlier
+    version parked without a due time, and a full pass when one is under way. With a `lease` (the
+    scheduled run) the cursors and the retry list live in its state and are saved after each page and
+    when the run stops; `full_pass` starts a pass over every shard from the start of retention that
+    later runs carry on until it is through (the operator's `{"ignore_backoff": true}`). Without a
+    lease (the operator's `redrive --stuck`) the run reads every shard from the start of retention,
+    whatever the cursors say, and saves nothing; `state` (the scheduled run's) only tells which
+    events it finds behind a cursor."""
     sweep = _Sweep(
         events=events,
         ledger=ledger,
@@ -164,6 +172,7 @@ def redrive_stuck(
         time_left=time_left,
         min_seconds_left=min_seconds_left,
         backoff_from_seconds=grace_seconds if back_off else None,
+        grace_seconds=grace_seconds,
         lookup_seconds=lookup_seconds,
         lease=lease,
         state=copy.deepcopy(dict(lease.state if lease is not None else state or {})),
@@ -200,7 +209,10 @@ class _Sweep:
     `late` {shard: received_at}: the late sweep's position, LATE_HORIZON_SECONDS behind the cursors;
     `full` {shard: received_at}: a full pass under way (a shard absent: not started); `late_ahead`,
     `full_ahead`: as `ahead`, for those; `since`: when the first run started (a shard not read
-    through yet lags from then)."""
+    through yet lags from then); `unkeyed` {"until": received_at, "at": received_at}: the one pass
+    over `Parked` for payments parked unmatched by an earlier version (no `unmatched_grace_from`),
+    which starts at `until` and reads the events received up to then; `at` is how far it got (through
+    once it reaches `until`)."""
 
     events: WebhookEventsTable
     ledger: LedgerTable
@@ -209,6 +221,7 @@ class _Sweep:
     time_left: Callable[[], float]
     min_seconds_left: float
     backoff_from_seconds: float | None
+    grace_seconds: float
     lookup_seconds: float
     lease: HeldLease | None
     state: dict[str, Any]
@@ -233,7 +246,7 @@ class _Sweep:
                 return
             # The late sweep before the parked-unmatched step: a slow Moment stops a run inside that
             # step, and an event behind a cursor must not wait on it (a stuck one no metric counts).
-            if self._shards() and self._late() and self._unmatched():
+            if self._shards() and self._late() and self._unmatched() and self._unkeyed():
                 self._full()
         except _OutOfTime:  # an event the stream parked unmatched meanwhile, no time for Moment
             self.report.stopped_early = True
@@ -260,6 +273,7 @@ class _Sweep:
                 backoff_from_seconds=self.backoff_from_seconds,
                 report=self.report,
                 moment_time=lambda: self.time_left() >= self.lookup_seconds + self.min_seconds_left,
+                grace_seconds=self.grace_seconds,
             )
         except _OutOfTime:
             raise
@@ -499,9 +513,15 @@ class _Sweep:
             self._save()
 
     def _unmatched(self) -> bool:
-        """Payments parked unmatched: through `Parked`, each when its backoff says so. One that raises
-        stays parked unmatched, so the next run finds it again through the same index."""
-        for webhook_id in self.events.parked_unmatched_ids(self.cutoff):
+        """Payments parked unmatched: with the backoff, those due (`UnmatchedDue`: their
+        `unmatched_grace_from` at or before now - grace; the others are not read at all); without it
+        (an operator's), every one through `Parked`. One that raises stays parked unmatched with the
+        same due time, so the next run finds it again through the same index."""
+        if self.backoff_from_seconds is None:
+            found = self.events.parked_unmatched_ids(self.cutoff)
+        else:
+            found = self.events.unmatched_due_ids(self.cutoff)
+        for webhook_id in found:
             if self._out_of_time():
                 return False
             try:
@@ -509,6 +529,43 @@ class _Sweep:
             except _OutOfTime:
                 self.report.stopped_early = True
                 return False
+        return True
+
+    def _unkeyed(self) -> bool:
+        """Once: the payments an earlier version parked unmatched (no `unmatched_grace_from`, so not in
+        `UnmatchedDue`), through `Parked`, each tried as due; a try that leaves one unmatched parks it
+        again with its due time. Starts UNKEYED_PASS_WAIT_SECONDS after the first run of this version
+        and reads the events received up to then (an event received later is parked by this version);
+        one read of each parked payment, then never again. One that raises joins the retry list;
+        with the list full the pass stops before it until a later run."""
+        if self.lease is None:
+            return True  # the operator's look reads all of `Parked` already
+        unkeyed: dict[str, str] = dict(self.state.get("unkeyed") or {})
+        unkeyed.setdefault("until", iso_time(self.now() + UNKEYED_PASS_WAIT_SECONDS))
+        self.state["unkeyed"] = unkeyed
+        if unkeyed.get("at", "") >= unkeyed["until"] or iso_time(self.now()) < unkeyed["until"]:
+            return True
+        try:
+            return self._unkeyed_pages(unkeyed)
+        except _OutOfTime:
+            self.report.stopped_early = True
+            return False
+
+    def _unkeyed_pages(self, unkeyed: dict[str, str]) -> bool:
+        """Read the pass on from `unkeyed["at"]`, moving it (and saving) after each page."""
+        last = unkeyed.get("at")
+        for page in self.events.parked_unmatched_pages(last, unkeyed["until"]):
+            for webhook_id, received_at in page:
+                # A position moves only past a whole millisecond (as a cursor's: `_page`).
+                if last is not None and received_at > last:
+                    unkeyed["at"] = last
+                last = received_at
+                if self._out_of_time():
+                    return False
+                if not (self._one(webhook_id) or self._hold(webhook_id)):
+                    return True  # the retry list is full: from `at` again next run
+            self._save()
+        unkeyed["at"] = unkeyed["until"]
         return True
 
     def _save(self) -> None:
@@ -545,10 +602,16 @@ def _seconds(iso: str) -> float:
 def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool:
     """Whether the scheduled re-drive, with this lease `state`, will still look at an event that is not
     final: received after its shard's cursor, at or behind it but not yet passed by the late sweep or
-    a full pass under way, in the retry list, or parked unmatched (through `Parked`). The invariant
-    (docs/ledger.md#re-drive): every event is final or found so."""
+    a full pass under way, in the retry list, or parked unmatched: with a due time (through
+    `UnmatchedDue`), or without (parked by an earlier version) before the one pass over `Parked` for
+    those is through. The invariant (docs/ledger.md#re-drive): every event is final or found so."""
     if event.get("status") == EventStatus.PARKED:
-        return event.get("parked_reason") == ParkReason.UNMATCHED
+        if event.get("parked_reason") != ParkReason.UNMATCHED:
+            return False
+        if event.get("unmatched_grace_from"):
+            return True
+        unkeyed = state.get("unkeyed") or {}
+        return str(unkeyed.get("at") or "") < str(unkeyed.get("until") or "~")
     if event.get("status") != EventStatus.RECEIVED:
         return False
     if event.get("webhook_id") in (state.get("retry") or []):
@@ -573,11 +636,13 @@ def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool
 
 def unmatched_retry_due(event: dict[str, Any], backoff_from_seconds: float) -> float:
     """When an event parked unmatched is next worth a try (Unix seconds): `backoff_from_seconds` after
-    it was parked the first time, doubling with each try since, at most MAX_BACKOFF_SECONDS."""
-    tries = max(1, int(event.get("redrive_attempts") or 1))
-    parked_at = datetime.fromisoformat(str(event["resolved_at"]).replace("Z", "+00:00")).timestamp()
-    delay = backoff_from_seconds * float(2 ** min(tries - 1, 32))
-    return parked_at + min(delay, MAX_BACKOFF_SECONDS)
+    its `unmatched_grace_from`, which its parking wrote (`reconciler.unmatched_wait_seconds`: the
+    grace after the first parking, doubling with each try since, at most MAX_BACKOFF_SECONDS), the
+    same time `UnmatchedDue` finds it at. One parked by an earlier version has none: due now."""
+    grace_from = event.get("unmatched_grace_from")
+    if not grace_from:
+        return float("-inf")
+    return _seconds(str(grace_from)) + backoff_from_seconds
 
 
 def redrive(
@@ -612,6 +677,7 @@ def redrive(
                 backoff_from_seconds=backoff_from_seconds,
                 report=report,
                 moment_time=lambda: time_left() >= lookup_seconds + min_seconds_left,
+                grace_seconds=backoff_from_seconds or 0.0,
             )
         except _OutOfTime:
             report.stopped_early = True
@@ -645,7 +711,9 @@ def _redrive_one(
     backoff_from_seconds: float | None,
     report: RedriveReport,
     moment_time: Callable[[], bool] = lambda: True,
+    grace_seconds: float = 0.0,
 ) -> None:
+    """`grace_seconds`: the re-drive's, from which a try that leaves the payment unmatched backs off."""
     event = events.get(webhook_id)
     if event is None or event.get("status") not in {EventStatus.RECEIVED, EventStatus.PARKED}:
         return
@@ -672,7 +740,7 @@ def _redrive_one(
     linked = None
     if unmatched and directory is not None:
         linked = _link_from_moment(event, ledger=ledger, directory=directory, report=report, now=now)
-    report.count(reconcile_event(event, ledger=ledger, events=events, now=now))
+    report.count(reconcile_event(event, ledger=ledger, events=events, now=now, grace_seconds=grace_seconds))
     if linked is not None:
         redrive_linked(linked, events=events, ledger=ledger, now=now, report=report)
 

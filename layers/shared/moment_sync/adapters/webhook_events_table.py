@@ -5,8 +5,10 @@ the key schema and indexes live in template.yaml. Indexes keep operators and the
 scans: `Unfinished` holds every event by its shard (`unfinished_shard`, written by the receiver and
 never removed: a status write that removed it would cost a second write unit, so the re-drive reads
 it forward from a cursor instead, docs/ledger.md#re-drive), `Parked` holds every parked event by
-reason (`parked_reason`), and `UnmatchedByMomentId` holds payments parked unmatched by the Moment id
-they name (`unmatched_moment_id`).
+reason (`parked_reason`), `UnmatchedByMomentId` holds payments parked unmatched by the Moment id
+they name (`unmatched_moment_id`), and `UnmatchedDue` holds payments parked unmatched by
+`unmatched_grace_from` (the scheduled re-drive tries one again its grace after that time, so it reads
+only those due: docs/ledger.md#re-drive).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ UNFINISHED_SHARDS = 8
 UNFINISHED_INDEX = "Unfinished"
 PARKED_INDEX = "Parked"
 UNMATCHED_INDEX = "UnmatchedByMomentId"
+UNMATCHED_DUE_INDEX = "UnmatchedDue"
 # BatchGetItem's limit, and how often its unprocessed keys are asked for again before giving up.
 _BATCH_GET_LIMIT = 100
 _UNPROCESSED_ATTEMPTS = 6
@@ -153,7 +156,7 @@ class WebhookEventsTable:
             values[f":{name}"] = {"S": str(value)}
             sets.append(f"{name} = :{name}")
         # Not `unfinished_shard`: leaving the Unfinished index would cost this write a second unit.
-        removals = ["reason", "reason_detail", "parked_reason", "unmatched_moment_id"]
+        removals = ["reason", "reason_detail", "parked_reason", "unmatched_moment_id", "unmatched_grace_from"]
         return {
             "TableName": self.table_name,
             "Key": {"webhook_id": {"S": webhook_id}},
@@ -174,10 +177,14 @@ class WebhookEventsTable:
         detail: str,
         now: float,
         moment_id: str | None = None,
+        *,
+        unmatched_wait: float = 0.0,
         **fields: Any,
     ) -> bool:
         """Park an open event. An unmatched payment names its Moment id (`moment_id`), which puts it in
-        the sparse `UnmatchedByMomentId` index: linking that id re-drives it at once."""
+        the sparse `UnmatchedByMomentId` index: linking that id re-drives it at once; and it enters (or
+        moves in) the sparse `UnmatchedDue` index at `unmatched_grace_from` = now + `unmatched_wait`
+        (its backoff beyond the re-drive's grace), in this same write."""
         update = self.status_update(webhook_id, EventStatus.PARKED, now, **fields)
         values = update["ExpressionAttributeValues"]
         values.update({":reason": {"S": reason.value}, ":detail": {"S": detail[:500]}})
@@ -191,12 +198,16 @@ class WebhookEventsTable:
             if moment_id:
                 sets += ", unmatched_moment_id = :moment_id"
                 values[":moment_id"] = {"S": moment_id}
+            # Through `UnmatchedDue`, only once due: its grace after this (docs/ledger.md#re-drive).
+            sets += ", unmatched_grace_from = :grace_from"
+            values[":grace_from"] = {"S": iso_time(now + max(0.0, unmatched_wait))}
             sets += " ADD redrive_attempts :one"
             values[":one"] = {"N": "1"}
         else:
             # Out of UnmatchedByMomentId: an event once parked unmatched and now parked for another
-            # reason (an application conflict, say) must not hold a first push waiting for ever.
-            removals = " REMOVE unmatched_moment_id"
+            # reason (an application conflict, say) must not hold a first push waiting for ever; and
+            # out of UnmatchedDue's key (its `parked_reason` is no longer `unmatched` anyway).
+            removals = " REMOVE unmatched_moment_id, unmatched_grace_from"
         update["UpdateExpression"] = sets + removals
         return self._update_if_open(update)
 
@@ -224,16 +235,33 @@ class WebhookEventsTable:
         """(webhook id, received_at) of the events of one `Unfinished` shard received in (after,
         through], oldest first, a page at a time (KEYS_ONLY: about 100 bytes an event). The index never
         shrinks, so the re-drive asks only for what lies past its cursor."""
-        values: dict[str, Any] = {":shard": {"S": f"u#{shard}"}, ":through": {"S": through}}
-        condition = "unfinished_shard = :shard AND received_at <= :through"
+        yield from self._received_pages(
+            UNFINISHED_INDEX, "unfinished_shard", f"u#{shard}", after, through, page_size
+        )
+
+    def parked_unmatched_pages(
+        self, after: str | None, through: str, page_size: int = 100
+    ) -> Iterator[list[tuple[str, str]]]:
+        """(webhook id, received_at) of the payments parked unmatched (`Parked`) received in (after,
+        through], oldest first, a page at a time: the re-drive's one pass over those an earlier
+        version parked without `unmatched_grace_from`."""
+        yield from self._received_pages(
+            PARKED_INDEX, "parked_reason", ParkReason.UNMATCHED.value, after, through, page_size
+        )
+
+    def _received_pages(
+        self, index: str, partition: str, value: str, after: str | None, through: str, page_size: int
+    ) -> Iterator[list[tuple[str, str]]]:
+        values: dict[str, Any] = {":value": {"S": value}, ":through": {"S": through}}
+        condition = f"{partition} = :value AND received_at <= :through"
         if after is not None:
             # BETWEEN is inclusive: the events received exactly at `after` are dropped below.
-            condition = "unfinished_shard = :shard AND received_at BETWEEN :after AND :through"
+            condition = f"{partition} = :value AND received_at BETWEEN :after AND :through"
             values[":after"] = {"S": after}
         paginator = self._client.get_paginator("query")
         for page in paginator.paginate(
             TableName=self.table_name,
-            IndexName=UNFINISHED_INDEX,
+            IndexName=index,
             KeyConditionExpression=condition,
             ExpressionAttributeValues=values,
             PaginationConfig={"PageSize": page_size},
@@ -274,8 +302,19 @@ class WebhookEventsTable:
                 raise StatusesUnread(f"{len(request[self.table_name]['Keys'])} events left unprocessed")
         return found
 
+    def unmatched_due_ids(self, grace_from_through: str) -> Iterator[str]:
+        """Payments parked unmatched whose `unmatched_grace_from` is at or before the given time (the
+        re-drive's now - grace): those whose next try is due, soonest due first (sparse `UnmatchedDue`
+        index). A key condition, not a filter: the ones not due yet are never read."""
+        yield from self._query_ids(
+            UNMATCHED_DUE_INDEX,
+            "parked_reason = :reason AND unmatched_grace_from <= :through",
+            {":reason": {"S": ParkReason.UNMATCHED.value}, ":through": {"S": grace_from_through}},
+        )
+
     def parked_unmatched_ids(self, received_before: str) -> Iterator[str]:
-        """Payments parked unmatched received before the cutoff (sparse `Parked` index, oldest first)."""
+        """Every payment parked unmatched received before the cutoff, due or not (sparse `Parked`
+        index, oldest first): the operator's re-drives, which try them all."""
         yield from self._query_ids(
             PARKED_INDEX,
             "parked_reason = :reason AND received_at < :before",
