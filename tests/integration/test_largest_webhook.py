@@ -166,6 +166,7 @@ def test_the_room_left_holds_the_rest_of_the_item_at_its_largest() -> None:
         # park() keeps 500 characters of the detail; 4 bytes each at worst.
         "reason_detail": {"S": "\U0001f600" * 500},
         "unmatched_moment_id": {"S": "x" * id_bytes},
+        "unmatched_grace_from": timestamp,
         "redrive_attempts": {"N": str(10**38 - 1)},
         "ignored_type": {"S": "x" * id_bytes},
         "entry_id": {"S": "payment:" + "x" * id_bytes},

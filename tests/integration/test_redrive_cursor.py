@@ -298,6 +298,85 @@ def test_payments_parked_unmatched_are_found_through_parked_not_the_cursor(
     assert harness.event("nobody")["status"] == EventStatus.APPLIED
 
 
+def test_the_parking_write_says_when_the_next_try_is_due_and_a_run_reads_only_those_due(
+    harness: LedgerHarness, clock: list[float], reads: Reads
+) -> None:
+    # GIVEN a payment parked unmatched by the stream
+    harness.receive("nobody", payment("ob_nobody", 100, customer_id="bcus_nobody"), at=clock[0])
+    assert harness.invoke(harness.next_batch()) == []
+    parked = harness.event("nobody")
+    # THEN that same write put it in `UnmatchedDue`, due the grace after its parking
+    assert parked["unmatched_grace_from"] == parked["resolved_at"] == iso_time(NOW)
+    # AND a run before then does not read it at all
+    clock[0] += GRACE - 1
+    reads.reset()
+    assert scheduled(harness, clock).not_due == 0
+    assert reads.items["GetItem"] == 0
+    # WHEN a run finds it due, and Moment still does not know it
+    clock[0] += 1
+    assert scheduled(harness, clock).outcomes == {"parked:unmatched": 1}
+    # THEN the write that parks it again says when next: the grace doubled, so 2 x grace from now
+    again = harness.event("nobody")
+    assert again["redrive_attempts"] == 2
+    assert again["unmatched_grace_from"] == iso_time(clock[0] + 2 * GRACE - GRACE)
+    # AND once applied, it leaves the index with the rest of its parking
+    harness.open_customer("NOBODY", moment_id="bcus_nobody")
+    clock[0] += 2 * GRACE
+    assert scheduled(harness, clock).outcomes == {"applied": 1}
+    assert "unmatched_grace_from" not in harness.event("nobody")
+    assert list(harness.events.unmatched_due_ids("9999")) == []
+
+
+def parked_by_an_earlier_version(harness: LedgerHarness, webhook_id: str, at: float) -> None:
+    """A payment parked unmatched as the version before `UnmatchedDue` left it: no due time."""
+    harness.receive(webhook_id, payment(f"ob_{webhook_id}", 100, customer_id=f"bcus_{webhook_id}"), at=at)
+    assert harness.invoke(harness.next_batch()) == []
+    harness.dynamodb.update_item(
+        TableName=harness.events_name,
+        Key={"webhook_id": {"S": webhook_id}},
+        UpdateExpression="REMOVE unmatched_grace_from",
+    )
+
+
+def test_payments_an_earlier_version_parked_unmatched_are_tried_once_by_one_pass_then_found_by_due_time(
+    harness: LedgerHarness, clock: list[float], reads: Reads
+) -> None:
+    # GIVEN payments an earlier version parked unmatched (not in `UnmatchedDue`), one for a customer
+    # the merchant has opened since
+    for number in range(3):
+        parked_by_an_earlier_version(harness, f"old_{number}", at=clock[0] - 86400 + number)
+    harness.open_customer("OLD0", moment_id="bcus_old_0")
+    assert list(harness.events.unmatched_due_ids("9999")) == []
+    # WHEN this version's runs start: the first waits for every earlier function to be gone
+    clock[0] += 300
+    scheduled(harness, clock)
+    state = lease_state(harness)["unkeyed"]
+    assert state == {"until": iso_time(clock[0] + redrive_module.UNKEYED_PASS_WAIT_SECONDS)}
+    for event in harness.all_events():
+        assert redrive_module.found_by_redrive(event, lease_state(harness))
+    clock[0] += redrive_module.UNKEYED_PASS_WAIT_SECONDS
+    report = scheduled(harness, clock)
+    # THEN the pass tried each once (treated as due): one applied, the others parked again with a
+    # due time, and the pass is through
+    assert report.outcomes == {"applied": 1, "parked:unmatched": 2}
+    assert harness.event("old_0")["status"] == EventStatus.APPLIED
+    for webhook_id in ("old_1", "old_2"):  # their second parking: the grace doubled
+        assert harness.event(webhook_id)["unmatched_grace_from"] == iso_time(clock[0] + GRACE)
+    unkeyed = lease_state(harness)["unkeyed"]
+    assert unkeyed["at"] == unkeyed["until"]
+    # AND later runs never read `Parked` again, and find the others through `UnmatchedDue` when due
+    clock[0] += 300
+    reads.reset()
+    assert scheduled(harness, clock).examined == 0
+    assert reads.items["Query"] == 0 and reads.items["GetItem"] == 0
+    clock[0] += 2 * GRACE - 300
+    assert scheduled(harness, clock).outcomes == {"parked:unmatched": 2}
+    for event in harness.all_events():
+        assert event["status"] == EventStatus.APPLIED or redrive_module.found_by_redrive(
+            event, lease_state(harness)
+        )
+
+
 def test_the_operators_stuck_redrive_reads_the_whole_index_and_saves_nothing(
     harness: LedgerHarness, clock: list[float], reads: Reads
 ) -> None:
