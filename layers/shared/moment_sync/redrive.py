@@ -608,10 +608,12 @@ def found_by_redrive(event: Mapping[str, Any], state: Mapping[str, Any]) -> bool
     if event.get("status") == EventStatus.PARKED:
         if event.get("parked_reason") != ParkReason.UNMATCHED:
             return False
-        if event.get("unmatched_grace_from"):
+        if event.get("unmatched_grace_from") or event.get("webhook_id") in (state.get("retry") or []):
             return True
+        # Parked by an earlier version: the one pass over `Parked` reads it unless it has passed it.
         unkeyed = state.get("unkeyed") or {}
-        return str(unkeyed.get("at") or "") < str(unkeyed.get("until") or "~")
+        at = str(unkeyed.get("at") or "")
+        return at < str(unkeyed.get("until") or "~") and str(event.get("received_at")) > at
     if event.get("status") != EventStatus.RECEIVED:
         return False
     if event.get("webhook_id") in (state.get("retry") or []):
