@@ -562,6 +562,8 @@ class _Sweep:
                 last = received_at
                 if self._out_of_time():
                     return False
+                if webhook_id in self.state["retry"]:
+                    continue  # tried at the start of this run
                 if not (self._one(webhook_id) or self._hold(webhook_id)):
                     return True  # the retry list is full: from `at` again next run
             self._save()
