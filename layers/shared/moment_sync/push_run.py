@@ -90,6 +90,7 @@ def push_announced(
     now: Callable[[], float],
     log: dict[str, Any],
     not_announced: str = "sync state not announced yet",
+    announced_by_push: Callable[[dict[str, Any]], bool] = lambda head: False,
 ) -> Result:
     """One push between two announcements of its sync state (`settle`: the ledger's
     `settle_sync_state`): what changed since the last look first (a payment, a charge, an outside
@@ -98,8 +99,11 @@ def push_announced(
     next look (docs/events.md). The head is read again after the push unless its booking wrote
     `synced` with nothing come since the read (`Booked.synced`): that read would find nothing to write
     (one DynamoDB request less per push). Every other end (booked but still pending, deferred, blocked,
-    failed, conflict, skipped, an exception) reads it again, since it may have changed the state."""
-    head = _announce(ref, head, settle, now, log, not_announced) or head
+    failed, conflict, skipped, an exception) reads it again, since it may have changed the state.
+    A head `announced_by_push` accepts goes to the push unannounced: the push writes what it owes in
+    its own first write (a steady balance push: in its intent's, one DynamoDB request less)."""
+    if not announced_by_push(head):
+        head = _announce(ref, head, settle, now, log, not_announced) or head
     announced = False
     try:
         pushed = push(ref, head)
