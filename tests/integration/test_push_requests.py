@@ -1,5 +1,5 @@
 """What one push costs in DynamoDB requests, and that the cheaper path still announces every sync state
-(docs/events.md, docs/pusher.md#the-calls-of-a-push): a push whose booking wrote `synced` with its
+(docs/events.md, docs/pusher.md#calls-per-pushed-balance): a push whose booking wrote `synced` with its
 transition does not read the head again after it (nothing came since the read, so that read would find
 nothing to write); a booking that leaves the balance pending still reads it again and announces what
 changed. Real parts: the ledger in moto, the Moment sandbox over HTTP, requests counted with botocore's

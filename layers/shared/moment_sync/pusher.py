@@ -604,7 +604,7 @@ def _count(name: str, value: int = 1) -> None:
 
 
 def announces_with_intent(head: dict[str, Any]) -> bool:
-    """A steady push's head (docs/pusher.md#the-calls-of-a-push): last announced `synced`, made pending
+    """A steady push's head (docs/pusher.md#calls-per-pushed-balance): last announced `synced`, made pending
     by a payment or a charge, its Moment object linked and pushed to before. Its look announces
     `synced -> pending` in its first write, not before the push: the intent's when it PATCHes, a write
     of its own just before any other. Every other look announces first (push_run.push_announced)."""

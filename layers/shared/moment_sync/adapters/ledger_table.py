@@ -723,10 +723,11 @@ class LedgerTable(LedgerBills):
         state written, for the booking (which announces `-> synced` conditional on it).
 
         Both conditions in one: a refusal is re-read. The push state (sequence, last pushed, open
-        intents) moved: the intent alone would have been refused, so this is (ConditionalCheckFailed,
-        as `record_intent`). Only the announcement's part moved (another writer announced, or a count
-        the state is derived from changed): decide it again from the fresh head, the intent still the
-        one `read` planned, so the push goes on and a transition is never written twice."""
+        intents) moved: the intent alone would have been refused too, and the refusal is raised as
+        `record_intent` raises it (ConditionalCheckFailed). Only the announcement's part moved
+        (another writer announced, or a count the state is derived from changed): it is decided again
+        from the fresh head, the intent still the one `read` planned, so the push goes on and no
+        transition is written twice."""
         head = read
         for _ in range(ANNOUNCE_WITH_INTENT_TRIES):
             due = _due_transition(balance, head, now) if "version" in head else None
@@ -753,7 +754,7 @@ class LedgerTable(LedgerBills):
             head = fresh
         # Lost to another announcer every time (not seen: only pushers announce, one per shard):
         # the intent alone; the look after the push announces what is due.
-        return self.record_intent(balance, read, target), read
+        return self.record_intent(balance, read, target), {**read, **_sync_fields(head)}
 
     def drop_intent(self, balance: BalanceRef, read: dict[str, Any], index: int) -> None:
         """The request never reached Moment (it failed before it was sent, or Moment refused it): it
