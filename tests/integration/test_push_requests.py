@@ -112,7 +112,7 @@ def test_a_booking_that_leaves_the_balance_pending_still_reads_it_again_and_anno
     assert transition(head)[1:] == ("failing", "pending")
 
 
-def test_a_bills_clean_push_does_not_read_its_head_again_after_the_booking(
+def test_a_bills_clean_push_carries_its_announcement_in_its_intent_and_does_not_read_it_after_booking(
     harness: LedgerHarness,
     bill_pusher: BillPusher,
     member: str,
@@ -121,20 +121,28 @@ def test_a_bills_clean_push_does_not_read_its_head_again_after_the_booking(
 ) -> None:
     bill = pushers.raise_bill(harness)
     assert pushers.run(bill_pusher) == {"created": 1}
+    stream = ledger_stream(harness.dynamodb, harness.ledger_name)
+    sync_state_changed(stream)
+    transitions = int(pushers.head(harness, bill).get("sync_transitions", 0))
     pushers.cash(harness, bill, "cash-1", 20000)  # an outside payment: the bill is pending again
     transport.requests.clear()
 
     with dynamodb_requests(harness) as sent:
         assert bill_pusher.push_one(bill) == "pushed"
 
-    # The bill, `synced -> pending`, the intent, the bill again (the PATCH's round), the booking.
-    assert sent == ["GetItem", "UpdateItem", "UpdateItem", "GetItem", "UpdateItem"]
+    # The bill, the intent (with `synced -> pending`), the bill again (the PATCH's round), the booking.
+    assert sent == ["GetItem", "UpdateItem", "GetItem", "UpdateItem"]
     assert [request.split(" ")[0] for request in transport.requests] == ["GET", "PATCH", "GET"]
     assert pushers.on_moment(sandbox)["amount_paid"] == 20000
     head = pushers.head(harness, bill)
     assert (head["sync_state"], sync_state(head)) == ("synced", "synced")
     assert transition(head)[1:] == ("pending", "synced")
     assert harness.ledger.settle_sync_state(bill, None, harness.clock() + 1) == head
+    assert [(old, new) for _id, old, new in sync_state_changed(stream)] == [
+        ("synced", "pending"),
+        ("pending", "synced"),
+    ]
+    assert head["sync_transitions"] == transitions + 2
 
 
 # --- a steady push announces `synced -> pending` in its intent's write (docs/events.md) ---------------

@@ -8,6 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from moment_sync.ledger.sync import SYNC_FIELDS
 from moment_sync.observability import logger
 
 Ref = TypeVar("Ref")
@@ -114,6 +115,23 @@ def push_announced(
     finally:
         if not announced:
             _announce(ref, None, settle, now, log, not_announced)
+
+
+def announced_now(
+    ref: Ref,
+    head: dict[str, Any] | None,
+    *,
+    settle: Callable[[Ref, dict[str, Any] | None, float], dict[str, Any] | None],
+    now: Callable[[], float],
+    log: dict[str, Any],
+) -> dict[str, Any] | None:
+    """What a look `announced_by_push` owes, written on its own before a write that is not an intent
+    (a deferral, a booking with no PATCH, a failure, a conflict): `head` with the sync state as it now
+    is, the rest as read (what the look decided on, never a fresh head's). None: read the head."""
+    settled = _announce(ref, head, settle, now, log, "sync state not announced yet")
+    if head is None or settled is None:
+        return settled if head is None else head
+    return {**head, **{name: settled[name] for name in SYNC_FIELDS if name in settled}}
 
 
 def _announce(

@@ -29,7 +29,6 @@ from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.ledger.sync import (
     ATTEMPTS_BEFORE_FAILING,
     DEFERRALS_BEFORE_ALERT,
-    SYNC_FIELDS,
     Booking,
     sync_state,
 )
@@ -51,7 +50,14 @@ from moment_sync.push_plan import (
     PushSnapshot,
     plan_push,
 )
-from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_pages
+from moment_sync.push_run import (
+    RATE_LIMITED_SECONDS,
+    Booked,
+    SharedBackoff,
+    announced_now,
+    push_announced,
+    push_pages,
+)
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -235,17 +241,10 @@ class BalancePusher:
             self._announced(balance, None)
 
     def _announced(self, balance: BalanceRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
-        """What a steady look owes (`synced -> pending`), written on its own before a write that is not
-        an intent (a deferral, a booking with no PATCH). Returns `head` with the sync state as it now
-        is: a lost race keeps the rest as read (what the look decided on), never the fresh head's."""
-        try:
-            settled = self.ledger.settle_sync_state(balance, head, self.now())
-        except Exception:  # the look's end announces it; a push must not fail for want of it
-            logger.exception("sync state not announced yet", extra={"reference": balance.ref})
-            return head
-        if head is None or settled is None:
-            return settled
-        return {**head, **{name: settled[name] for name in SYNC_FIELDS if name in settled}}
+        """What a steady look owes, on its own (push_run.announced_now)."""
+        return announced_now(
+            balance, head, settle=self.ledger.settle_sync_state, now=self.now, log={"reference": balance.ref}
+        )
 
     def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> Looked:
         moment_id = head["moment_id"]

@@ -17,7 +17,7 @@ put it in the sparse `PendingPush` index the pusher reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
-from moment_sync.adapters.ledger_bills import LedgerBills
+from moment_sync.adapters.ledger_bills import LedgerBills, _bill_push_condition
 from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import entry_event_attributes
@@ -728,16 +728,50 @@ class LedgerTable(LedgerBills):
         (another writer announced, or a count the state is derived from changed): it is decided again
         from the fresh head, the intent still the one `read` planned, so the push goes on and no
         transition is written twice."""
+        return self._intent_announced(
+            balance,
+            read,
+            now,
+            _intent_write(read, target),
+            lambda: self.record_intent(balance, read, target),
+        )
+
+    def record_bill_intent_announced(
+        self, bill: BillRef, read: dict[str, Any], amount_paid: int, now: float
+    ) -> int:
+        """A bill's PATCH intent (as `record_bill_intent`) with the transition its head still owes in
+        the same write, as `record_intent_announced` (the bill pusher reads the bill again after the
+        PATCH, so only the index is returned)."""
+        condition, values = _bill_push_condition(read)
+        intent = {":intent": [{"amount_paid": amount_paid, "outside_paid": int(read.get("outside_paid", 0))}]}
+        index, _head = self._intent_announced(
+            bill,
+            read,
+            now,
+            (condition, {**intent, ":none": [], **values}),
+            lambda: self.record_bill_intent(bill, read, amount_paid),
+        )
+        return index
+
+    def _intent_announced(
+        self,
+        ref: BalanceRef | BillRef,
+        read: dict[str, Any],
+        now: float,
+        intent: tuple[str, dict[str, Any]],
+        alone: Callable[[], int],
+    ) -> tuple[int, dict[str, Any]]:
+        """`intent` (its condition and values) appended to the head's push_intents with the transition
+        the head owes, in one write; `alone` writes the intent without it (nothing owed)."""
         head = read
         for _ in range(ANNOUNCE_WITH_INTENT_TRIES):
-            due = _due_transition(balance, head, now) if "version" in head else None
+            due = _due_transition(ref, head, now) if "version" in head else None
             if due is None:
-                index = self.record_intent(balance, read, target)
-                return index, {**read, **_sync_fields(head)}
-            condition, values = _intent_write(read, target)
+                return alone(), {**read, **_sync_fields(head)}
+            condition, values = intent
             try:
                 self._update_head(
-                    balance,
+                    ref,
                     "SET push_intents = list_append(if_not_exists(push_intents, :none), :intent), "
                     "sync_state = :state, sync_transition = :transition ADD sync_transitions :one",
                     f"{condition} AND {due.condition}",
@@ -748,13 +782,13 @@ class LedgerTable(LedgerBills):
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
                 refused = error
-            fresh = self.get_head(balance)
+            fresh = self.get_bill(ref) if isinstance(ref, BillRef) else self.get_head(ref)
             if fresh is None or not _same_push_state(read, fresh):
                 raise refused
             head = fresh
         # Lost to another announcer every time (not seen: only pushers announce, one per shard):
         # the intent alone; the look after the push announces what is due.
-        return self.record_intent(balance, read, target), {**read, **_sync_fields(head)}
+        return alone(), {**read, **_sync_fields(head)}
 
     def drop_intent(self, balance: BalanceRef, read: dict[str, Any], index: int) -> None:
         """The request never reached Moment (it failed before it was sent, or Moment refused it): it
@@ -1173,11 +1207,12 @@ def _sync_fields(head: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same_push_state(read: dict[str, Any], fresh: dict[str, Any]) -> bool:
-    """Whether an intent conditional on `read`'s push state (`_push_state_condition`, the open intents)
-    could still be written on `fresh`."""
+    """Whether an intent conditional on `read`'s push state (`_push_state_condition`, or a bill's
+    `_bill_push_condition`: the sequence, the last booking, the open intents) could still be written
+    on `fresh`."""
     return (
         "version" in fresh
-        and all(read.get(name) == fresh.get(name) for name in ("push_seq", "pushed_balance"))
+        and all(read.get(name) == fresh.get(name) for name in ("push_seq", "pushed_balance", "pushed_at"))
         and len(read.get("push_intents", [])) == len(fresh.get("push_intents", []))
     )
 
