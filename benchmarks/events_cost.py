@@ -4,8 +4,10 @@ Which webhook makes which events (each event is one pipe request after filtering
 and one custom event on the bus, $1.00 per million; records a filter drops are not billed):
 - a payment applied to a balance: one `Payment Applied` (PaymentEventsPipe); and the balance's sync
   state, which the pusher announces once per push cycle of that balance, however many payments landed
-  in it: `synced -> pending` at the start of its look (one more conditional write of the head,
-  `settle_sync_state`) and `pending -> synced` inside the booked push's own write (SyncStateEventsPipe);
+  in it: `synced -> pending` (inside the intent's write when the look PATCHes Moment; one more
+  conditional write of the head, `settle_sync_state`, when it does not: Moment already shows the
+  balance, which the model keeps as its worst case) and `pending -> synced` inside the booked push's
+  own write (SyncStateEventsPipe);
 - a payment applied to a bill: one `Bill Paid` (BillEventsPipe) and no sync-state change (a bill
   becomes pending only when it has outside payments: docs/events.md);
 - a redelivery, an ignored type or a parked event: no ledger entry (a parking is one `Event Parked`).
@@ -41,7 +43,9 @@ PRICES = {
 }
 ASSUMPTIONS = {
     "sync_events_per_push_cycle": 2,  # synced -> pending, pending -> synced (a push booked at the first look)
-    "settle_writes_per_push_cycle": 1,  # synced -> pending; -> synced is inside the booked push's write
+    # synced -> pending (worst case: a look with no PATCH; a PATCH's intent carries it, no extra write);
+    # -> synced is inside the booked push's write
+    "settle_writes_per_push_cycle": 1,
     "head_write_units": 2,  # a head of up to 2 KB (its payments list grows between pushes)
     "push_cycles_per_month": 30 * 24 * 12,  # PushSchedule rate(5 minutes), template.yaml's default
     # The typical merchant: a million payment webhooks a month over 500,000 balances (each paid twice a

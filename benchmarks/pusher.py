@@ -207,8 +207,8 @@ def _rows(found: dict[str, Any], *, concurrency: int) -> list[Row]:
                 "its report, so it includes reading the PendingPush index and the bookkeeping writes",
                 "per run (pushes/s): " + ", ".join(f"{value:.1f}" for value in rates),
                 f"per push: {steady_calls:.2f} Moment calls and {steady_dynamodb:.2f} DynamoDB requests "
-                "(head read, the sync-state announcement, intent, booking; the run's index queries and lease "
-                "writes included)",
+                "(head read, the intent with its synced -> pending announcement, the booking with its "
+                "pending -> synced; the run's index queries and lease writes included)",
                 f"CPU per push in the pusher's process: {cpu_ms:.1f} ms (median of the runs); a "
                 f"{MEMORY_MB} MB Lambda has {MEMORY_MB / 1769:.2f} of a vCPU, which caps the pusher near "
                 f"{1000 / (cpu_ms * 1769 / MEMORY_MB):.0f} pushes/s whatever the concurrency (if its cores "

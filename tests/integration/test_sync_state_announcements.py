@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from moment_sync.ledger.sync import Booking, sync_state
 from support.ledger import NOW, LedgerHarness, payment
@@ -174,3 +175,47 @@ def test_a_bill_booked_while_a_payment_keeps_it_pending_is_never_announced_synce
     [(event_id, old, new)] = sync_state_changed(stream)
     count = len(expected) + len(announced) + 1
     assert (event_id, old, new) == (f"BILL#FEE-1|sync|{count}", "pending", "synced")
+
+
+def test_an_intent_refused_for_its_announcement_is_written_again_with_what_the_fresh_head_owes(
+    dynamodb: Any,
+) -> None:
+    """record_intent_announced: a count the state is derived from moved after the read (another
+    worker's failure), the push state did not: the write is refused, the head read again, and the
+    intent written with `synced -> pending` as the fresh head gives it, once."""
+    harness = LedgerHarness(dynamodb)
+    stream = ledger_stream(dynamodb, harness.ledger_name)
+    balance = harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    harness.invoke(harness.next_batch())
+    read = harness.head(balance)
+    assert (read["sync_state"], sync_state(read)) == ("synced", "pending")
+    harness.ledger.record_failure(balance, "Moment answered 503", NOW, NOW)  # after the read
+
+    index, written = harness.ledger.record_intent_announced(balance, read, 0, NOW + 1)
+
+    head = harness.head(balance)
+    assert index == 0 and len(head["push_intents"]) == 1 and head["push_attempts"] == 1
+    assert (head["sync_state"], head["sync_transitions"]) == ("pending", 1)
+    assert (written["sync_state"], written["sync_transitions"]) == ("pending", 1)
+    assert sync_state_changed(stream) == [("CUSTOMER#UCR1|sync|1", "synced", "pending")]
+    # Booked from what the intent returned: `pending -> synced` in the booking's own write.
+    assert harness.ledger.record_push(balance, written, int(read["balance"]), NOW + 2) is Booking.SYNCED
+    assert sync_state_changed(stream) == [("CUSTOMER#UCR1|sync|2", "pending", "synced")]
+
+
+def test_an_intent_whose_push_state_moved_is_refused_and_announces_nothing(dynamodb: Any) -> None:
+    harness = LedgerHarness(dynamodb)
+    stream = ledger_stream(dynamodb, harness.ledger_name)
+    balance = harness.open_customer("UCR1", moment_id="bcus_1")
+    harness.receive("msg_1", payment("ob_1", 1500, customer_id="bcus_1"))
+    harness.invoke(harness.next_batch())
+    read = harness.head(balance)
+    harness.ledger.record_intent(balance, read, 0)  # another push's intent, after the read
+
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        harness.ledger.record_intent_announced(balance, read, 0, NOW)
+
+    head = harness.head(balance)
+    assert len(head["push_intents"]) == 1 and head["sync_state"] == "synced"
+    assert sync_state_changed(stream) == []

@@ -17,6 +17,7 @@ from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.webhook_events_table import iso_time
 from moment_sync.leases import LEASE_MARGIN_SECONDS
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
+from moment_sync.ledger.sync import Booking
 
 NOW = 1_790_000_000.0
 BALANCE = BalanceRef(BalanceKind.CUSTOMER, "SNAP0001")
@@ -47,14 +48,13 @@ def _on_snapshot(dynamodb: Any, table: str) -> tuple[LedgerTable, SnapshotLedger
 
 
 def _push_bookkeeping(ledger: LedgerTable) -> dict[str, Any]:
-    """What BalancePusher.push_one writes for a steady push: announce pending, the intent, the booking,
-    then the re-read of the head after the push (its `finally: self._settle(...)`)."""
+    """What BalancePusher.push_one writes for a steady push: the intent with `synced -> pending`, the
+    booking with `pending -> synced`; then a look at the head (it finds nothing to announce)."""
     read = ledger.get_head(BALANCE)
     assert read is not None
-    head = ledger.settle_sync_state(BALANCE, read, NOW)
-    assert head is not None
-    assert ledger.record_intent(BALANCE, head, 500) == 0
-    assert ledger.record_push(BALANCE, head, 500, NOW + 1)
+    index, head = ledger.record_intent_announced(BALANCE, read, 500, NOW)
+    assert index == 0 and head["sync_state"] == "pending"
+    assert ledger.record_push(BALANCE, head, 500, NOW + 1) is Booking.SYNCED
     after = ledger.settle_sync_state(BALANCE, None, NOW + 2)
     assert after is not None
     # The same stale read again (a late duplicate worker): every conditional write refuses it.
@@ -76,7 +76,12 @@ def test_a_read_after_the_runs_own_write_sees_it(dynamodb: Any) -> None:
     assert "push_shard" not in after
     assert on_snapshot.pending_pushes(NOW + 10) == []
     outcomes = [accepted for _write, accepted in snapshot.writes]
-    assert outcomes == [True, True, True, False, False]  # the re-read wrote nothing; the stale push refused
+    assert outcomes == [
+        True,
+        True,
+        False,
+        False,
+    ]  # the look wrote nothing; the stale push refused (both tries)
     # Reset: the next timed run meets the snapshot again.
     snapshot.reset()
     assert [balance for _since, balance in on_snapshot.pending_pushes(NOW)] == [BALANCE]

@@ -34,11 +34,18 @@ from moment_sync.bill_push_plan import (
 )
 from moment_sync.ledger.bills import MAX_OPEN_BILL_INTENTS, BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
-from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, Booking
+from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, Booking, sync_state
 from moment_sync.moment_client import CreateOutcome, MomentBill, MomentClient, NewBill
 from moment_sync.moment_errors import MomentApiError, MomentError, MomentNotOurs, MomentRateLimited
 from moment_sync.observability import logger
-from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_pages
+from moment_sync.push_run import (
+    RATE_LIMITED_SECONDS,
+    Booked,
+    SharedBackoff,
+    announced_now,
+    push_announced,
+    push_pages,
+)
 from moment_sync.pusher import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -164,6 +171,7 @@ class BillPusher:
             now=self.now,
             log={"bill": bill.ref},
             not_announced="bill sync state not announced yet",
+            announced_by_push=bill_announces_with_intent,
         )
 
     def _push_one(self, bill: BillRef, head: dict[str, Any]) -> BillLooked:
@@ -185,6 +193,7 @@ class BillPusher:
                 return Booked(BillPushResult.CREATED, looked.synced)
             return BillPushResult.CREATED if created and looked in settled else looked
         except (MomentNotOurs, MappingConflict) as error:
+            self._owed_first(bill, head)
             return self._conflict(bill, head, str(error), log)
         except OwnerNotAtMoment as waiting:
             if not waiting.asked:  # an owner the balance pusher will not create: a failure, shown
@@ -195,7 +204,20 @@ class BillPusher:
         except Exception as error:  # any other fault of one push is that bill's failed push
             if not isinstance(error, MomentError):
                 logger.exception("push of one bill failed", extra=log)
+            self._owed_first(bill, head)
             return self._failed(bill, head, error, log)
+
+    def _owed_first(self, bill: BillRef, head: dict[str, Any]) -> None:
+        """A steady look that ends in a failure or a conflict announces `synced -> pending` first (the
+        bill read again: its intent may have announced it already), as the balance pusher's does."""
+        if bill_announces_with_intent(head):
+            self._announced(bill, None)
+
+    def _announced(self, bill: BillRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a steady look owes, on its own (push_run.announced_now)."""
+        return announced_now(
+            bill, head, settle=self.ledger.settle_sync_state, now=self.now, log={"bill": bill.ref}
+        )
 
     # --- creating ------------------------------------------------------------------------------
 
@@ -279,6 +301,9 @@ class BillPusher:
         pushed = False
         for _ in range(MAX_ROUNDS_PER_BILL):
             decision = plan_bill_push(BillLedgerView.of(head), current)
+            if not isinstance(decision, SendAmountPaid):
+                # A steady look's `synced -> pending` before what it writes (a PATCH's intent carries it).
+                head = self._announced(bill, head) or head
             if isinstance(decision, Disagrees):
                 return self._conflict(bill, head, decision.detail, log)
             if isinstance(decision, Blocked):
@@ -318,7 +343,8 @@ class BillPusher:
                 f"{MAX_OPEN_BILL_INTENTS} PATCHes of {bill} with unknown landing are open: nothing more "
                 "is sent until one is booked"
             )
-        index = self.ledger.record_bill_intent(bill, head, decision.amount_paid)
+        # A steady look's `synced -> pending` goes in the intent's write (docs/events.md).
+        index = self.ledger.record_bill_intent_announced(bill, head, decision.amount_paid, self.now())
         with self._dropped_if_never_sent(bill, head, index):
             answer = self.moment.update_bill_amount_paid(
                 current.id, decision.amount_paid, head["currency"], metadata=decision.metadata
@@ -411,3 +437,14 @@ class BillPusher:
         attempts = int(head.get("push_attempts", 0)) + 1
         delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
         return float(delay) * (0.5 + self.jitter() / 2)
+
+
+def bill_announces_with_intent(head: dict[str, Any]) -> bool:
+    """A steady bill push's head: last announced `synced`, made pending (an outside payment), linked to
+    Moment's bill. Its look announces `synced -> pending` in its first write, the PATCH's intent's
+    when it sends one (as a balance's: pusher.announces_with_intent)."""
+    return (
+        head.get("sync_state", "synced") == "synced"
+        and sync_state(head) == "pending"
+        and bool(head.get("moment_id"))
+    )

@@ -8,6 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from moment_sync.ledger.sync import SYNC_FIELDS
 from moment_sync.observability import logger
 
 Ref = TypeVar("Ref")
@@ -90,6 +91,7 @@ def push_announced(
     now: Callable[[], float],
     log: dict[str, Any],
     not_announced: str = "sync state not announced yet",
+    announced_by_push: Callable[[dict[str, Any]], bool] = lambda head: False,
 ) -> Result:
     """One push between two announcements of its sync state (`settle`: the ledger's
     `settle_sync_state`): what changed since the last look first (a payment, a charge, an outside
@@ -98,8 +100,11 @@ def push_announced(
     next look (docs/events.md). The head is read again after the push unless its booking wrote
     `synced` with nothing come since the read (`Booked.synced`): that read would find nothing to write
     (one DynamoDB request less per push). Every other end (booked but still pending, deferred, blocked,
-    failed, conflict, skipped, an exception) reads it again, since it may have changed the state."""
-    head = _announce(ref, head, settle, now, log, not_announced) or head
+    failed, conflict, skipped, an exception) reads it again, since it may have changed the state.
+    A head `announced_by_push` accepts goes to the push unannounced: the push writes what it owes in
+    its own first write (a steady balance push: in its intent's, one DynamoDB request less)."""
+    if not announced_by_push(head):
+        head = _announce(ref, head, settle, now, log, not_announced) or head
     announced = False
     try:
         pushed = push(ref, head)
@@ -110,6 +115,23 @@ def push_announced(
     finally:
         if not announced:
             _announce(ref, None, settle, now, log, not_announced)
+
+
+def announced_now(
+    ref: Ref,
+    head: dict[str, Any] | None,
+    *,
+    settle: Callable[[Ref, dict[str, Any] | None, float], dict[str, Any] | None],
+    now: Callable[[], float],
+    log: dict[str, Any],
+) -> dict[str, Any] | None:
+    """What a look `announced_by_push` owes, written on its own before a write that is not an intent
+    (a deferral, a booking with no PATCH, a failure, a conflict): `head` with the sync state as it now
+    is, the rest as read (what the look decided on, never a fresh head's). None: read the head."""
+    settled = _announce(ref, head, settle, now, log, "sync state not announced yet")
+    if head is None or settled is None:
+        return settled if head is None else head
+    return {**head, **{name: settled[name] for name in SYNC_FIELDS if name in settled}}
 
 
 def _announce(

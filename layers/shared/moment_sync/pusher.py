@@ -26,7 +26,12 @@ from moment_sync.adapters.ledger_table import LedgerTable, MappingConflict
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.leases import LEASE_MARGIN_SECONDS, Leases, new_holder
 from moment_sync.ledger.model import BalanceKind, BalanceRef
-from moment_sync.ledger.sync import ATTEMPTS_BEFORE_FAILING, DEFERRALS_BEFORE_ALERT, Booking
+from moment_sync.ledger.sync import (
+    ATTEMPTS_BEFORE_FAILING,
+    DEFERRALS_BEFORE_ALERT,
+    Booking,
+    sync_state,
+)
 from moment_sync.moment_client import (
     CreateOutcome,
     MomentClient,
@@ -45,7 +50,14 @@ from moment_sync.push_plan import (
     PushSnapshot,
     plan_push,
 )
-from moment_sync.push_run import RATE_LIMITED_SECONDS, Booked, SharedBackoff, push_announced, push_pages
+from moment_sync.push_run import (
+    RATE_LIMITED_SECONDS,
+    Booked,
+    SharedBackoff,
+    announced_now,
+    push_announced,
+    push_pages,
+)
 
 # A push starts only while the run has time for the worst case of a steady push: a GET and a PATCH,
 # each as long as the client's timeouts, tries and pauses allow (moment_client.worst_call_seconds),
@@ -194,6 +206,7 @@ class BalancePusher:
             settle=self.ledger.settle_sync_state,
             now=self.now,
             log={"reference": balance.ref},
+            announced_by_push=announces_with_intent,
         )
 
     def _push_one(self, balance: BalanceRef, head: dict[str, Any]) -> Looked:
@@ -213,11 +226,25 @@ class BalancePusher:
                 log["moment_id"] = head.get("moment_id")
             return self._push_existing(balance, head, log)
         except (MomentNotOurs, MappingConflict) as error:
+            self._owed_first(balance, head)
             return self._conflict(balance, head, str(error), log)
         except Exception as error:  # any other fault of one push is that balance's failed push
             if not isinstance(error, MomentError):
                 logger.exception("push of one balance failed", extra=log)
+            self._owed_first(balance, head)
             return self._failed(balance, head, error, log)
+
+    def _owed_first(self, balance: BalanceRef, head: dict[str, Any]) -> None:
+        """A steady look that ends in a failure or a conflict announces `synced -> pending` first, so the
+        bus sees the states in order (the head read again: its intent may have announced it already)."""
+        if announces_with_intent(head):
+            self._announced(balance, None)
+
+    def _announced(self, balance: BalanceRef, head: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a steady look owes, on its own (push_run.announced_now)."""
+        return announced_now(
+            balance, head, settle=self.ledger.settle_sync_state, now=self.now, log={"reference": balance.ref}
+        )
 
     def _push_existing(self, balance: BalanceRef, head: dict[str, Any], log: dict[str, Any]) -> Looked:
         moment_id = head["moment_id"]
@@ -252,13 +279,15 @@ class BalancePusher:
             self.ledger.flag_push_waiting(balance, None)
         decision = plan_push(_snapshot(head, creates_explain=ours), current.balance)
         if isinstance(decision, Defer):
-            return self._defer(balance, head, decision, log)
+            return self._defer(balance, self._announced(balance, head) or head, decision, log)
         if isinstance(decision, AlreadyEqual):
+            head = self._announced(balance, head) or head
             booked = self._book(balance, head, current.balance, log, PushResult.IN_SYNC)
             return Booked(PushResult.IN_SYNC, booked.synced)
         assert isinstance(decision, Push)  # noqa: S101 -- the three decisions are exhaustive
         currency = head["currency"]
-        intent = self.ledger.record_intent(balance, head, decision.balance)
+        # A steady look's `synced -> pending` goes in the intent's write (docs/events.md).
+        intent, head = self.ledger.record_intent_announced(balance, head, decision.balance, self.now())
         with self._dropped_if_never_sent(balance, head, intent):
             if balance.kind is BalanceKind.ACCOUNT:
                 pushed = self.moment.set_account_balance(moment_id, decision.balance, currency).balance
@@ -571,6 +600,21 @@ def _count(name: str, value: int = 1) -> None:
     # Pushes run on worker threads; Powertools' metric set is not meant for concurrent writers.
     with _metrics_lock:
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def announces_with_intent(head: dict[str, Any]) -> bool:
+    """A steady push's head (docs/pusher.md#calls-per-pushed-balance): last announced `synced`, made pending
+    by a payment or a charge, its Moment object linked and pushed to before. Its look announces
+    `synced -> pending` in its first write, not before the push: the intent's when it PATCHes, a write
+    of its own just before any other. Every other look announces first (push_run.push_announced)."""
+    return (
+        head.get("sync_state", "synced") == "synced"
+        and sync_state(head) == "pending"
+        and bool(head.get("moment_id"))
+        and head.get("pushed_balance") is not None
+        and "adoption_held" not in head
+        and not head.get("push_waiting")
+    )
 
 
 def _ours(document: Any) -> bool:

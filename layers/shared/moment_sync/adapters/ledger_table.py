@@ -17,7 +17,7 @@ put it in the sparse `PendingPush` index the pusher reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
-from moment_sync.adapters.ledger_bills import LedgerBills
+from moment_sync.adapters.ledger_bills import LedgerBills, _bill_push_condition
 from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import entry_event_attributes
 from moment_sync.ledger.bills import BillRef, is_bill_key
 from moment_sync.ledger.model import PUSH_SHARD_PREFIX, PUSH_SHARDS, BalanceKind, BalanceRef, Entry, EntryKind
-from moment_sync.ledger.sync import Booking, sync_state
+from moment_sync.ledger.sync import SYNC_FIELDS, Booking, sync_state
 
 if TYPE_CHECKING:
     from moment_sync.adapters.lease import DynamoLeases
@@ -705,24 +705,90 @@ class LedgerTable(LedgerBills):
         answer (lost, timed out, 5xx, the run stopped) the next run can explain Moment's balance.
         Appended to the open intents (a booked push clears them all); returns its index. A create's
         is marked `create`: it can explain only an object the pusher made (docs/pusher.md)."""
-        condition, condition_values = _push_state_condition(read)
-        open_intents = len(read.get("push_intents", []))
-        listed, merged, _count = _payments_read(read)
+        condition, values = _intent_write(read, target, create=create)
         self._update_head(
             balance,
             "SET push_intents = list_append(if_not_exists(push_intents, :none), :intent)",
-            condition + " AND " + _open_intents_condition(open_intents),
-            {
-                ":intent": [
-                    {"balance": target, "listed": listed, "merged": merged}
-                    | ({"create": True} if create else {})
-                ],
-                ":none": [],
-                ":open": open_intents,
-                **condition_values,
-            },
+            condition,
+            values,
         )
-        return open_intents
+        return len(read.get("push_intents", []))
+
+    def record_intent_announced(
+        self, balance: BalanceRef, read: dict[str, Any], target: int, now: float
+    ) -> tuple[int, dict[str, Any]]:
+        """A PATCH's intent (as `record_intent`) and, in the same write, the sync state's transition the
+        head still owes (a steady push's `synced -> pending`, docs/events.md): one request fewer than
+        `settle_sync_state` then `record_intent`. Returns the intent's index and `read` with the sync
+        state written, for the booking (which announces `-> synced` conditional on it).
+
+        Both conditions in one: a refusal is re-read. The push state (sequence, last pushed, open
+        intents) moved: the intent alone would have been refused too, and the refusal is raised as
+        `record_intent` raises it (ConditionalCheckFailed). Only the announcement's part moved
+        (another writer announced, or a count the state is derived from changed): it is decided again
+        from the fresh head, the intent still the one `read` planned, so the push goes on and no
+        transition is written twice."""
+        return self._intent_announced(
+            balance,
+            read,
+            now,
+            _intent_write(read, target),
+            lambda: self.record_intent(balance, read, target),
+        )
+
+    def record_bill_intent_announced(
+        self, bill: BillRef, read: dict[str, Any], amount_paid: int, now: float
+    ) -> int:
+        """A bill's PATCH intent (as `record_bill_intent`) with the transition its head still owes in
+        the same write, as `record_intent_announced` (the bill pusher reads the bill again after the
+        PATCH, so only the index is returned)."""
+        condition, values = _bill_push_condition(read)
+        intent = {":intent": [{"amount_paid": amount_paid, "outside_paid": int(read.get("outside_paid", 0))}]}
+        index, _head = self._intent_announced(
+            bill,
+            read,
+            now,
+            (condition, {**intent, ":none": [], **values}),
+            lambda: self.record_bill_intent(bill, read, amount_paid),
+        )
+        return index
+
+    def _intent_announced(
+        self,
+        ref: BalanceRef | BillRef,
+        read: dict[str, Any],
+        now: float,
+        intent: tuple[str, dict[str, Any]],
+        alone: Callable[[], int],
+    ) -> tuple[int, dict[str, Any]]:
+        """`intent` (its condition and values) appended to the head's push_intents with the transition
+        the head owes, in one write; `alone` writes the intent without it (nothing owed)."""
+        head = read
+        for _ in range(ANNOUNCE_WITH_INTENT_TRIES):
+            due = _due_transition(ref, head, now) if "version" in head else None
+            if due is None:
+                return alone(), {**read, **_sync_fields(head)}
+            condition, values = intent
+            try:
+                self._update_head(
+                    ref,
+                    "SET push_intents = list_append(if_not_exists(push_intents, :none), :intent), "
+                    "sync_state = :state, sync_transition = :transition ADD sync_transitions :one",
+                    f"{condition} AND {due.condition}",
+                    {**values, **due.values},
+                )
+                return len(read.get("push_intents", [])), {**read, **due.written}
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+                refused = error
+            fresh = self.get_bill(ref) if isinstance(ref, BillRef) else self.get_head(ref)
+            if fresh is None or not _same_push_state(read, fresh):
+                raise refused
+            head = fresh
+        # Lost to another announcer every time (not seen: only pushers announce, one per shard):
+        # the intent alone; the look after the push announces what is due.
+        return alone(), {**read, **_sync_fields(head)}
 
     def drop_intent(self, balance: BalanceRef, read: dict[str, Any], index: int) -> None:
         """The request never reached Moment (it failed before it was sent, or Moment refused it): it
@@ -931,36 +997,21 @@ class LedgerTable(LedgerBills):
         head = head if head is not None else read(balance)  # type: ignore[arg-type]
         if head is None or "version" not in head:
             return head
-        old, new = str(head.get("sync_state", "synced")), sync_state(head)
-        if old == new:
+        due = _due_transition(balance, head, now)
+        if due is None:
             return head
-        count = int(head.get("sync_transitions", 0))
-        transition = {
-            "id": f"{balance.partition_key}|sync|{count + 1}",
-            "from": old,
-            "to": new,
-            "at": iso_time(now),
-        }
-        conditions, values = _as_read(
-            head, ("push_shard", "push_conflict", "push_blocked", "defer_count", "push_attempts")
-        )
-        conditions.append(
-            "attribute_not_exists(sync_transitions)" if count == 0 else "sync_transitions = :read_count"
-        )
-        if count:
-            values[":read_count"] = count
         try:
             self._update_head(
                 balance,
                 "SET sync_state = :state, sync_transition = :transition ADD sync_transitions :one",
-                " AND ".join(conditions),
-                {**values, ":state": new, ":transition": transition, ":one": 1},
+                due.condition,
+                due.values,
             )
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
             return read(balance)  # type: ignore[arg-type]  # changed meanwhile: the next look announces it
-        return {**head, "sync_state": new, "sync_transition": transition, "sync_transitions": count + 1}
+        return {**head, **due.written}
 
     def scan_all(self) -> Iterator[dict[str, Any]]:
         """Every item (the operator's `verify` only: never on a request path)."""
@@ -1105,6 +1156,80 @@ def _duplicate_or_conflict(
     return PaymentResult(
         PaymentOutcome.APPLICATION_CONFLICT, entry.entry_id, applied.webhook_id, applied_as=applied
     )
+
+
+# How often a steady push's intent is written again with a freshly derived announcement after another
+# writer's announcement refused it (record_intent_announced).
+ANNOUNCE_WITH_INTENT_TRIES = 3
+
+
+@dataclass(frozen=True)
+class _Transition:
+    """The sync-state transition a head owes: its write's condition and values (`:state`,
+    `:transition`, `:one`), and the head's sync fields once written."""
+
+    condition: str
+    values: dict[str, Any]
+    written: dict[str, Any]
+
+
+def _due_transition(balance: BalanceRef | BillRef, head: dict[str, Any], now: float) -> _Transition | None:
+    """The transition from the state last announced (`sync_state`) to the one the head's fields give,
+    or None. Conditional on everything the state was derived from and on the transitions counted, so
+    it is written once, by one writer (settle_sync_state; record_intent_announced)."""
+    old, new = str(head.get("sync_state", "synced")), sync_state(head)
+    if old == new:
+        return None
+    count = int(head.get("sync_transitions", 0))
+    transition = {
+        "id": f"{balance.partition_key}|sync|{count + 1}",
+        "from": old,
+        "to": new,
+        "at": iso_time(now),
+    }
+    conditions, values = _as_read(
+        head, ("push_shard", "push_conflict", "push_blocked", "defer_count", "push_attempts")
+    )
+    conditions.append(
+        "attribute_not_exists(sync_transitions)" if count == 0 else "sync_transitions = :read_count"
+    )
+    if count:
+        values[":read_count"] = count
+    return _Transition(
+        " AND ".join(conditions),
+        {**values, ":state": new, ":transition": transition, ":one": 1},
+        {"sync_state": new, "sync_transition": transition, "sync_transitions": count + 1},
+    )
+
+
+def _sync_fields(head: dict[str, Any]) -> dict[str, Any]:
+    return {name: head[name] for name in SYNC_FIELDS if name in head}
+
+
+def _same_push_state(read: dict[str, Any], fresh: dict[str, Any]) -> bool:
+    """Whether an intent conditional on `read`'s push state (`_push_state_condition`, or a bill's
+    `_bill_push_condition`: the sequence, the last booking, the open intents) could still be written
+    on `fresh`."""
+    return (
+        "version" in fresh
+        and all(read.get(name) == fresh.get(name) for name in ("push_seq", "pushed_balance", "pushed_at"))
+        and len(read.get("push_intents", [])) == len(fresh.get("push_intents", []))
+    )
+
+
+def _intent_write(read: dict[str, Any], target: int, *, create: bool = False) -> tuple[str, dict[str, Any]]:
+    """The condition and values of appending an intent to the head `read` (`record_intent`)."""
+    condition, condition_values = _push_state_condition(read)
+    open_intents = len(read.get("push_intents", []))
+    listed, merged, _count = _payments_read(read)
+    return condition + " AND " + _open_intents_condition(open_intents), {
+        ":intent": [
+            {"balance": target, "listed": listed, "merged": merged} | ({"create": True} if create else {})
+        ],
+        ":none": [],
+        ":open": open_intents,
+        **condition_values,
+    }
 
 
 def _synced_transition(

@@ -17,6 +17,9 @@ ATTEMPTS_BEFORE_FAILING = 5
 # `blocked` (bills only): an outside payment Moment's reference does not say it can take (the bill is
 # paid at Moment, or amount_paid would pass amount_due); nothing is sent until an operator acts.
 SYNC_STATES: Final = ("synced", "pending", "deferred", "failing", "conflict", "blocked")
+# What a head keeps of its announcements (docs/events.md): the state last announced, the last
+# transition (the stream's `Sync State Changed`), and how many there were.
+SYNC_FIELDS: Final = ("sync_state", "sync_transition", "sync_transitions")
 
 
 class Booking(IntEnum):
