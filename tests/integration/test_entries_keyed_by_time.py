@@ -25,6 +25,7 @@ from moment_sync.adapters.entry_keys import (
 from moment_sync.adapters.ledger_table import (
     EntryOutcome,
     PaymentOutcome,
+    PaymentResult,
     TransientLedgerError,
     application_item,
     application_key,
@@ -300,3 +301,29 @@ def test_d4_a_ledger_without_its_claims_applies_a_redelivery_again_and_verify_an
     assert json.loads(text)["entries_applied_twice"] == [f"{balance.partition_key} payment:ob_1"]
     code, text = _cli(harness, "backfill-application-guards")
     assert code == 1 and "CONFLICT ob_1" in text
+
+
+def test_an_attempt_that_read_the_claim_fresh_can_still_land_so_no_one_re_dates_it_meanwhile(
+    harness: LedgerHarness,
+) -> None:
+    """The race the unsettled window closes: an attempt judged the claim fresh and stalled before its
+    transaction (up to an attempt's lifetime); a re-date meanwhile would let it write a second key."""
+    balance = harness.open_customer("UCR1")
+    _crash_after_claim(harness, balance, "ob_1", NOW)
+    started = NOW + CLAIM_FRESH_SECONDS - 1
+    claimed = harness.ledger.claim_payment(
+        balance, _payment("ob_1", 700, started, "msg_2"), "ZAR", "msg_2", started
+    )
+    assert not isinstance(claimed, PaymentResult) and claimed[0].created_at == iso_time(NOW)
+    # another attempt, just past the fresh window: it must not re-date (the first may still land)
+    at = NOW + CLAIM_FRESH_SECONDS + 60
+    with pytest.raises(TransientLedgerError):
+        harness.ledger.apply_payment(balance, _payment("ob_1", 700, at, "msg_3"), "ZAR", "msg_3", at)
+    # the stalled one lands, within its lifetime
+    landed = harness.ledger.write_payment(balance, claimed[0], "ZAR", "msg_2", started, claimed[1])
+    assert landed.outcome is PaymentOutcome.APPLIED
+    # and once settled, a later attempt finds it where the claim says: one entry, ever
+    at = NOW + SETTLED + 1
+    late = harness.ledger.apply_payment(balance, _payment("ob_1", 700, at, "msg_4"), "ZAR", "msg_4", at)
+    assert (late.outcome, late.applied_by_webhook) == (PaymentOutcome.DUPLICATE, "msg_2")
+    assert len(_entries(harness, balance.partition_key)) == 1 and harness.head(balance)["balance"] == -700

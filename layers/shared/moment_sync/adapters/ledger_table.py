@@ -344,6 +344,17 @@ class LedgerTable(LedgerBills):
         transaction the entry (refused if this application is already there) and the balance with its
         sync bookkeeping. The event's status is the caller's to write afterwards, on every path that
         finds the payment applied (docs/ledger.md#the-reconciler)."""
+        claimed = self.claim_payment(balance, entry, currency, webhook_id, now)
+        if isinstance(claimed, PaymentResult):
+            return claimed
+        entry, claim = claimed
+        return self.write_payment(balance, entry, currency, webhook_id, now, claim)
+
+    def claim_payment(
+        self, balance: BalanceRef, entry: Entry, currency: str, webhook_id: str, now: float
+    ) -> PaymentResult | tuple[Entry, dict[str, Any] | None]:
+        """`apply_payment`'s first half: the claim, and the entry as it is to be keyed (with the claim
+        found, if there was one), or the outcome already known (a conflict, a duplicate)."""
         claim = self.claim_application(application_item(balance, entry, currency, webhook_id))
         if claim is not None:
             applied = _applied_as(claim)
@@ -361,6 +372,18 @@ class LedgerTable(LedgerBills):
                 )
                 return _duplicate_or_conflict(found, balance, entry, currency)
             entry = replace(entry, created_at=created_at)
+        return entry, claim
+
+    def write_payment(
+        self,
+        balance: BalanceRef,
+        entry: Entry,
+        currency: str,
+        webhook_id: str,
+        now: float,
+        claim: dict[str, Any] | None,
+    ) -> PaymentResult:
+        """`apply_payment`'s second half: the entry at the time `claim_payment` fixed, and the head."""
         listed = True
         while True:
             items = [
