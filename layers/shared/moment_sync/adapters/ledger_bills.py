@@ -339,7 +339,7 @@ class LedgerBills:
         void_entry = {
             "pk": bill.partition_key,
             "sk": ENTRY_PREFIX + BILL_VOID_ENTRY_ID,
-            # no entry_order: not in the entries listing, which shows payments
+            # `ENTRY#void`: outside the time-keyed range the entries listing reads (it shows payments)
             "entry_id": BILL_VOID_ENTRY_ID,
             "kind": BILL_VOID_KIND,
             "amount": 0,  # a void changes no amount_paid: a reader that adds it up stays right
