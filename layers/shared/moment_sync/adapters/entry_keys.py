@@ -14,10 +14,9 @@ own transaction). `claim_age_rule` says when a claim's time may still be used.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-from moment_sync.adapters.webhook_events_table import iso_time
 
 ENTRY_PREFIX = "ENTRY#"
 SOURCE_PREFIX = "SOURCE#"
@@ -53,8 +52,6 @@ def claim_age_rule(claimed_at: str, now: float) -> ClaimAge:
 
 
 def parse_time(text: str) -> float:
-    from datetime import datetime  # noqa: PLC0415 -- only on a claim's path
-
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
@@ -73,11 +70,6 @@ def is_entry_key(sort_key: str) -> bool:
     return ENTRY_RANGE[0] <= sort_key < ENTRY_RANGE[1]
 
 
-def entry_id_of(sort_key: str) -> str:
-    """The entry id in a time-keyed entry's sort key (`ENTRY#<time>#<kind>:<source>`)."""
-    return sort_key[len(ENTRY_PREFIX) + _TIME_WIDTH + 1 :]
-
-
 def source_key(partition_key: str, entry_id: str) -> dict[str, Any]:
     return {"pk": {"S": partition_key}, "sk": {"S": SOURCE_PREFIX + entry_id}}
 
@@ -90,7 +82,3 @@ def source_item(partition_key: str, entry_id: str, created_at: str) -> dict[str,
         "entry_id": {"S": entry_id},
         "created_at": {"S": created_at},
     }
-
-
-def now_text(now: float) -> str:
-    return iso_time(now)
