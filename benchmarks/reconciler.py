@@ -343,6 +343,21 @@ class _Scenario:
             self.balances.append((moment_id, account))
         self.counter = 0
 
+    def _entry(self, partition_key: str, entry_id: str) -> dict[str, Any]:
+        """An entry by its id: its sort key holds its time too (ENTRY#<created_at>#<entry id>)."""
+        found = self.reader.query(
+            TableName=LEDGER_TABLE,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :entry)",
+            FilterExpression="entry_id = :id",
+            ExpressionAttributeValues={
+                ":pk": {"S": partition_key},
+                ":entry": {"S": "ENTRY#"},
+                ":id": {"S": entry_id},
+            },
+            ConsistentRead=True,
+        ).get("Items", [])
+        return dict(found[0]) if found else {}
+
     def _raw(self, table: str, key: dict[str, Any]) -> dict[str, Any]:
         item: dict[str, Any] = self.reader.get_item(TableName=table, Key=key, ConsistentRead=True).get(
             "Item", {}
@@ -392,20 +407,19 @@ class _Scenario:
             webhook_id = records[0]["dynamodb"]["Keys"]["webhook_id"]["S"]
         assert application is not None
         head_key = {"pk": {"S": balance.partition_key}, "sk": {"S": "HEAD"}}
-        entry_key = {"pk": {"S": balance.partition_key}, "sk": {"S": f"ENTRY#payment:{application}"}}
         event_key = {"webhook_id": {"S": webhook_id}}
         guard_key = {"pk": {"S": f"APPLICATION#{application}"}, "sk": {"S": "APPLICATION"}}
         before = {
             "head": self._raw(LEDGER_TABLE, head_key),
             "event": self._raw(EVENTS_TABLE, event_key),
-            "entry": self._raw(LEDGER_TABLE, entry_key),
+            "entry": self._entry(balance.partition_key, f"payment:{application}"),
             "guard": self._raw(LEDGER_TABLE, guard_key),
         }
         requests, sent = self._invoke(records)
         after = {
             "head": self._raw(LEDGER_TABLE, head_key),
             "event": self._raw(EVENTS_TABLE, event_key),
-            "entry": self._raw(LEDGER_TABLE, entry_key),
+            "entry": self._entry(balance.partition_key, f"payment:{application}"),
             "guard": self._raw(LEDGER_TABLE, guard_key),
         }
         return {

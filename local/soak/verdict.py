@@ -67,6 +67,7 @@ def judge(
     `moment`: the sandbox's state; `announced`: the details of every `Payment Applied` the bus
     carried (None: not judged)."""
     verdict = Verdict()
+    ledger = [_by_source(item) for item in ledger]
     if announced is not None:
         _announcements(verdict, ledger, announced)
     stored = {item["webhook_id"]: item for item in events}
@@ -77,6 +78,16 @@ def judge(
     _bills(verdict, ledger, moment, sent)
     _statuses(verdict, stored, sent)
     return verdict
+
+
+def _by_source(item: dict[str, Any]) -> dict[str, Any]:
+    """An entry keyed by time (`ENTRY#<created_at>#<entry id>`: docs/ledger.md#entries-keyed-by-time)
+    as the checks below read it, `ENTRY#<entry id>`; its real sort key kept as `key_sk` (an event's
+    id is `<pk>|<sk>`). `SOURCE#` guards are no entries: left as they are."""
+    sort_key = str(item.get("sk", ""))
+    if sort_key.startswith("ENTRY#") and "entry_id" in item and sort_key != f"ENTRY#{item['entry_id']}":
+        return {**item, "sk": f"ENTRY#{item['entry_id']}", "key_sk": sort_key}
+    return item
 
 
 def _webhooks(verdict: Verdict, stored: dict[str, dict[str, Any]], sent: Sent) -> None:
@@ -279,7 +290,9 @@ def _announcements(verdict: Verdict, ledger: list[dict[str, Any]], announced: li
     balance's as `Payment Applied`, a Moment payment on a bill (`BILL#…`) as `Bill Paid`
     (docs/events.md#bills). A detail without `detail_type` is a `Payment Applied`."""
     entries = {
-        f"{item['pk']}|{item['sk']}": item for item in ledger if str(item["sk"]).startswith("ENTRY#payment:")
+        f"{item['pk']}|{item.get('key_sk', item['sk'])}": item
+        for item in ledger
+        if str(item["sk"]).startswith("ENTRY#payment:")
     }
     kept: dict[str, dict[str, Any]] = {}
     for detail in announced:

@@ -3,13 +3,13 @@
 The API answers a balance with its newest entries, and the merchant may check that the balance is the
 sum of the entries listed (when they fit on one page) or pick up every entry the balance includes.
 The head is read strongly consistent; if the entries came from an eventually consistent read, a
-charge committed a moment earlier could be in the balance but missing from the list. DynamoDB
-supports strongly consistent reads on a local secondary index (never on a global one), which is why
-`EntriesNewestFirst` is local.
+charge committed a moment earlier could be in the balance but missing from the list. Entries are
+keyed `ENTRY#<created_at>#<entry id>`, so the base table itself lists them newest first, strongly
+consistent, with no index (a global one could not be read strongly consistent at all).
 
 moto answers every read from the latest state whatever the request says, so no outcome can show
 the lag. What is checked instead is what DynamoDB is asked: a botocore hook records every Query's
-parameters, and the index they name must be a local one in template.yaml.
+parameters: the entries' must name no index and ask for a consistent read.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from local_stack.template import load_template
-from moment_sync.adapters.ledger_table import ENTRIES_INDEX
+from moment_sync.adapters.entry_keys import ENTRY_RANGE
 from moment_sync.runtime import LedgerDependencies
 from support.ledger import LedgerHarness
 from support.ledger_api import LedgerApi
@@ -43,15 +43,20 @@ def queries(harness: LedgerHarness) -> list[dict[str, Any]]:
 
 
 def entry_queries(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [query for query in queries if query.get("IndexName") == ENTRIES_INDEX]
+    return [
+        query
+        for query in queries
+        if ENTRY_RANGE[0] in str(query.get("ExpressionAttributeValues", {}))
+        and query.get("ScanIndexForward") is False
+    ]
 
 
-def test_the_entries_index_is_local_so_it_can_be_read_strongly_consistent() -> None:
+def test_entries_are_read_from_the_base_table_and_the_ledger_has_no_local_index() -> None:
+    """No local index: one write unit less per entry (docs/ledger.md#entries-keyed-by-time)."""
     table = load_template()["Resources"]["LedgerTable"]["Properties"]
-    local = [index["IndexName"] for index in table.get("LocalSecondaryIndexes", [])]
-    global_ = [index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])]
-    assert ENTRIES_INDEX in local
-    assert ENTRIES_INDEX not in global_
+    assert not table.get("LocalSecondaryIndexes")
+    names = {definition["AttributeName"] for definition in table["AttributeDefinitions"]}
+    assert "entry_order" not in names
 
 
 def test_get_balance_reads_its_entries_strongly_consistent_on_every_page(
@@ -71,6 +76,7 @@ def test_get_balance_reads_its_entries_strongly_consistent_on_every_page(
     read = entry_queries(queries)
     assert len(read) == 2, queries
     assert all(query.get("ConsistentRead") is True for query in read), read
+    assert all("IndexName" not in query for query in read), read
     # And what is listed adds up to the balance read beside it.
     listed = first.body["entries"] + second.body["entries"]
     assert sum(entry["amount"] for entry in listed) == first.body["balance"] == 300

@@ -320,6 +320,12 @@ def test_a_cursor_of_another_balance_is_refused(api: LedgerApi, customer: str) -
     assert (answer.status, answer.problem) == (400, "invalid-cursor")
     forged = encode_cursor({"pk": {"S": "CUSTOMER#UCR1"}, "sk": {"N": "1"}, "entry_order": {"S": "x"}})
     assert api.get(customer, query=f"cursor={forged}").problem == "invalid-cursor"
+    # the base table's key alone (no `entry_order` since entries are keyed by time), and only an entry's
+    for sort_key in ("HEAD", "SOURCE#charge:c0", "ENTRY#void"):
+        outside = encode_cursor({"pk": {"S": "CUSTOMER#UCR1"}, "sk": {"S": sort_key}})
+        assert api.get(customer, query=f"cursor={outside}").problem == "invalid-cursor"
+    old_style = {"pk": {"S": "CUSTOMER#UCR1"}, "sk": {"S": "ENTRY#charge:c0"}, "entry_order": {"S": "x"}}
+    assert api.get(customer, query=f"cursor={encode_cursor(old_style)}").problem == "invalid-cursor"
 
 
 def test_get_event_tells_what_became_of_a_webhook(api: LedgerApi, harness: LedgerHarness) -> None:

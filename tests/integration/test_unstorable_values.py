@@ -303,7 +303,7 @@ def test_every_stored_summary_fits_dynamodb_and_decides_as_its_body(
 
 
 def test_an_application_id_too_long_for_a_sort_key_is_parked_not_retried(harness: LedgerHarness) -> None:
-    """255 characters of 4-byte UTF-8 are 1,020 bytes: the entry's sort key (`ENTRY#payment:<id>`)
+    """255 characters of 4-byte UTF-8 are 1,020 bytes: the entry's sort key (`ENTRY#<time>#payment:<id>`)
     would pass DynamoDB's 1,024-byte limit and every try of its transaction be refused."""
     customer = harness.open_customer("UCR1", moment_id="bcus_1")
     harness.receive("msg_long_id", payment("\U0001f4b0" * 255, 100, customer_id="bcus_1"))

@@ -166,7 +166,10 @@ def _moment_agrees(world: World, ledger: list[dict[str, Any]], heads: dict[str, 
         for item in ledger
         if item["sk"] == "MOMENT" and "balance_pk" in item
     }
-    entries = {(item["pk"], item["sk"]) for item in ledger if item["sk"].startswith("ENTRY#")}
+    # By entry id: an entry's sort key also holds its time (ENTRY#<created_at>#<entry id>).
+    entries = {
+        (item["pk"], f"ENTRY#{item['entry_id']}") for item in ledger if item["sk"].startswith("ENTRY#")
+    }
     tracked = {pk for pk, head in heads.items() if "version" in head and sync_state(head) != "conflict"}
     for moment_id, balance_pk in links.items():
         head = heads.get(balance_pk, {})

@@ -529,15 +529,19 @@ class World:
                 ).get("Item")
                 if not mapping:
                     return False
-                entry = self.checker.get_item(
+                # Entries are keyed by time too (ENTRY#<created_at>#<entry id>): found by their id.
+                found = self.checker.query(
                     TableName=self.ledger_table,
-                    Key={
-                        "pk": mapping["balance_pk"],
-                        "sk": {"S": f"ENTRY#payment:{application_id}"},
+                    KeyConditionExpression="pk = :pk AND begins_with(sk, :entry)",
+                    FilterExpression="entry_id = :id",
+                    ExpressionAttributeValues={
+                        ":pk": mapping["balance_pk"],
+                        ":entry": {"S": "ENTRY#"},
+                        ":id": {"S": f"payment:{application_id}"},
                     },
                     ConsistentRead=True,
-                ).get("Item")
-                return entry is not None
+                ).get("Items")
+                return bool(found)
         return False
 
 

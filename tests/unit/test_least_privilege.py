@@ -196,7 +196,7 @@ INDEX_QUERIES = {
         ("WebhookEventsTable", "UnmatchedByMomentId"),
     },
     "BalancePusherFunction": {("LedgerTable", "PendingPush")},
-    "LedgerApiFunction": {("LedgerTable", "EntriesNewestFirst"), ("LedgerTable", "BillsByOwner")},
+    "LedgerApiFunction": {("LedgerTable", "BillsByOwner")},  # entries: the base table (no index)
 }
 
 

@@ -229,3 +229,20 @@ def test_a_bill_payment_is_owed_one_bill_paid_and_one_announced_as_a_balances_is
     assert verdict.problems == [
         "payments announced as another application or amount: 1: BILL#FEE|ENTRY#payment:ob_2"
     ]
+
+
+def test_entries_keyed_by_time_are_judged_by_their_entry_id_and_announced_by_their_real_key() -> None:
+    """Entries are keyed `ENTRY#<created_at>#<entry id>` (docs/ledger.md#entries-keyed-by-time): the
+    verdict reads them by `entry_id`, and an event's id is `<pk>|<the real sk>`."""
+    events, ledger, moment, sent = correct_end()
+    at = "2026-12-03T23:40:14.123Z"
+    for item in ledger[1:]:
+        item["entry_id"] = item["sk"].removeprefix("ENTRY#")
+        item["sk"] = f"ENTRY#{at}#{item['entry_id']}"
+    ledger.append({"pk": "CUSTOMER#S1", "sk": "SOURCE#charge:C1", "entry_id": "charge:C1", "created_at": at})
+    announced = [_payment_applied(f"CUSTOMER#S1|ENTRY#{at}#payment:ob_1", "ob_1", -1200)]
+    verdict = judge(events, ledger, moment, sent, announced=announced)
+    assert verdict.ok and verdict.payments_announced_once, verdict.problems
+    # one application under two times is applied twice
+    ledger.append({**ledger[2], "sk": "ENTRY#2026-12-04T00:00:00.000Z#payment:ob_1"})
+    assert judge(events, ledger, moment, sent).double_applied == 1

@@ -18,13 +18,15 @@ import os
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
 from moment_sync import cli_bills, cli_shell, operator_links
-from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
+from moment_sync.adapters.entry_keys import ENTRY_PREFIX, is_entry_key
+from moment_sync.adapters.ledger_table import HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.cli_local import (
     LOCAL_EVENTS_TABLE,
@@ -415,6 +417,7 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
     heads: dict[str, int] = {}
     bills = 0
     sums: dict[str, int] = {}
+    keyed: Counter[tuple[str, str]] = Counter()
     progress = cli_shell.Progress("verify", arguments.err)
     for number, item in enumerate(ledger.scan_all(), start=1):
         progress.update(number, what="items read")
@@ -426,11 +429,15 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
         elif item["sk"].startswith(ENTRY_PREFIX) and not is_bill_void_entry(item):
             # a bill's void entry (`Bill Voided`) is no payment
             sums[item["pk"]] = sums.get(item["pk"], 0) + item["amount"]
+            keyed[(str(item["pk"]), str(item.get("entry_id", item["sk"])))] += 1
     progress.finish()
     mismatches = {
         pk: (balance, sums.get(pk, 0)) for pk, balance in heads.items() if balance != sums.get(pk, 0)
     }
     orphans = sorted(set(sums) - set(heads))
+    # Entries are keyed by time: one source under two times is one change applied twice (its claim or
+    # source guard was lost: docs/ledger.md#entries-keyed-by-time). The sums may still agree.
+    twice = sorted(f"{pk} {entry_id}" for (pk, entry_id), count in keyed.items() if count > 1)
     if arguments.json:
         _print(
             {
@@ -438,6 +445,7 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
                 "bills": bills,
                 "mismatches": mismatches,
                 "entries_without_balance": orphans,
+                "entries_applied_twice": twice,
             },
             True,
             out,
@@ -447,12 +455,13 @@ def _verify(arguments: argparse.Namespace, _: WebhookEventsTable, ledger: Ledger
             print(f"MISMATCH {pk}: balance {balance}, entries sum to {total}", file=out)
         for pk in orphans:
             print(f"MISMATCH {pk}: entries with no balance", file=out)
-        verdict = (
-            "all agree" if not mismatches and not orphans else f"{len(mismatches) + len(orphans)} disagree"
-        )
+        for named in twice:
+            print(f"TWICE {named}: one source, two entries", file=out)
+        bad = len(mismatches) + len(orphans) + len(twice)
+        verdict = "all agree" if not bad else f"{bad} disagree"
         checked = f"{len(heads) - bills} balances" + (f" and {bills} bills" if bills else "")
         print(f"verify: {checked} checked, {verdict}", file=out)
-    return EXIT_FAILED if mismatches or orphans else EXIT_OK
+    return EXIT_FAILED if mismatches or orphans or twice else EXIT_OK
 
 
 def _backfill_application_guards(
@@ -461,9 +470,21 @@ def _backfill_application_guards(
     """Invariant 2 for payments applied before the ledger-wide guard: write each one's guard (once;
     safe to run again), and name any application id already applied to two balances or amounts."""
     checked, conflicts = 0, []
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for item in ledger.scan_all():
-        if not str(item["sk"]).startswith(f"{ENTRY_PREFIX}{EntryKind.PAYMENT.value}:"):
+        if not is_entry_key(str(item["sk"])):
             continue
+        if not str(item.get("entry_id", "")).startswith(f"{EntryKind.PAYMENT.value}:"):
+            continue
+        first = seen.setdefault((str(item["pk"]), str(item["entry_id"])), item)
+        if first is not item:  # one application, two entries on one balance (its claim was lost)
+            conflicts.append(
+                {
+                    "application_id": str(item["entry_id"]).partition(":")[2],
+                    "entry": _entry_named(item),
+                    "guard": _entry_named(first),
+                }
+            )
         if str(item["pk"]).startswith("BILL#"):
             continue  # bill payments were guarded from the first (docs/ledger.md#bills)
         checked += 1
@@ -490,6 +511,10 @@ def _backfill_application_guards(
             f"backfill-application-guards: {checked} payments checked, {len(conflicts)} conflicts", file=out
         )
     return EXIT_FAILED if conflicts else EXIT_OK
+
+
+def _entry_named(item: dict[str, Any]) -> str:
+    return f"{item['pk']}: {-item['amount']} {item['currency']} at {item['created_at']}"
 
 
 # --- changes (the ledger API's use cases) -----------------------------------------------------------
@@ -766,7 +791,7 @@ def _show_change(result: str, what: str, view: dict[str, Any], as_json: bool, ou
 
 
 def _public(item: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in item.items() if key not in {"pk", "sk", "entry_order"}}
+    return {key: value for key, value in item.items() if key not in {"pk", "sk"}}
 
 
 def _print(values: dict[str, Any], as_json: bool, out: TextIO) -> None:

@@ -88,6 +88,6 @@ def _text(value: object) -> str | None:
         encoded = value.encode("utf-8")
     except UnicodeEncodeError:
         return None
-    # In bytes, not characters: an id becomes part of keys (`ENTRY#payment:<id>`), and DynamoDB's
+    # In bytes, not characters: an id becomes part of keys (`ENTRY#<time>#payment:<id>`), and DynamoDB's
     # 1,024-byte sort-key limit must hold even for 255 four-byte characters.
     return value if len(encoded) <= MAX_TEXT_BYTES else None

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from moment_sync.adapters.ledger_table import ENTRY_PREFIX, HEAD, LedgerTable
+from moment_sync.adapters.entry_keys import ENTRY_PREFIX
+from moment_sync.adapters.ledger_table import HEAD, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.events_out import (
     EVENT_PARKED,
@@ -59,7 +60,10 @@ def recorded_between(
     skipped = 0
     for item in items:
         announcement: Announcement | None = None
-        if str(item.get("sk", "")).startswith(ENTRY_PREFIX) and since <= str(item["created_at"]) < until:
+        # The window is on when the entry was written (`recorded_at`): a payment's `created_at` is its
+        # claim's, up to entry_keys.CLAIM_FRESH_SECONDS earlier (a void entry has only created_at).
+        written = str(item.get("recorded_at") or item.get("created_at", ""))
+        if str(item.get("sk", "")).startswith(ENTRY_PREFIX) and since <= written < until:
             # a bill's entry as BillEventsPipe announces it (None: written before bills were announced)
             announcement = bill_entry_event(item) if is_bill_key(str(item["pk"])) else entry_event(item)
         elif item.get("sk") == HEAD and item.get("sync_transition"):

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
+from moment_sync.adapters.entry_keys import (
+    ENTRY_PREFIX,
+    ClaimAge,
+    claim_age_rule,
+    entry_key,
+    entry_sort_key,
+    source_item,
+    source_key,
+)
 from moment_sync.adapters.pending_index import pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.events_out import (
@@ -40,7 +49,6 @@ from moment_sync.ledger.sync import Booking
 BILLS_BY_OWNER_INDEX = "BillsByOwner"
 LINKED_INDEX_NAME = "LinkedBalances"
 _HEAD = "HEAD"
-_ENTRY_PREFIX = "ENTRY#"
 # A bill whose head keeps moving under a payment (many payments at once) is retried this many
 # times before the whole operation is reported as transient (the stream or the API retries it).
 _HEAD_RETRIES = 8
@@ -74,15 +82,21 @@ def bill_head_key(bill: BillRef) -> dict[str, Any]:
 
 
 def bill_entry_item(
-    bill: BillRef, entry: BillEntry, currency: str, webhook_id: str | None, announce: dict[str, Any]
+    bill: BillRef,
+    entry: BillEntry,
+    currency: str,
+    webhook_id: str | None,
+    announce: dict[str, Any],
+    recorded_at: str | None = None,
 ) -> dict[str, Any]:
-    """`announce`: what BillEventsPipe reads (events_out.bill_entry_event_attributes)."""
+    """`announce`: what BillEventsPipe reads (events_out.bill_entry_event_attributes). `recorded_at`:
+    when this attempt wrote it (`created_at` may be its claim's: entry_keys.py)."""
     return to_item(
         {
             "pk": bill.partition_key,
-            "sk": _ENTRY_PREFIX + entry.entry_id,
-            "entry_order": f"{entry.created_at}#{entry.entry_id}",
+            "sk": entry_sort_key(entry.created_at, entry.entry_id),
             "entry_id": entry.entry_id,
+            "recorded_at": recorded_at or entry.created_at,
             "kind": entry.kind.value,
             "amount": entry.amount,
             "currency": currency,
@@ -92,6 +106,18 @@ def bill_entry_item(
             **announce,  # its webhook_id is this one, or "" for an outside payment
         }
     )
+
+
+def _bill_duplicate(
+    bill: BillRef, entry: BillEntry, currency: str, applied: dict[str, Any]
+) -> BillWriteResult:
+    same = (applied.get("amount"), applied.get("currency")) == (entry.amount, currency)
+    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
+    return BillWriteResult(outcome, guard={**applied, "balance_pk": bill.partition_key})
+
+
+def claim_key_of(claim: dict[str, Any]) -> dict[str, Any]:
+    return {"pk": {"S": str(claim["pk"])}, "sk": {"S": str(claim["sk"])}}
 
 
 class LedgerBills:
@@ -115,13 +141,79 @@ class LedgerBills:
         return from_item(item) if item else None
 
     def get_bill_entry(self, bill: BillRef, entry_id: str) -> dict[str, Any] | None:
+        return self.find_entry(bill.partition_key, entry_id)
+
+    # --- entries keyed by time (adapters/entry_keys.py) ------------------------------------------
+
+    def entry_at(self, partition_key: str, created_at: str, entry_id: str) -> dict[str, Any] | None:
         response = self._client.get_item(
-            TableName=self.table_name,
-            Key={"pk": {"S": bill.partition_key}, "sk": {"S": _ENTRY_PREFIX + entry_id}},
-            ConsistentRead=True,
+            TableName=self.table_name, Key=entry_key(partition_key, created_at, entry_id), ConsistentRead=True
         )
         item = response.get("Item")
         return from_item(item) if item else None
+
+    def find_entry(self, partition_key: str, entry_id: str) -> dict[str, Any] | None:
+        """An entry by its id (two reads): a Moment payment's time is in its ledger-wide claim (which
+        must name this partition), anything else's in its source guard in the same partition."""
+        kind, _, source_id = entry_id.partition(":")
+        if kind == "payment":
+            guard = self._application_guard(source_id)
+            if guard is None or guard.get("balance_pk") != partition_key:
+                return None
+        else:
+            response = self._client.get_item(
+                TableName=self.table_name, Key=source_key(partition_key, entry_id), ConsistentRead=True
+            )
+            guard = from_item(response["Item"]) if response.get("Item") else None
+            if guard is None:
+                return None
+        return self.entry_at(partition_key, str(guard["created_at"]), entry_id)
+
+    def claimed_time(
+        self, partition_key: str, entry_id: str, claim: dict[str, Any], now: float, claimer: str
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The time a payment whose claim is already there is keyed by, or the entry already there.
+        A claim younger than CLAIM_FRESH_SECONDS: its time (a retry writes the same key, refused by
+        the entry's `attribute_not_exists`). Older: its entry is read at that time; there, it is the
+        answer. Absent while an attempt that read the claim fresh may still be writing (under
+        CLAIM_FRESH_SECONDS + ATTEMPT_LIFETIME_SECONDS): TransientLedgerError, nothing is written,
+        the event stays `received` for the stream or the re-drive. Absent after that: the claim is
+        re-dated to this attempt's time, conditional on the time read (a lost race reads it again).
+        So at most one key is ever written for one application (docs/ledger.md#entries-keyed-by-time)."""
+        from moment_sync.adapters.ledger_table import TransientLedgerError  # noqa: PLC0415 -- a cycle
+        from moment_sync.adapters.webhook_events_table import iso_time  # noqa: PLC0415
+
+        for _ in range(_HEAD_RETRIES):
+            claimed_at = str(claim["created_at"])
+            age = claim_age_rule(claimed_at, now)
+            if age is ClaimAge.FRESH:
+                return claimed_at, None
+            stored = self.entry_at(partition_key, claimed_at, entry_id)
+            if stored is not None:
+                return claimed_at, stored
+            if age is ClaimAge.UNSETTLED:
+                raise TransientLedgerError(
+                    f"the claim of {entry_id} dated {claimed_at} may still be applied by the attempt "
+                    "that made it: retried later"
+                )
+            new_time = iso_time(now)
+            try:
+                self._client.update_item(
+                    TableName=self.table_name,
+                    Key=dict(claim_key_of(claim)),
+                    UpdateExpression="SET created_at = :new, webhook_id = :claimer, redated_from = :old",
+                    ConditionExpression="created_at = :old",
+                    ExpressionAttributeValues=to_values(
+                        {":new": new_time, ":old": claimed_at, ":claimer": claimer}
+                    ),
+                )
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+                claim = self._application_guard(str(claim["pk"]).removeprefix("APPLICATION#")) or claim
+                continue
+            return new_time, None
+        raise TransientLedgerError(f"the claim of {entry_id} kept changing: retried later")
 
     def bills_of(
         self,
@@ -197,7 +289,7 @@ class LedgerBills:
         for page in paginator.paginate(
             TableName=self.table_name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :entry)",
-            ExpressionAttributeValues={":pk": {"S": bill.partition_key}, ":entry": {"S": _ENTRY_PREFIX}},
+            ExpressionAttributeValues={":pk": {"S": bill.partition_key}, ":entry": {"S": ENTRY_PREFIX}},
             ConsistentRead=True,
         ):
             for item in page.get("Items", []):
@@ -246,8 +338,8 @@ class LedgerBills:
         paid = int(read.get("amount_paid", 0))
         void_entry = {
             "pk": bill.partition_key,
-            "sk": _ENTRY_PREFIX + BILL_VOID_ENTRY_ID,
-            # no entry_order: not in the entries listing, which shows payments
+            "sk": ENTRY_PREFIX + BILL_VOID_ENTRY_ID,
+            # `ENTRY#void`: outside the time-keyed range the entries listing reads (it shows payments)
             "entry_id": BILL_VOID_ENTRY_ID,
             "kind": BILL_VOID_KIND,
             "amount": 0,  # a void changes no amount_paid: a reader that adds it up stays right
@@ -337,23 +429,32 @@ class LedgerBills:
             ),
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        put = {
+        # The source's guard: the entry's key holds its time, so only this item refuses a second
+        # entry from the same payment id (entry_keys.py).
+        guard = {
             "TableName": self.table_name,
-            "Item": item,
+            "Item": source_item(bill.partition_key, entry.entry_id, entry.created_at),
             "ConditionExpression": "attribute_not_exists(pk)",
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
+        put = {"TableName": self.table_name, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
         try:
-            self._client.transact_write_items(TransactItems=[{"Put": put}, {"Update": update}])
+            self._client.transact_write_items(
+                TransactItems=[{"Put": guard}, {"Put": put}, {"Update": update}]
+            )
         except ClientError as error:
             reasons = error.response.get("CancellationReasons") or []
             codes = [reason.get("Code") for reason in reasons]
-            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
-                return BillWriteResult(
-                    BillWriteOutcome.EXISTS, existing_entry=from_item(reasons[0].get("Item") or {})
+            if len(codes) == 3 and "ConditionalCheckFailed" in codes[:2]:
+                source = from_item(reasons[0].get("Item") or {})
+                existing = (
+                    self.entry_at(bill.partition_key, str(source["created_at"]), entry.entry_id)
+                    if source
+                    else None
                 )
-            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
-                head = from_item(reasons[1].get("Item") or {})
+                return BillWriteResult(BillWriteOutcome.EXISTS, existing_entry=existing)
+            if len(codes) == 3 and codes[2] == "ConditionalCheckFailed":
+                head = from_item(reasons[2].get("Item") or {})
                 if head.get("void_requested_at"):
                     return BillWriteResult(BillWriteOutcome.VOIDED, head=head)
                 raise BillTransient(f"{bill} changed while the payment was recorded") from error
@@ -398,10 +499,10 @@ class LedgerBills:
             if refused is not None:
                 return refused
             if not claimed:
-                conflict = self._claim_for_bill(bill, entry, currency, webhook_id)
-                if conflict is not None:
-                    return BillWriteResult(BillWriteOutcome.APPLICATION_CONFLICT, guard=conflict)
-                claimed = True
+                dated = self._claim_and_date(bill, entry, currency, webhook_id, now)
+                if isinstance(dated, BillWriteResult):
+                    return dated
+                entry, claimed = dated, True
             new_paid = int(head.get("amount_paid", 0)) + entry.amount
             status = status_for(int(head["amount_due"]), new_paid, voided=False)
             # A bill with outside payments was PATCHed with an absolute amount_paid, which may have
@@ -431,6 +532,7 @@ class LedgerBills:
                                 status=status,
                                 ids=entry.source,
                             ),
+                            iso_time(now),
                         ),
                         "ConditionExpression": "attribute_not_exists(pk)",
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -467,16 +569,28 @@ class LedgerBills:
                 codes = [reason.get("Code") for reason in reasons]
                 if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
                     # The entry is there: the webhook it names applied it (the claim's may have crashed).
-                    applied = from_item(reasons[0].get("Item") or {})
-                    same = (applied.get("amount"), applied.get("currency")) == (entry.amount, currency)
-                    outcome = BillWriteOutcome.DUPLICATE if same else BillWriteOutcome.APPLICATION_CONFLICT
-                    return BillWriteResult(outcome, guard={**applied, "balance_pk": bill.partition_key})
+                    return _bill_duplicate(bill, entry, currency, from_item(reasons[0].get("Item") or {}))
                 if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
                     continue  # the bill moved (another payment) or was voided: read it again
                 raise
             head.update(amount_paid=new_paid, status=status.value)
             return BillWriteResult(BillWriteOutcome.APPLIED, head=head)
         raise BillTransient(f"{bill} kept changing while a payment was applied")
+
+    def _claim_and_date(
+        self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str, now: float
+    ) -> BillEntry | BillWriteResult:
+        """Claim the application: a conflict, a duplicate already there, or the entry as it is to be
+        keyed (a claim already there for this bill fixes its time, or is re-dated: `claimed_time`)."""
+        conflict, existing = self._claim(bill, entry, currency, webhook_id)
+        if conflict is not None:
+            return BillWriteResult(BillWriteOutcome.APPLICATION_CONFLICT, guard=conflict)
+        if existing is None:
+            return entry
+        created_at, stored = self.claimed_time(bill.partition_key, entry.entry_id, existing, now, webhook_id)
+        if stored is not None:
+            return _bill_duplicate(bill, entry, currency, stored)
+        return replace(entry, created_at=created_at)
 
     def _refused(
         self, bill: BillRef, head: dict[str, Any], entry: BillEntry, currency: str, webhook_id: str
@@ -523,6 +637,12 @@ class LedgerBills:
     ) -> dict[str, Any] | None:
         """The application's guard for this bill; None when written or when one already names this bill
         and amount (its writer applied it or crashed before its transaction), else that other guard."""
+        return self._claim(bill, entry, currency, webhook_id)[0]
+
+    def _claim(
+        self, bill: BillRef, entry: BillEntry, currency: str, webhook_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(another balance's or amount's guard, or None; this bill's guard already there, or None)."""
         guard = self.claim_application(
             to_item(
                 {
@@ -538,9 +658,9 @@ class LedgerBills:
             )
         )
         if guard is None:
-            return None
+            return None, None
         named = (guard.get("balance_pk"), guard.get("amount"), guard.get("currency"))
-        return None if named == (bill.partition_key, entry.amount, currency) else guard
+        return (None, guard) if named == (bill.partition_key, entry.amount, currency) else (guard, None)
 
     # --- the pusher's port --------------------------------------------------------------------
 

@@ -2,14 +2,15 @@
 
 - a customer's or an account's head (balance, version, currency, Moment id, sync state):
   pk `CUSTOMER#<ref>` or `ACCOUNT#<ref>`, sk `HEAD`;
-- one immutable entry per change, keyed by its source so a repeat is refused:
-  the same pk, sk `ENTRY#<kind>:<source id>`;
+- one immutable entry per change, keyed by its time and source: the same pk, sk
+  `ENTRY#<created_at>#<kind>:<source id>` (adapters/entry_keys.py); a repeat is refused by the item
+  that fixes its time: the payment's `APPLICATION#` claim, or a merchant's entry's `SOURCE#<entry id>`;
 - a Moment id's link to its reference: pk `MOMENT#<bcus_…|bacc_…>`, sk `MOMENT`;
 - a Moment application's guard, ledger-wide: pk `APPLICATION#<data.id>`, sk `APPLICATION`, holding
   the balance, amount and currency it was applied as (entries are keyed per balance, so only this
   stops one application from changing two balances).
 
-Entries are listed newest first through the local index `EntriesNewestFirst` (`entry_order`).
+Entries are listed newest first by the base table's own order (a strongly consistent Query).
 A head whose version is ahead of what Moment has carries `push_shard` and `pending_since`, which
 put it in the sparse `PendingPush` index the pusher reads.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
+from moment_sync.adapters.entry_keys import ENTRY_RANGE, entry_sort_key, source_item
 from moment_sync.adapters.ledger_bills import LedgerBills, _bill_push_condition
 from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
     from moment_sync.adapters.lease import DynamoLeases
 
 HEAD = "HEAD"
-ENTRY_PREFIX = "ENTRY#"
-ENTRIES_INDEX = "EntriesNewestFirst"
 LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
 APPLICATION_PREFIX = "APPLICATION#"
@@ -134,14 +134,20 @@ def application_item(
 
 
 def entry_item(
-    balance: BalanceRef, entry: Entry, currency: str, webhook_id: str | None = None
+    balance: BalanceRef,
+    entry: Entry,
+    currency: str,
+    webhook_id: str | None = None,
+    recorded_at: str | None = None,
 ) -> dict[str, Any]:
+    """`recorded_at`: when this attempt wrote it (`created_at` may be its claim's, up to
+    entry_keys.CLAIM_FRESH_SECONDS earlier); what republish's window reads."""
     return to_item(
         {
             "pk": balance.partition_key,
-            "sk": ENTRY_PREFIX + entry.entry_id,
-            "entry_order": f"{entry.created_at}#{entry.entry_id}",
+            "sk": entry_sort_key(entry.created_at, entry.entry_id),
             "entry_id": entry.entry_id,
+            "recorded_at": recorded_at or entry.created_at,
             "kind": entry.kind.value,
             "amount": entry.amount,
             "currency": currency,
@@ -338,20 +344,53 @@ class LedgerTable(LedgerBills):
         transaction the entry (refused if this application is already there) and the balance with its
         sync bookkeeping. The event's status is the caller's to write afterwards, on every path that
         finds the payment applied (docs/ledger.md#the-reconciler)."""
+        claimed = self.claim_payment(balance, entry, currency, webhook_id, now)
+        if isinstance(claimed, PaymentResult):
+            return claimed
+        entry, claim = claimed
+        return self.write_payment(balance, entry, currency, webhook_id, now, claim)
+
+    def claim_payment(
+        self, balance: BalanceRef, entry: Entry, currency: str, webhook_id: str, now: float
+    ) -> PaymentResult | tuple[Entry, dict[str, Any] | None]:
+        """`apply_payment`'s first half: the claim, and the entry as it is to be keyed (with the claim
+        found, if there was one), or the outcome already known (a conflict, a duplicate)."""
         claim = self.claim_application(application_item(balance, entry, currency, webhook_id))
         if claim is not None:
             applied = _applied_as(claim)
             if (applied.balance, applied.amount, applied.currency) != (balance, -entry.amount, currency):
                 conflict = PaymentOutcome.APPLICATION_CONFLICT
                 return PaymentResult(conflict, entry.entry_id, applied.webhook_id, applied_as=applied)
-            # The claim names this balance and amount: its writer applied it, or crashed before: go on.
+            # The claim names this balance and amount: its writer applied it, or crashed before, or was
+            # refused. The claim fixes the entry's time (its key), or is re-dated (`claimed_time`).
+            created_at, stored = self.claimed_time(
+                balance.partition_key, entry.entry_id, claim, now, webhook_id
+            )
+            if stored is not None:
+                found = AppliedApplication(
+                    balance, -int(stored["amount"]), str(stored["currency"]), stored.get("webhook_id")
+                )
+                return _duplicate_or_conflict(found, balance, entry, currency)
+            entry = replace(entry, created_at=created_at)
+        return entry, claim
+
+    def write_payment(
+        self,
+        balance: BalanceRef,
+        entry: Entry,
+        currency: str,
+        webhook_id: str,
+        now: float,
+        claim: dict[str, Any] | None,
+    ) -> PaymentResult:
+        """`apply_payment`'s second half: the entry at the time `claim_payment` fixed, and the head."""
         listed = True
         while True:
             items = [
                 {
                     "Put": {
                         "TableName": self.table_name,
-                        "Item": entry_item(balance, entry, currency, webhook_id),
+                        "Item": entry_item(balance, entry, currency, webhook_id, iso_time(now)),
                         "ConditionExpression": "attribute_not_exists(pk)",
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
@@ -477,11 +516,20 @@ class LedgerTable(LedgerBills):
             self._client.transact_write_items(
                 TransactItems=[
                     {
+                        # The source's guard: the entry's key holds its time, so only this item
+                        # refuses a second entry from the same source (entry_keys.py).
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": source_item(balance.partition_key, entry.entry_id, entry.created_at),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                    {
                         "Put": {
                             "TableName": self.table_name,
                             "Item": item,
                             "ConditionExpression": "attribute_not_exists(pk)",
-                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                         }
                     },
                     {
@@ -501,12 +549,16 @@ class LedgerTable(LedgerBills):
         except ClientError as error:
             reasons = error.response.get("CancellationReasons") or []
             codes = [reason.get("Code") for reason in reasons]
-            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
-                return EntryResult(
-                    EntryOutcome.EXISTS, existing_entry=from_item(reasons[0].get("Item") or {})
+            if len(codes) == 3 and "ConditionalCheckFailed" in codes[:2]:
+                guard = from_item(reasons[0].get("Item") or {})
+                existing = (
+                    self.entry_at(balance.partition_key, str(guard["created_at"]), entry.entry_id)
+                    if guard
+                    else None
                 )
-            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
-                head = from_item(reasons[1].get("Item") or {})
+                return EntryResult(EntryOutcome.EXISTS, existing_entry=existing)
+            if len(codes) == 3 and codes[2] == "ConditionalCheckFailed":
+                head = from_item(reasons[2].get("Item") or {})
                 return _head_refusal(head, currency, entry.amount, balance_limit)
             raise _transient_or(error) from error
         return EntryResult(EntryOutcome.APPLIED)
@@ -579,13 +631,8 @@ class LedgerTable(LedgerBills):
         return applied
 
     def get_entry(self, balance: BalanceRef | BillRef, entry_id: str) -> dict[str, Any] | None:
-        response = self._client.get_item(
-            TableName=self.table_name,
-            Key={"pk": {"S": balance.partition_key}, "sk": {"S": ENTRY_PREFIX + entry_id}},
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
-        return from_item(item) if item else None
+        """An entry by its id: its time (its key) is in its claim or its source guard (`find_entry`)."""
+        return self.find_entry(balance.partition_key, entry_id)
 
     # --- push state (the pusher's) ----------------------------------------------------------
 
@@ -856,13 +903,17 @@ class LedgerTable(LedgerBills):
         """Entries newest first, `limit` at a time; the second value pages on."""
         request: dict[str, Any] = {
             "TableName": self.table_name,
-            "IndexName": ENTRIES_INDEX,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": balance.partition_key}},
+            # Keyed `ENTRY#<created_at>#<entry id>`: the table's own order is time order. The range
+            # leaves out a bill's `ENTRY#void` (not a payment) and every other item of the partition.
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": balance.partition_key},
+                ":first": {"S": ENTRY_RANGE[0]},
+                ":last": {"S": ENTRY_RANGE[1]},
+            },
             "ScanIndexForward": False,
             "Limit": limit,
             # As consistent as the head read beside it: an entry already in the balance is listed.
-            # A local index allows it (a global one would refuse the request).
             "ConsistentRead": True,
         }
         if cursor:

@@ -12,6 +12,7 @@ import binascii
 import json
 from typing import Any
 
+from moment_sync.adapters.entry_keys import is_entry_key
 from moment_sync.adapters.ledger_bills import BillTransient, BillWriteOutcome
 from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.webhook_events_table import iso_time
@@ -217,7 +218,7 @@ def read_bill(
     head = ledger.get_bill(bill)
     if head is None:
         raise not_found(str(bill))
-    start = _decode_cursor(cursor, {"pk", "sk", "entry_order"}, "pk", bill.partition_key) if cursor else None
+    start = _decode_cursor(cursor, {"pk", "sk"}, "pk", bill.partition_key) if cursor else None
     entries, next_key = ledger.entries(bill, limit=limit, cursor=start)
     view = {
         **bill_item_fields(head),
@@ -282,6 +283,7 @@ def _decode_cursor(cursor: str, keys: set[str], owner_key: str, owner: str) -> d
         or not all(isinstance(value["S"], str) and value["S"] for value in key.values())
         or key[owner_key]["S"] != owner
         or not key["pk"]["S"].startswith("BILL#")
+        or ("bill_order" not in keys and not is_entry_key(key["sk"]["S"]))  # an entries page's key
     ):
         raise LedgerProblem(400, "invalid-cursor", "Invalid cursor", "cursor is not one this API returned")
     return key

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from moment_sync.adapters.ledger_table import ENTRY_PREFIX, EntryOutcome, EntryResult, LedgerTable
+from moment_sync.adapters.entry_keys import is_entry_key
+from moment_sync.adapters.ledger_table import EntryOutcome, EntryResult, LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
 from moment_sync.ledger.model import (
     MOMENT_ID_PREFIXES,
@@ -402,7 +403,7 @@ def encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-_CURSOR_KEYS = frozenset({"pk", "sk", "entry_order"})
+_CURSOR_KEYS = frozenset({"pk", "sk"})  # the base table's key: entries are keyed by time
 
 
 def decode_cursor(cursor: str, balance: BalanceRef) -> dict[str, Any]:
@@ -418,7 +419,7 @@ def decode_cursor(cursor: str, balance: BalanceRef) -> dict[str, Any]:
         or not all(isinstance(value, dict) and set(value) == {"S"} for value in key.values())
         or not all(isinstance(value["S"], str) and value["S"] for value in key.values())
         or key["pk"]["S"] != balance.partition_key
-        or not key["sk"]["S"].startswith(ENTRY_PREFIX)
+        or not is_entry_key(key["sk"]["S"])
     ):
         raise LedgerProblem(400, "invalid-cursor", "Invalid cursor", "cursor is not one this API returned")
     return key
