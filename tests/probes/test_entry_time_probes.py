@@ -26,6 +26,7 @@ from moment_sync.adapters.ledger_table import (
 )
 from moment_sync.adapters.webhook_events_table import iso_time
 from moment_sync.cli import main
+from moment_sync.forget import forget_customer
 from moment_sync.ledger import bill_service, service
 from moment_sync.ledger.bills import BillEntry, BillEntryKind, BillRef
 from moment_sync.ledger.model import BalanceRef, Entry, EntryKind
@@ -383,3 +384,57 @@ def test_p12_cli_balance_verify_and_backfill_read_the_new_keys(harness: LedgerHa
     assert code == 0, text
     assert harness.ledger.get_entry(balance, "payment:ob_1") is not None
     assert harness.ledger.get_entry(balance, "charge:ch-1") is not None
+
+
+def test_p13_concurrent_attempts_of_one_payment_on_a_fresh_claim_apply_it_once(
+    harness: LedgerHarness,
+) -> None:
+    """Six attempts at once (a redelivery storm, clocks up to 120 s apart): one claim, one key."""
+    balance = harness.open_customer("UCR1")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def attempt(number: int) -> None:
+        at = NOW + (number - 3) * 40.0  # -120 s .. +80 s
+        barrier.wait()
+        try:
+            result = harness.ledger.apply_payment(
+                balance, _payment("ob_1", 700, at, f"msg_{number}"), "ZAR", f"msg_{number}", at
+            )
+            outcomes.append(result.outcome.value)
+        except TransientLedgerError:
+            outcomes.append("transient")
+
+    threads = [threading.Thread(target=attempt, args=(number,)) for number in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("applied") == 1, outcomes
+    assert set(outcomes) <= {"applied", "duplicate", "transient"}, outcomes
+    assert len(_stored_entries(harness, balance.partition_key)) == 1
+    assert harness.head(balance)["balance"] == -700
+
+
+def test_p14_forget_erases_a_bills_outside_payment_on_its_time_key_and_a_replay_still_exists(
+    harness: LedgerHarness,
+) -> None:
+    owner = harness.open_customer("UCR1")
+    bill = _open_bill(harness, owner, "FEE-1")
+    outside = BillEntry(
+        BillEntryKind.OUTSIDE_PAYMENT, 100, "cash-1", {"description": "jo@x.io"}, iso_time(NOW)
+    )
+    head = harness.ledger.get_bill(bill)
+    assert head is not None
+    assert harness.ledger.add_outside_payment(bill, head, outside, "h").outcome.value == "applied"
+    erasure = forget_customer(harness.ledger, harness.events, "UCR1", NOW + 10)
+    assert erasure.bill_entries_erased == {str(bill): [outside.entry_id]}
+    [stored] = _stored_entries(harness, bill.partition_key)
+    assert "description" not in stored["source"] and stored["created_at"] == iso_time(NOW)
+    head = harness.ledger.get_bill(bill)
+    assert head is not None
+    replay = BillEntry(BillEntryKind.OUTSIDE_PAYMENT, 100, "cash-1", {}, iso_time(NOW + 99))
+    again = harness.ledger.add_outside_payment(bill, head, replay, "h")
+    assert again.outcome.value == "exists" and again.existing_entry is not None
+    assert again.existing_entry["request_hash"] == "h"
+    assert harness.ledger.get_bill(bill)["amount_paid"] == 100  # type: ignore[index]
