@@ -10,10 +10,12 @@ ever writing two keys for one application.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from typing import Any
 
+import boto3
 import pytest
 
 from moment_sync.adapters.entry_keys import (
@@ -22,8 +24,10 @@ from moment_sync.adapters.entry_keys import (
     ENTRY_PREFIX,
     entry_sort_key,
 )
+from moment_sync.adapters.ledger_bills import BillTransient
 from moment_sync.adapters.ledger_table import (
     EntryOutcome,
+    LedgerTable,
     PaymentOutcome,
     PaymentResult,
     TransientLedgerError,
@@ -327,3 +331,87 @@ def test_an_attempt_that_read_the_claim_fresh_can_still_land_so_no_one_re_dates_
     late = harness.ledger.apply_payment(balance, _payment("ob_1", 700, at, "msg_4"), "ZAR", "msg_4", at)
     assert (late.outcome, late.applied_by_webhook) == (PaymentOutcome.DUPLICATE, "msg_2")
     assert len(_entries(harness, balance.partition_key)) == 1 and harness.head(balance)["balance"] == -700
+
+
+# --- the operator's attempts: no Lambda bounds them, so their transactions check the claim ---------
+
+
+class _RedatedBeforeTransaction:
+    """A client whose next transaction first finds the claim re-dated, as a re-drive would while the
+    operator's shell slept between its claim and its write."""
+
+    def __init__(self, client: Any, table: str, application_id: str) -> None:
+        self._client, self._table, self._application_id = client, table, application_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        self._client.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": f"APPLICATION#{self._application_id}"}, "sk": {"S": "APPLICATION"}},
+            UpdateExpression="SET created_at = :later",
+            ExpressionAttributeValues={":later": {"S": iso_time(NOW + 3600)}},
+        )
+        return self._client.transact_write_items(**request)
+
+
+def _shell(harness: LedgerHarness, client: Any = None) -> LedgerTable:
+    return LedgerTable(client or harness.dynamodb, harness.ledger_name, attempts_bounded=False)
+
+
+def test_the_cli_builds_a_ledger_whose_payment_attempts_are_not_bounded(harness: LedgerHarness) -> None:
+    from moment_sync.cli import _tables  # the one place the CLI builds its ledger
+
+    arguments = argparse.Namespace(
+        local=False,
+        stack=None,
+        region=None,
+        events_table=harness.events_name,
+        ledger_table=harness.ledger_name,
+    )
+    _events, ledger = _tables(arguments, boto3.Session(region_name="af-south-1"))
+    assert ledger.attempts_bounded is False and harness.ledger.attempts_bounded is True
+
+
+def test_an_operator_attempt_applies_once_and_a_repeat_is_a_duplicate(harness: LedgerHarness) -> None:
+    balance = harness.open_customer("UOP1")
+    shell = _shell(harness)
+    first = shell.apply_payment(balance, _payment("ob_op", 700, NOW), "ZAR", "msg_1", NOW)
+    again = shell.apply_payment(balance, _payment("ob_op", 700, NOW + 5), "ZAR", "msg_1", NOW + 5)
+    assert (first.outcome, again.outcome) == (PaymentOutcome.APPLIED, PaymentOutcome.DUPLICATE)
+    assert [item["entry_id"] for item in _entries(harness, balance.partition_key)] == ["payment:ob_op"]
+
+
+def test_an_operator_payment_whose_claim_is_re_dated_before_its_transaction_writes_nothing(
+    harness: LedgerHarness,
+) -> None:
+    balance = harness.open_customer("UOP2")
+    shell = _shell(harness, _RedatedBeforeTransaction(harness.dynamodb, harness.ledger_name, "ob_op"))
+    with pytest.raises(TransientLedgerError, match="re-dated"):
+        shell.apply_payment(balance, _payment("ob_op", 700, NOW), "ZAR", "msg_1", NOW)
+    assert _entries(harness, balance.partition_key) == []
+    assert harness.head(balance).get("balance", 0) == 0
+
+
+def test_an_operator_bill_payment_whose_claim_is_re_dated_before_its_transaction_writes_nothing(
+    harness: LedgerHarness,
+) -> None:
+    owner = harness.open_customer("UOP3")
+    bill = BillRef("INV-OP")
+    head = {"ref": bill.ref, "kind": "bill", "owner_kind": owner.kind.value, "owner_ref": owner.ref}
+    head |= {"bill_owner": owner.partition_key, "currency": "ZAR", "amount_due": 1000, "amount_paid": 0}
+    assert harness.ledger.put_bill({**head, "status": "unpaid", "version": 0}) is None
+    shell = _shell(harness, _RedatedBeforeTransaction(harness.dynamodb, harness.ledger_name, "ob_opb"))
+    entry = BillEntry(BillEntryKind.PAYMENT, 400, "ob_opb", {"webhook_id": "msg_1"}, iso_time(NOW))
+    with pytest.raises(BillTransient, match="re-dated"):
+        shell.apply_bill_payment(bill, entry, "ZAR", "msg_1", NOW)
+    assert _entries(harness, bill.partition_key) == []
+    applied = _shell(harness).apply_bill_payment(
+        bill,
+        BillEntry(BillEntryKind.PAYMENT, 400, "ob_opb2", {"webhook_id": "msg_2"}, iso_time(NOW)),
+        "ZAR",
+        "msg_2",
+        NOW,
+    )
+    assert applied.outcome.value == "applied"

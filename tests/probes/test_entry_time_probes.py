@@ -20,6 +20,7 @@ from moment_sync.adapters.entry_keys import (
 )
 from moment_sync.adapters.ledger_table import (
     EntryOutcome,
+    LedgerTable,
     PaymentOutcome,
     PaymentResult,
     TransientLedgerError,
@@ -53,10 +54,20 @@ def _stored_entries(harness: LedgerHarness, partition_key: str) -> list[dict[str
     ]
 
 
+def _shell(harness: LedgerHarness) -> LedgerTable:
+    """The ledger as the operator's CLI builds it (`cli._tables`): its attempts are not bounded."""
+    return LedgerTable(harness.dynamodb, harness.ledger_name, attempts_bounded=False)
+
+
 def _claim_half(
-    harness: LedgerHarness, balance: BalanceRef, application_id: str, at: float, webhook_id: str
+    harness: LedgerHarness,
+    balance: BalanceRef,
+    application_id: str,
+    at: float,
+    webhook_id: str,
+    ledger: LedgerTable | None = None,
 ) -> tuple[Entry, dict[str, Any] | None]:
-    claimed = harness.ledger.claim_payment(
+    claimed = (ledger or harness.ledger).claim_payment(
         balance, _payment(application_id, 700, at, webhook_id), "ZAR", webhook_id, at
     )
     assert not isinstance(claimed, PaymentResult), claimed
@@ -92,46 +103,36 @@ def _open_bill(harness: LedgerHarness, owner: BalanceRef, ref: str) -> BillRef:
 # --- payments: two attempts of one application ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT P1: an attempt whose clock is behind by more than R + D (the CLI's `redrive`, "
-    "`parked --redrive`, `link`: time.time on the operator's machine) claims at a time others judge "
-    "settled; a concurrent attempt re-dates the claim and applies it, then the first writes at its own "
-    "time: two entries for one application, the balance charged twice",
-)
 def test_p1_an_attempt_on_a_clock_behind_by_more_than_r_plus_d_races_a_re_date(
     harness: LedgerHarness,
 ) -> None:
     balance = harness.open_customer("UCR1")
     real = NOW + 10_000.0
     # the operator's shell, its clock 23 minutes behind: its claim is dated `real - 1380`
-    cli_entry, cli_claim = _claim_half(harness, balance, "ob_1", real - SETTLED - 60, "msg_1")
+    shell = _shell(harness)
+    cli_entry, cli_claim = _claim_half(harness, balance, "ob_1", real - SETTLED - 60, "msg_1", shell)
     assert cli_claim is None  # it wrote the claim
     # the stream's retry of the same event, on a right clock, between the CLI's claim and its write
     other = harness.ledger.apply_payment(balance, _payment("ob_1", 700, real, "msg_1"), "ZAR", "msg_1", real)
     assert other.outcome is PaymentOutcome.APPLIED  # it re-dated the claim: settled, no entry yet
-    landed = harness.ledger.write_payment(balance, cli_entry, "ZAR", "msg_1", real - SETTLED - 60, cli_claim)
-    assert landed.outcome is not PaymentOutcome.APPLIED
+    # Fixed: the shell's transaction checks the claim still names its time: refused, retried later.
+    with pytest.raises(TransientLedgerError, match="re-dated"):
+        shell.write_payment(balance, cli_entry, "ZAR", "msg_1", real - SETTLED - 60, cli_claim)
     assert len(_stored_entries(harness, balance.partition_key)) == 1
     assert harness.head(balance)["balance"] == -700
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT P1b: nothing enforces D: an attempt that is not a Lambda (the CLI's redrive, "
-    "suspended or ^Z'd between its claim and its transaction for more than R + D) writes at the claim's "
-    "old time after another attempt re-dated and applied it: two entries",
-)
 def test_p1b_an_operator_attempt_stalled_longer_than_d_writes_a_second_key(harness: LedgerHarness) -> None:
     balance = harness.open_customer("UCR1")
-    cli_entry, cli_claim = _claim_half(harness, balance, "ob_1", NOW, "msg_1")
+    shell = _shell(harness)
+    cli_entry, cli_claim = _claim_half(harness, balance, "ob_1", NOW, "msg_1", shell)
     later = NOW + SETTLED + 1  # the scheduled re-drive, while the operator's laptop sleeps
     other = harness.ledger.apply_payment(
         balance, _payment("ob_1", 700, later, "msg_1"), "ZAR", "msg_1", later
     )
     assert other.outcome is PaymentOutcome.APPLIED
-    landed = harness.ledger.write_payment(balance, cli_entry, "ZAR", "msg_1", NOW, cli_claim)
-    assert landed.outcome is not PaymentOutcome.APPLIED
+    with pytest.raises(TransientLedgerError, match="re-dated"):
+        shell.write_payment(balance, cli_entry, "ZAR", "msg_1", NOW, cli_claim)
     assert len(_stored_entries(harness, balance.partition_key)) == 1
 
 

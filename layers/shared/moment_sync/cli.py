@@ -298,7 +298,8 @@ def _tables(arguments: argparse.Namespace, aws: Any) -> tuple[WebhookEventsTable
         )
     dynamodb = clients.client("dynamodb")
     events = WebhookEventsTable(dynamodb, arguments.events_table)
-    return events, LedgerTable(dynamodb, arguments.ledger_table, events)
+    # The operator's shell is no Lambda: no timeout ends its attempts, and its clock is its own.
+    return events, LedgerTable(dynamodb, arguments.ledger_table, events, attempts_bounded=False)
 
 
 def _event(arguments: argparse.Namespace, events: WebhookEventsTable, _: LedgerTable, out: TextIO) -> int:

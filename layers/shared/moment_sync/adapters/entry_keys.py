@@ -82,3 +82,18 @@ def source_item(partition_key: str, entry_id: str, created_at: str) -> dict[str,
         "entry_id": {"S": entry_id},
         "created_at": {"S": created_at},
     }
+
+
+def claim_still_dated(table_name: str, application_id: str, created_at: str) -> dict[str, Any]:
+    """A transaction item for an attempt that is not bounded by Lambda's timeout and clock (the
+    operator's CLI): the payment's claim must still name `created_at`, or the transaction is refused.
+    An attempt that slept, or ran on a clock far behind, past a re-date can then write nothing.
+    It costs a condition check's write units, on the operator's attempts only."""
+    return {
+        "ConditionCheck": {
+            "TableName": table_name,
+            "Key": {"pk": {"S": "APPLICATION#" + application_id}, "sk": {"S": "APPLICATION"}},
+            "ConditionExpression": "created_at = :claimed_at",
+            "ExpressionAttributeValues": {":claimed_at": {"S": created_at}},
+        }
+    }

@@ -21,6 +21,7 @@ from moment_sync.adapters.entry_keys import (
     ENTRY_PREFIX,
     ClaimAge,
     claim_age_rule,
+    claim_still_dated,
     entry_key,
     entry_sort_key,
     source_item,
@@ -126,6 +127,7 @@ class LedgerBills:
     _client: Any
     table_name: str
     _events: WebhookEventsTable | None
+    attempts_bounded: bool
     _bill_links: dict[str, tuple[BillRef, float]]
 
     def claim_application(self, guard: dict[str, Any]) -> dict[str, Any] | None:
@@ -562,17 +564,15 @@ class LedgerBills:
                     }
                 },
             ]
+            if not self.attempts_bounded:
+                items.append(claim_still_dated(self.table_name, entry.source_id, entry.created_at))
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as error:
-                reasons = error.response.get("CancellationReasons") or []
-                codes = [reason.get("Code") for reason in reasons]
-                if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
-                    # The entry is there: the webhook it names applied it (the claim's may have crashed).
-                    return _bill_duplicate(bill, entry, currency, from_item(reasons[0].get("Item") or {}))
-                if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
-                    continue  # the bill moved (another payment) or was voided: read it again
-                raise
+                duplicate = _bill_payment_refusal(error, bill, entry, currency)
+                if duplicate is not None:
+                    return duplicate
+                continue  # the bill moved (another payment) or was voided: read it again
             head.update(amount_paid=new_paid, status=status.value)
             return BillWriteResult(BillWriteOutcome.APPLIED, head=head)
         raise BillTransient(f"{bill} kept changing while a payment was applied")
@@ -913,3 +913,21 @@ def _bill_push_condition(read: dict[str, Any], open_intents: int | None = None) 
         return f"{never_booked} AND {sequence} AND {intents}", values
     values[":read_pushed"] = read["pushed_at"]
     return f"pushed_at = :read_pushed AND {sequence} AND {intents}", values
+
+
+def _bill_payment_refusal(
+    error: ClientError, bill: BillRef, entry: BillEntry, currency: str
+) -> BillWriteResult | None:
+    """Why a bill payment's transaction was refused: the entry already there (a duplicate or a
+    conflict), None when the bill moved (read it again), or raised (the claim re-dated meanwhile, or
+    anything else)."""
+    reasons = error.response.get("CancellationReasons") or []
+    codes = [reason.get("Code") for reason in reasons]
+    if len(codes) in (2, 3) and codes[0] == "ConditionalCheckFailed":
+        # The entry is there: the webhook it names applied it (the claim's may have crashed).
+        return _bill_duplicate(bill, entry, currency, from_item(reasons[0].get("Item") or {}))
+    if len(codes) == 3 and codes[2] == "ConditionalCheckFailed":
+        raise BillTransient(f"the claim of {entry.entry_id} was re-dated meanwhile") from error
+    if len(codes) in (2, 3) and codes[1] == "ConditionalCheckFailed":
+        return None
+    raise error

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
-from moment_sync.adapters.entry_keys import ENTRY_RANGE, entry_sort_key, source_item
+from moment_sync.adapters.entry_keys import ENTRY_RANGE, claim_still_dated, entry_sort_key, source_item
 from moment_sync.adapters.ledger_bills import LedgerBills, _bill_push_condition
 from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
@@ -161,10 +161,22 @@ def entry_item(
 
 
 class LedgerTable(LedgerBills):
-    def __init__(self, client: Any, table_name: str, events: WebhookEventsTable | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        events: WebhookEventsTable | None = None,
+        *,
+        attempts_bounded: bool = True,
+    ) -> None:
         self._client = client
         self.table_name = table_name
         self._events = events
+        # False where a payment's attempt is not a Lambda's (the operator's CLI: its own clock, no
+        # timeout, may sleep between claim and write): its transactions also check that the claim
+        # still names the entry's time, so a re-date meanwhile refuses it
+        # (docs/ledger.md#entries-keyed-by-time).
+        self.attempts_bounded = attempts_bounded
         # Moment id → reference links change only by an operator's `unlink`: cache them per execution
         # environment for LINK_CACHE_SECONDS, so an unlinked id stops resolving within that bound.
         self._links: dict[str, tuple[BalanceRef, float]] = {}
@@ -404,6 +416,8 @@ class LedgerTable(LedgerBills):
                     }
                 },
             ]
+            if not self.attempts_bounded:
+                items.append(claim_still_dated(self.table_name, entry.source_id, entry.created_at))
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as error:
@@ -463,7 +477,7 @@ class LedgerTable(LedgerBills):
     ) -> PaymentResult:
         reasons = error.response.get("CancellationReasons") or []
         codes = [reason.get("Code") for reason in reasons]
-        if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+        if len(codes) in (2, 3) and codes[0] == "ConditionalCheckFailed":
             # The entry is there: applied before, by the webhook the entry names (the claim may be
             # another's that crashed before its transaction, so the entry, not the claim, says who).
             existing = from_item(reasons[0].get("Item") or {})
@@ -471,7 +485,9 @@ class LedgerTable(LedgerBills):
                 balance, -int(existing["amount"]), str(existing["currency"]), existing.get("webhook_id")
             )
             return _duplicate_or_conflict(applied, balance, entry, currency)
-        if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
+        if len(codes) == 3 and codes[2] == "ConditionalCheckFailed":
+            raise TransientLedgerError(f"the claim of {entry.entry_id} was re-dated meanwhile: retried later")
+        if len(codes) in (2, 3) and codes[1] == "ConditionalCheckFailed":
             head = from_item(reasons[1].get("Item") or {})
             if not head:
                 return PaymentResult(PaymentOutcome.NO_BALANCE, entry.entry_id)
