@@ -36,7 +36,7 @@ from moment_sync.adapters.ledger_table import (
 )
 from moment_sync.adapters.webhook_events_table import iso_time
 from moment_sync.cli import main
-from moment_sync.ledger.bills import BillEntry, BillEntryKind, BillRef
+from moment_sync.ledger.bills import BillEntry, BillEntryKind
 from moment_sync.ledger.model import BalanceKind, BalanceRef, Entry, EntryKind
 from moment_sync.republish import recorded_between
 from support.ledger import NOW, LedgerHarness, payment
@@ -238,24 +238,7 @@ def test_d2_a_bill_payment_whose_first_attempt_crashed_is_dated_when_it_is_appli
     harness: LedgerHarness,
 ) -> None:
     owner = harness.open_customer("UCR1")
-    bill = BillRef("FEE-1")
-    assert (
-        harness.ledger.put_bill(
-            {
-                "ref": bill.ref,
-                "kind": "bill",
-                "owner_kind": owner.kind.value,
-                "owner_ref": owner.ref,
-                "bill_owner": owner.partition_key,
-                "currency": "ZAR",
-                "amount_due": 1000,
-                "amount_paid": 0,
-                "status": "unpaid",
-                "version": 0,
-            }
-        )
-        is None
-    )
+    bill = harness.open_bill(owner, "FEE-1")
     entry = BillEntry(BillEntryKind.PAYMENT, 400, "ob_b", {"webhook_id": "msg_1"}, iso_time(NOW))
     assert harness.ledger._claim_for_bill(bill, entry, "ZAR", "msg_1") is None  # and then it died
     for age, outcome in ((CLAIM_FRESH_SECONDS + 1, None), (SETTLED, "applied"), (SETTLED + 60, "duplicate")):
@@ -398,10 +381,7 @@ def test_an_operator_bill_payment_whose_claim_is_re_dated_before_its_transaction
     harness: LedgerHarness,
 ) -> None:
     owner = harness.open_customer("UOP3")
-    bill = BillRef("INV-OP")
-    head = {"ref": bill.ref, "kind": "bill", "owner_kind": owner.kind.value, "owner_ref": owner.ref}
-    head |= {"bill_owner": owner.partition_key, "currency": "ZAR", "amount_due": 1000, "amount_paid": 0}
-    assert harness.ledger.put_bill({**head, "status": "unpaid", "version": 0}) is None
+    bill = harness.open_bill(owner, "INV-OP")
     shell = _shell(harness, _RedatedBeforeTransaction(harness.dynamodb, harness.ledger_name, "ob_opb"))
     entry = BillEntry(BillEntryKind.PAYMENT, 400, "ob_opb", {"webhook_id": "msg_1"}, iso_time(NOW))
     with pytest.raises(BillTransient, match="re-dated"):

@@ -29,7 +29,7 @@ from moment_sync.adapters.webhook_events_table import iso_time
 from moment_sync.cli import main
 from moment_sync.forget import forget_customer
 from moment_sync.ledger import bill_service, service
-from moment_sync.ledger.bills import BillEntry, BillEntryKind, BillRef
+from moment_sync.ledger.bills import BillEntry, BillEntryKind
 from moment_sync.ledger.model import BalanceRef, Entry, EntryKind
 from support.ledger import NOW, LedgerHarness, payment
 
@@ -80,24 +80,6 @@ def _cli(harness: LedgerHarness, *argv: str) -> tuple[int, str]:
         ["--events-table", harness.events_name, "--ledger-table", harness.ledger_name, *argv], out=out
     )
     return code, out.getvalue()
-
-
-def _open_bill(harness: LedgerHarness, owner: BalanceRef, ref: str) -> BillRef:
-    bill = BillRef(ref)
-    head = {
-        "ref": bill.ref,
-        "kind": "bill",
-        "owner_kind": owner.kind.value,
-        "owner_ref": owner.ref,
-        "bill_owner": owner.partition_key,
-        "currency": "ZAR",
-        "amount_due": 1000,
-        "amount_paid": 0,
-        "status": "unpaid",
-        "version": 0,
-    }
-    assert harness.ledger.put_bill(head) is None
-    return bill
 
 
 # --- payments: two attempts of one application ------------------------------------------------
@@ -234,7 +216,7 @@ def test_p5_a_bill_payment_refused_by_a_void_then_redelivered_late_writes_nothin
     harness: LedgerHarness,
 ) -> None:
     owner = harness.open_customer("UCR1")
-    bill = _open_bill(harness, owner, "FEE-1")
+    bill = harness.open_bill(owner, "FEE-1")
     head = harness.ledger.get_bill(bill)
     assert head is not None and harness.ledger.void_bill(bill, head, NOW)
     entry = BillEntry(BillEntryKind.PAYMENT, 400, "ob_b", {"webhook_id": "msg_1"}, iso_time(NOW))
@@ -251,7 +233,7 @@ def test_p6_a_bill_payment_whose_claim_is_fresh_and_whose_head_moves_is_written_
 ) -> None:
     """A bill payment's transaction retried on a moved head keeps the key its claim fixed."""
     owner = harness.open_customer("UCR1")
-    bill = _open_bill(harness, owner, "FEE-1")
+    bill = harness.open_bill(owner, "FEE-1")
     first = BillEntry(BillEntryKind.PAYMENT, 300, "ob_a", {"webhook_id": "msg_1"}, iso_time(NOW))
     second = BillEntry(BillEntryKind.PAYMENT, 200, "ob_b", {"webhook_id": "msg_2"}, iso_time(NOW + 1))
     assert harness.ledger.apply_bill_payment(bill, first, "ZAR", "msg_1", NOW).outcome.value == "applied"
@@ -358,7 +340,7 @@ def test_p10_paging_with_the_api_cursor_while_entries_arrive_lists_each_older_en
 
 def test_p11_a_bills_void_and_source_guards_are_never_listed_or_counted(harness: LedgerHarness) -> None:
     owner = harness.open_customer("UCR1")
-    bill = _open_bill(harness, owner, "FEE-1")
+    bill = harness.open_bill(owner, "FEE-1")
     outside = BillEntry(BillEntryKind.OUTSIDE_PAYMENT, 100, "cash-1", {}, iso_time(NOW))
     head = harness.ledger.get_bill(bill)
     assert head is not None
@@ -421,7 +403,7 @@ def test_p14_forget_erases_a_bills_outside_payment_on_its_time_key_and_a_replay_
     harness: LedgerHarness,
 ) -> None:
     owner = harness.open_customer("UCR1")
-    bill = _open_bill(harness, owner, "FEE-1")
+    bill = harness.open_bill(owner, "FEE-1")
     outside = BillEntry(
         BillEntryKind.OUTSIDE_PAYMENT, 100, "cash-1", {"description": "jo@x.io"}, iso_time(NOW)
     )

@@ -18,6 +18,7 @@ from moment_sync.adapters.dynamo_items import from_item
 from moment_sync.adapters.ledger_table import LedgerTable
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable
 from moment_sync.envelope import read_envelope
+from moment_sync.ledger.bills import BillRef
 from moment_sync.ledger.model import BalanceKind, BalanceRef
 from moment_sync.runtime import LedgerDependencies
 from moment_sync.webhook_store import ReceivedWebhook
@@ -46,6 +47,16 @@ class LedgerHarness:
         balance = BalanceRef(BalanceKind.CUSTOMER, ref)
         self.ledger.open_balance(balance, currency, self.clock(), moment_id=moment_id, **kwargs)
         return balance
+
+    def open_bill(
+        self, owner: BalanceRef, ref: str, amount_due: int = 1000, currency: str = "ZAR"
+    ) -> BillRef:
+        """An unpaid bill of `owner`, as the bill API puts it (no Moment link)."""
+        bill = BillRef(ref)
+        head = {"ref": bill.ref, "kind": "bill", "owner_kind": owner.kind.value, "owner_ref": owner.ref}
+        head |= {"bill_owner": owner.partition_key, "currency": currency, "amount_due": amount_due}
+        assert self.ledger.put_bill({**head, "amount_paid": 0, "status": "unpaid", "version": 0}) is None
+        return bill
 
     def open_account(
         self, ref: str, customer_ref: str, moment_id: str | None = None, currency: str = "ZAR"

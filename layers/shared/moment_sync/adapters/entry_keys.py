@@ -20,6 +20,8 @@ from typing import Any
 
 ENTRY_PREFIX = "ENTRY#"
 SOURCE_PREFIX = "SOURCE#"
+APPLICATION_PREFIX = "APPLICATION#"
+APPLICATION = "APPLICATION"
 # `sk BETWEEN` these: every time-keyed entry (a created_at starts with a digit), and no `ENTRY#void`.
 ENTRY_RANGE = (ENTRY_PREFIX + "0", ENTRY_PREFIX + ":")
 _TIME_WIDTH = len("2026-12-03T23:40:14.123Z")
@@ -84,6 +86,11 @@ def source_item(partition_key: str, entry_id: str, created_at: str) -> dict[str,
     }
 
 
+def application_key(application_id: str) -> dict[str, Any]:
+    """A Moment application's ledger-wide claim (its guard)."""
+    return {"pk": {"S": APPLICATION_PREFIX + application_id}, "sk": {"S": APPLICATION}}
+
+
 def claim_still_dated(table_name: str, application_id: str, created_at: str) -> dict[str, Any]:
     """A transaction item for an attempt that is not bounded by Lambda's timeout and clock (the
     operator's CLI): the payment's claim must still name `created_at`, or the transaction is refused.
@@ -92,7 +99,7 @@ def claim_still_dated(table_name: str, application_id: str, created_at: str) -> 
     return {
         "ConditionCheck": {
             "TableName": table_name,
-            "Key": {"pk": {"S": "APPLICATION#" + application_id}, "sk": {"S": "APPLICATION"}},
+            "Key": application_key(application_id),
             "ConditionExpression": "created_at = :claimed_at",
             "ExpressionAttributeValues": {":claimed_at": {"S": created_at}},
         }

@@ -18,8 +18,10 @@ from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
 from moment_sync.adapters.entry_keys import (
+    APPLICATION_PREFIX,
     ENTRY_PREFIX,
     ClaimAge,
+    application_key,
     claim_age_rule,
     claim_still_dated,
     entry_key,
@@ -183,7 +185,6 @@ class LedgerBills:
         re-dated to this attempt's time, conditional on the time read (a lost race reads it again).
         So at most one key is ever written for one application (docs/ledger.md#entries-keyed-by-time)."""
         from moment_sync.adapters.ledger_table import TransientLedgerError  # noqa: PLC0415 -- a cycle
-        from moment_sync.adapters.webhook_events_table import iso_time  # noqa: PLC0415
 
         for _ in range(_HEAD_RETRIES):
             claimed_at = str(claim["created_at"])
@@ -212,7 +213,7 @@ class LedgerBills:
             except ClientError as error:
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
-                claim = self._application_guard(str(claim["pk"]).removeprefix("APPLICATION#")) or claim
+                claim = self._application_guard(str(claim["pk"]).removeprefix(APPLICATION_PREFIX)) or claim
                 continue
             return new_time, None
         raise TransientLedgerError(f"the claim of {entry_id} kept changing: retried later")
@@ -626,7 +627,7 @@ class LedgerBills:
         """The ledger-wide guard of a Moment application, if it was applied (to a balance or a bill)."""
         response = self._client.get_item(
             TableName=self.table_name,
-            Key={"pk": {"S": f"APPLICATION#{application_id}"}, "sk": {"S": "APPLICATION"}},
+            Key=application_key(application_id),
             ConsistentRead=True,
         )
         item = response.get("Item")
@@ -646,7 +647,7 @@ class LedgerBills:
         guard = self.claim_application(
             to_item(
                 {
-                    "pk": f"APPLICATION#{entry.source_id}",
+                    "pk": APPLICATION_PREFIX + entry.source_id,
                     "sk": "APPLICATION",
                     "balance_pk": bill.partition_key,
                     "entry_id": entry.entry_id,

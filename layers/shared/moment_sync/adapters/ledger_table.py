@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from moment_sync.adapters.dynamo_items import error_code, from_item, to_item, to_values
-from moment_sync.adapters.entry_keys import ENTRY_RANGE, claim_still_dated, entry_sort_key, source_item
+from moment_sync.adapters.entry_keys import (
+    ENTRY_RANGE,
+    application_key,
+    claim_still_dated,
+    entry_sort_key,
+    source_item,
+)
 from moment_sync.adapters.ledger_bills import LedgerBills, _bill_push_condition
 from moment_sync.adapters.pending_index import PENDING_INDEX, pending_pages
 from moment_sync.adapters.webhook_events_table import WebhookEventsTable, iso_time
@@ -41,8 +47,6 @@ if TYPE_CHECKING:
 HEAD = "HEAD"
 LINKED_INDEX = "LinkedBalances"
 ACCOUNTS_INDEX = "AccountsByCustomer"
-APPLICATION_PREFIX = "APPLICATION#"
-APPLICATION = "APPLICATION"
 LINK_CACHE_SECONDS = 60.0
 
 
@@ -108,10 +112,6 @@ def mapping_key(moment_id: str) -> dict[str, Any]:
 
 def head_key(balance: BalanceRef | BillRef) -> dict[str, Any]:
     return {"pk": {"S": balance.partition_key}, "sk": {"S": HEAD}}
-
-
-def application_key(application_id: str) -> dict[str, Any]:
-    return {"pk": {"S": APPLICATION_PREFIX + application_id}, "sk": {"S": APPLICATION}}
 
 
 def application_item(
